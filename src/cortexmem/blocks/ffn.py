@@ -1,0 +1,41 @@
+"""Feed-forward pieces shared by blocks: gated FFN and the GTrXL GRU-style gate."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class GatedFFN(nn.Module):
+    """``down(gelu(W_a x) * W_b x)``: a gated feed-forward of inner width ``inner``."""
+
+    def __init__(self, d: int, inner: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(d, 2 * inner)
+        self.down = nn.Linear(inner, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.gelu(a) * b)
+
+
+class GRUGate(nn.Module):
+    """GTrXL gating ``g(x, y)``: a GRU update of the residual ``x`` by the sublayer output ``y``.
+
+    The update-gate bias starts at ``bias`` (> 0), so at init the gate passes mostly ``x`` (near identity).
+    """
+
+    def __init__(self, d: int, bias: float = 2.0) -> None:
+        super().__init__()
+        self.w = nn.Linear(d, 3 * d, bias=False)  # W_r, W_z, W_g applied to y
+        self.u_rz = nn.Linear(d, 2 * d, bias=False)  # U_r, U_z applied to x
+        self.u_g = nn.Linear(d, d, bias=False)  # U_g applied to r * x
+        self.bias = nn.Parameter(torch.full((d,), float(bias)))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        wr, wz, wg = self.w(y).chunk(3, dim=-1)
+        ur, uz = self.u_rz(x).chunk(2, dim=-1)
+        r = torch.sigmoid(wr + ur)
+        z = torch.sigmoid(wz + uz - self.bias)
+        h = torch.tanh(wg + self.u_g(r * x))
+        return (1 - z) * x + z * h

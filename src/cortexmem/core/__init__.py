@@ -1,0 +1,1 @@
+"""Core machinery shared by every level: tagged configs, registries, state helpers, atomic I/O."""

@@ -1,0 +1,1 @@
+"""Operators: one folder per op, ``naive.py`` (the specification) beside its fast paths."""

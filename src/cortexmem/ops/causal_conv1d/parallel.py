@@ -1,0 +1,40 @@
+"""Causal 1-D convolution over a whole sequence at once (no loop over time), resets as masks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def causal_conv1d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, initial_state: Tensor, resets: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Same contract as :func:`causal_conv1d_naive`, computed with one unfold.
+
+    An input at time ``s`` (buffer entries count as ``s < 0``) is visible to the output at ``t >= s`` iff no reset
+    falls in ``(s, t]``; with ``c`` the running count of resets, that is ``c[t] == c[s]`` (``c = 0`` in the buffer).
+    """
+    B, T, H = x.shape
+    K1 = initial_state.shape[1]  # K - 1
+    K = K1 + 1
+    ext = torch.cat([initial_state.to(x.dtype), x], dim=1)  # (B, K-1+T, H)
+    windows = ext.unfold(1, K, 1)  # (B, T, H, K): windows[:, t, :, j] = ext[:, t + j]
+    if resets is not None:
+        count = torch.cat(
+            [torch.zeros(B, K1, dtype=torch.int32, device=x.device), resets.to(torch.int32).cumsum(1, dtype=torch.int32)],
+            dim=1,
+        )  # (B, K-1+T)
+        seen = count.unfold(1, K, 1)  # (B, T, K)
+        visible = seen == count[:, K1:, None]  # (B, T, K)
+        windows = windows * visible[:, :, None, :].to(x.dtype)
+    if weight.dim() == 2:
+        y = torch.einsum("bthk,hk->bth", windows, weight)
+    else:
+        y = torch.einsum("bthk,ohk->bto", windows, weight)
+    if bias is not None:
+        y = y + bias
+    final = ext[:, T:]  # last K-1 inputs, (B, K-1, H)
+    if resets is not None and K1 > 0:
+        keep = count[:, T:] == count[:, -1:]  # entries after the last reset
+        final = final * keep[:, :, None].to(final.dtype)
+    return y, final

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import cortexmem
+from cortexmem import (
+    AdapterBlockConfig,
+    CausalConv1dCellConfig,
+    CortexStackConfig,
+    LSTMCellConfig,
+    PassThroughBlockConfig,
+    PostUpGatedBlockConfig,
+    PreUpBlockConfig,
+    build_cortex,
+    load_stack,
+)
+
+
+def _cfg():
+    return CortexStackConfig(d_hidden=12, blocks=[
+        PreUpBlockConfig(cell=LSTMCellConfig(num_layers=2), proj_factor=1.5),
+        AdapterBlockConfig(block=PostUpGatedBlockConfig(cell=CausalConv1dCellConfig(kernel_size=3))),
+        PassThroughBlockConfig(cell=LSTMCellConfig(hidden_size=12)),
+    ])
+
+
+def test_hidden_size_inferred_into_new_config():
+    cfg = _cfg()
+    stack = build_cortex(cfg)
+    assert cfg.blocks[0].cell.hidden_size is None  # the user's config is never mutated
+    assert stack.config.blocks[0].cell.hidden_size == 18
+    assert stack.config.blocks[1].block.cell.hidden_size == 12
+    assert stack.blocks[0].cell.hidden_size == 18
+
+
+def test_hidden_size_mismatch_is_an_error():
+    cfg = CortexStackConfig(d_hidden=8, blocks=[PreUpBlockConfig(cell=LSTMCellConfig(hidden_size=8))])
+    with pytest.raises(ValueError, match="needs LSTMCellConfig.hidden_size=16, got 8"):
+        build_cortex(cfg)
+
+
+def test_config_json_round_trip():
+    cfg = _cfg()
+    text = cfg.model_dump_json()
+    assert json.loads(text)["blocks"][1]["block"]["type"] == "PostUpGatedBlockConfig"
+    again = CortexStackConfig.model_validate_json(text)
+    assert again == cfg and type(again.blocks[1].block.cell) is CausalConv1dCellConfig
+
+
+def test_configs_forbid_unknown_fields_and_types():
+    with pytest.raises(ValueError, match="extra"):
+        LSTMCellConfig(hidden_size=4, nope=1)
+    with pytest.raises(ValueError, match="unknown config type"):
+        CortexStackConfig.model_validate({"d_hidden": 4, "blocks": [{"type": "NoSuchBlockConfig"}]})
+    with pytest.raises(ValueError, match="is not a BlockConfig"):
+        CortexStackConfig.model_validate({"d_hidden": 4, "blocks": [{"type": "LSTMCellConfig"}]})
+
+
+def test_unknown_config_type_lists_registered():
+    class Orphan(cortexmem.CellConfig):
+        pass
+
+    with pytest.raises(TypeError, match="registered cell configs: .*LSTMCellConfig"):
+        cortexmem.build_cell(Orphan(hidden_size=4))
+
+
+def test_save_and_load_stack(tmp_path):
+    torch.manual_seed(0)
+    stack = build_cortex(_cfg()).eval()
+    stack.save(tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["config.json", "model.safetensors"]
+    again = load_stack(tmp_path / "s").eval()
+    x = torch.randn(2, 7, 12)
+    torch.testing.assert_close(stack(x)[0], again(x)[0], rtol=0, atol=0)
+
+
+def test_load_stack_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_stack(tmp_path)
+    build_cortex(_cfg()).save(tmp_path)
+    (tmp_path / "config.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="not a cortexmem stack"):
+        load_stack(tmp_path)
+
+
+def test_state_nesting_is_the_public_contract():
+    stack = build_cortex(_cfg())
+    keys = set(stack.init_state(2).keys(True, True))
+    assert ("PreUpBlock_0", "LSTMCell", "h") in keys
+    assert ("AdapterBlock_1", "PostUpGatedBlock", "CausalConv1dCell", "conv") in keys
+    assert ("PassThroughBlock_2", "LSTMCell", "c") in keys
+
+
+def test_registries_list_builtins_and_top_level_exports():
+    assert {"LSTMCell", "CausalConv1dCell"} <= set(cortexmem.list_cells())
+    assert {"PassThroughBlock", "PreUpBlock", "PostUpBlock", "PostUpGatedBlock", "AdapterBlock"} <= set(
+        cortexmem.list_blocks())
+    for name in cortexmem.__all__:
+        assert hasattr(cortexmem, name), name
+
+
+def test_adapter_is_identity_at_init():
+    torch.manual_seed(0)
+    inner_cfg = PassThroughBlockConfig(cell=LSTMCellConfig())
+    adapter = cortexmem.build_block(AdapterBlockConfig(block=inner_cfg), 8)
+    x = torch.randn(2, 5, 8)
+    ref, _ = adapter.block(x)
+    torch.testing.assert_close(adapter(x)[0], ref)
+
+
+def test_quick_start_from_readme():
+    from cortexmem import CortexStackConfig, LSTMCellConfig, PassThroughBlockConfig, PreUpBlockConfig, build_cortex
+    cfg = CortexStackConfig(d_hidden=256, blocks=[
+        PreUpBlockConfig(cell=LSTMCellConfig(hidden_size=None, num_layers=2), proj_factor=2.0),
+        PassThroughBlockConfig(cell=LSTMCellConfig(hidden_size=None)),
+    ], post_norm=True)
+    stack = build_cortex(cfg)
+    state = stack.init_state(batch=4, device="cpu", dtype=torch.float32)
+    out, state = stack(torch.randn(4, 16, 256), state)
+    assert out.shape == (4, 16, 256)
+    out, state = stack.step(torch.randn(4, 256), state)
+    assert out.shape == (4, 256)
+
+
+def test_cli_info():
+    from typer.testing import CliRunner
+
+    from cortexmem.cli import app
+
+    res = CliRunner().invoke(app, ["info"])
+    assert res.exit_code == 0, res.output
+    assert "LSTMCell" in res.output and cortexmem.__version__ in res.output
