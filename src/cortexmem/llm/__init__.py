@@ -1,0 +1,29 @@
+"""Memory sidecar for frozen Hugging Face causal LMs: streaming, persistent sessions, needle-in-a-haystack."""
+
+from .attach import (
+    MemoryAdapter,
+    MemoryLM,
+    MemoryLMOutput,
+    attach_memory,
+    find_decoder_layers,
+    load_qwen_with_cortex,
+    load_with_memory,
+)
+from .config import CortexWrapConfig, MemoryConfig
+from .niah import NiahSample, NiahTask, TextNiah, TokenNiah
+from .sessions import (
+    Fingerprint,
+    SessionConflictError,
+    SessionInfo,
+    SessionMismatchError,
+    SessionNotFoundError,
+    SessionStore,
+)
+from .tokenizer import CharTokenizer, load_tokenizer
+
+__all__ = [
+    "MemoryConfig", "CortexWrapConfig", "MemoryLM", "MemoryLMOutput", "MemoryAdapter", "attach_memory",
+    "load_with_memory", "load_qwen_with_cortex", "find_decoder_layers",
+    "SessionStore", "SessionInfo", "Fingerprint", "SessionNotFoundError", "SessionMismatchError",
+    "SessionConflictError", "NiahTask", "NiahSample", "TextNiah", "TokenNiah", "CharTokenizer", "load_tokenizer",
+]

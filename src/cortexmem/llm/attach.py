@@ -1,0 +1,531 @@
+"""Attach a trainable memory sidecar to a frozen Hugging Face causal LM through forward hooks.
+
+Each chosen decoder layer gets a forward hook that replaces its output hidden states ``h`` by
+``h + gate * up(cell(down(norm(h))))`` where ``cell`` is a registered cortexmem cell carrying state across calls
+and ``gate`` starts at zero, so the wrapped model's logits equal the base model's at init. The decoder layers'
+own forward code is never copied: any architecture whose decoder layers sit in one ``nn.ModuleList`` works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from ..cells.base import build_cell
+from ..core.io import atomic_save_safetensors, atomic_write_json
+from .config import MemoryConfig
+from .sessions import Fingerprint, SessionStore, tensor_digest
+
+log = logging.getLogger(__name__)
+
+_ADAPTER_CONFIG = "memory_config.json"
+_ADAPTER_WEIGHTS = "memory.safetensors"
+
+
+class _StopForward(Exception):
+    """Raised by the last memory hook during ingestion: layers above it cannot change the memory state."""
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(path, layers)``: the ``nn.ModuleList`` of ``num_hidden_layers`` same-class decoder layers."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(cfg, "num_hidden_layers", None)
+    found = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
+            if n is None or len(mod) == n:
+                found.append((name, mod))
+    # vision towers / encoders of multimodal models also hold layer lists; prefer the text decoder's
+    text = [f for f in found if not any(w in f[0] for w in ("vision", "visual", "encoder", "audio"))]
+    found = text or found
+    if not found:
+        raise ValueError(
+            f"could not find the decoder layers of {type(model).__name__}: expected an nn.ModuleList of "
+            f"{n} identical layers"
+        )
+    return min(found, key=lambda f: f[0].count("."))
+
+
+def model_width(model: nn.Module) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(getattr(cfg, attr, None), int):
+            return getattr(cfg, attr)
+    raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """Cheap identity of a base model: its config plus names, shapes and leading values of every weight."""
+    cfg = model.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash", "use_cache"):
+        cfg.pop(k, None)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(p.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class MemoryAdapter(nn.Module):
+    """Reads and writes one layer's residual stream: ``h + gate * up(cell(down(rmsnorm(h))))``."""
+
+    def __init__(self, d_model: int, cfg: MemoryConfig) -> None:
+        super().__init__()
+        cell_cfg = cfg.cell_config()
+        width = cell_cfg.hidden_size
+        self.norm = nn.RMSNorm(d_model, eps=cfg.norm_eps)
+        self.down = nn.Linear(d_model, width, bias=False)
+        self.cell = build_cell(cell_cfg)
+        self.up = nn.Linear(width, d_model, bias=False)
+        # zero gate: exactly the base model at init, yet the gate itself gets gradient from the first step
+        self.gate = nn.Parameter(torch.zeros(d_model))
+
+    def init_state(self, batch: int, device: Any = None) -> TensorDict:
+        return self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
+
+    def forward(self, h: Tensor, state: TensorDict) -> tuple[Tensor, TensorDict]:
+        """``h`` ``[B, T, D]`` -> ``(h', new_state)``."""
+        x = self.down(self.norm(h.to(self.gate.dtype)))
+        y, new_state = self.cell.forward_sequence(x, state, None)
+        return h + (self.gate * self.up(y)).to(h.dtype), new_state
+
+
+class SidecarMemory(nn.Module):
+    """One ``MemoryAdapter`` per wrapped layer; state ``{"layer_<i>": cell state}``."""
+
+    def __init__(self, d_model: int, cfg: MemoryConfig, layer_ids: list[int]) -> None:
+        super().__init__()
+        self.layer_ids = list(layer_ids)
+        self.adapters = nn.ModuleDict({str(i): MemoryAdapter(d_model, cfg) for i in layer_ids})
+
+    def init_state(self, batch: int, device: Any = None) -> TensorDict:
+        return TensorDict(
+            {f"layer_{i}": self.adapters[str(i)].init_state(batch, device) for i in self.layer_ids},
+            batch_size=[batch], device=device,
+        )
+
+
+@dataclass
+class _Run:
+    """Mutable per-call context the hooks read and update."""
+
+    state: dict[str, TensorDict]
+    stop_after: int | None = None
+
+
+@dataclass
+class MemoryLMOutput:
+    """HF-style output: ``loss`` (mean over labelled tokens), ``logits``, final ``memory_state``."""
+
+    loss: Tensor | None
+    logits: Tensor | None
+    memory_state: TensorDict
+    num_label_tokens: int = 0
+    exact_match: Tensor | None = None  # [B] bool: every labelled token predicted by argmax
+    token_correct: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+class MemoryLM(nn.Module):
+    """A frozen causal LM plus a trainable memory sidecar; streams any length chunk by chunk."""
+
+    def __init__(self, base: nn.Module, cfg: MemoryConfig | None = None, *,
+                 sessions: SessionStore | str | None = None, tokenizer: Any = None) -> None:
+        super().__init__()
+        cfg = cfg if cfg is not None else MemoryConfig()
+        if not isinstance(cfg, MemoryConfig):
+            raise TypeError(f"cfg must be a MemoryConfig, got {type(cfg).__name__}")
+        if getattr(base, "_cortexmem_attached", False):
+            raise ValueError(f"{type(base).__name__} already has a memory sidecar attached; call .detach() first")
+        if not hasattr(base, "config"):
+            raise TypeError(f"base must be a transformers PreTrainedModel, got {type(base).__name__}")
+        self.config = cfg
+        self.base = base
+        self.tokenizer = tokenizer
+        base.requires_grad_(False)
+        base.eval()
+        self._layers_path, layers = find_decoder_layers(base)
+        self.layer_ids = cfg.resolve_layers(len(layers))
+        self.d_model = model_width(base)
+        device = next(base.parameters()).device
+        self.memory = SidecarMemory(self.d_model, cfg, self.layer_ids).to(device)
+        self._base_fp = base_fingerprint(base)
+        self._sessions = sessions if isinstance(sessions, SessionStore) or sessions is None else SessionStore(sessions)
+        self._run: _Run | None = None
+        self._hooks = [layers[i].register_forward_hook(self._hook(i), with_kwargs=True) for i in self.layer_ids]
+        object.__setattr__(base, "_cortexmem_attached", True)
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def _hook(self, idx: int):
+        key = f"layer_{idx}"
+        adapter = self.memory.adapters[str(idx)]
+
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+            run = self._run
+            if run is None:
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            state = run.state[key]
+            rows, have = h.shape[0], state.batch_size[0]
+            if rows != have:
+                # HF generation expands the batch for num_return_sequences with repeat_interleave
+                if rows % have:
+                    raise ValueError(f"memory state has batch {have}, the model is running batch {rows}")
+                state = state.apply(lambda t: t.repeat_interleave(rows // have, dim=0), batch_size=[rows])
+            h_new, run.state[key] = adapter(h, state)
+            if run.stop_after == idx:
+                raise _StopForward
+            return (h_new, *output[1:]) if isinstance(output, tuple) else h_new
+
+        return hook
+
+    @contextmanager
+    def _running(self, state: TensorDict, stop_after: int | None = None) -> Iterator[_Run]:
+        if self._run is not None:
+            raise RuntimeError("MemoryLM calls cannot be nested")
+        run = _Run({k: state[k] for k in state.keys()}, stop_after)
+        self._run = run
+        try:
+            yield run
+        finally:
+            self._run = None
+
+    def _pack(self, run: _Run, batch: int) -> TensorDict:
+        return TensorDict(dict(run.state), batch_size=[batch])
+
+    def detach(self) -> nn.Module:
+        """Remove the hooks and return the untouched base model."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        object.__setattr__(self.base, "_cortexmem_attached", False)
+        return self.base
+
+    def train(self, mode: bool = True) -> MemoryLM:
+        self.memory.train(mode)
+        self.base.eval()  # the frozen base never switches dropout on
+        self.training = mode
+        return self
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (the sidecar only)."""
+        return list(self.memory.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.memory.parameters()).device
+
+    @property
+    def sessions(self) -> SessionStore:
+        if self._sessions is None:
+            self._sessions = SessionStore()
+        return self._sessions
+
+    def fingerprint(self) -> Fingerprint:
+        adapter = {f"w.{k}": v for k, v in self.memory.state_dict().items()}
+        cfg = json.dumps({"cfg": self.config.model_dump(), "layers": self.layer_ids}, sort_keys=True)
+        digest = tensor_digest(adapter)
+        return Fingerprint(self._base_fp, hashlib.sha256(f"{cfg}:{digest}".encode()).hexdigest()[:32])
+
+    def init_state(self, batch: int = 1) -> TensorDict:
+        """A fresh memory state for ``batch`` streams (its size does not depend on any length)."""
+        return self.memory.init_state(batch, self.device)
+
+    # --- sessions -------------------------------------------------------------------------------
+    def _start(self, session_id: str | None, state: TensorDict | None, reset: bool,
+               batch: int) -> tuple[TensorDict, int, int | None]:
+        """``(state, tokens_seen, version)`` to start a call from."""
+        if session_id is not None and state is not None:
+            raise ValueError("pass either session_id or state, not both")
+        if state is not None:
+            if state.batch_size[0] != batch:
+                raise ValueError(f"state has batch {state.batch_size[0]}, input has batch {batch}")
+            return state.to(self.device), 0, None
+        if session_id is None:
+            return self.init_state(batch), 0, None
+        if not self.sessions.exists(session_id):
+            return self.init_state(batch), 0, 0  # version 0: fails if another writer creates it meanwhile
+        if reset:
+            return self.init_state(batch), 0, self.sessions.info(session_id).version
+        loaded, info = self.sessions.load(session_id, fingerprint=self.fingerprint(), device=self.device)
+        if info.batch != batch:
+            raise ValueError(f"session {session_id!r} holds batch {info.batch}, input has batch {batch}")
+        return loaded, info.tokens_seen, info.version
+
+    def _finish(self, session_id: str | None, state: TensorDict, tokens: int, version: int | None) -> None:
+        if session_id is not None:
+            self.sessions.save(session_id, state.detach(), fingerprint=self.fingerprint(), tokens_seen=tokens,
+                               expected_version=version)
+
+    def session_state(self, session_id: str) -> TensorDict:
+        """The stored memory state of ``session_id`` (checked against this model's fingerprint)."""
+        return self.sessions.load(session_id, fingerprint=self.fingerprint(), device=self.device)[0]
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def _ids(self, x: Any, tokenizer: Any = None) -> Tensor:
+        if isinstance(x, str):
+            tok = tokenizer or self.tokenizer
+            if tok is None:
+                raise ValueError("text input needs a tokenizer (pass tokenizer= or load_with_memory)")
+            ids = tok.encode(x)
+            x = torch.tensor(ids if isinstance(ids, list) else list(ids), dtype=torch.long)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input_ids must be a LongTensor [B, T] or [T] or a str, got {type(x).__name__}")
+        if x.dtype not in (torch.long, torch.int32, torch.int64):
+            raise TypeError(f"input_ids must be an integer tensor, got dtype {x.dtype}")
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, T] with T >= 1, got shape {tuple(x.shape)}")
+        return x.to(self.device, torch.long)
+
+    # --- streaming ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def ingest(self, input_ids: Any, session_id: str | None = None, *, state: TensorDict | None = None,
+               reset_session: bool = False, tokenizer: Any = None) -> TensorDict:
+        """Feed any length ``chunk_size`` tokens at a time (KV cache dropped between chunks); returns the state.
+
+        With ``session_id`` the session's state is continued and saved back.
+        """
+        ids = self._ids(input_ids, tokenizer)
+        st, seen, version = self._start(session_id, state, reset_session, ids.shape[0])
+        st = self._ingest(ids, st)
+        self._finish(session_id, st, seen + ids.shape[1], version)
+        return st
+
+    def _ingest(self, ids: Tensor, state: TensorDict) -> TensorDict:
+        C = self.config.chunk_size
+        for s in range(0, ids.shape[1], C):
+            state = self._advance(ids[:, s:s + C], state)
+        return state
+
+    def _advance(self, ids: Tensor, state: TensorDict, **base_kwargs: Any) -> TensorDict:
+        """Run the base on ``ids`` up to the last memory layer only; return the updated state."""
+        with self._running(state, stop_after=self.layer_ids[-1]) as run:
+            try:
+                self.base(input_ids=ids, use_cache=base_kwargs.pop("use_cache", False), **base_kwargs)
+            except _StopForward:
+                pass
+            return self._pack(run, ids.shape[0])
+
+    def forward(
+        self, input_ids: Tensor, labels: Tensor | None = None, attention_mask: Tensor | None = None, *,
+        session_id: str | None = None, state: TensorDict | None = None, reset_session: bool = False,
+        checkpoint: bool = False, bptt_chunks: int | None = None, return_logits: bool = True,
+        memory_mode: str = "carry",
+    ) -> MemoryLMOutput:
+        """Chunked forward with loss; gradient flows through the memory state across chunks.
+
+        ``labels`` are the unshifted token ids (``-100`` = ignored); the target of position ``t`` is
+        ``labels[t + 1]``, also across chunk boundaries. ``checkpoint`` recomputes each chunk in backward
+        (bounded activation memory); ``bptt_chunks=k`` detaches the state every ``k`` chunks.
+        ``memory_mode``: ``"carry"`` (default), ``"reset"`` (fresh memory every chunk) or ``"off"`` (base only,
+        same chunking) -- the last two are the no-memory baselines.
+        """
+        if memory_mode not in ("carry", "reset", "off"):
+            raise ValueError(f"memory_mode must be 'carry', 'reset' or 'off', got {memory_mode!r}")
+        ids = self._ids(input_ids)
+        B, T = ids.shape
+        st, seen, version = self._start(session_id, state, reset_session, B)
+        targets = None
+        if labels is not None:
+            if labels.shape != ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(ids.shape)}, got "
+                                 f"{tuple(labels.shape)}")
+            labels = labels.to(ids.device)
+            targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), -100)], dim=1)
+        if attention_mask is not None and attention_mask.shape != ids.shape:
+            raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+        keys = sorted(st.flatten_keys(".").keys())
+        flat = [st.flatten_keys(".")[k] for k in keys]
+        fresh = list(flat)
+        C = self.config.chunk_size
+        loss_sum = ids.new_zeros((), dtype=torch.float32)
+        n_tok, n_correct = 0, 0
+        ok = torch.ones(B, dtype=torch.bool, device=ids.device)
+        logits_out = []
+        for c, s in enumerate(range(0, T, C)):
+            chunk = ids[:, s:s + C]
+            tgt = targets[:, s:s + C] if targets is not None else None
+            mask = attention_mask[:, s:s + C] if attention_mask is not None else None
+
+            if memory_mode == "reset":
+                flat = fresh
+
+            def run(chunk: Tensor, tgt: Tensor | None, mask: Tensor | None, *flat_in: Tensor):
+                return self._chunk(chunk, tgt, mask, keys, B, list(flat_in), return_logits, memory_mode != "off")
+
+            if checkpoint and torch.is_grad_enabled():
+                res = _checkpoint(run, chunk, tgt, mask, *flat, use_reentrant=False)
+            else:
+                res = run(chunk, tgt, mask, *flat)
+            l_sum, cnt, corr, chunk_ok, logits, flat = res[0], res[1], res[2], res[3], res[4], list(res[5:])
+            loss_sum = loss_sum + l_sum
+            n_tok += int(cnt)
+            n_correct += int(corr)
+            ok = ok & chunk_ok
+            if return_logits:
+                logits_out.append(logits)
+            if bptt_chunks is not None and (c + 1) % bptt_chunks == 0:
+                flat = [t.detach() for t in flat]
+        final = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
+        self._finish(session_id, final, seen + T, version)
+        loss = loss_sum / max(n_tok, 1) if targets is not None else None
+        return MemoryLMOutput(
+            loss=loss, logits=torch.cat(logits_out, dim=1) if return_logits else None, memory_state=final,
+            num_label_tokens=n_tok, exact_match=ok if targets is not None else None, token_correct=n_correct,
+        )
+
+    def _chunk(self, ids: Tensor, tgt: Tensor | None, mask: Tensor | None, keys: list[str], B: int,
+               flat: list[Tensor], return_logits: bool, use_memory: bool = True) -> tuple[Tensor, ...]:
+        state = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
+        if use_memory:
+            with self._running(state) as run:
+                out = self.base(input_ids=ids, attention_mask=mask, use_cache=False)
+                new = self._pack(run, B).flatten_keys(".")
+        else:
+            out = self.base(input_ids=ids, attention_mask=mask, use_cache=False)
+            new = state.flatten_keys(".")
+        logits = out.logits
+        zero = logits.new_zeros((), dtype=torch.float32)
+        if tgt is None:
+            l_sum, cnt, corr = zero, torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
+            chunk_ok = torch.ones(B, dtype=torch.bool, device=ids.device)
+        else:
+            valid = tgt != -100
+            lf = logits.float()
+            l_sum = F.cross_entropy(lf.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
+            hit = (lf.argmax(-1) == tgt) & valid
+            cnt, corr = valid.sum(), hit.sum()
+            chunk_ok = (hit | ~valid).all(dim=1)
+        kept = logits if return_logits else zero
+        return (l_sum, cnt, corr, chunk_ok, kept, *[new[k] for k in keys])
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: Any, session_id: str | None = None, *, state: TensorDict | None = None,
+                 reset_session: bool = False, attention_mask: Tensor | None = None, tokenizer: Any = None,
+                 **generate_kwargs: Any) -> Any:
+        """HF ``generate`` with the memory read in the hooks; the session is advanced past every token.
+
+        A prompt longer than ``chunk_size`` is ingested chunk by chunk and only its last (partial) chunk goes to
+        the base model's ``generate``, matching how ``forward`` chunks text. Returns what HF returns, with the
+        full prompt in ``sequences``.
+        """
+        if generate_kwargs.get("num_beams", 1) != 1:
+            raise ValueError("beam search is not supported: beams reorder rows the memory state cannot follow")
+        nrs = generate_kwargs.get("num_return_sequences", 1)
+        if nrs != 1 and session_id is not None:
+            raise ValueError(f"num_return_sequences={nrs} with a session: which continuation to keep is ambiguous")
+        ids = self._ids(input_ids, tokenizer)
+        B, L = ids.shape
+        st, seen, version = self._start(session_id, state, reset_session, B)
+        C = self.config.chunk_size
+        cut = ((L - 1) // C) * C
+        if cut:
+            st = self._ingest(ids[:, :cut], st)
+        tail = ids[:, cut:]
+        mask = attention_mask[:, cut:].to(self.device) if attention_mask is not None else torch.ones_like(tail)
+        want_dict = generate_kwargs.pop("return_dict_in_generate", False)
+        with self._running(st) as run:
+            out = self.base.generate(tail, attention_mask=mask, return_dict_in_generate=True, **generate_kwargs)
+            seqs = out.sequences
+            n_new = seqs.shape[1] - tail.shape[1]
+            pkv = getattr(out, "past_key_values", None)
+            if n_new > 0 and pkv is not None:
+                # generate never feeds its last sampled token back; do it so the memory has seen every token
+                run.stop_after = self.layer_ids[-1]
+                full_mask = torch.cat([mask, mask.new_ones(seqs.shape[0], n_new)], dim=1)
+                try:
+                    self.base(input_ids=seqs[:, -1:], past_key_values=pkv, attention_mask=full_mask, use_cache=True)
+                except _StopForward:
+                    pass
+            final = self._pack(run, seqs.shape[0])
+        if n_new > 0 and pkv is None:
+            # no cache to continue from (use_cache=False): replay prompt tail + answer from the pre-call state
+            final = self._advance(seqs, st)
+        self._finish(session_id, final, seen + L + n_new, version)
+        full = torch.cat([ids[:, :cut].repeat_interleave(seqs.shape[0] // B, dim=0), seqs], dim=1)
+        if not want_dict:
+            return full
+        out.sequences = full
+        return out
+
+    # --- adapter files --------------------------------------------------------------------------
+    def save_memory(self, directory: str | Path) -> Path:
+        """Write only the sidecar: ``memory_config.json`` + ``memory.safetensors``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / _ADAPTER_CONFIG, {
+            "format": "cortexmem-llm-memory-1", "memory": self.config.model_dump(), "layers": self.layer_ids,
+            "d_model": self.d_model, "base_fingerprint": self._base_fp,
+            "base_model": getattr(self.base.config, "_name_or_path", ""),
+        })
+        atomic_save_safetensors(d / _ADAPTER_WEIGHTS, dict(self.memory.state_dict()))
+        return d
+
+    def load_memory(self, directory: str | Path, *, strict_base: bool = True) -> MemoryLM:
+        """Load sidecar weights written by ``save_memory`` (the same base model is checked)."""
+        from safetensors.torch import load_file
+
+        meta = read_adapter_config(directory)
+        cfg = MemoryConfig.model_validate(meta["memory"])
+        if cfg.model_dump() != self.config.model_dump() or meta["layers"] != self.layer_ids:
+            raise ValueError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
+                             f"load_with_memory(..., adapter=...) to build a matching sidecar")
+        if strict_base and meta["base_fingerprint"] != self._base_fp:
+            raise ValueError(f"adapter in {directory} was trained on a different base model (fingerprint "
+                             f"{meta['base_fingerprint']}, this base has {self._base_fp})")
+        weights = load_file(str(Path(directory) / _ADAPTER_WEIGHTS), device=str(self.device))
+        self.memory.load_state_dict(weights)
+        return self
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / _ADAPTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no {_ADAPTER_CONFIG} in {directory}")
+    return json.loads(path.read_text())
+
+
+def attach_memory(model: nn.Module, cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
+    """Wrap ``model`` (frozen in place, not copied) with a memory sidecar."""
+    return MemoryLM(model, cfg, **kwargs)
+
+
+def load_with_memory(name_or_path: str, cfg: MemoryConfig | None = None, adapter: str | Path | None = None,
+                     *, sessions: SessionStore | str | None = None, **hf_kwargs: Any) -> MemoryLM:
+    """Load a causal LM with ``AutoModelForCausalLM`` and attach memory (weights from ``adapter`` if given)."""
+    from transformers import AutoModelForCausalLM
+
+    from .tokenizer import load_tokenizer
+
+    if adapter is not None:
+        saved = MemoryConfig.model_validate(read_adapter_config(adapter)["memory"])
+        if cfg is not None and cfg.model_dump() != saved.model_dump():
+            raise ValueError("cfg differs from the adapter's saved MemoryConfig; pass one or the other")
+        cfg = saved
+    base = AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
+    mlm = MemoryLM(base, cfg, sessions=sessions, tokenizer=load_tokenizer(name_or_path))
+    if adapter is not None:
+        mlm.load_memory(adapter)
+    return mlm
+
+
+def load_qwen_with_cortex(name: str, cortex_cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
+    """Compatibility alias of the original Cortex sidecar release (works for any causal LM)."""
+    return load_with_memory(name, cortex_cfg, **kwargs)

@@ -1,0 +1,79 @@
+"""``MemoryConfig``: how the memory sidecar is sized, where it attaches, and which registered cell it runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ..cells.base import CellConfig
+from ..core.config import TaggedConfig, config_class, polymorphic
+
+
+class MemoryConfig(TaggedConfig):
+    """Sidecar settings. ``cell=None`` builds the gated-delta memory (hybrid when ``use_hybrid``)."""
+
+    rank_fast: int = Field(default=32, ge=1, description="compressor rank in front of the memory write")
+    alpha_max: float = Field(default=0.99, gt=0.0, le=1.0, description="upper bound of the per-step decay")
+    use_hybrid: bool = Field(default=True, description="local window attention + delta memory (HybridCell)")
+    chunk_size: int = Field(default=512, ge=1, description="tokens the base model sees at once when streaming")
+    num_heads: int = Field(default=4, ge=1)
+    head_dim: int = Field(default=32, ge=1)
+    layers: Literal["auto"] | list[int] = Field(default="auto", description="decoder layer indices to wrap")
+    compressor: str = Field(default="linear", description="'none' or a compressor the memory cell knows")
+    window: int | None = Field(default=None, ge=1, description="hybrid local window (default: 64)")
+    memory_chunk: int = Field(default=64, ge=1, description="chunk size of the cell's chunkwise kernel")
+    use_short_conv: bool = True
+    cell: polymorphic(CellConfig) | None = Field(default=None, description="explicit cell (overrides the above)")
+    norm_eps: float = Field(default=1e-6, gt=0.0)
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, v):
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"layers must be 'auto' or a non-empty list of distinct indices, got {v}")
+        return v
+
+    @property
+    def memory_width(self) -> int:
+        """Width of the memory cell (``num_heads * head_dim`` unless an explicit cell sets it)."""
+        if self.cell is not None and self.cell.hidden_size is not None:
+            return self.cell.hidden_size
+        return self.num_heads * self.head_dim
+
+    def resolve_layers(self, num_layers: int) -> list[int]:
+        """Concrete sorted layer indices for a base model with ``num_layers`` decoder layers."""
+        if self.layers == "auto":
+            # one read/write point mid-depth: residual features are contextual there and later layers can use
+            # what the memory injects
+            return [max(0, (num_layers - 1) // 2)]
+        out = sorted(i + num_layers if i < 0 else i for i in self.layers)
+        bad = [i for i in out if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"layers {self.layers} out of range for a base model with {num_layers} layers")
+        return out
+
+    def cell_config(self) -> CellConfig:
+        """The registered cell config the memory is built from (``hidden_size`` filled in)."""
+        width = self.memory_width
+        if self.cell is not None:
+            return self.cell if self.cell.hidden_size is not None else self.cell.model_copy(
+                update={"hidden_size": width})
+        name = "HybridCellConfig" if self.use_hybrid else "GatedDeltaCellConfig"
+        try:
+            cls = config_class(name)
+        except ValueError:
+            raise ValueError(
+                f"MemoryConfig needs {name} (the gated-delta cells), which is not registered in this install; "
+                f"pass MemoryConfig(cell=<any registered CellConfig>) to use another cell"
+            ) from None
+        wanted = {
+            "hidden_size": width, "num_heads": self.num_heads, "head_dim": self.head_dim,
+            "chunk_size": self.memory_chunk, "alpha_max": self.alpha_max, "compressor": self.compressor,
+            "rank": self.rank_fast, "window": self.window or 64, "use_short_conv": self.use_short_conv,
+        }
+        return cls(**{k: v for k, v in wanted.items() if k in cls.model_fields})
+
+
+#: name used by the original Cortex sidecar release
+CortexWrapConfig = MemoryConfig

@@ -1,0 +1,200 @@
+"""Needle-in-a-haystack samples: realistic generated filler or random tokens, distractor pairs, needle at a depth.
+
+Text mode: ``"The secret code of <name> is <digits>."`` hidden at ``depth`` among filler sentences drawn from a
+grammar with thousands of distinct sentences and among distractor sentences of the same form for other names;
+the context ends with ``"What is the secret code of <name>? The secret code of <name> is"`` and the answer is
+``" <digits>"``. Names are split into disjoint train and eval pools so evaluation is held out.
+Token mode (tests, no tokenizer): ``KEY k VAL v`` pairs in random filler, question ``QUERY k VAL`` -> ``v``.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from .tokenizer import encode_plain
+
+Split = Literal["train", "eval"]
+
+_SYL = ["ka", "lo", "mi", "ra", "te", "vo", "su", "ne", "di", "ba", "zu", "fe", "go", "hi", "ja", "pe", "qui",
+        "ro", "sa", "tu", "wi", "xe", "yo", "el", "an", "or", "is", "um"]
+_PEOPLE = ["the baker", "a farmer", "the old captain", "my neighbour", "the young doctor", "a tired student",
+           "the mayor", "her brother", "the librarian", "a stranger", "the engineer", "his aunt", "the painter",
+           "a fisherman", "the teacher", "our guide", "the nurse", "a musician", "the gardener", "the pilot"]
+_VERBS = ["carried", "painted", "repaired", "found", "sold", "borrowed", "described", "forgot", "noticed",
+          "cleaned", "measured", "hid", "wrapped", "counted", "photographed", "returned", "tasted", "built"]
+_OBJECTS = ["a wooden chair", "the blue kettle", "three apples", "an old map", "the broken clock", "a letter",
+            "the bicycle", "a basket of bread", "the iron gate", "two candles", "a small boat", "the red scarf",
+            "a jar of honey", "the garden hose", "a pair of boots", "the silver spoon", "a stack of books"]
+_PLACES = ["near the river", "in the market", "behind the station", "at the harbour", "on the hill",
+           "inside the museum", "by the bakery", "under the bridge", "in the village square", "at the farm",
+           "along the coast", "in the attic", "beside the lake", "at the library", "in the forest"]
+_TIMES = ["on Monday", "before sunrise", "last winter", "after lunch", "in the evening", "during the storm",
+          "at noon", "on a quiet Sunday", "early in spring", "late at night", "the day before", "in autumn"]
+_ADJ = ["cold", "bright", "quiet", "busy", "windy", "grey", "warm", "strange", "calm", "noisy", "pleasant"]
+_TOPICS = ["weather", "harvest", "old roads", "the festival", "local history", "the new bridge", "trade",
+           "bird songs", "the river", "recipes", "the school", "boats", "music", "the mountains"]
+_TEMPLATES = [
+    "{P} {V} {O} {L} {T}.",
+    "{T}, {p} {V} {O}.",
+    "It was a {A} day {L}, and {p} {V} {O}.",
+    "Nobody knew why {p} {V} {O} {T}.",
+    "The talk {L} was mostly about {S}.",
+    "{P} said the {S} had been {A} this year.",
+    "{P} walked {L} and thought about {S}.",
+    "There were {N} people {L} {T}.",
+    "{P} {V} {O}, then went home.",
+    "Some said {p} {V} {O} {L}; others did not believe it.",
+    "{T} the sky was {A} and the streets were {A2}.",
+    "According to {p}, {S} mattered more than anything {L}.",
+    "{P} kept {O} {L} for {N} days.",
+    "The story of {S} was told again {T}.",
+]
+
+
+def name_pool(split: Split) -> list[str]:
+    """Disjoint pools of synthetic names (about 4/5 train, 1/5 eval)."""
+    names = [(a + b + c).capitalize() for a in _SYL for b in _SYL for c in ("n", "s", "th", "ra", "")]
+    keep = 0 if split == "eval" else 1
+    return [n for n in names if (zlib.crc32(n.encode()) % 5 != 0) == bool(keep)]
+
+
+def filler_sentence(rng: random.Random) -> str:
+    """One sentence from the filler grammar."""
+    t = rng.choice(_TEMPLATES)
+    person = rng.choice(_PEOPLE)
+    return t.format(
+        P=person[0].upper() + person[1:], p=rng.choice(_PEOPLE), V=rng.choice(_VERBS), O=rng.choice(_OBJECTS),
+        L=rng.choice(_PLACES), T=rng.choice(_TIMES), A=rng.choice(_ADJ), A2=rng.choice(_ADJ),
+        S=rng.choice(_TOPICS), N=rng.randint(2, 90),
+    ).replace("  ", " ")
+
+
+def needle_sentence(name: str, code: str) -> str:
+    return f"The secret code of {name} is {code}."
+
+
+def question_text(name: str) -> str:
+    return f" What is the secret code of {name}? The secret code of {name} is"
+
+
+@dataclass
+class NiahSample:
+    """``context`` ids (ends with the question), ``answer`` ids, where the needle starts, requested depth."""
+
+    context: list[int]
+    answer: list[int]
+    needle_pos: int
+    depth: float
+
+
+class NiahTask(ABC):
+    """Base class: ``sample(rng, length, depth, split)`` and ``chance`` (accuracy of a uniform guess)."""
+
+    chance: float
+
+    @abstractmethod
+    def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
+        """One sample whose context is exactly ``length`` tokens (text mode: at most a few more)."""
+
+    def batch(self, rng: random.Random, batch: int, length: int, depth: float | None, split: Split,
+              pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[NiahSample]]:
+        """``(input_ids, labels, samples)``: context + answer, labels only on answer tokens, right-padded."""
+        samples = [self.sample(rng, length, rng.random() if depth is None else depth, split) for _ in range(batch)]
+        width = max(len(s.context) + len(s.answer) for s in samples)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        labels = torch.full((batch, width), -100, dtype=torch.long)
+        for i, s in enumerate(samples):
+            seq = s.context + s.answer
+            ids[i, :len(seq)] = torch.tensor(seq)
+            labels[i, len(s.context):len(seq)] = torch.tensor(s.answer)
+        return ids, labels, samples
+
+
+class TextNiah(NiahTask):
+    """Needle sentence in generated filler with ``n_distractors`` same-form sentences for other names."""
+
+    def __init__(self, tokenizer: Any, *, digits: int = 6, n_distractors: int = 4) -> None:
+        if digits < 1:
+            raise ValueError(f"digits must be >= 1, got {digits}")
+        self.tok, self.digits, self.n_distractors = tokenizer, digits, n_distractors
+        self.chance = 10.0 ** -digits
+        self._pools = {s: name_pool(s) for s in ("train", "eval")}
+
+    def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth must be in [0, 1], got {depth}")
+        pool = self._pools[split]
+        names = rng.sample(pool, 1 + self.n_distractors)
+        codes = ["".join(rng.choice("0123456789") for _ in range(self.digits)) for _ in names]
+        enc = lambda t: encode_plain(self.tok, t)  # noqa: E731
+        question = enc(question_text(names[0]))
+        answer = enc(" " + codes[0])
+        needle = enc(" " + needle_sentence(names[0], codes[0]))
+        distract = [enc(" " + needle_sentence(n, c)) for n, c in zip(names[1:], codes[1:], strict=True)]
+        budget = length - len(question) - len(needle) - sum(map(len, distract))
+        if budget < 0:
+            raise ValueError(f"length {length} is too short for the needle, distractors and question")
+        filler: list[list[int]] = []
+        used = 0
+        while used < budget:
+            s = enc(" " + filler_sentence(rng))[: budget - used]
+            filler.append(s)
+            used += len(s)
+        slots = len(filler)
+        for d in distract:
+            filler.insert(rng.randint(0, slots), d)
+        at = round(depth * len(filler))
+        pieces = filler[:at] + [needle] + filler[at:]
+        pos = sum(map(len, filler[:at]))
+        context = [t for p in pieces for t in p] + question
+        return NiahSample(context, answer, pos, depth)
+
+
+class TokenNiah(NiahTask):
+    """Random-token haystack: ``KEY k VAL v`` pairs (one needle + distractors), question ``QUERY k VAL``."""
+
+    KEY, VAL, QUERY = 1, 2, 3
+
+    def __init__(self, vocab_size: int, *, n_keys: int = 16, n_values: int = 16, n_distractors: int = 2) -> None:
+        self.n_keys, self.n_values, self.n_distractors = n_keys, n_values, n_distractors
+        self.key0, self.val0 = 4, 4 + n_keys
+        self.fill0 = self.val0 + n_values
+        if self.fill0 + 8 > vocab_size:
+            raise ValueError(f"vocab_size {vocab_size} too small for {n_keys} keys and {n_values} values")
+        if n_distractors + 1 > n_keys:
+            raise ValueError(f"need n_keys > n_distractors, got {n_keys} and {n_distractors}")
+        self.vocab_size = vocab_size
+        self.chance = 1.0 / n_values
+
+    def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
+        # held-out split: eval pairs (key, value) come from a disjoint half of the key-value table
+        keys = rng.sample(range(self.n_keys), 1 + self.n_distractors)
+        vals = [rng.randrange(self.n_values) for _ in keys]
+        parity = 0 if split == "train" else 1
+        vals[0] = (vals[0] // 2) * 2 + ((keys[0] + parity) % 2)
+        pairs = [[self.KEY, self.key0 + k, self.VAL, self.val0 + v] for k, v in zip(keys, vals, strict=True)]
+        question = [self.QUERY, self.key0 + keys[0], self.VAL]
+        n_fill = length - len(question) - 4 * len(pairs)
+        if n_fill < 0:
+            raise ValueError(f"length {length} too short for {len(pairs)} pairs and the question")
+        fill = [rng.randrange(self.fill0, self.vocab_size) for _ in range(n_fill)]
+        at = round(depth * n_fill)
+        others = sorted(rng.randint(0, n_fill) for _ in pairs[1:])
+        seq: list[int] = []
+        needle_pos = 0
+        cuts = sorted([(at, 0)] + [(o, i + 1) for i, o in enumerate(others)])
+        prev = 0
+        for pos, which in cuts:
+            seq += fill[prev:pos]
+            if which == 0:
+                needle_pos = len(seq)
+            seq += pairs[which]
+            prev = pos
+        seq += fill[prev:] + question
+        return NiahSample(seq, [self.val0 + vals[0]], needle_pos, depth)

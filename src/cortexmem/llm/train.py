@@ -1,0 +1,189 @@
+"""``train_niah``: train only the sidecar on needle-in-a-haystack with BPTT through the memory across chunks.
+
+The loss sits on the answer tokens after the last chunk, and gradient flows back through the memory state
+into the chunk that *wrote* the needle (``bptt_chunks=None`` keeps the whole sequence; an int truncates).
+Each chunk is activation-checkpointed so memory stays bounded by one chunk's activations plus the states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.io import atomic_save_safetensors, atomic_write_json
+from .attach import MemoryLM
+from .niah import NiahTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainNiahConfig:
+    """Hyper-parameters of ``train_niah``."""
+
+    length: int = 2048
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup: int = 50
+    grad_clip: float = 1.0
+    bptt_chunks: int | None = None
+    checkpoint: bool = True
+    eval_every: int = 100
+    eval_samples: int = 64
+    save_every: int = 200
+    seed: int = 0
+    min_depth: float = 0.0
+    max_depth: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("length", "steps", "batch_size", "eval_every", "eval_samples", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_depth <= self.max_depth <= 1.0:
+            raise ValueError(f"need 0 <= min_depth <= max_depth <= 1, got {self.min_depth}, {self.max_depth}")
+
+
+@dataclass
+class TrainHistory:
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    eval_acc: list[float] = field(default_factory=list)
+
+
+def niah_accuracy(mlm: MemoryLM, task: NiahTask, *, length: int, n: int, batch_size: int, seed: int,
+                  depth: float | None = None, memory_mode: str = "carry", split: str = "eval") -> float:
+    """Exact-match accuracy (all answer tokens by greedy argmax, correctly shifted) on held-out samples."""
+    rng = random.Random(10_000_019 * (seed + 1) + length)
+    hits, total = 0, 0
+    was = mlm.training
+    mlm.train(False)
+    with torch.no_grad():
+        while total < n:
+            b = min(batch_size, n - total)
+            ids, labels, _ = task.batch(rng, b, length, depth, split)
+            out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode)
+            hits += int(out.exact_match.sum())
+            total += b
+    mlm.train(was)
+    return hits / total
+
+
+def _lr_at(step: int, cfg: TrainNiahConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str | Path | None = None, *,
+               resume: bool = True, progress: bool = True) -> TrainHistory:
+    """Train the sidecar; with ``out_dir`` write checkpoints (resumable), ``history.json`` and ``curve.png``."""
+    params = mlm.memory_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    hist, start = TrainHistory(), 0
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and resume and (out / "ckpt" / "trainer.json").is_file():
+        start, hist = _load_checkpoint(mlm, opt, out / "ckpt")
+        log.info("resumed from step %d", start)
+    mlm.train(True)
+    bar = _progress(progress)
+    task_id = bar.add_task("train-niah", total=cfg.steps, completed=start) if bar else None
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step seed: resume reproduces the same batches
+        depth = rng.uniform(cfg.min_depth, cfg.max_depth)
+        ids, labels, _ = task.batch(rng, cfg.batch_size, cfg.length, depth, "train")
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        res = mlm(ids, labels=labels, checkpoint=cfg.checkpoint, bptt_chunks=cfg.bptt_chunks, return_logits=False)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        hist.step.append(step + 1)
+        hist.loss.append(float(res.loss))
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            acc = niah_accuracy(mlm, task, length=cfg.length, n=cfg.eval_samples, batch_size=cfg.batch_size,
+                                seed=cfg.seed)
+            hist.eval_step.append(step + 1)
+            hist.eval_acc.append(acc)
+            log.info("step %d loss %.4f eval acc %.3f", step + 1, hist.loss[-1], acc)
+        if bar:
+            acc_s = f" acc {hist.eval_acc[-1]:.2f}" if hist.eval_acc else ""
+            bar.update(task_id, advance=1, description=f"train-niah loss {hist.loss[-1]:.3f}{acc_s}")
+        if out is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
+            _save_checkpoint(mlm, opt, out / "ckpt", step + 1, hist, cfg)
+    if bar:
+        bar.stop()
+    log.info("trained %d steps in %.1f s", cfg.steps - start, time.perf_counter() - t0)
+    if out is not None:
+        mlm.save_memory(out / "memory")
+        atomic_write_json(out / "history.json", {"config": asdict(cfg), **asdict(hist)})
+        plot_curves(hist, out / "curve.png")
+    return hist
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar.start()
+    return bar
+
+
+def _save_checkpoint(mlm: MemoryLM, opt: torch.optim.Optimizer, d: Path, step: int, hist: TrainHistory,
+                     cfg: TrainNiahConfig) -> None:
+    mlm.save_memory(d / "memory")
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    atomic_save_safetensors(d / "optimizer.safetensors", tensors)
+    # trainer.json is written last: its presence marks a complete checkpoint
+    atomic_write_json(d / "trainer.json", {"step": step, "history": asdict(hist), "config": asdict(cfg),
+                                           "param_groups": sd["param_groups"]})
+
+
+def _load_checkpoint(mlm: MemoryLM, opt: torch.optim.Optimizer, d: Path) -> tuple[int, TrainHistory]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((d / "trainer.json").read_text())
+    mlm.load_memory(d / "memory")
+    flat = load_file(str(d / "optimizer.safetensors"), device=str(mlm.device))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), TrainHistory(**meta["history"])
+
+
+def plot_curves(hist: TrainHistory, path: str | Path) -> None:
+    """Loss and eval-accuracy curves as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(hist.step, hist.loss, lw=0.8)
+    ax[0].set(xlabel="step", ylabel="answer loss", yscale="log", title="train loss")
+    ax[1].plot(hist.eval_step, hist.eval_acc, marker="o")
+    ax[1].set(xlabel="step", ylabel="held-out exact match", ylim=(0, 1.02), title="NIAH accuracy")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
