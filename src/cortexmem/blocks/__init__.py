@@ -1,6 +1,7 @@
 """Blocks: wrap cells with projections, norms and residual paths. Importing registers the built-ins."""
 
 from .adapter import AdapterBlock, AdapterBlockConfig
+from .direct import DirectBlock, DirectBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
 from .standard import (
     PassThroughBlock,
@@ -17,5 +18,5 @@ __all__ = [
     "BlockConfig", "CellBlockConfig", "MemoryBlock", "CellBlock", "build_block",
     "PassThroughBlock", "PassThroughBlockConfig", "PreUpBlock", "PreUpBlockConfig",
     "PostUpBlock", "PostUpBlockConfig", "PostUpGatedBlock", "PostUpGatedBlockConfig",
-    "AdapterBlock", "AdapterBlockConfig",
+    "AdapterBlock", "AdapterBlockConfig", "DirectBlock", "DirectBlockConfig",
 ]
