@@ -1,8 +1,8 @@
 """Blocks: wrap cells with projections, norms and residual paths. Importing registers the built-ins."""
 
 from .adapter import AdapterBlock, AdapterBlockConfig
-from .direct import DirectBlock, DirectBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
+from .direct import DirectBlock, DirectBlockConfig
 from .standard import (
     PassThroughBlock,
     PassThroughBlockConfig,

@@ -12,7 +12,7 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..blocks.base import BlockConfig, MemoryBlock, build_block
+from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
 from ..core.io import atomic_save_safetensors, atomic_write_json
 from ..core.module import MemoryModule
