@@ -34,6 +34,11 @@ def info() -> None:
     Console().print(table)
 
 
+from .llm.cli import app as _llm_app  # noqa: E402
+
+app.add_typer(_llm_app, name="llm")
+
+
 def main() -> None:
     app()
 

@@ -102,10 +102,14 @@ class NiahTask(ABC):
     def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
         """One sample whose context is exactly ``length`` tokens (text mode: at most a few more)."""
 
-    def batch(self, rng: random.Random, batch: int, length: int, depth: float | None, split: Split,
-              pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[NiahSample]]:
-        """``(input_ids, labels, samples)``: context + answer, labels only on answer tokens, right-padded."""
-        samples = [self.sample(rng, length, rng.random() if depth is None else depth, split) for _ in range(batch)]
+    def batch(self, rng: random.Random, batch: int, length: int, depth: float | tuple[float, float] | None,
+              split: Split, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[NiahSample]]:
+        """``(input_ids, labels, samples)``: context + answer, labels only on answer tokens, right-padded.
+
+        ``depth``: a fixed depth, a ``(lo, hi)`` range drawn per sample, or ``None`` for ``(0, 1)``.
+        """
+        lo, hi = (0.0, 1.0) if depth is None else (depth, depth) if isinstance(depth, float | int) else depth
+        samples = [self.sample(rng, length, rng.uniform(lo, hi), split) for _ in range(batch)]
         width = max(len(s.context) + len(s.answer) for s in samples)
         ids = torch.full((batch, width), pad_id, dtype=torch.long)
         labels = torch.full((batch, width), -100, dtype=torch.long)
@@ -173,11 +177,10 @@ class TokenNiah(NiahTask):
         self.chance = 1.0 / n_values
 
     def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
-        # held-out split: eval pairs (key, value) come from a disjoint half of the key-value table
+        # every sample draws fresh key-value bindings, so held-out means fresh draws (the callers seed the eval
+        # generator apart from the training one); nothing about a binding carries over between samples
         keys = rng.sample(range(self.n_keys), 1 + self.n_distractors)
         vals = [rng.randrange(self.n_values) for _ in keys]
-        parity = 0 if split == "train" else 1
-        vals[0] = (vals[0] // 2) * 2 + ((keys[0] + parity) % 2)
         pairs = [[self.KEY, self.key0 + k, self.VAL, self.val0 + v] for k, v in zip(keys, vals, strict=True)]
         question = [self.QUERY, self.key0 + keys[0], self.VAL]
         n_fill = length - len(question) - 4 * len(pairs)

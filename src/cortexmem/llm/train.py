@@ -62,7 +62,8 @@ class TrainHistory:
 
 
 def niah_accuracy(mlm: MemoryLM, task: NiahTask, *, length: int, n: int, batch_size: int, seed: int,
-                  depth: float | None = None, memory_mode: str = "carry", split: str = "eval") -> float:
+                  depth: float | tuple[float, float] | None = None, memory_mode: str = "carry",
+                  split: str = "eval") -> float:
     """Exact-match accuracy (all answer tokens by greedy argmax, correctly shifted) on held-out samples."""
     rng = random.Random(10_000_019 * (seed + 1) + length)
     hits, total = 0, 0
@@ -102,8 +103,7 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step seed: resume reproduces the same batches
-        depth = rng.uniform(cfg.min_depth, cfg.max_depth)
-        ids, labels, _ = task.batch(rng, cfg.batch_size, cfg.length, depth, "train")
+        ids, labels, _ = task.batch(rng, cfg.batch_size, cfg.length, (cfg.min_depth, cfg.max_depth), "train")
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
         res = mlm(ids, labels=labels, checkpoint=cfg.checkpoint, bptt_chunks=cfg.bptt_chunks, return_logits=False)
@@ -112,10 +112,10 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         hist.step.append(step + 1)
-        hist.loss.append(float(res.loss))
+        hist.loss.append(float(res.loss.detach()))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             acc = niah_accuracy(mlm, task, length=cfg.length, n=cfg.eval_samples, batch_size=cfg.batch_size,
-                                seed=cfg.seed)
+                                seed=cfg.seed, depth=(cfg.min_depth, cfg.max_depth))
             hist.eval_step.append(step + 1)
             hist.eval_acc.append(acc)
             log.info("step %d loss %.4f eval acc %.3f", step + 1, hist.loss[-1], acc)

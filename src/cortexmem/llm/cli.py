@@ -1,0 +1,158 @@
+"""``cortex llm ...``: sessions, train-niah, eval-niah, pretrain-base."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Memory sidecar for frozen Hugging Face causal LMs.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Inspect and manage stored memory sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+_console = Console()
+
+_STORE = typer.Option(None, "--store", help="sessions.db path (default $CORTEXMEM_SESSIONS or ~/.cache/cortexmem)")
+
+
+def _store(path: Path | None):
+    from .sessions import SessionStore
+
+    return SessionStore(path)
+
+
+def _ts(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@sessions_app.command("list")
+def sessions_list(store: Path | None = _STORE, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List sessions, most recently updated first."""
+    infos = _store(store).list()
+    if as_json:
+        typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    table = Table(title=f"sessions ({len(infos)})")
+    for col in ("session_id", "tokens_seen", "fingerprint", "size", "updated (UTC)", "version"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(i.session_id, str(i.tokens_seen), i.fingerprint[:12], f"{i.nbytes / 1024:.1f} KiB",
+                      _ts(i.updated_at), str(i.version))
+    _console.print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(session_id: str, store: Path | None = _STORE) -> None:
+    """Metadata of one session as JSON."""
+    from .sessions import SessionNotFoundError
+
+    try:
+        info = _store(store).info(session_id)
+    except SessionNotFoundError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(json.dumps(info.as_dict(), indent=2))
+
+
+@sessions_app.command("delete")
+def sessions_delete(session_id: str, store: Path | None = _STORE) -> None:
+    """Delete one session."""
+    if not _store(store).delete(session_id):
+        raise typer.BadParameter(f"no session {session_id!r}")
+    typer.echo(f"deleted {session_id}")
+
+
+def _memory_cfg(chunk_size: int, use_hybrid: bool, num_heads: int, head_dim: int, rank: int, layers: str,
+                compressor: str):
+    from .config import MemoryConfig
+
+    lay = "auto" if layers == "auto" else [int(x) for x in layers.split(",")]
+    return MemoryConfig(chunk_size=chunk_size, use_hybrid=use_hybrid, num_heads=num_heads, head_dim=head_dim,
+                        rank_fast=rank, layers=lay, compressor=compressor)
+
+
+def _task(mode: str, mlm, digits: int, distractors: int):
+    from .niah import TextNiah, TokenNiah
+
+    if mode == "text":
+        if mlm.tokenizer is None:
+            raise typer.BadParameter("text mode needs a tokenizer next to the base model (or use --mode tokens)")
+        return TextNiah(mlm.tokenizer, digits=digits, n_distractors=distractors)
+    if mode == "tokens":
+        vocab = mlm.base.get_output_embeddings().weight.shape[0]
+        return TokenNiah(vocab, n_keys=min(64, vocab // 4), n_values=min(64, vocab // 4), n_distractors=distractors)
+    raise typer.BadParameter(f"--mode must be 'text' or 'tokens', got {mode!r}")
+
+
+@app.command("train-niah")
+def train_niah_cmd(
+    base: str = typer.Option(..., help="HF model name or folder (e.g. one from `cortex llm pretrain-base`)"),
+    out: Path = typer.Option(..., help="output folder: ckpt/, memory/, history.json, curve.png"),
+    length: int = 2048, chunk_size: int = 256, steps: int = 1000, batch_size: int = 8, lr: float = 3e-3,
+    bptt_chunks: int = typer.Option(0, help="detach the memory every k chunks (0: full BPTT)"),
+    mode: str = typer.Option("text", help="text (needle sentence in filler) or tokens (random tokens)"),
+    digits: int = 6, distractors: int = 4, use_hybrid: bool = True, num_heads: int = 4, head_dim: int = 32,
+    rank: int = 32, compressor: str = "linear", layers: str = "auto", eval_every: int = 100, save_every: int = 200,
+    resume: bool = True, device: str = typer.Option("auto"), seed: int = 0,
+) -> None:
+    """Train only the memory sidecar on needle-in-a-haystack (BPTT through the memory across chunks)."""
+    import torch
+
+    from .attach import load_with_memory
+    from .train import TrainNiahConfig, train_niah
+
+    logging.basicConfig(level=logging.INFO)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor)
+    adapter = out / "ckpt" / "memory" if resume and (out / "ckpt" / "trainer.json").is_file() else None
+    mlm = load_with_memory(base, None if adapter else cfg, adapter=adapter).to(dev)
+    tc = TrainNiahConfig(length=length, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                         save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed)
+    hist = train_niah(mlm, _task(mode, mlm, digits, distractors), tc, out, resume=resume)
+    _console.print(f"final held-out accuracy {hist.eval_acc[-1]:.3f}; adapter in {out / 'memory'}")
+
+
+@app.command("eval-niah")
+def eval_niah_cmd(
+    base: str = typer.Option(...), adapter: Path = typer.Option(..., help="folder written by train-niah (memory/)"),
+    out: Path = typer.Option(...), lengths: str = "4k,32k,128k", depths: str = "0,0.25,0.5,0.75,1",
+    samples: int = 20, batch_size: int = 4, mode: str = "text", digits: int = 6, distractors: int = 4,
+    memory_mode: str = typer.Option("carry", help="carry | reset | off (no-memory baselines)"),
+    device: str = typer.Option("auto"), seed: int = 1234,
+) -> None:
+    """Held-out NIAH accuracy heatmap (PNG + JSON) with peak memory per length."""
+    import torch
+
+    from .attach import load_with_memory
+    from .eval import eval_niah, parse_depths, parse_lengths
+
+    logging.basicConfig(level=logging.INFO)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    mlm = load_with_memory(base, adapter=adapter).to(dev)
+    res = eval_niah(mlm, _task(mode, mlm, digits, distractors), parse_lengths(lengths), parse_depths(depths),
+                    samples=samples, batch_size=batch_size, seed=seed, memory_mode=memory_mode, out_dir=out)
+    table = Table(title=f"NIAH exact match ({memory_mode})")
+    table.add_column("length")
+    for d in res["depths"]:
+        table.add_column(f"d={d:g}")
+    table.add_column("peak MB")
+    for n, row, pk in zip(res["lengths"], res["accuracy"], res["peak_memory_mb"], strict=True):
+        table.add_row(str(n), *[f"{a:.2f}" for a in row], f"{pk:.0f}")
+    _console.print(table)
+
+
+@app.command("pretrain-base")
+def pretrain_base_cmd(
+    out: Path = typer.Option(...), arch: str = "llama", hidden: int = 256, layers: int = 4, heads: int = 4,
+    seq_len: int = 512, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+    device: str = typer.Option("auto"),
+) -> None:
+    """Train a small base LM on generated text (character tokenizer) and save it for train-niah."""
+    from .pretrain import pretrain_base
+
+    res = pretrain_base(out, arch=arch, hidden=hidden, layers=layers, heads=heads, seq_len=seq_len, steps=steps,
+                        batch_size=batch_size, lr=lr, seed=seed, device=None if device == "auto" else device)
+    _console.print(f"saved to {out}; final loss {res['final_loss']:.3f} in {res['seconds']:.0f} s")

@@ -1,0 +1,145 @@
+"""``eval_niah``: held-out accuracy over a (length x depth) grid, heatmap PNG, JSON, peak memory per length."""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.io import atomic_write_json
+from .attach import MemoryLM
+from .niah import NiahTask
+
+log = logging.getLogger(__name__)
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"4k,32k,1M,300"`` -> ``[4096, 32768, 1048576, 300]``."""
+    out = []
+    for part in text.split(","):
+        p = part.strip().lower()
+        if not p:
+            continue
+        mult = {"k": 1024, "m": 1024 * 1024}.get(p[-1], 1)
+        num = p[:-1] if mult > 1 else p
+        if not num.isdigit() or int(num) < 1:
+            raise ValueError(f"bad length {part!r}: expected a positive integer with optional k/M suffix")
+        out.append(int(num) * mult)
+    if not out:
+        raise ValueError(f"no lengths in {text!r}")
+    return out
+
+
+def parse_depths(text: str) -> list[float]:
+    depths = [float(p) for p in text.split(",") if p.strip()]
+    if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"depths must be a comma list of numbers in [0, 1], got {text!r}")
+    return depths
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # CPU: process high-water mark (monotone over the run; kB on Linux, bytes on macOS)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[float], *, samples: int = 20,
+              batch_size: int = 4, seed: int = 1234, memory_mode: str = "carry",
+              out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Exact-match accuracy per (length, depth) on held-out samples; writes ``niah.json`` + ``niah.png``."""
+    acc = [[0.0] * len(depths) for _ in lengths]
+    peak, tps = [], []
+    was = mlm.training
+    mlm.train(False)
+    with torch.no_grad():
+        for i, length in enumerate(lengths):
+            _peak_reset(mlm.device)
+            tokens, t0 = 0, time.perf_counter()
+            for j, depth in enumerate(depths):
+                rng = random.Random(seed * 7_919 + 31 * i + j)
+                hits, n = 0, 0
+                while n < samples:
+                    b = min(batch_size, samples - n)
+                    ids, labels, _ = task.batch(rng, b, length, depth, "eval")
+                    out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode)
+                    hits += int(out.exact_match.sum())
+                    n += b
+                    tokens += ids.numel()
+                acc[i][j] = hits / n
+                log.info("length %d depth %.2f acc %.3f", length, depth, acc[i][j])
+            tps.append(tokens / (time.perf_counter() - t0))
+            peak.append(_peak_mb(mlm.device))
+    mlm.train(was)
+    result = {
+        "lengths": lengths, "depths": depths, "accuracy": acc, "samples_per_cell": samples,
+        "memory_mode": memory_mode, "chance": task.chance,
+        "mean_accuracy_per_length": [sum(r) / len(r) for r in acc],
+        "peak_memory_mb": peak, "peak_memory_kind": "cuda_max_allocated" if mlm.device.type == "cuda" else "cpu_maxrss",
+        "tokens_per_s": tps, "chunk_size": mlm.config.chunk_size, "device": str(mlm.device),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic_write_json(out / "niah.json", result)
+        plot_heatmap(result, out / "niah.png")
+    return result
+
+
+def plot_heatmap(result: dict[str, Any], path: str | Path) -> None:
+    """Accuracy heatmap: rows are depths, columns lengths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.array(result["accuracy"]).T
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(result["lengths"]), 1.0 + 0.6 * len(result["depths"])))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(result["lengths"])), [_fmt_len(n) for n in result["lengths"]])
+    ax.set_yticks(range(len(result["depths"])), [f"{d:.2f}" for d in result["depths"]])
+    ax.set(xlabel="context length (tokens)", ylabel="needle depth", title="NIAH exact match")
+    for (r, c), v in np.ndenumerate(grid):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _fmt_len(n: int) -> str:
+    if n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)}M"
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def lm_loss_ratio(mlm: MemoryLM, texts: list[torch.Tensor]) -> dict[str, float]:
+    """"No harm" figure: plain-text LM loss with memory attached over the base model's (same chunking)."""
+    tot = {"carry": 0.0, "off": 0.0}
+    cnt = {"carry": 0, "off": 0}
+    with torch.no_grad():
+        for ids in texts:
+            ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
+            for mode in tot:
+                out = mlm(ids, labels=ids, return_logits=False, memory_mode=mode)
+                tot[mode] += float(out.loss) * out.num_label_tokens
+                cnt[mode] += out.num_label_tokens
+    with_mem, base = tot["carry"] / cnt["carry"], tot["off"] / cnt["off"]
+    return {"loss_with_memory": with_mem, "loss_base": base, "ratio": with_mem / base}
