@@ -10,8 +10,8 @@ Token mode (tests, no tokenizer): ``KEY k VAL v`` pairs in random filler, questi
 from __future__ import annotations
 
 import random
-from abc import ABC, abstractmethod
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
