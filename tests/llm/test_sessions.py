@@ -119,7 +119,8 @@ def test_concurrent_writers_do_not_corrupt(tmp_path):
     for sid, info in infos.items():
         st, _ = store.load(sid)
         # content and row agree (no torn or mixed writes)
-        assert torch.all(st["layer_0", "S"] == info.tokens_seen) and torch.all(st["layer_0", "conv"] == info.tokens_seen)
+        assert torch.all(st["layer_0", "S"] == info.tokens_seen)
+        assert torch.all(st["layer_0", "conv"] == info.tokens_seen)
     for w in range(4):
         assert infos[f"own-{w}"].tokens_seen == w * 1000 + 9 and infos[f"own-{w}"].version == 10
     assert sum(i.version for sid, i in infos.items() if sid.startswith("shared")) == 40
