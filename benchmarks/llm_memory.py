@@ -1,0 +1,216 @@
+"""LLM memory sidecar figures: peak memory vs streamed length, ingestion overhead, NIAH accuracy vs length.
+
+GPU (defaults):   python benchmarks/llm_memory.py --out runs/llm_bench
+CPU smoke sizes:  python benchmarks/llm_memory.py --tiny --out /tmp/llm_bench
+
+Stages (``--stages``):
+* ``memory``: stream random tokens of each ``--stream-lengths`` through ``MemoryLM.ingest`` (chunk by chunk, KV
+  cache dropped between chunks) and report peak memory per length and the ratio largest/smallest
+  (goal <= 1.05 on GPU: the state does not grow with length).
+* ``throughput``: tokens/s of ingestion with memory vs the base model alone on the same chunks (goal: overhead
+  <= 1.3x). Both sides run every chunk through the base model; the memory side adds the sidecar's read/write.
+* ``niah``: pretrain a base LM on generated text (or ``--base`` a folder/name), train the sidecar with
+  ``train_niah`` at ``--train-length``, then held-out exact match at each ``--niah-lengths`` with needles at
+  depths 0..1 (goal >= 99 % at 32k and 128k), plus the no-memory baseline and the "no harm" LM-loss ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from cortexmem.llm import MemoryConfig, TextNiah, attach_memory, load_with_memory
+from cortexmem.llm.eval import _peak_mb, _peak_reset, eval_niah, lm_loss_ratio, parse_depths, parse_lengths
+from cortexmem.llm.pretrain import build_base_config, pretrain_base, pretrain_document
+from cortexmem.llm.tokenizer import CharTokenizer
+from cortexmem.llm.train import TrainNiahConfig, train_niah
+
+log = logging.getLogger("llm_memory")
+
+
+def random_base(arch: str, hidden: int, layers: int, heads: int, vocab: int, device: torch.device, dtype):
+    from transformers import AutoModelForCausalLM
+
+    cfg = build_base_config(arch, vocab, hidden, layers, heads, 8192)
+    return AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
+
+
+def bench_memory(mlm, lengths: list[int], device: torch.device) -> dict:
+    """Peak memory while streaming each length (random tokens generated chunk by chunk, never all at once)."""
+    vocab = mlm.base.get_output_embeddings().weight.shape[0]
+    C = mlm.config.chunk_size
+    out = {"lengths": lengths, "peak_mb": [], "seconds": []}
+    for n in lengths:
+        _peak_reset(device)
+        g = torch.Generator().manual_seed(n)
+        st = mlm.init_state(1)
+        t0 = time.perf_counter()
+        for s in range(0, n, C):
+            ids = torch.randint(3, vocab, (1, min(C, n - s)), generator=g)
+            st = mlm.ingest(ids, state=st)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out["seconds"].append(time.perf_counter() - t0)
+        out["peak_mb"].append(_peak_mb(device))
+        log.info("streamed %d tokens: peak %.1f MB, %.1f s", n, out["peak_mb"][-1], out["seconds"][-1])
+    out["ratio_largest_over_smallest"] = out["peak_mb"][-1] / out["peak_mb"][0]
+    return out
+
+
+def bench_throughput(mlm, tokens: int, batch: int, device: torch.device, repeats: int = 3) -> dict:
+    """Ingestion tokens/s: base alone on the chunks vs the same chunks through the memory model."""
+    vocab = mlm.base.get_output_embeddings().weight.shape[0]
+    C = mlm.config.chunk_size
+    ids = torch.randint(3, vocab, (batch, tokens), device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def base_alone():
+        with torch.no_grad():
+            for s in range(0, tokens, C):
+                mlm.base(input_ids=ids[:, s:s + C], use_cache=False)
+
+    def with_memory():
+        mlm.ingest(ids, state=mlm.init_state(batch))
+
+    def with_memory_full():
+        with torch.no_grad():
+            mlm(ids, return_logits=False)
+
+    res = {}
+    for name, fn in (("base", base_alone), ("memory_ingest", with_memory), ("memory_full_forward", with_memory_full)):
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        res[f"{name}_tokens_per_s"] = batch * tokens / best
+    res["overhead_ingest"] = res["base_tokens_per_s"] / res["memory_ingest_tokens_per_s"]
+    res["overhead_full_forward"] = res["base_tokens_per_s"] / res["memory_full_forward_tokens_per_s"]
+    return res
+
+
+def bench_niah(args, device: torch.device, out: Path) -> dict:
+    if args.base:
+        base_dir = args.base
+    else:
+        base_dir = str(out / "base")
+        if not (out / "base" / "config.json").is_file():
+            pretrain_base(base_dir, arch=args.arch, hidden=args.base_hidden, layers=args.base_layers,
+                          heads=args.base_heads, seq_len=args.chunk_size, steps=args.pretrain_steps,
+                          batch_size=args.pretrain_batch, lr=args.pretrain_lr, device=str(device))
+    cfg = MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid, num_heads=args.mem_heads,
+                       head_dim=args.mem_head_dim, window=args.window, memory_chunk=args.memory_chunk)
+    adapter = out / "niah" / "memory" if (out / "niah" / "memory" / "memory.safetensors").is_file() else None
+    mlm = load_with_memory(base_dir, None if adapter else cfg, adapter=adapter).to(device)
+    task = TextNiah(mlm.tokenizer, digits=args.digits, n_distractors=args.distractors)
+    if adapter is None or args.train_steps > 0:
+        tc = TrainNiahConfig(length=args.train_length, steps=args.train_steps, batch_size=args.train_batch,
+                             lr=args.train_lr, eval_every=max(1, args.train_steps // 5), eval_samples=32,
+                             save_every=max(1, args.train_steps // 2))
+        train_niah(mlm, task, tc, out / "niah", progress=not args.quiet)
+    lengths, depths = parse_lengths(args.niah_lengths), parse_depths(args.depths)
+    with_mem = eval_niah(mlm, task, lengths, depths, samples=args.samples, batch_size=args.eval_batch,
+                         out_dir=out / "niah_eval")
+    no_mem = eval_niah(mlm, task, lengths[:1], depths, samples=args.samples, batch_size=args.eval_batch,
+                       memory_mode="off")
+    tok = mlm.tokenizer
+    import random
+
+    texts = [torch.tensor(tok.encode(pretrain_document(random.Random(99 + i), 4 * args.chunk_size)),
+                          device=device) for i in range(4)]
+    return {"with_memory": with_mem, "base_only_first_length": no_mem, "no_harm": lm_loss_ratio(mlm, texts)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="CPU smoke sizes")
+    p.add_argument("--out", type=Path, default=Path("runs/llm_bench"))
+    p.add_argument("--stages", default="memory,throughput,niah")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--arch", default="llama")
+    p.add_argument("--base", default=None, help="HF name/folder with a tokenizer (skips pretrain-base)")
+    p.add_argument("--base-hidden", type=int, default=512)
+    p.add_argument("--base-layers", type=int, default=8)
+    p.add_argument("--base-heads", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=512)
+    p.add_argument("--no-hybrid", action="store_true")
+    p.add_argument("--mem-heads", type=int, default=4)
+    p.add_argument("--mem-head-dim", type=int, default=64)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--memory-chunk", type=int, default=64)
+    p.add_argument("--stream-lengths", default="8k,128k,1M")
+    p.add_argument("--throughput-tokens", type=int, default=16384)
+    p.add_argument("--throughput-batch", type=int, default=4)
+    p.add_argument("--pretrain-steps", type=int, default=3000)
+    p.add_argument("--pretrain-batch", type=int, default=32)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--train-length", type=int, default=4096)
+    p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-lr", type=float, default=3e-3)
+    p.add_argument("--niah-lengths", default="32k,128k")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--digits", type=int, default=6)
+    p.add_argument("--distractors", type=int, default=4)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    if args.tiny:
+        args.base_hidden, args.base_layers, args.base_heads, args.chunk_size = 64, 2, 4, 64
+        args.mem_heads, args.mem_head_dim, args.window, args.memory_chunk = 2, 16, 16, 32
+        args.stream_lengths, args.throughput_tokens, args.throughput_batch = "1k,4k,16k", 1024, 2
+        args.pretrain_steps, args.pretrain_batch, args.train_length, args.train_steps = 30, 8, 256, 20
+        args.train_batch, args.niah_lengths, args.depths, args.samples = 4, "256,1k", "0,0.5,1", 4
+        args.digits, args.distractors = 3, 2
+        torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    args.out.mkdir(parents=True, exist_ok=True)
+    stages = set(args.stages.split(","))
+    report: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if stages & {"memory", "throughput"}:
+        base = random_base(args.arch, args.base_hidden, args.base_layers, args.base_heads, CharTokenizer().vocab_size
+                           if args.tiny else 32000, device, dtype)
+        mlm = attach_memory(base, MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid,
+                                               num_heads=args.mem_heads, head_dim=args.mem_head_dim,
+                                               window=args.window, memory_chunk=args.memory_chunk))
+        if "memory" in stages:
+            report["memory"] = bench_memory(mlm, parse_lengths(args.stream_lengths), device)
+            print(f"peak memory {dict(zip(report['memory']['lengths'], report['memory']['peak_mb'], strict=True))}"
+                  f" MB; ratio largest/smallest = {report['memory']['ratio_largest_over_smallest']:.3f}")
+        if "throughput" in stages:
+            report["throughput"] = bench_throughput(mlm, args.throughput_tokens, args.throughput_batch, device)
+            t = report["throughput"]
+            print(f"ingestion tokens/s: base {t['base_tokens_per_s']:.0f}, memory ingest "
+                  f"{t['memory_ingest_tokens_per_s']:.0f} (overhead {t['overhead_ingest']:.2f}x), memory full "
+                  f"forward {t['memory_full_forward_tokens_per_s']:.0f} (overhead {t['overhead_full_forward']:.2f}x)")
+        mlm.detach()
+    if "niah" in stages:
+        report["niah"] = bench_niah(args, device, args.out)
+        r = report["niah"]
+        for n, a in zip(r["with_memory"]["lengths"], r["with_memory"]["mean_accuracy_per_length"], strict=True):
+            print(f"NIAH {n} tokens: exact match {a:.3f} (peak "
+                  f"{r['with_memory']['peak_memory_mb'][r['with_memory']['lengths'].index(n)]:.0f} MB)")
+        print(f"NIAH base only at {r['base_only_first_length']['lengths'][0]}: "
+              f"{r['base_only_first_length']['mean_accuracy_per_length'][0]:.3f}")
+        print(f"no-harm LM loss ratio (memory / base): {r['no_harm']['ratio']:.4f}")
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report: {args.out / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()
