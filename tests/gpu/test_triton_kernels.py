@@ -59,7 +59,7 @@ def test_step_runner_matches_step_on_cuda():
     runner = StepRunner(stack, batch=5, device="cuda")
     assert runner.graph is not None
     state = None
-    for t in range(12):
+    for _ in range(12):
         x = torch.randn(5, 64, device="cuda")
         r = torch.rand(5, device="cuda") < 0.2
         with torch.no_grad():

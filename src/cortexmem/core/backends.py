@@ -130,7 +130,8 @@ class Reference:
 _REFERENCES: dict[str, Reference] = {}
 
 
-def register_reference(op: str, fn: Callable[..., Any], make_inputs: Callable[[torch.device, torch.dtype], tuple]) -> None:
+def register_reference(op: str, fn: Callable[..., Any],
+                       make_inputs: Callable[[torch.device, torch.dtype], tuple]) -> None:
     _REFERENCES[op] = Reference(fn, make_inputs)
 
 

@@ -68,7 +68,8 @@ class StepRunner:
             self.resets.zero_()
         else:
             if resets.shape != self.resets.shape:
-                raise ValueError(f"StepRunner.step: resets must be {tuple(self.resets.shape)}, got {tuple(resets.shape)}")
+                raise ValueError(
+                    f"StepRunner.step: resets must be {tuple(self.resets.shape)}, got {tuple(resets.shape)}")
             self.resets.copy_(resets)
         if self.graph is None:
             return self._body()

@@ -65,7 +65,8 @@ def run_doctor(devices: list[str] | None = None) -> list[DoctorRow]:
                         continue
                     row.max_err_out = max(_rel_err(a, b) for a, b in zip(out, ref_out, strict=True))
                     row.max_err_grad = max(
-                        (_rel_err(a, b) for a, b in zip(grad, ref_grad, strict=True) if a is not None and b is not None),
+                        (_rel_err(a, b) for a, b in zip(grad, ref_grad, strict=True)
+                         if a is not None and b is not None),
                         default=0.0)
                     row.status = "pass" if max(row.max_err_out, row.max_err_grad) <= tol else "FAIL"
                     row.detail = f"relative RMS error, tolerance {tol:g}"
