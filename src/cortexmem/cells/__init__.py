@@ -3,6 +3,7 @@
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
 from .gated_delta import DeltaMemoryConfig, GatedDeltaCell, GatedDeltaCellConfig
+from .hybrid import HybridCell, HybridCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "LSTMCell", "LSTMCellConfig",
     "CausalConv1dCell", "CausalConv1dCellConfig",
     "GatedDeltaCell", "GatedDeltaCellConfig", "DeltaMemoryConfig",
+    "HybridCell", "HybridCellConfig",
 ]
