@@ -10,7 +10,8 @@ the unit lower triangular system ``(I + A) U = diag(b) V - diag(b e^gamma) K S_0
 
 A reset at ``t`` is ``g_t = -inf``: every term whose decay path crosses ``t`` (pairs ``j < t <= i`` and the
 ``S_0`` terms of ``i >= t``) is masked exactly, so resets inside a chunk need no special chunk boundaries.
-The intra-chunk work of all chunks runs in one batch; only the ``S`` recurrence loops, once per chunk.
+The intra-chunk work of all chunks runs in one batch; only the ``S`` recurrence loops, once per chunk, and the
+outputs are read in one batch from the stacked chunk-entry states.
 """
 
 from __future__ import annotations
@@ -72,24 +73,28 @@ def chunk_gated_delta_rule(
     decay = torch.where(connected, diff, torch.full_like(diff, float("-inf"))).exp()  # e^(gamma_i - gamma_j)
     decay_in = torch.where(from_s0, gamma, torch.full_like(gamma, float("-inf"))).exp()  # e^gamma_i
     decay_out = decay[..., -1, :]  # e^(gamma_C - gamma_j), (B, NH, N, C)
-    decay_chunk = decay_in[..., -1]  # e^gamma_C, (B, NH, N)
 
     eye = torch.eye(C, dtype=dt, device=k.device)
     A = (k @ k.transpose(-1, -2)) * decay * beta[..., :, None]
     L = A.tril(-1) + eye  # I + A, unit lower triangular
     rhs = torch.cat([beta[..., None] * v, (beta * decay_in)[..., None] * k], dim=-1)
     UW = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True)
-    U, W = UW[..., :Dv], UW[..., Dv:]  # u = U - W S_0
-    P = (q @ k.transpose(-1, -2)) * decay  # intra-chunk read-out weights, (B, NH, N, C, C)
-    q_in = q * decay_in[..., None]
-    k_out = k * decay_out[..., None]
+    # chunk axis first and contiguous: the recurrence below reads one chunk per step without copies
+    U, W = (t.movedim(2, 0).contiguous() for t in (UW[..., :Dv], UW[..., Dv:]))  # u = U - W S_0
+    k_out = (k * decay_out[..., None]).transpose(-1, -2).movedim(2, 0).contiguous()  # (N, B, NH, Dk, C)
+    decay_chunk = decay_in[..., -1].movedim(2, 0)[..., None, None]  # e^gamma_C, (N, B, NH, 1, 1)
 
     S = initial_state
     S = torch.zeros(B, NH, Dk, Dv, dtype=dt, device=k.device) if S is None else S.to(dt)
-    outs = []
+    starts, us = [], []
     for n in range(N):
-        u = U[:, :, n] - W[:, :, n] @ S
-        outs.append(q_in[:, :, n] @ S + P[:, :, n] @ u)
-        S = decay_chunk[:, :, n, None, None] * S + k_out[:, :, n].transpose(-1, -2) @ u
-    o = torch.stack(outs, dim=2).reshape(B, NH, N * C, Dv)[:, :, :T].transpose(1, 2)
+        u = U[n] - W[n] @ S
+        starts.append(S)
+        us.append(u)
+        S = decay_chunk[n] * S + k_out[n] @ u
+    S_in = torch.stack(starts, dim=2)  # (B, NH, N, Dk, Dv): state entering each chunk
+    u = torch.stack(us, dim=2)  # (B, NH, N, C, Dv)
+    P = (q @ k.transpose(-1, -2)) * decay  # intra-chunk read-out weights, (B, NH, N, C, C)
+    o = (q * decay_in[..., None]) @ S_in + P @ u
+    o = o.reshape(B, NH, N * C, Dv)[:, :, :T].transpose(1, 2)
     return o.to(out_dtype), (S.to(out_dtype) if output_final_state else None)
