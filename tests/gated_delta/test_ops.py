@@ -123,18 +123,23 @@ def test_half_precision_and_no_final_state():
     assert (o.double() - o64).abs().max() < 0.1
 
 
-def test_bad_inputs_name_expected_shapes():
+@pytest.mark.parametrize("op", [chunk_gated_delta_rule, gated_delta_rule_naive], ids=["chunk", "naive"])
+def test_bad_inputs_name_expected_shapes(op):
     leaves, _ = _inputs(2, 5, 2, 4, 3, torch.float32, seed=0)
     q, k, v, g, beta, s0 = (t.detach() for t in leaves)
     with pytest.raises(ValueError, match=r"q must have shape \(2, 5, 2, 4\)"):
-        chunk_gated_delta_rule(q[:, :4], k, v, g, beta)
+        op(q[:, :4], k, v, g, beta)
     with pytest.raises(ValueError, match="beta must have shape"):
-        chunk_gated_delta_rule(q, k, v, g, beta[..., :1])
+        op(q, k, v, g, beta[..., :1])
     with pytest.raises(ValueError, match="initial_state must have shape"):
-        chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0[:1])
+        op(q, k, v, g, beta, initial_state=s0[:1])
     with pytest.raises(ValueError, match="resets must be"):
-        chunk_gated_delta_rule(q, k, v, g, beta, resets=torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="chunk_size"):
-        chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+        op(q, k, v, g, beta, resets=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="floating-point"):
-        chunk_gated_delta_rule(q, k, v.long(), g, beta)
+        op(q, k, v.long(), g, beta)
+
+
+def test_bad_chunk_size():
+    leaves, _ = _inputs(1, 5, 1, 4, 3, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_gated_delta_rule(*leaves[:5], chunk_size=0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import check_gated_delta_inputs
 from .step import gated_delta_rule_step
 
 
@@ -39,6 +40,7 @@ def gated_delta_rule_naive(
 
     Returns ``(o [B, T, NH, Dv], final_state or None)``.
     """
+    check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
     B, T, NH, Dk = k.shape
     S = initial_state
     if S is None:

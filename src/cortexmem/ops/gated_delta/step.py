@@ -14,7 +14,7 @@ def gated_delta_rule_step(
     ``reset[b]`` zeroes row ``b``'s state before the update. Returns ``(o [B, NH, Dv], new_state)``.
     """
     if reset is not None:
-        state = torch.where(reset[:, None, None, None], torch.zeros_like(state), state)
+        state = torch.where(reset.bool()[:, None, None, None], torch.zeros_like(state), state)
     decayed = state * g.exp()[..., None, None]  # a_t S_{t-1}
     pred = torch.einsum("bhkv,bhk->bhv", decayed, k)  # what the decayed memory returns for k_t
     delta = beta[..., None] * (v - pred)
