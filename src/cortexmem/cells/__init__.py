@@ -3,6 +3,7 @@
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
 from .gated_delta import DeltaMemoryConfig, GatedDeltaCell, GatedDeltaCellConfig
+from .hf_layer import HFDecoderLayerCell, HFDecoderLayerCellConfig
 from .hybrid import HybridCell, HybridCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
 
@@ -12,4 +13,5 @@ __all__ = [
     "CausalConv1dCell", "CausalConv1dCellConfig",
     "GatedDeltaCell", "GatedDeltaCellConfig", "DeltaMemoryConfig",
     "HybridCell", "HybridCellConfig",
+    "HFDecoderLayerCell", "HFDecoderLayerCellConfig",
 ]
