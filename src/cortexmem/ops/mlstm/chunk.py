@@ -1,11 +1,12 @@
 """Chunkwise-parallel mLSTM: quadratic inside a chunk, recurrent across chunks, resets as masks.
 
 Unrolling the recurrence of :func:`mlstm_naive` inside a chunk with initial state ``(C0, n0, m0)`` and
-``F_t = sum_{u<=t} log f_u`` (cumulative within the chunk), output ``t`` sees
+``F_t`` the sum of ``log f_u`` over ``u <= t`` since the chunk start or the last reset at or before ``t``,
+output ``t`` sees
 
 * input ``s <= t`` with log-weight ``D_ts = F_t - F_s + log i_s``, unless a reset falls in ``(s, t]``;
 * the initial state with log-weight ``a_t = F_t + m0`` if no reset falls in ``[0, t]``; otherwise the fresh
-  state (``C = n = 0``, ``m = 0``) placed just before the last reset ``r``: ``a_t = F_t - F_{r-1}``;
+  state (``C = n = 0``, ``m = 0``) put in just before the last reset: ``a_t = F_t + 0``;
 
 and the stabiliser is ``m_t = max(a_t, max_s D_ts)`` exactly as the loop computes it. Reset handling is two
 masks built from the running reset count (``same segment`` for ``D``, ``no reset yet`` for the initial state),
@@ -45,19 +46,17 @@ def mlstm_chunkwise(
     v = v.reshape(B, NH, Nc, L, dv)
     log_i, log_f = log_i.reshape(B, NH, Nc, L), log_f.reshape(B, NH, Nc, L)
 
-    Fc = log_f.cumsum(-1)  # (B, NH, Nc, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     if resets is None:
-        same, keep, rel = causal, None, None
+        same, keep = causal, None
+        Fc = log_f.cumsum(-1)  # (B, NH, Nc, L)
     else:
-        r = resets.reshape(B, 1, Nc, L)
-        count = r.to(torch.int32).cumsum(-1)
+        count = resets.reshape(B, 1, Nc, L).to(torch.int32).cumsum(-1)
         same = causal & (count[..., :, None] == count[..., None, :])  # no reset in (s, t]
         keep = count == 0  # no reset in [0, t]: the chunk's initial state is still visible
-        pos = torch.arange(L, device=q.device).expand_as(r)
-        last = torch.where(r, pos, torch.zeros_like(pos)).cummax(-1).values  # last reset at or before t
-        F_before = (Fc - log_f).gather(-1, last.expand(B, NH, Nc, L))  # F_{r-1}
-        rel = Fc - F_before  # log decay since the fresh state was put in
+        # log-decay summed over t's own segment only (a masked sum, not a difference of running sums), so
+        # nothing before a reset reaches later steps, not even through rounding
+        Fc = (same.to(log_f.dtype) @ log_f[..., None]).squeeze(-1)
 
     neg_inf = torch.tensor(float("-inf"), dtype=q.dtype, device=q.device)
     D = torch.where(same, Fc[..., :, None] - Fc[..., None, :] + log_i[..., None, :], neg_inf)  # (.., L, L)
@@ -69,14 +68,12 @@ def mlstm_chunkwise(
     C_loc = torch.einsum("bhcs,bhcsd,bhcse->bhcde", w, k, v)
     n_loc = torch.einsum("bhcs,bhcsd->bhcd", w, k)
     end_keep = None if keep is None else keep[..., -1]
-    end_rel = None if rel is None else rel[..., -1]
 
     C, n, m = C0, n0, m0
     C_in, n_in, m_in = [], [], []
     for c in range(Nc):
         C_in.append(C), n_in.append(n), m_in.append(m)
-        a = _initial_logw(Fc[..., c, -1], m, None if end_keep is None else end_keep[..., c],
-                          None if end_rel is None else end_rel[..., c])
+        a = _initial_logw(Fc[..., c, -1], m, None if end_keep is None else end_keep[..., c])
         m_new = torch.maximum(a, m_loc[..., c])
         f = _masked_exp(a - m_new, None if end_keep is None else end_keep[..., c])
         g = torch.exp(m_loc[..., c] - m_new)
@@ -85,7 +82,7 @@ def mlstm_chunkwise(
         m = m_new
     C_in, n_in, m_in = torch.stack(C_in, 2), torch.stack(n_in, 2), torch.stack(m_in, 2)
 
-    a = _initial_logw(Fc, m_in[..., None], keep, rel)  # (B, NH, Nc, L)
+    a = _initial_logw(Fc, m_in[..., None], keep)  # (B, NH, Nc, L)
     m_t = torch.maximum(a, D_max)
     S = (q @ k.transpose(-1, -2)) * torch.exp(D - m_t[..., None])  # (B, NH, Nc, L, L)
     inter = _masked_exp(a - m_t, keep)
@@ -95,11 +92,11 @@ def mlstm_chunkwise(
     return h.reshape(B, NH, Nc * L, dv)[:, :, :T], (C, n, m)
 
 
-def _initial_logw(Fc: Tensor, m0: Tensor, keep: Tensor | None, rel: Tensor | None) -> Tensor:
-    """Log-weight of the initial-state path: ``F + m0`` before any reset, ``F - F_{r-1} + 0`` after one."""
+def _initial_logw(Fc: Tensor, m0: Tensor, keep: Tensor | None) -> Tensor:
+    """Log-weight of the initial-state path: ``F + m0`` before any reset, ``F + 0`` (fresh ``m``) after one."""
     if keep is None:
         return Fc + m0
-    return torch.where(keep, Fc + m0, rel)
+    return Fc + torch.where(keep, m0, torch.zeros_like(m0))
 
 
 def _masked_exp(x: Tensor, keep: Tensor | None) -> Tensor:
