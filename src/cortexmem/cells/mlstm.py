@@ -41,6 +41,12 @@ def head_sizes(hidden: int, factor: float, heads: int, what: str) -> int:
     return total // heads
 
 
+def forget_bias_init(size: int, forget_gate: str) -> Tensor:
+    """Forget-gate biases giving ``f = sigmoid(3..6)`` (about 0.95..0.998) for either gate form."""
+    b = torch.linspace(3.0, 6.0, size)
+    return b if forget_gate == "sigmoid" else F.logsigmoid(b)
+
+
 class HeadNorm(nn.Module):
     """LayerNorm over each head's features separately (xLSTM's multi-head norm); ``[..., NH * d]``."""
 
@@ -85,7 +91,7 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         self.out_proj = nn.Linear(NH * self.dv, H, bias=False)
         with torch.no_grad():
             # forget gates start near 1 (long memory), input gates near exp(0); as in the xLSTM paper
-            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, NH))
+            self.fgate.bias.copy_(forget_bias_init(NH, config.forget_gate))
             self.igate.bias.normal_(0.0, 0.1)
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:

@@ -14,7 +14,7 @@ from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.slstm import slstm_naive
 from .base import CellConfig, MemoryCell
-from .mlstm import HeadNorm, head_sizes
+from .mlstm import HeadNorm, forget_bias_init, head_sizes
 
 
 class sLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
@@ -58,7 +58,7 @@ class sLSTMCell(MemoryCell):  # noqa: N801
         self.out_norm = HeadNorm(NH, self.dh)
         with torch.no_grad():
             # forget gates start near 1 (long memory); as in the xLSTM paper
-            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, H))
+            self.fgate.bias.copy_(forget_bias_init(H, config.forget_gate))
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
         dtype = dtype or torch.float32
