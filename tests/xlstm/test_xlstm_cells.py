@@ -144,3 +144,28 @@ def test_config_errors_and_round_trip():
         back = CellConfig.model_validate_json(cfg.model_dump_json())
         assert type(back) is type(cfg) and back == cfg
     assert {"mLSTMCell", "sLSTMCell"} <= set(cortexmem.list_cells())
+
+
+def test_bf16_state_keeps_the_same_memory():
+    # m near 100 rounds to a 0.5 grid in bf16; C and n must be re-scaled so C * exp(m) is unchanged
+    m = torch.tensor([[100.3, -57.1]])
+    C = torch.randn(1, 2, 3, 4)
+    m_r, (C_r,) = mlstm_module.store_stabilised(m, (C,), torch.bfloat16)
+    assert m_r.dtype == C_r.dtype == torch.bfloat16
+    true = C.double() * m.double().exp()[..., None, None]
+    back = C_r.double() * m_r.double().exp()[..., None, None]
+    assert ((back - true).abs() / true.abs()).max() < 1e-2
+    assert mlstm_module.store_stabilised(m, (C,), torch.float32)[1][0] is C
+
+
+def test_step_path_equals_chunk_path():
+    # T = 1 runs the recurrent step; it must agree with the chunkwise path
+    torch.manual_seed(4)
+    cell = build_cell(mLSTMCellConfig(hidden_size=H, num_heads=2, chunk_size=8)).double()
+    x = torch.randn(2, 2, H, dtype=torch.float64)
+    _, s = cell(x[:, :1])
+    y_step, s_step = cell(x[:, 1:], s)
+    y_seq, s_seq = cell(x)
+    torch.testing.assert_close(y_step, y_seq[:, 1:], rtol=1e-12, atol=1e-12)
+    for key in s_seq.keys():
+        torch.testing.assert_close(s_step[key], s_seq[key], rtol=1e-12, atol=1e-12)

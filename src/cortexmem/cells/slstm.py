@@ -14,7 +14,7 @@ from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.slstm import slstm_naive
 from .base import CellConfig, MemoryCell
-from .mlstm import HeadNorm, forget_bias_init, head_sizes
+from .mlstm import HeadNorm, forget_bias_init, head_sizes, store_stabilised
 
 
 class sLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
@@ -86,7 +86,8 @@ class sLSTMCell(MemoryCell):  # noqa: N801
         )
         y = self.out_norm(h_seq.to(x.dtype))
         sdt = state["h"].dtype
-        new.update(h=h.to(sdt), c=c.to(sdt), n=n.to(sdt), m=m.to(sdt))
+        m, (c, n) = store_stabilised(m, (c, n), sdt)
+        new.update(h=h.to(sdt), c=c, n=n, m=m)
         return y, TensorDict(new, batch_size=state.batch_size, device=state.device)
 
     def extra_repr(self) -> str:
