@@ -1,5 +1,6 @@
 """Recurrent cells. Importing this package registers every built-in cell."""
 
+from .axon import AxonCell, AxonCellConfig
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
@@ -8,4 +9,5 @@ __all__ = [
     "CellConfig", "MemoryCell", "build_cell",
     "LSTMCell", "LSTMCellConfig",
     "CausalConv1dCell", "CausalConv1dCellConfig",
+    "AxonCell", "AxonCellConfig",
 ]
