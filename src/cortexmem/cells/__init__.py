@@ -1,6 +1,7 @@
 """Recurrent cells. Importing this package registers every built-in cell."""
 
 from .axon import AxonCell, AxonCellConfig
+from .axon_layer import AxonLayer
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
@@ -9,5 +10,5 @@ __all__ = [
     "CellConfig", "MemoryCell", "build_cell",
     "LSTMCell", "LSTMCellConfig",
     "CausalConv1dCell", "CausalConv1dCellConfig",
-    "AxonCell", "AxonCellConfig",
+    "AxonCell", "AxonCellConfig", "AxonLayer",
 ]
