@@ -5,10 +5,12 @@ from .axon_layer import AxonLayer
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
+from .xl import XLCell, XLCellConfig
 
 __all__ = [
     "CellConfig", "MemoryCell", "build_cell",
     "LSTMCell", "LSTMCellConfig",
     "CausalConv1dCell", "CausalConv1dCellConfig",
     "AxonCell", "AxonCellConfig", "AxonLayer",
+    "XLCell", "XLCellConfig",
 ]

@@ -152,13 +152,18 @@ class AxonCell(MemoryCell):
         if self.diag:
             log_lam = self.log_lambda(cdt)
             if self.carry_traces:
-                el0 = _as_complex(state["trace_lam"].to(cdt))
-                ew0 = _as_complex(state["trace_w"].to(cdt))
+                el0 = _as_complex(state["trace_lam"].to(torch.float64))
+                ew0 = _as_complex(state["trace_w"].to(torch.float64))
                 if self.config.trace_grad and torch.is_grad_enabled() and not state["h"].requires_grad:
-                    c0 = inject_traces(c0, el0, ew0, torch.exp(log_lam), self.input_weight(cdt))
+                    lam, w = torch.exp(log_lam), self.input_weight(cdt)
+                    c0 = inject_traces(c0, el0.to(c0.dtype), ew0.to(c0.dtype), lam, w)
             c = rtu_chunked(u, log_lam, c0, resets, self.config.chunk_size)
             if self.carry_traces:
-                el, ew = rtu_final_traces(c, c0, log_lam, resets, drive, el0, ew0)
+                # traces grow like 1 / (1 - |lam|)^2: accumulate them in float64 whatever the input dtype
+                c64, c0_64 = c.to(torch.complex128), c0.to(torch.complex128)
+                el, ew = rtu_final_traces(
+                    c64, c0_64, log_lam.to(torch.complex128), resets, drive.double(), el0, ew0
+                )
                 new["trace_lam"], new["trace_w"] = _as_real(el), _as_real(ew)
         else:
             lam_mat = torch.complex(self.lam_re.to(cdt), self.lam_im.to(cdt))
