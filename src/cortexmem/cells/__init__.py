@@ -1,5 +1,6 @@
 """Recurrent cells. Importing this package registers every built-in cell."""
 
+from .agalite import AGaLiTeCell, AGaLiTeCellConfig
 from .axon import AxonCell, AxonCellConfig
 from .axon_layer import AxonLayer
 from .base import CellConfig, MemoryCell, build_cell
@@ -13,4 +14,5 @@ __all__ = [
     "CausalConv1dCell", "CausalConv1dCellConfig",
     "AxonCell", "AxonCellConfig", "AxonLayer",
     "XLCell", "XLCellConfig",
+    "AGaLiTeCell", "AGaLiTeCellConfig",
 ]
