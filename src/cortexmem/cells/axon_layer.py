@@ -31,9 +31,10 @@ class AxonLayer(nn.Module):
         super().__init__()
         if cfg is not None and not isinstance(cfg, AxonCellConfig):
             raise TypeError(f"AxonLayer: cfg must be an AxonCellConfig or None, got {type(cfg).__name__}")
-        cfg = (cfg or AxonCellConfig()).model_copy(
-            update={"hidden_size": in_features, "out_dim": out_features}
-        )
+        cfg = cfg or AxonCellConfig()
+        # as a Linear replacement, the unit has out_features complex channels unless told otherwise
+        update = {"hidden_size": in_features, "out_dim": out_features, "rtu_size": cfg.rtu_size or out_features}
+        cfg = cfg.model_copy(update=update)
         self.in_features, self.out_features = in_features, out_features
         self.name, self.group = name, group
         self.cell = AxonCell(cfg)
