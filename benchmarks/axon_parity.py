@@ -9,7 +9,7 @@ import torch
 
 import cortexmem as cm
 from cortexmem.ops.agalite import agalite_chunked, agalite_naive
-from cortexmem.ops.rtu import rtu_chunked, rtu_naive
+from cortexmem.ops.rtu import rtu_naive, rtu_scan
 from cortexmem.ops.xl_attention import xl_attention, xl_attention_naive
 
 D = torch.float64
@@ -58,8 +58,8 @@ def main() -> None:
     cplx = lambda *s: torch.complex(torch.randn(*s, dtype=D), torch.randn(*s, dtype=D))  # noqa: E731
     log_lam = torch.complex(-torch.rand(H, dtype=D) * 0.3, torch.randn(H, dtype=D))
     u, c0 = cplx(B, T, H), cplx(B, H)
-    err = _maxdiff([rtu_chunked(u, log_lam, c0, rs, 8)], [rtu_naive(u, log_lam.exp(), c0, rs)[0]])
-    print(f"rtu chunked vs naive (fp64, T=63, resets):      {err:.1e}")
+    err = _maxdiff([rtu_scan(u, log_lam.exp(), c0, rs)], [rtu_naive(u, log_lam.exp(), c0, rs)[0]])
+    print(f"rtu scan vs naive    (fp64, T=63, resets):      {err:.1e}")
     print(f"trace path vs full BPTT grads (fp64, dense):     {trace_path_vs_bptt():.1e}")
     print(f"trace path vs full BPTT grads (fp64, srht):      {trace_path_vs_bptt(use_srht=True):.1e}")
     print(f"  for contrast, truncated BPTT (trace_grad=False): {trace_path_vs_bptt(trace_grad=False):.1e}")

@@ -1,4 +1,4 @@
-"""RTU / AxonCell: chunked scan vs naive loop, RTRL traces, trace-path gradients across detached calls."""
+"""RTU / AxonCell: parallel scan vs naive loop, RTRL traces, trace-path gradients across detached calls."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cortexmem import AxonCell, AxonCellConfig
-from cortexmem.ops.rtu import rtu_chunked, rtu_final_traces, rtu_full_chunked, rtu_full_naive, rtu_naive
+from cortexmem.ops.rtu import rtu_final_traces, rtu_full_chunked, rtu_full_naive, rtu_naive, rtu_scan
 
 D = torch.float64
 
@@ -33,7 +33,7 @@ def _loss(outs, seed=7):
 @pytest.mark.parametrize("T", [1, 7, 63])
 @pytest.mark.parametrize("with_resets", [False, True])
 @pytest.mark.parametrize("dense", [False, True])
-def test_chunked_scan_and_traces_match_naive(T, with_resets, dense):
+def test_parallel_scan_and_traces_match_naive(T, with_resets, dense):
     torch.manual_seed(T)
     B, H, Z = 3, 5, 4
     nu = torch.randn(H, dtype=D).mul(0.5).sub(2).requires_grad_(True)
@@ -44,7 +44,7 @@ def test_chunked_scan_and_traces_match_naive(T, with_resets, dense):
     r = _resets(B, T, T) if with_resets else None
     log_lam = torch.complex(-torch.exp(nu), th)
     c_n, el_n, ew_n = rtu_naive(u, torch.exp(log_lam), c0, r, drive, el0, ew0)
-    c_f = rtu_chunked(u, log_lam, c0, r, chunk=8)
+    c_f = rtu_scan(u, torch.exp(log_lam), c0, r)
     el_f, ew_f = rtu_final_traces(c_f, c0, log_lam, r, drive, el0, ew0)
     inputs = [nu, th, u, c0, el0, ew0, drive]
     for a, b in zip((c_f, el_f, ew_f), (c_n, el_n, ew_n), strict=True):
@@ -114,7 +114,7 @@ def _data(T=13):
     r[0, 2] = True  # inside the first call
     r[1, 6] = True  # first step of the second call (chunk boundary)
     r[2, 5] = True  # last step of the first call
-    r[0, 9] = True  # inside the third call, across an internal chunk boundary (chunk_size 4)
+    r[0, 9] = True  # inside the third call
     return x, targets, r
 
 
@@ -136,9 +136,7 @@ def _trace_path_grads(cell, x, targets, r, cuts=(0, 6, 7, 13)):
 def _naive_loss(cell, x, targets, r):
     """The whole cell written with the naive loop (no chunking, no traces)."""
     u, _ = cell.drive(x)
-    c = rtu_naive(u, torch.exp(cell.log_lambda(D)), torch.zeros(3, cell.rtu_size, dtype=torch.complex128), r)[
-        0
-    ]
+    c = rtu_naive(u, torch.exp(cell.log_lambda(D)), torch.zeros(3, cell.rtu_size, dtype=torch.complex128), r)[0]
     y = cell.out(torch.cat([torch.tanh(c.real), torch.tanh(c.imag)], -1))
     return ((y - targets) ** 2).sum()
 
@@ -149,19 +147,11 @@ def test_trace_path_equals_full_bptt_naive_and_finite_differences(use_srht):
     x, targets, r = _data()
     got = _trace_path_grads(cell, x, targets, r)
     params = dict(cell.named_parameters())
-    full = dict(
-        zip(params, torch.autograd.grad(_full_loss(cell, x, targets, r), list(params.values())), strict=True)
-    )
-    naive = dict(
-        zip(params, torch.autograd.grad(_naive_loss(cell, x, targets, r), list(params.values())), strict=True)
-    )
+    full = dict(zip(params, torch.autograd.grad(_full_loss(cell, x, targets, r), list(params.values())), strict=True))
+    naive = dict(zip(params, torch.autograd.grad(_naive_loss(cell, x, targets, r), list(params.values())), strict=True))
     for n in params:
-        torch.testing.assert_close(
-            got[n], full[n], atol=1e-10, rtol=1e-9, msg=f"{n}: trace path vs full BPTT"
-        )
-        torch.testing.assert_close(
-            got[n], naive[n], atol=1e-10, rtol=1e-9, msg=f"{n}: trace path vs naive loop"
-        )
+        torch.testing.assert_close(got[n], full[n], atol=1e-10, rtol=1e-9, msg=f"{n}: trace path vs full BPTT")
+        torch.testing.assert_close(got[n], naive[n], atol=1e-10, rtol=1e-9, msg=f"{n}: trace path vs naive loop")
     eps = 1e-6
     with torch.no_grad():
         for n in RECURRENT:
@@ -216,9 +206,7 @@ def test_carried_traces_are_the_jacobian():
     torch.testing.assert_close(j_w, expect_w, atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "kw", [dict(rank="full"), dict(use_srht=True, srht_permute=False), dict(traces=False)]
-)
+@pytest.mark.parametrize("kw", [dict(rank="full"), dict(use_srht=True, srht_permute=False), dict(traces=False)])
 def test_variants_run_and_split_equals_whole(kw):
     cell = _cell(**kw)
     x, _, r = _data()

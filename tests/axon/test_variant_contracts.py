@@ -16,7 +16,11 @@ VARIANTS = {
     ),
     "axon-full": lambda: cortexmem.AxonCellConfig(hidden_size=H, rank="full", rtu_size=6, chunk_size=8),
     "xl-axon-qkv": lambda: cortexmem.XLCellConfig(
-        hidden_size=H, n_heads=2, mem_len=5, block_size=4, use_axon_qkv=True,
+        hidden_size=H,
+        n_heads=2,
+        mem_len=5,
+        block_size=4,
+        use_axon_qkv=True,
         axon=cortexmem.AxonCellConfig(chunk_size=8, rtu_size=4),
     ),
 }

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..core.registry import register_cell
 from ..ops.hadamard import srht
-from ..ops.rtu import inject_traces, rtu_chunked, rtu_final_traces, rtu_full_chunked
+from ..ops.rtu import inject_traces, rtu_final_traces, rtu_full_chunked, rtu_scan
 from .base import CellConfig, MemoryCell
 
 
@@ -44,7 +44,7 @@ class AxonCellConfig(CellConfig):
     r_min: float = Field(default=0.9, gt=0.0, lt=1.0)
     r_max: float = Field(default=0.999, gt=0.0, lt=1.0)
     theta_max: float = Field(default=math.pi / 8, gt=0.0)
-    chunk_size: int = Field(default=64, ge=1)
+    chunk_size: int = Field(default=16, ge=1)  # time chunk of the full-rank path (matrix powers)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -52,9 +52,7 @@ class AxonCellConfig(CellConfig):
         if self.r_min > self.r_max:
             raise ValueError(f"r_min must be <= r_max, got r_min={self.r_min}, r_max={self.r_max}")
         if self.rank == "full" and self.use_srht:
-            raise ValueError(
-                "use_srht mixes channels for the diagonal recurrence; expected rank='diag' with it"
-            )
+            raise ValueError("use_srht mixes channels for the diagonal recurrence; expected rank='diag' with it")
         return self
 
     @classmethod
@@ -107,10 +105,7 @@ class AxonCell(MemoryCell):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (
-            f"in={self.hidden_size}, rtu={self.rtu_size}, out={self.out_dim}, rank={c.rank}, "
-            f"srht={c.use_srht}"
-        )
+        return f"in={self.hidden_size}, rtu={self.rtu_size}, out={self.out_dim}, rank={c.rank}, srht={c.use_srht}"
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
         dtype = dtype or torch.float32
@@ -140,9 +135,7 @@ class AxonCell(MemoryCell):
         return torch.einsum("btz,hz->bth", x.to(w.dtype), w), x
 
     # --- forward ----------------------------------------------------------------------------
-    def forward_sequence(
-        self, x: Tensor, state: TensorDict, resets: Tensor | None
-    ) -> tuple[Tensor, TensorDict]:
+    def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
         cdt = _compute_dtype(x.dtype)
         xc = x.to(cdt)
         h_in = state["h"].to(cdt)
@@ -157,13 +150,11 @@ class AxonCell(MemoryCell):
                 if self.config.trace_grad and torch.is_grad_enabled() and not state["h"].requires_grad:
                     lam, w = torch.exp(log_lam), self.input_weight(cdt)
                     c0 = inject_traces(c0, el0.to(c0.dtype), ew0.to(c0.dtype), lam, w)
-            c = rtu_chunked(u, log_lam, c0, resets, self.config.chunk_size)
+            c = rtu_scan(u, torch.exp(log_lam), c0, resets)
             if self.carry_traces:
                 # traces grow like 1 / (1 - |lam|)^2: accumulate them in float64 whatever the input dtype
                 c64, c0_64 = c.to(torch.complex128), c0.to(torch.complex128)
-                el, ew = rtu_final_traces(
-                    c64, c0_64, log_lam.to(torch.complex128), resets, drive.double(), el0, ew0
-                )
+                el, ew = rtu_final_traces(c64, c0_64, log_lam.to(torch.complex128), resets, drive.double(), el0, ew0)
                 new["trace_lam"], new["trace_w"] = _as_real(el), _as_real(ew)
         else:
             lam_mat = torch.complex(self.lam_re.to(cdt), self.lam_im.to(cdt))
@@ -172,9 +163,7 @@ class AxonCell(MemoryCell):
         feats = torch.cat([self.act(c.real), self.act(c.imag)], -1)
         y = nn.functional.linear(feats, self.out.weight.to(cdt), self.out.bias.to(cdt)).to(x.dtype)
         sd = state["h"].dtype
-        return y, TensorDict(
-            {k: v.to(sd) for k, v in new.items()}, batch_size=state.batch_size, device=state.device
-        )
+        return y, TensorDict({k: v.to(sd) for k, v in new.items()}, batch_size=state.batch_size, device=state.device)
 
 
 def _as_complex(v: Tensor) -> Tensor:
