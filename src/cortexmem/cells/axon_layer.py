@@ -42,13 +42,21 @@ class AxonLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, state at {self.group}/{self.name}"
 
+    @property
+    def weight(self) -> Tensor:
+        """The output projection's weight ``[out_features, 2 * rtu_size]``."""
+        return self.cell.out.weight
+
+    @property
+    def bias(self) -> Tensor:
+        """The output bias ``[out_features]`` (an AxonLayer always has one), for gate-bias initialisation."""
+        return self.cell.out.bias
+
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
         """This layer's own fresh sub-state."""
         return self.cell.init_state(batch, device=device, dtype=dtype)
 
-    def read_state(
-        self, parent: TensorDict | None, batch: int, device: Any, dtype: torch.dtype
-    ) -> TensorDict:
+    def read_state(self, parent: TensorDict | None, batch: int, device: Any, dtype: torch.dtype) -> TensorDict:
         """``parent[group][name]``, or a fresh sub-state when the parent (or the entry) is missing."""
         if parent is not None:
             sub = parent.get((self.group, self.name), None)
@@ -101,3 +109,51 @@ def _float_dtype(td: TensorDict, default: torch.dtype) -> torch.dtype:
         if v.is_floating_point():
             return v.dtype
     return default
+
+
+def linear_or_axon(
+    in_features: int,
+    out_features: int,
+    *,
+    use_axon: bool,
+    cfg: AxonCellConfig | None,
+    name: str,
+    group: str,
+    bias: bool = True,
+) -> nn.Module:
+    """An ``nn.Linear``, or an :class:`AxonLayer` with its state at ``[group][name]`` when ``use_axon``."""
+    if use_axon:
+        return AxonLayer(in_features, out_features, cfg, name=name, group=group)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+def axon_groups(
+    module: nn.Module, batch: int, *, device: Any = None, dtype: torch.dtype | None = None
+) -> dict[str, TensorDict]:
+    """``{group: fresh group state}`` for the AxonLayers among ``module``'s direct children."""
+    by_group: dict[str, list[AxonLayer]] = {}
+    for child in module.children():
+        if isinstance(child, AxonLayer):
+            by_group.setdefault(child.group, []).append(child)
+    return {g: group_state(layers, batch, device=device, dtype=dtype) for g, layers in by_group.items()}
+
+
+class LayerCalls:
+    """Runs a host's projections (``nn.Linear`` or :class:`AxonLayer`) in one call and gathers the new
+    axon sub-states, grouped, for the host's next state."""
+
+    def __init__(self, state: TensorDict, resets: Tensor | None) -> None:
+        self.state, self.resets = state, resets
+        self.groups: dict[str, dict[str, TensorDict]] = {}
+
+    def __call__(self, layer: nn.Module, x: Tensor) -> Tensor:
+        if not isinstance(layer, AxonLayer):
+            return layer(x)
+        y, sub = layer(x, self.state, self.resets)
+        self.groups.setdefault(layer.group, {})[layer.name] = sub
+        return y
+
+    def new_groups(self) -> dict[str, TensorDict]:
+        """``{group: TensorDict of the new sub-states}`` to merge into the host's next state."""
+        st = self.state
+        return {g: TensorDict(subs, batch_size=st.batch_size, device=st.device) for g, subs in self.groups.items()}

@@ -19,7 +19,7 @@ from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.xl_attention import xl_attention
 from .axon import AxonCellConfig
-from .axon_layer import AxonLayer, group_state
+from .axon_layer import LayerCalls, axon_groups, linear_or_axon
 from .base import CellConfig, MemoryCell
 
 
@@ -52,13 +52,10 @@ class XLCell(MemoryCell):
         dh = config.head_dim or max(1, H // nh)
         self.n_heads, self.head_dim, self.mem_len = nh, dh, config.mem_len
         inner = nh * dh
-        if config.use_axon_qkv:
-            acfg = config.axon or AxonCellConfig()
-            self.q_proj, self.k_proj, self.v_proj = (
-                AxonLayer(H, inner, acfg, name=n, group="xl_qkv") for n in ("q", "k", "v")
-            )
-        else:
-            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(H, inner, bias=False) for _ in range(3))
+        self.q_proj, self.k_proj, self.v_proj = (
+            linear_or_axon(H, inner, use_axon=config.use_axon_qkv, cfg=config.axon, name=n, group="xl_qkv", bias=False)
+            for n in ("q", "k", "v")
+        )
         self.r_proj = nn.Linear(inner, inner, bias=False)
         self.u_bias = nn.Parameter(torch.zeros(nh, dh))
         self.v_bias = nn.Parameter(torch.zeros(nh, dh))
@@ -77,9 +74,7 @@ class XLCell(MemoryCell):
             "v_mem": torch.zeros(shape, device=device, dtype=dtype),
             "n_valid": torch.zeros(batch, dtype=torch.int64, device=device),
         }
-        if self.config.use_axon_qkv:
-            layers = (self.q_proj, self.k_proj, self.v_proj)
-            st["xl_qkv"] = group_state(layers, batch, device=device, dtype=dtype)
+        st.update(axon_groups(self, batch, device=device, dtype=dtype))
         return TensorDict(st, batch_size=[batch], device=device)
 
     def rel_embeddings(self, dtype: torch.dtype, device: Any) -> Tensor:
@@ -88,25 +83,10 @@ class XLCell(MemoryCell):
         emb = sinusoid(torch.arange(self.mem_len + 1, device=device), inner).to(dtype)
         return self.r_proj(emb).view(self.mem_len + 1, self.n_heads, self.head_dim)
 
-    def project(
-        self, x: Tensor, state: TensorDict, resets: Tensor | None
-    ) -> tuple[tuple[Tensor, ...], TensorDict]:
-        """``q, k, v [B, T, n_heads, head_dim]`` and the new ``xl_qkv`` group (empty without axon layers)."""
-        B, T, _ = x.shape
-        shape = (B, T, self.n_heads, self.head_dim)
-        if not self.config.use_axon_qkv:
-            return tuple(p(x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj)), state
-        outs, parent = [], state
-        for layer in (self.q_proj, self.k_proj, self.v_proj):
-            y, sub = layer(x, state, resets)
-            outs.append(y.view(shape))
-            parent = layer.update_parent_state(sub, parent)
-        return tuple(outs), parent
-
-    def forward_sequence(
-        self, x: Tensor, state: TensorDict, resets: Tensor | None
-    ) -> tuple[Tensor, TensorDict]:
-        (q, k, v), with_qkv = self.project(x, state, resets)
+    def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
+        calls = LayerCalls(state, resets)
+        shape = (*x.shape[:2], self.n_heads, self.head_dim)
+        q, k, v = (calls(p, x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj))
         dt = q.dtype
         rel = self.rel_embeddings(dt, x.device)
         out, k_mem, v_mem, n_valid = xl_attention(
@@ -128,6 +108,5 @@ class XLCell(MemoryCell):
             "v_mem": v_mem.to(state["v_mem"].dtype),
             "n_valid": n_valid.to(state["n_valid"].dtype),
         }
-        if self.config.use_axon_qkv:
-            new["xl_qkv"] = with_qkv["xl_qkv"]
+        new.update(calls.new_groups())
         return y, TensorDict(new, batch_size=state.batch_size, device=state.device)
