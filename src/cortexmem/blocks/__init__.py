@@ -2,6 +2,7 @@
 
 from .adapter import AdapterBlock, AdapterBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
+from .column import ColumnBlock, ColumnBlockConfig, Router, RouterConfig
 from .standard import (
     PassThroughBlock,
     PassThroughBlockConfig,
@@ -18,4 +19,5 @@ __all__ = [
     "PassThroughBlock", "PassThroughBlockConfig", "PreUpBlock", "PreUpBlockConfig",
     "PostUpBlock", "PostUpBlockConfig", "PostUpGatedBlock", "PostUpGatedBlockConfig",
     "AdapterBlock", "AdapterBlockConfig",
+    "ColumnBlock", "ColumnBlockConfig", "Router", "RouterConfig",
 ]

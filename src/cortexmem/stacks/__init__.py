@@ -1,5 +1,23 @@
 """Stacks of blocks and the builders that make them."""
 
+from .patterns import (
+    BUILTIN_TOKENS,
+    ENTRY_POINT_GROUP,
+    apply_global_overrides,
+    build_column_auto_config,
+    build_cortex_auto_config,
+    build_cortex_auto_stack,
+    list_tokens,
+    register_token,
+    reload_token_entry_points,
+    tokenize,
+    unregister_token,
+)
 from .stack import CortexStack, CortexStackConfig, build_cortex, load_stack
 
-__all__ = ["CortexStack", "CortexStackConfig", "build_cortex", "load_stack"]
+__all__ = [
+    "CortexStack", "CortexStackConfig", "build_cortex", "load_stack",
+    "build_column_auto_config", "build_cortex_auto_config", "build_cortex_auto_stack",
+    "register_token", "unregister_token", "list_tokens", "tokenize", "apply_global_overrides",
+    "reload_token_entry_points", "BUILTIN_TOKENS", "ENTRY_POINT_GROUP",
+]
