@@ -31,6 +31,9 @@ class RouterConfig(TaggedConfig):
     use_token_refinement: bool = True
     #: initial value of the learnable ``lambda`` (non-zero so the refinement receives gradient at init)
     refinement_scale: float = 1.0
+    #: under ``top_k``: forward uses the renormalised top-k weights, backward the dense softmax's gradient
+    #: (straight-through). Without it, ``top_k=1`` gives the router exactly zero gradient (alpha is always 1).
+    straight_through: bool = True
 
 
 class ColumnBlockConfig(BlockConfig):
@@ -88,8 +91,9 @@ class Router(nn.Module):
     """``alpha [B, T, E]`` from ``u [B, T, H]`` and the mixed deltas ``[B, T, E, H]``; rows sum to one.
 
     ``W_q``/``W_k`` use the default random init and ``lambda`` starts at ``refinement_scale``: zero query and
-    key maps would be a saddle where neither gets gradient. Logits keep their graph under top-k, so the global
-    prior of every selected expert is trained.
+    key maps would be a saddle where neither gets gradient. Logits keep their graph under top-k; with
+    ``straight_through`` every expert's logit gets the dense softmax's gradient while the forward values stay
+    the exact renormalised top-k weights.
     """
 
     def __init__(self, d: int, num_experts: int, config: RouterConfig) -> None:
@@ -114,11 +118,15 @@ class Router(nn.Module):
     def forward(self, u: Tensor, delta: Tensor) -> Tensor:
         logits = self.logits(u, delta)
         k = self.config.top_k
-        if k is not None and k < self.num_experts:
-            top = logits.topk(k, dim=-1).indices
-            keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, top, True)
-            logits = logits.masked_fill(~keep, float("-inf"))
-        return logits.softmax(dim=-1)
+        if k is None or k >= self.num_experts:
+            return logits.softmax(dim=-1)
+        top = logits.topk(k, dim=-1).indices
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, top, True)
+        sparse = logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        if not self.config.straight_through:
+            return sparse
+        dense = logits.softmax(dim=-1)
+        return sparse.detach() + (dense - dense.detach())  # value: exactly ``sparse``
 
 
 @register_block(ColumnBlockConfig)
