@@ -3,6 +3,7 @@
 from .adapter import AdapterBlock, AdapterBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
 from .column import ColumnBlock, ColumnBlockConfig, Router, RouterConfig
+from .direct import DirectBlock, DirectBlockConfig
 from .standard import (
     PassThroughBlock,
     PassThroughBlockConfig,
@@ -18,6 +19,6 @@ __all__ = [
     "BlockConfig", "CellBlockConfig", "MemoryBlock", "CellBlock", "build_block",
     "PassThroughBlock", "PassThroughBlockConfig", "PreUpBlock", "PreUpBlockConfig",
     "PostUpBlock", "PostUpBlockConfig", "PostUpGatedBlock", "PostUpGatedBlockConfig",
-    "AdapterBlock", "AdapterBlockConfig",
+    "AdapterBlock", "AdapterBlockConfig", "DirectBlock", "DirectBlockConfig",
     "ColumnBlock", "ColumnBlockConfig", "Router", "RouterConfig",
 ]

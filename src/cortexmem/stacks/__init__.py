@@ -1,5 +1,6 @@
 """Stacks of blocks and the builders that make them."""
 
+from .hf import HFStackLM, build_hf_stack, build_hf_stack_config, load_hf_layer_weights
 from .patterns import (
     BUILTIN_TOKENS,
     ENTRY_POINT_GROUP,
@@ -16,6 +17,7 @@ from .patterns import (
 from .stack import CortexStack, CortexStackConfig, build_cortex, load_stack
 
 __all__ = [
+    "HFStackLM", "build_hf_stack", "build_hf_stack_config", "load_hf_layer_weights",
     "CortexStack", "CortexStackConfig", "build_cortex", "load_stack",
     "build_column_auto_config", "build_cortex_auto_config", "build_cortex_auto_stack",
     "register_token", "unregister_token", "list_tokens", "tokenize", "apply_global_overrides",

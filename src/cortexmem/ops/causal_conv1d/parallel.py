@@ -20,10 +20,8 @@ def causal_conv1d(
     ext = torch.cat([initial_state.to(x.dtype), x], dim=1)  # (B, K-1+T, H)
     windows = ext.unfold(1, K, 1)  # (B, T, H, K): windows[:, t, :, j] = ext[:, t + j]
     if resets is not None:
-        count = torch.cat(
-            [torch.zeros(B, K1, dtype=torch.int32, device=x.device), resets.to(torch.int32).cumsum(1, dtype=torch.int32)],
-            dim=1,
-        )  # (B, K-1+T)
+        zeros = torch.zeros(B, K1, dtype=torch.int32, device=x.device)
+        count = torch.cat([zeros, resets.to(torch.int32).cumsum(1, dtype=torch.int32)], dim=1)  # (B, K-1+T)
         seen = count.unfold(1, K, 1)  # (B, T, K)
         visible = seen == count[:, K1:, None]  # (B, T, K)
         windows = windows * visible[:, :, None, :].to(x.dtype)
