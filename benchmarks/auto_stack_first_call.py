@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from cortexmem import BUILTIN_TOKENS, build_cortex_auto_stack, config_class, tokenize
+from cortexmem import BUILTIN_TOKENS, build_cortex_auto_stack, tokenize
 
 
 def missing_cells(pattern: str) -> list[str]:
@@ -18,12 +18,9 @@ def missing_cells(pattern: str) -> list[str]:
     out = []
     for tok in tokenize(pattern):
         spec = BUILTIN_TOKENS.get(tok)
-        if spec is None:
-            continue
-        try:
-            config_class(spec.cell)
-        except ValueError:
-            out.append(f"{tok} -> {spec.cell}")
+        missing = None if spec is None else spec.missing()
+        if missing is not None:
+            out.append(f"{tok} needs {missing}")
     return out
 
 
@@ -54,7 +51,7 @@ def main() -> None:
 
     missing = missing_cells(args.pattern)
     if missing:
-        print(f"pattern {args.pattern!r}: cannot build, cells not registered yet: {', '.join(missing)}")
+        print(f"pattern {args.pattern!r}: cannot build yet; " + "; ".join(missing))
         raise SystemExit(1)
     build_s, fwd_s = time_first_call(args.pattern, args.layers, args.d_hidden, args.batch, args.steps)
     total = build_s + fwd_s

@@ -39,14 +39,22 @@ class BuiltinToken:
     cell: str
     cell_fields: dict[str, Any] = field(default_factory=dict)
 
-    def make(self, symbol: str) -> BlockConfig:
+    def missing(self) -> str | None:
+        """What this token needs that is not registered (``None`` when it can be built)."""
         try:
             cell_cls = config_class(self.cell)
         except ValueError:
-            raise ValueError(
-                f"token {symbol!r} needs the cell config {self.cell}, which is not registered "
-                f"(cell not built yet or not imported)"
-            ) from None
+            return f"the cell config {self.cell}, which is not registered (cell not built yet or not imported)"
+        absent = sorted(set(self.cell_fields) - set(cell_cls.model_fields))
+        if absent:
+            return f"{self.cell} fields {absent}, which that config does not have (option not built yet)"
+        return None
+
+    def make(self, symbol: str) -> BlockConfig:
+        missing = self.missing()
+        if missing is not None:
+            raise ValueError(f"token {symbol!r} needs {missing}")
+        cell_cls = config_class(self.cell)
         try:
             cell = cell_cls(**self.cell_fields)
         except ValueError as e:
