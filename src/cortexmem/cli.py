@@ -34,6 +34,11 @@ def info() -> None:
     Console().print(table)
 
 
+from .lm.cli import app as _lm_app  # noqa: E402
+
+app.add_typer(_lm_app, name="lm")
+
+
 def main() -> None:
     app()
 

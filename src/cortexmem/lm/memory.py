@@ -48,7 +48,7 @@ class MemoryConfig(TaggedConfig):
     pq_min_entries: int = Field(default=2048, ge=1, description="entries needed before PQ is trained")
     target_write_rate: float = Field(default=0.1, gt=0, le=1)
     write_threshold: float = Field(default=1.0, gt=0, description="salience * strength needed to write")
-    homeostasis_eta: float = Field(default=0.5, ge=0)
+    homeostasis_eta: float = Field(default=0.3, ge=0)
 
 
 @dataclass
