@@ -90,8 +90,17 @@ def test_stm_evicts_least_recent_when_full():
 
 
 def test_ivf_and_pq_train_once_enough_entries_and_survive_save_load(tmp_path):
-    cfg = dict(stm_capacity=400, ltm_index="ivf", ivf_nlist=4, ivf_nprobe=4, ivf_min_entries=100,
-               pq_m=4, pq_nbits=4, pq_min_entries=64, archive_after_idle=1)
+    cfg = dict(
+        stm_capacity=400,
+        ltm_index="ivf",
+        ivf_nlist=4,
+        ivf_nprobe=4,
+        ivf_min_entries=100,
+        pq_m=4,
+        pq_nbits=4,
+        pq_min_entries=64,
+        archive_after_idle=1,
+    )
     mem = _mem(**cfg)
     assert "exact fallback" in mem.get_stats()["ltm"]["index"]
     keys = _rand(300, 16)

@@ -9,7 +9,12 @@ import pytest
 from cortexmem.lm.data import RESERVED_NAMES, TokenData, demo_corpus, prepare, token_dtype, val_path_for
 from cortexmem.lm.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
-KO = ["안녕하세요, 반갑습니다.", "서울은 한국의 수도입니다.", "오늘 날씨가 정말 좋네요!", "기억은 오래 남는다."]
+KO = [
+    "안녕하세요, 반갑습니다.",
+    "서울은 한국의 수도입니다.",
+    "오늘 날씨가 정말 좋네요!",
+    "기억은 오래 남는다.",
+]
 EN = ["Hello there, nice to meet you.", "The capital of Korea is Seoul.", "Memory that learns while it runs."]
 
 
@@ -49,8 +54,14 @@ def test_demo_corpus_is_mostly_capital_facts_without_reserved_names():
 
 def test_prepare_reports_bad_lines_with_numbers_and_skips_them(tmp_path, caplog):
     src = tmp_path / "in.jsonl"
-    lines = [json.dumps({"text": "first good line"}), "{not json", json.dumps({"text": 3}),
-             "", json.dumps(["a list"]), json.dumps({"text": "안녕 second good"})]
+    lines = [
+        json.dumps({"text": "first good line"}),
+        "{not json",
+        json.dumps({"text": 3}),
+        "",
+        json.dumps(["a list"]),
+        json.dumps({"text": "안녕 second good"}),
+    ]
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tok = ByteTokenizer()
     with caplog.at_level(logging.WARNING):

@@ -17,7 +17,7 @@ from .tokenizer import LMTokenizer
 log = logging.getLogger(__name__)
 
 # Names kept out of the demo corpus so tests can teach them at run time.
-RESERVED_NAMES = frozenset({"Zorbia", "Quxi", "Vantor", "Melq"})
+RESERVED_NAMES = frozenset({"Zorbia", "Quxi", "Vantor", "Teslin"})
 _ONSETS = [
     "b",
     "d",

@@ -294,7 +294,7 @@ class CortexLM(nn.Module):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         return losses
 
     def get_stats(self) -> dict:
