@@ -151,3 +151,14 @@ def test_bad_model_inputs():
         model.hidden(torch.zeros(1, 4))
     with pytest.raises(ValueError, match="at least 2 tokens"):
         model.learn([3])
+
+
+@pytest.mark.gpu
+def test_amp_training_and_memory_read_on_gpu(demo_dir, tmp_path):
+    tr = Trainer(_cfg(demo_dir, tmp_path, max_steps=3), device="cuda")
+    hist = tr.fit()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    model = load_pretrained(tmp_path / "last", map_location="cuda")
+    model.learn([5, 6, 7, 8])
+    logits, gate = model.next_logits([5, 6, 7])
+    assert logits.is_cuda and torch.isfinite(logits).all() and 0.0 <= gate <= 1.0

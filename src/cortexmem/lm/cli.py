@@ -9,18 +9,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(
-    help="Small LM with STM -> LTM -> Archive memory that learns while it runs.", no_args_is_help=True
-)
+app = typer.Typer(help="Small LM with STM -> LTM -> Archive memory that learns while it runs.", no_args_is_help=True)
 console = Console()
 
 
 def _setup_logging() -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)], force=True
-    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)], force=True)
 
 
 @app.command()
@@ -190,9 +186,7 @@ def generate(
     top_k: int = typer.Option(0, "--top-k"),
     top_p: float = typer.Option(1.0, "--top-p"),
     learn: list[str] = typer.Option([], "--learn", help="text to learn before generating (repeatable)"),
-    save_memory: bool = typer.Option(
-        False, "--save-memory", help="persist the memory back to the checkpoint"
-    ),
+    save_memory: bool = typer.Option(False, "--save-memory", help="persist the memory back to the checkpoint"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Generate a continuation of --prompt (memory is read at every step)."""

@@ -71,9 +71,7 @@ class Entries:
         return Entries(np.zeros((0, key_dim), np.float32), np.zeros((0, value_dim), np.float32), z, z, z, z)
 
     def take(self, idx: np.ndarray) -> Entries:
-        return Entries(
-            *(a[idx] for a in (self.keys, self.values, self.ids, self.uses, self.created, self.last_used))
-        )
+        return Entries(*(a[idx] for a in (self.keys, self.values, self.ids, self.uses, self.created, self.last_used)))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -199,9 +197,7 @@ class FaissStore:
         keys = np.stack([self.keys[i] for i in ids.tolist()])
         c = self.cfg
         if self.compress and self._pq_ok():
-            index = faiss.IndexIDMap2(
-                faiss.IndexPQ(c.key_dim, c.pq_m, c.pq_nbits, faiss.METRIC_INNER_PRODUCT)
-            )
+            index = faiss.IndexIDMap2(faiss.IndexPQ(c.key_dim, c.pq_m, c.pq_nbits, faiss.METRIC_INNER_PRODUCT))
             index.train(keys)
             index.add_with_ids(keys, ids)
             self.index, self.kind, self.keys = index, "pq", {}
@@ -383,7 +379,7 @@ class MemorySystem:
         ids = np.full((n, k), -1, np.int64)
         promote: set[int] = set()
         for i in range(n):
-            hit_here = False
+            tiers_hit: set[int] = set()
             for j in range(k):
                 if not np.isfinite(scores[i, j]):
                     continue
@@ -407,9 +403,10 @@ class MemorySystem:
                         if tier == TIER_ARCHIVE:
                             promote.add(ref)
                 if used:
-                    hit_here = True
-                    self.counters[("stm_hits", "ltm_hits", "archive_hits")[tier]] += 1
-            self.counters["hit_queries"] += int(hit_here)
+                    tiers_hit.add(tier)
+            for tier in tiers_hit:  # a query counts once per tier it found a used entry in
+                self.counters[("stm_hits", "ltm_hits", "archive_hits")[tier]] += 1
+            self.counters["hit_queries"] += int(bool(tiers_hit))
         self.counters["queries"] += n
         if promote:
             self.ltm.add(self.archive.remove(np.array(sorted(promote), np.int64)))

@@ -42,9 +42,7 @@ class LMConfig(TaggedConfig):
     max_seq_len: int = Field(default=128, ge=2)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     cortex_blocks: list[polymorphic(BlockConfig)] = Field(default_factory=list)
-    cortex_every: int = Field(
-        default=1, ge=1, description="insert the next cortex block after every N layers"
-    )
+    cortex_every: int = Field(default=1, ge=1, description="insert the next cortex block after every N layers")
     mem_key_dim: int = Field(default=64, ge=1)
     mem_top_k: int = Field(default=4, ge=1)
     gate_temperature: float = Field(default=1.0, gt=0)
@@ -70,18 +68,12 @@ class TransformerLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         hidden = max(1, int(ffn_mult * dim))
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        q, k, v = (
-            self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        )
-        a = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(a.transpose(1, 2).reshape(B, T, D))
         return x + self.mlp(self.norm2(x))
 
@@ -112,9 +104,7 @@ class MemoryRead(nn.Module):
         """``h [..., dim] -> unit-norm queries [..., key_dim]`` (also the keys written to memory)."""
         return F.normalize(self.query(self.norm(h)), dim=-1)
 
-    def forward(
-        self, h: Tensor, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """``h [B,T,D], q [B,T,dk], keys [B,T,k,dk], values [B,T,k,D], valid [B,T,k]`` -> ``(h', g [B,T])``"""
         keys, values = keys.detach(), values.detach()
         scores = (q.unsqueeze(-2) * keys).sum(-1).masked_fill(~valid, -1e4)  # [B,T,k]
@@ -135,9 +125,7 @@ class CortexLM(nn.Module):
         if not isinstance(config, LMConfig):
             raise TypeError(f"CortexLM expects an LMConfig, got {type(config).__name__}")
         if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
-            raise ValueError(
-                f"tokenizer vocab {tokenizer.vocab_size} != config.vocab_size {config.vocab_size}"
-            )
+            raise ValueError(f"tokenizer vocab {tokenizer.vocab_size} != config.vocab_size {config.vocab_size}")
         mem_cfg = config.memory.model_copy(update={"key_dim": config.mem_key_dim, "value_dim": config.dim})
         self.config = config.model_copy(update={"memory": mem_cfg})
         self.tokenizer = tokenizer
@@ -188,10 +176,10 @@ class CortexLM(nn.Module):
         h = h + self.fast_b(self.fast_a(h))
         return self.norm(h) @ self.embed.weight.T
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, bank: bool = True) -> tuple[Tensor, Tensor | None]:
         """Training forward: logits ``[B,T,V]``, mean CE; the read uses an in-batch bank from ``targets``."""
         h = self.hidden(idx)
-        if targets is not None and self.config.mem_train_fraction > 0:
+        if bank and targets is not None and self.config.mem_train_fraction > 0:
             h = self._bank_read(h, targets)
         logits = self.head(h)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
@@ -221,9 +209,7 @@ class CortexLM(nn.Module):
         idx = self._window(ids)
         h = self.hidden(idx)[:, -1:]
         q = self.read.queries(h)
-        keys, values, scores, _ = self.memory.retrieve(
-            q.reshape(1, -1).float().cpu().numpy(), self.config.mem_top_k
-        )
+        keys, values, scores, _ = self.memory.retrieve(q.reshape(1, -1).float().cpu().numpy(), self.config.mem_top_k)
         dev, dt = h.device, h.dtype
         h, g = self.read(
             h,
@@ -280,9 +266,7 @@ class CortexLM(nn.Module):
         return len(self.memory.observe(keys, values, nll))
 
     def _fast_update(self, ids: list[int], steps: int) -> list[float]:
-        chunk = torch.as_tensor(
-            ids[: self.config.max_seq_len + 1], dtype=torch.long, device=self.embed.weight.device
-        )
+        chunk = torch.as_tensor(ids[: self.config.max_seq_len + 1], dtype=torch.long, device=self.embed.weight.device)
         x, y = chunk[None, :-1], chunk[None, 1:]
         with torch.no_grad():
             h = self.hidden(x)
@@ -306,9 +290,7 @@ class CortexLM(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike, *, memory: bool = True) -> Path:
         """``model.safetensors`` + ``model.json`` (+ tokenizer files, + ``memory/``); nothing pickled."""
         directory = Path(directory)
-        atomic_save_safetensors(
-            directory / "model.safetensors", self.state_dict(), metadata={"format": MODEL_FORMAT}
-        )
+        atomic_save_safetensors(directory / "model.safetensors", self.state_dict(), metadata={"format": MODEL_FORMAT})
         atomic_write_json(
             directory / "model.json",
             {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": self.config.model_dump(mode="json")},

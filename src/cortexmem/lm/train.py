@@ -218,9 +218,7 @@ class Trainer:
         try:
             import wandb
         except ImportError:
-            raise ImportError(
-                "--wandb needs the 'wandb' package, which is not installed: pip install wandb"
-            ) from None
+            raise ImportError("--wandb needs the 'wandb' package, which is not installed: pip install wandb") from None
         return wandb.init(project="cortexmem-lm", config=self.cfg.model_dump(mode="json"))
 
     def lr_at(self, step: int) -> float:
@@ -265,6 +263,7 @@ class Trainer:
                 self.guard.mean,
                 self._snapshot["step"],
             )
+            # the batches since the snapshot are not replayed: the stream moves on past the bad batch
             self._restore_snapshot()
             self.rollbacks += 1
             rec["rollback"] = True
@@ -293,8 +292,8 @@ class Trainer:
         self.guard.load(self._snapshot["guard"])
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the first ``eval_batches`` validation batches (in-batch memory bank included)."""
+    def evaluate(self, *, memory: bool = True) -> float:
+        """Mean validation loss over ``eval_batches`` batches, with (default) or without the in-batch bank."""
         if self.val is None:
             return math.nan
         self.model.eval()
@@ -305,7 +304,7 @@ class Trainer:
             w = np.arange(b * B, min((b + 1) * B, self.val.n_windows))
             x, y = self.val.batch(w)
             with self._autocast():
-                losses.append(float(self.model(x.to(self.device), y.to(self.device))[1]))
+                losses.append(float(self.model(x.to(self.device), y.to(self.device), bank=memory)[1]))
         torch.set_rng_state(state)
         return float(np.mean(losses))
 
@@ -391,8 +390,7 @@ class Trainer:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if meta.get("format") != TRAIN_FORMAT or meta.get("version") != TRAIN_VERSION:
             raise ValueError(
-                f"resume: expected {TRAIN_FORMAT} v{TRAIN_VERSION}, got {meta.get('format')!r} "
-                f"v{meta.get('version')!r}"
+                f"resume: expected {TRAIN_FORMAT} v{TRAIN_VERSION}, got {meta.get('format')!r} v{meta.get('version')!r}"
             )
         loaded = load_pretrained(d, map_location=str(self.device))
         self.model.load_state_dict(loaded.state_dict())
