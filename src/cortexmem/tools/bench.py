@@ -128,8 +128,7 @@ class _CudnnLSTM(nn.Module):
 
 def _peer_cortexcore(pattern: str, layers: int, d: int):
     try:
-        cortex = importlib.import_module("cortex")
-        builder = cortex.build_cortex_auto_stack
+        builder = importlib.import_module("cortex.stacks").build_cortex_auto_stack
     except Exception as e:  # noqa: BLE001
         return None, f"not installed ({type(e).__name__})"
     return (lambda: builder(d_hidden=d, num_layers=layers, pattern=pattern, compile_blocks=False)), None
