@@ -42,7 +42,7 @@ class MemoryConfig(TaggedConfig):
     ltm_index: Literal["flat", "ivf", "auto"] = "auto"
     ivf_nlist: int = Field(default=64, ge=1)
     ivf_nprobe: int = Field(default=8, ge=1)
-    ivf_min_entries: int = Field(default=4096, ge=1, description="entries needed before IVF is trained")
+    ivf_min_entries: int = Field(default=4096, ge=1, description='"auto": entries before IVF is trained')
     pq_m: int = Field(default=8, ge=1)
     pq_nbits: int = Field(default=8, ge=1, le=16)
     pq_min_entries: int = Field(default=2048, ge=1, description="entries needed before PQ is trained")
@@ -182,8 +182,9 @@ class FaissStore:
         return f"flat (exact fallback: {len(self)} entries < {self._ivf_min()} needed to train IVF)"
 
     def _ivf_min(self) -> int:
-        # faiss k-means wants >= 39 points per centroid to train reliably
-        return max(self.cfg.ivf_min_entries, 39 * self.cfg.ivf_nlist)
+        # faiss k-means wants >= 39 points per centroid; "auto" also waits until exact search gets costly
+        need = 39 * self.cfg.ivf_nlist
+        return max(self.cfg.ivf_min_entries, need) if self.cfg.ltm_index == "auto" else need
 
     def _pq_ok(self) -> bool:
         c = self.cfg
@@ -191,18 +192,20 @@ class FaissStore:
 
     def maybe_upgrade(self) -> None:
         """Train IVF (LTM) or PQ (Archive) once enough entries exist; until then search stays exact."""
-        if self.kind != "flat" or len(self) == 0:
+        c = self.cfg
+        pq = self.compress and self._pq_ok()
+        ivf = not self.compress and c.ltm_index != "flat" and len(self) >= self._ivf_min()
+        if self.kind != "flat" or not (pq or ivf):
             return
         ids = np.fromiter(self.meta, np.int64, len(self.meta))
         keys = np.stack([self.keys[i] for i in ids.tolist()])
-        c = self.cfg
-        if self.compress and self._pq_ok():
+        if pq:
             index = faiss.IndexIDMap2(faiss.IndexPQ(c.key_dim, c.pq_m, c.pq_nbits, faiss.METRIC_INNER_PRODUCT))
             index.train(keys)
             index.add_with_ids(keys, ids)
             self.index, self.kind, self.keys = index, "pq", {}
             log.info("%s: trained PQ on %d entries", self.name, len(ids))
-        elif not self.compress and c.ltm_index != "flat" and len(self) >= self._ivf_min():
+        else:
             quant = faiss.IndexFlatIP(c.key_dim)
             index = faiss.IndexIVFFlat(quant, c.key_dim, c.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(keys)
