@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from cortexmem.core.config import config_class
 from cortexmem.llm import MemoryConfig
 
 VOCAB = 96
@@ -41,23 +40,9 @@ def tiny_base(arch: str = "qwen2", *, seed: int = 0, vocab: int = VOCAB, hidden:
     return model.eval()
 
 
-def has_gated_delta() -> bool:
-    try:
-        config_class("GatedDeltaCellConfig")
-    except ValueError:
-        return False
-    return True
-
-
 def small_memory(chunk_size: int = 8, **kw) -> MemoryConfig:
-    """Gated-delta memory at toy size (falls back to an LSTM cell where the gated-delta cells are absent)."""
-    if has_gated_delta():
-        base = dict(use_hybrid=False, num_heads=2, head_dim=8, memory_chunk=8, chunk_size=chunk_size,
-                    compressor="none")
-    else:
-        from cortexmem import LSTMCellConfig
-
-        base = dict(cell=LSTMCellConfig(hidden_size=16), chunk_size=chunk_size)
+    """Gated-delta memory at toy size."""
+    base = dict(use_hybrid=False, num_heads=2, head_dim=8, memory_chunk=8, chunk_size=chunk_size, compressor="none")
     base.update(kw)
     return MemoryConfig(**base)
 

@@ -196,3 +196,25 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="out of range"):
         attach_memory(tiny_base("qwen2"), small_memory(8, layers=[5]))
     assert MemoryConfig(layers=[-1]).resolve_layers(4) == [3]
+
+
+def test_default_memory_is_the_gated_delta_hybrid():
+    from cortexmem import GatedDeltaCellConfig, HybridCellConfig
+
+    cell = MemoryConfig().cell_config()
+    assert isinstance(cell, HybridCellConfig)
+    assert (cell.alpha_max, cell.rank, cell.compressor, cell.hidden_size) == (0.99, 32, "linear", 128)
+    assert isinstance(MemoryConfig(use_hybrid=False).cell_config(), GatedDeltaCellConfig)
+    cfg = MemoryConfig(chunk_size=8, num_heads=2, head_dim=8, window=4, memory_chunk=8, rank_fast=4)
+    base = tiny_base("gpt2")
+    ids = torch.randint(3, 96, (2, 8))
+    with torch.no_grad():
+        ref = base(ids).logits
+    mlm = attach_memory(base, cfg)
+    with torch.no_grad():
+        assert torch.equal(mlm(ids).logits, ref)
+    open_gates(mlm)
+    sizes = {sum(t.numel() for t in mlm.ingest(torch.randint(3, 96, (1, n))).flatten_keys(".").values())
+             for n in (3, 40)}
+    assert len(sizes) == 1
+    assert mlm.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 11)

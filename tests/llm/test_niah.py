@@ -10,7 +10,7 @@ from cortexmem.llm.eval import eval_niah, parse_depths, parse_lengths
 from cortexmem.llm.niah import filler_sentence, name_pool
 from cortexmem.llm.train import TrainNiahConfig, niah_accuracy, train_niah
 
-from .helpers import has_gated_delta, small_memory, tiny_base
+from .helpers import small_memory, tiny_base
 
 
 def test_text_niah_sample_layout():
@@ -50,12 +50,11 @@ def test_lengths_and_depths_parsing():
         parse_depths("1.5")
 
 
-@pytest.mark.skipif(not has_gated_delta(), reason="needs the gated-delta cell")
 def test_niah_memory_learns_needle_across_chunks(tmp_path):
     """Needle in chunk 0, question in chunk 2 (chunks of 8 tokens), random frozen base model.
 
-    Measured on one CPU core (360 steps, ~40 s): held-out accuracy with memory ~0.9-1.0; the same trained
-    sidecar with its memory reset at every chunk ~0.15 and the base alone 0.0; chance 1/8 = 0.125.
+    Measured (360 steps, 40-60 s on one shared CPU core): held-out accuracy with memory 0.93; the same trained
+    sidecar with its memory reset at every chunk 0.11 and the base alone 0.02; chance 1/8 = 0.125.
     """
     torch.manual_seed(0)
     base = tiny_base("llama", vocab=64)
@@ -84,14 +83,14 @@ def test_train_resume_and_eval_outputs(tmp_path):
     tok = CharTokenizer()
     mlm = attach_memory(tiny_base("gpt2", vocab=tok.vocab_size), small_memory(32))
     task = TextNiah(tok, digits=2, n_distractors=1)
-    cfg = TrainNiahConfig(length=120, steps=2, batch_size=2, eval_every=2, eval_samples=2, save_every=1,
+    cfg = TrainNiahConfig(length=240, steps=2, batch_size=2, eval_every=2, eval_samples=2, save_every=1,
                           checkpoint=True, bptt_chunks=2)
     train_niah(mlm, task, cfg, tmp_path, progress=False)
     gate_after_2 = mlm.memory.adapters["0"].gate.detach().clone()
     cfg.steps = 3
     hist = train_niah(mlm, task, cfg, tmp_path, progress=False)  # resumes at step 2
     assert hist.step == [1, 2, 3] and not torch.equal(gate_after_2, mlm.memory.adapters["0"].gate)
-    res = eval_niah(mlm, task, [80, 160], [0.0, 1.0], samples=2, batch_size=2, out_dir=tmp_path)
+    res = eval_niah(mlm, task, [240, 320], [0.0, 1.0], samples=2, batch_size=2, out_dir=tmp_path)
     assert len(res["accuracy"]) == 2 and len(res["accuracy"][0]) == 2 and len(res["peak_memory_mb"]) == 2
     assert (tmp_path / "niah.json").is_file()
     assert Image.open(tmp_path / "niah.png").size[0] > 100
