@@ -10,9 +10,12 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.slstm import slstm_naive
+from .axon import AxonCellConfig
+from .axon_layer import AxonLayer, LayerCalls, axon_groups
 from .base import CellConfig, MemoryCell
 from .mlstm import HeadNorm, forget_bias_init, head_sizes, store_stabilised
 
@@ -24,6 +27,11 @@ class sLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
     num_heads: int = Field(default=4, ge=1)
     conv1d_kernel_size: int = Field(default=4, ge=0)
     forget_gate: Literal["sigmoid", "exp"] = "sigmoid"
+    #: gate projections as two fused AxonLayers (state group ``slstm``): ``if_gates`` on the conv features,
+    #: ``zo_gates`` on the input, each ``H -> 2H``
+    use_axon_layer: bool = False
+    #: config of those AxonLayers (default ``AxonCellConfig()``)
+    axon: polymorphic(AxonCellConfig) | None = None
 
     @classmethod
     def example(cls, hidden_size: int) -> sLSTMCellConfig:
@@ -50,15 +58,20 @@ class sLSTMCell(MemoryCell):  # noqa: N801
             bound = 1 / self.kernel_size**0.5
             self.conv_weight = nn.Parameter(torch.empty(H, self.kernel_size).uniform_(-bound, bound))
             self.conv_bias = nn.Parameter(torch.zeros(H))
-        self.igate = nn.Linear(H, H)
-        self.fgate = nn.Linear(H, H)
-        self.zgate = nn.Linear(H, H)
-        self.ogate = nn.Linear(H, H)
+        if config.use_axon_layer:
+            self.if_gates = AxonLayer(H, 2 * H, config.axon, name="if_gates", group="slstm")
+            self.zo_gates = AxonLayer(H, 2 * H, config.axon, name="zo_gates", group="slstm")
+        else:
+            self.igate = nn.Linear(H, H)
+            self.fgate = nn.Linear(H, H)
+            self.zgate = nn.Linear(H, H)
+            self.ogate = nn.Linear(H, H)
         self.recurrent = nn.Parameter(torch.empty(4, NH, self.dh, self.dh).normal_(0.0, self.dh**-0.5))
         self.out_norm = HeadNorm(NH, self.dh)
         with torch.no_grad():
             # forget gates start near 1 (long memory); as in the xLSTM paper
-            self.fgate.bias.copy_(forget_bias_init(H, config.forget_gate))
+            f_bias = self.if_gates.bias[H:] if config.use_axon_layer else self.fgate.bias
+            f_bias.copy_(forget_bias_init(H, config.forget_gate))
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
         dtype = dtype or torch.float32
@@ -66,6 +79,7 @@ class sLSTMCell(MemoryCell):  # noqa: N801
         st = {"h": z(), "c": z(), "n": z(), "m": z()}
         if self.kernel_size > 0:
             st["conv"] = torch.zeros(batch, self.kernel_size - 1, self.hidden_size, device=device, dtype=dtype)
+        st.update(axon_groups(self, batch, device=device, dtype=dtype))
         return TensorDict(st, batch_size=[batch], device=device)
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
@@ -79,7 +93,13 @@ class sLSTMCell(MemoryCell):  # noqa: N801
             xc = x
         # the recurrence runs in at least fp32: exp-gated sums lose too much in bf16
         cdt = torch.promote_types(x.dtype, torch.float32)
-        wx = torch.stack([self.igate(xc), self.fgate(xc), self.zgate(x), self.ogate(x)], dim=2).to(cdt)
+        if self.config.use_axon_layer:
+            lin = LayerCalls(state, resets)
+            gates = (*lin(self.if_gates, xc).chunk(2, -1), *lin(self.zo_gates, x).chunk(2, -1))
+            new.update(lin.new_groups())
+        else:
+            gates = (self.igate(xc), self.fgate(xc), self.zgate(x), self.ogate(x))
+        wx = torch.stack(gates, dim=2).to(cdt)
         h_seq, (h, c, n, m) = slstm_naive(
             wx, self.recurrent.to(cdt), *(state[key].to(cdt) for key in ("h", "c", "n", "m")),
             resets=resets, forget_gate=self.config.forget_gate,
