@@ -8,7 +8,8 @@ Stages (``--stages``):
   cache dropped between chunks) and report peak memory per length and the ratio largest/smallest
   (goal <= 1.05 on GPU: the state does not grow with length).
 * ``throughput``: tokens/s of ingestion with memory vs the base model alone on the same chunks (goal: overhead
-  <= 1.3x). Both sides run every chunk through the base model; the memory side adds the sidecar's read/write.
+  <= 1.3x). ``memory_ingest`` is ``MemoryLM.ingest`` (stops each chunk after the last memory layer, as it
+  may); ``memory_full_forward`` runs every layer plus the sidecar, the like-for-like comparison.
 * ``niah``: pretrain a base LM on generated text (or ``--base`` a folder/name), train the sidecar with
   ``train_niah`` at ``--train-length``, then held-out exact match at each ``--niah-lengths`` with needles at
   depths 0..1 (goal >= 99 % at 32k and 128k), plus the no-memory baseline and the "no harm" LM-loss ratio.
