@@ -34,8 +34,8 @@ def _time(fn: Callable[[], None], repeats: int) -> float:
 def _cell_step(cell, x: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         cell.zero_grad(set_to_none=True)
-        y, state = cell(x)
-        (y.pow(2).mean() + sum(v.float().sum() for v in state.values()) * 0).backward()
+        y, _ = cell(x)
+        y.pow(2).mean().backward()
     return run
 
 
