@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
-from ..ops.slstm import slstm_naive
+from ..ops.slstm import slstm_scan
 from .axon import AxonCellConfig
 from .axon_layer import AxonLayer, LayerCalls, axon_groups
 from .base import CellConfig, MemoryCell
@@ -45,7 +45,8 @@ class sLSTMCell(MemoryCell):  # noqa: N801
     The i, f gates read the (SiLU) causal-conv features, z and o read the input; each input projection is its
     own ``nn.Linear`` (``igate``, ``fgate``, ``zgate``, ``ogate``), the recurrent weights are ``recurrent``
     ``[4, NH, dh, dh]`` in gate order i, f, z, o. The recurrence is nonlinear in ``h``, so the sequence path is
-    a loop over time (:func:`slstm_naive`); resets inside it are masks.
+    a loop over time (:func:`slstm_scan`, hand-written backward, checked against :func:`slstm_naive`); resets
+    inside it are masks.
     """
 
     def __init__(self, config: sLSTMCellConfig) -> None:
@@ -100,7 +101,7 @@ class sLSTMCell(MemoryCell):  # noqa: N801
         else:
             gates = (self.igate(xc), self.fgate(xc), self.zgate(x), self.ogate(x))
         wx = torch.stack(gates, dim=2).to(cdt)
-        h_seq, (h, c, n, m) = slstm_naive(
+        h_seq, (h, c, n, m) = slstm_scan(
             wx, self.recurrent.to(cdt), *(state[key].to(cdt) for key in ("h", "c", "n", "m")),
             resets=resets, forget_gate=self.config.forget_gate,
         )

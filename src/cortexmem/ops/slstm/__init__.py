@@ -1,3 +1,4 @@
 from .naive import slstm_naive, slstm_pointwise
+from .scan import slstm_scan
 
-__all__ = ["slstm_naive", "slstm_pointwise"]
+__all__ = ["slstm_naive", "slstm_pointwise", "slstm_scan"]
