@@ -104,6 +104,11 @@ def bench(
         plot(rows, Path(out) / "bench.png")
 
 
+from .lm.cli import app as _lm_app  # noqa: E402
+
+app.add_typer(_lm_app, name="lm")
+
+
 def main() -> None:
     app()
 
