@@ -10,10 +10,11 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.backends import check_requested
 from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
-from ..ops.slstm import slstm_naive
+from ..ops.slstm import slstm_sequence
 from .axon import AxonCellConfig
 from .axon_layer import AxonLayer, LayerCalls, axon_groups
 from .base import CellConfig, MemoryCell
@@ -32,6 +33,7 @@ class sLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
     use_axon_layer: bool = False
     #: config of those AxonLayers (default ``AxonCellConfig()``)
     axon: polymorphic(AxonCellConfig) | None = None
+    backend: str = "auto"  # of the recurrence: "auto", "torch" or "triton" (see `cortex info`)
 
     @classmethod
     def example(cls, hidden_size: int) -> sLSTMCellConfig:
@@ -45,12 +47,15 @@ class sLSTMCell(MemoryCell):  # noqa: N801
     The i, f gates read the (SiLU) causal-conv features, z and o read the input; each input projection is its
     own ``nn.Linear`` (``igate``, ``fgate``, ``zgate``, ``ogate``), the recurrent weights are ``recurrent``
     ``[4, NH, dh, dh]`` in gate order i, f, z, o. The recurrence is nonlinear in ``h``, so the sequence path is
-    a loop over time (:func:`slstm_naive`); resets inside it are masks.
+    a loop over time (:func:`slstm_scan` with a hand-written backward, checked against :func:`slstm_naive`,
+    or one fused Triton kernel on CUDA); resets inside it are masks.
     """
 
     def __init__(self, config: sLSTMCellConfig) -> None:
         super().__init__(config)
         H, NH = self.hidden_size, config.num_heads
+        check_requested("slstm", config.backend)
+        self.backend = config.backend
         self.num_heads = NH
         self.dh = head_sizes(H, 1.0, NH, "sLSTMCell hidden size")
         self.kernel_size = config.conv1d_kernel_size
@@ -100,9 +105,9 @@ class sLSTMCell(MemoryCell):  # noqa: N801
         else:
             gates = (self.igate(xc), self.fgate(xc), self.zgate(x), self.ogate(x))
         wx = torch.stack(gates, dim=2).to(cdt)
-        h_seq, (h, c, n, m) = slstm_naive(
+        h_seq, (h, c, n, m) = slstm_sequence(
             wx, self.recurrent.to(cdt), *(state[key].to(cdt) for key in ("h", "c", "n", "m")),
-            resets=resets, forget_gate=self.config.forget_gate,
+            resets=resets, forget_gate=self.config.forget_gate, backend=self.backend,
         )
         y = self.out_norm(h_seq.to(x.dtype))
         sdt = state["h"].dtype
