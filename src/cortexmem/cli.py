@@ -34,6 +34,11 @@ def info() -> None:
     Console().print(table)
 
 
+from .rl.cli import app as rl_app  # noqa: E402
+
+app.add_typer(rl_app, name="rl")
+
+
 def main() -> None:
     app()
 

@@ -1,13 +1,13 @@
 """Metta-style per-environment state caches: the policy keeps memory itself, keyed by ``training_env_ids``.
 
 Conventions (as in Metta's recurrent components): a tensordict carries ``bptt`` (steps per row) and ``batch``
-(rows), either as batch shape ``[batch, bptt]`` or flattened to ``[batch * bptt]``. ``bptt == 1`` is a rollout
-step: the state of each environment comes from, and returns to, the *rollout* cache. ``bptt > 1`` is a training
-sequence: each row starts from the *training* cache, the state its environment had when the current segment
-began (``begin_segment``), and runs the whole sequence with resets applied inside by the cells' masks.
-``dones``/``truncateds`` (and ``is_init``) are stored with the observation they came with: auto-resetting envs
-return the next episode's first observation together with ``done=True``, so a set flag means "reset before
-reading this observation".
+(rows), either as batch shape ``[batch, bptt]`` or flattened to ``[batch * bptt]``. ``bptt == 1`` is a
+rollout step: the state of each environment comes from, and returns to, the *rollout* cache. ``bptt > 1`` is
+a training sequence: each row starts from the *training* cache, the state its environment had when the
+current segment began (``begin_segment``), and runs the whole sequence with resets applied inside by the
+cells' masks. ``dones``/``truncateds`` (and ``is_init``) are stored with the observation they came with:
+auto-resetting envs return the next episode's first observation together with ``done=True``, so a set flag
+means "reset before reading this observation".
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ from .module import _key, resolve_store_dtype
 class StateCache:
     """Rollout and training state caches of ``num_envs`` rows for one stack (stored in ``store_dtype``)."""
 
-    def __init__(self, stack: MemoryModule, num_envs: int, *, store_dtype: str | torch.dtype = "fp32",
-                 device: Any = None) -> None:
+    def __init__(
+        self,
+        stack: MemoryModule,
+        num_envs: int,
+        *,
+        store_dtype: str | torch.dtype = "fp32",
+        device: Any = None,
+    ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         self.stack = stack
@@ -47,10 +53,14 @@ class StateCache:
 
     def _check_ids(self, env_ids: Tensor) -> Tensor:
         if not isinstance(env_ids, Tensor) or env_ids.dim() != 1 or env_ids.is_floating_point():
-            raise TypeError(f"env_ids must be a 1-D integer tensor, got {getattr(env_ids, 'shape', env_ids)!r}")
+            raise TypeError(
+                f"env_ids must be a 1-D integer tensor, got {getattr(env_ids, 'shape', env_ids)!r}"
+            )
         if env_ids.numel() and (int(env_ids.min()) < 0 or int(env_ids.max()) >= self.num_envs):
-            raise ValueError(f"env_ids must lie in [0, {self.num_envs}), got range "
-                             f"[{int(env_ids.min())}, {int(env_ids.max())}]")
+            raise ValueError(
+                f"env_ids must lie in [0, {self.num_envs}), got range "
+                f"[{int(env_ids.min())}, {int(env_ids.max())}]"
+            )
         return env_ids.to(self.device, torch.long)
 
     def gather(self, which: str, env_ids: Tensor, dtype: torch.dtype = torch.float32) -> TensorDict:
@@ -64,7 +74,7 @@ class StateCache:
         self._cache(which)[ids] = self._to_store(state).to(self.device)
 
     def begin_segment(self, env_ids: Tensor | None = None) -> None:
-        """Record the rollout state of ``env_ids`` (all by default) as the start of their next training segment."""
+        """Record the rollout state of ``env_ids`` (default all) as the start of their next segment."""
         if env_ids is None:
             self.training = self.rollout.clone()
         else:
@@ -149,12 +159,15 @@ class CachedCortexModule(TensorDictModuleBase):
             return td.shape[0], td.shape[1]
         bptt, batch = td.get("bptt", None), td.get("batch", None)
         if bptt is None or batch is None:
-            raise ValueError("CachedCortexModule: a flat tensordict needs 'bptt' and 'batch' entries "
-                             f"(or batch shape [batch, bptt]); got batch shape {list(td.shape)}")
+            raise ValueError(
+                "CachedCortexModule: a flat tensordict needs 'bptt' and 'batch' entries "
+                f"(or batch shape [batch, bptt]); got batch shape {list(td.shape)}"
+            )
         bptt, batch = int(bptt.reshape(-1)[0]), int(batch.reshape(-1)[0])
         if bptt * batch != td.shape.numel():
-            raise ValueError(f"CachedCortexModule: batch * bptt = {batch} * {bptt} does not match "
-                             f"{td.shape.numel()} rows")
+            raise ValueError(
+                f"CachedCortexModule: batch * bptt = {batch} * {bptt} does not match {td.shape.numel()} rows"
+            )
         return batch, bptt
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:

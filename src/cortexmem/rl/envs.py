@@ -1,4 +1,4 @@
-"""Environments for the PPO runner: flat float observations, POPGym's benchmark wrapping, a k-step recall task."""
+"""Environments for the PPO runner: flat observations, POPGym's benchmark wrapping, a k-step recall task."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def space_width(space: spaces.Space) -> int:
         return sum(space_width(s) for s in space.spaces)
     if isinstance(space, spaces.Dict):
         return sum(space_width(s) for s in space.spaces.values())
-    raise TypeError(f"unsupported observation space {space!r}; expected Discrete, MultiDiscrete, MultiBinary, "
-                    "Box, Tuple or Dict")
+    raise TypeError(
+        f"unsupported observation space {space!r}; expected Discrete, MultiDiscrete, MultiBinary, "
+        "Box, Tuple or Dict"
+    )
 
 
 def encode(space: spaces.Space, value: Any) -> np.ndarray:
@@ -38,8 +40,10 @@ def encode(space: spaces.Space, value: Any) -> np.ndarray:
         return out
     if isinstance(space, spaces.MultiDiscrete):
         nvec = np.asarray(space.nvec).reshape(-1)
-        parts = [np.eye(int(n), dtype=np.float32)[int(v)] for n, v in zip(nvec, np.asarray(value).reshape(-1),
-                                                                         strict=True)]
+        parts = [
+            np.eye(int(n), dtype=np.float32)[int(v)]
+            for n, v in zip(nvec, np.asarray(value).reshape(-1), strict=True)
+        ]
         return np.concatenate(parts)
     if isinstance(space, spaces.MultiBinary | spaces.Box):
         return np.asarray(value, np.float32).reshape(-1)
@@ -51,7 +55,7 @@ def encode(space: spaces.Space, value: Any) -> np.ndarray:
 
 
 class FlatObservation(gym.Wrapper):
-    """Flat float observation; with ``memory_inputs`` also the previous action and a first-step flag (POPGym)."""
+    """Flat float observation; ``memory_inputs`` adds the previous action and a first-step flag (POPGym)."""
 
     def __init__(self, env: gym.Env, *, memory_inputs: bool = False) -> None:
         super().__init__(env)
@@ -78,7 +82,7 @@ class FlatObservation(gym.Wrapper):
 
 
 class RepeatKEnv(gym.Env):
-    """Emit one of ``n`` symbols per step; from step ``k`` on, reward +-1/(L-k) for naming the symbol of k steps ago.
+    """One of ``n`` symbols per step; from step ``k`` on, +-1/(L-k) for naming the symbol of k steps ago.
 
     A memoryless policy scores 2/n - 1 in expectation (0 for n=2); a perfect one scores 1.
     """
@@ -87,7 +91,9 @@ class RepeatKEnv(gym.Env):
 
     def __init__(self, k: int = 2, n: int = 2, length: int = 16) -> None:
         if not (1 <= k < length) or n < 2:
-            raise ValueError(f"RepeatKEnv needs 1 <= k < length and n >= 2, got k={k}, n={n}, length={length}")
+            raise ValueError(
+                f"RepeatKEnv needs 1 <= k < length and n >= 2, got k={k}, n={n}, length={length}"
+            )
         self.k, self.n, self.length = k, n, length
         self.observation_space = spaces.Discrete(n)
         self.action_space = spaces.Discrete(n)
@@ -128,9 +134,10 @@ def is_popgym(env_id: str) -> bool:
     return isinstance(getattr(popgym.envs, env_id, None), type)
 
 
-def make_env_fn(env_id: str, *, memory_inputs: bool | None = None, env_kwargs: dict | None = None
-                ) -> Callable[[], gym.Env]:
-    """A thunk building one flat-observation env; POPGym envs get previous action + first-step flag by default."""
+def make_env_fn(
+    env_id: str, *, memory_inputs: bool | None = None, env_kwargs: dict | None = None
+) -> Callable[[], gym.Env]:
+    """A thunk building one flat-observation env; POPGym envs get previous action + first-step flag."""
     popgym_env = is_popgym(env_id)
     wrap = popgym_env if memory_inputs is None else memory_inputs
     kwargs = dict(env_kwargs or {})
@@ -141,7 +148,7 @@ def make_env_fn(env_id: str, *, memory_inputs: bool | None = None, env_kwargs: d
                 import popgym.envs
             except ImportError as e:
                 raise ImportError("POPGym environments need the popgym package: pip install popgym") from e
-            name = env_id[len("popgym-"):].rsplit("-v", 1)[0] if env_id.startswith("popgym-") else env_id
+            name = env_id[len("popgym-") :].rsplit("-v", 1)[0] if env_id.startswith("popgym-") else env_id
             cls = getattr(popgym.envs, name, None)
             if cls is None:
                 raise ValueError(f"unknown POPGym environment {name!r}")
@@ -154,8 +161,9 @@ def make_env_fn(env_id: str, *, memory_inputs: bool | None = None, env_kwargs: d
     return thunk
 
 
-def make_vector_env(env_id: str, num_envs: int, *, memory_inputs: bool | None = None,
-                    env_kwargs: dict | None = None) -> gym.vector.SyncVectorEnv:
+def make_vector_env(
+    env_id: str, num_envs: int, *, memory_inputs: bool | None = None, env_kwargs: dict | None = None
+) -> gym.vector.SyncVectorEnv:
     """``num_envs`` copies in a synchronous vector env that resets finished envs within the same step."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")

@@ -1,4 +1,4 @@
-"""``CortexModule``: a cortexmem stack as a TorchRL recurrent ``TensorDictModule`` (step and sequence mode)."""
+"""``CortexModule``: a cortexmem stack as a TorchRL recurrent TensorDict module (step and sequence mode)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from torchrl.modules.tensordict_module.rnn import recurrent_mode
 
 from ..core.module import MemoryModule
 
-_STORE_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+_STORE_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def resolve_store_dtype(store_dtype: str | torch.dtype) -> torch.dtype:
@@ -38,15 +43,15 @@ def _key(k: NestedKey) -> tuple[str, ...]:
 class CortexModule(TensorDictModuleBase):
     """Run ``stack`` on ``td[in_key]`` and write ``td[out_key]`` plus ``td["next", state_prefix, ...]``.
 
-    Step mode (default; used by collectors): any batch shape ``[*B]``; reads the state stored under
-    ``state_prefix`` (one flat entry per state leaf, e.g. ``"PassThroughBlock_0.LSTMCell.h"``) and a reset flag
-    (``is_init`` from TorchRL's ``InitTracker``; any further ``reset_keys`` present, such as the previous step's
-    ``done``/``truncated``, are OR-ed in). A missing state means "fresh state".
+    Step mode (default; used by collectors): any batch shape ``[*B]``. Reads the state stored under
+    ``state_prefix`` (one flat entry per state leaf, e.g. ``"PassThroughBlock_0.LSTMCell.h"``) and a reset
+    flag (``is_init`` from TorchRL's ``InitTracker``; further ``reset_keys`` present, such as the previous
+    step's ``done``/``truncated``, are OR-ed in). A missing state means "fresh state".
 
     Sequence mode (inside ``torchrl.modules.set_recurrent_mode(True)``, which TorchRL losses enable): batch
-    ``[B, T]`` (time last; ``[T]`` and ``[*B, T]`` are reshaped); the stored state at ``t = 0`` starts each row and
-    resets inside the sequence are applied by the cells' own reset masks, so no split-and-pad is needed. The
-    ``("next", state)`` entries follow TorchRL's LSTMModule: zeros except the final state at ``t = T - 1``.
+    ``[B, T]`` (time last; ``[T]`` and ``[*B, T]`` are reshaped). The stored state at ``t = 0`` starts each
+    row; resets inside the sequence are applied by the cells' own reset masks, so no split-and-pad is needed.
+    The ``("next", state)`` entries follow TorchRL's LSTMModule: zeros except the final state at ``T - 1``.
     """
 
     def __init__(
@@ -62,7 +67,9 @@ class CortexModule(TensorDictModuleBase):
     ) -> None:
         super().__init__()
         if not isinstance(stack, MemoryModule):
-            raise TypeError(f"CortexModule expects a cortexmem MemoryModule stack, got {type(stack).__name__}")
+            raise TypeError(
+                f"CortexModule expects a cortexmem MemoryModule stack, got {type(stack).__name__}"
+            )
         if not isinstance(state_prefix, str) or not state_prefix:
             raise ValueError(f"state_prefix must be a non-empty string, got {state_prefix!r}")
         if len(reset_keys) == 0:
@@ -93,10 +100,10 @@ class CortexModule(TensorDictModuleBase):
         return {(self.state_prefix, name): self._store(state.get(path)) for name, path in self._names}
 
     def unflatten_state(self, flat: dict[tuple[str, str], Tensor], batch: int) -> TensorDict:
-        """``{(state_prefix, flat name): tensor [batch, ...]}`` -> the stack's nested state in compute dtype."""
+        """``{(state_prefix, flat name): [batch, ...]}`` -> the stack's nested state in compute dtype."""
         dtype = self._compute_dtype()
         out = TensorDict({}, batch_size=[batch])
-        for (name, path), key in zip(self._names, self.state_keys, strict=True):
+        for (_name, path), key in zip(self._names, self.state_keys, strict=True):
             v = flat[key]
             out.set(path, v.to(dtype) if v.is_floating_point() else v)
         return out
@@ -106,7 +113,7 @@ class CortexModule(TensorDictModuleBase):
         return self.stack.init_state(batch, device=device, dtype=self._compute_dtype())
 
     def stored_initial_state(self, batch_shape: Sequence[int], device: Any = None) -> TensorDict:
-        """``{state_prefix: {flat name: initial value}}`` of batch ``batch_shape`` in store dtype (what a primer fills)."""
+        """``{state_prefix: {flat name: initial value}}`` of batch ``batch_shape`` in store dtype."""
         shape = torch.Size(batch_shape)
         flat = self.flatten_state(self.initial_state(1, device=device))
         out = TensorDict({}, batch_size=shape, device=device)
@@ -122,7 +129,7 @@ class CortexModule(TensorDictModuleBase):
 
         spec = self.stack.state_spec()
         specs = {}
-        for (name, path), key in zip(self._names, self.state_keys, strict=True):
+        for (_name, path), key in zip(self._names, self.state_keys, strict=True):
             shape, dtype = spec[path]
             specs[key] = Unbounded(shape=shape, dtype=self.store_dtype if dtype.is_floating_point else dtype)
         return TensorDictPrimer(specs, expand_specs=True)
@@ -158,11 +165,13 @@ class CortexModule(TensorDictModuleBase):
             raise ValueError(f"CortexModule: state entries {missing} are missing (found {present})")
         spec = self.stack.state_spec()
         flat = {}
-        for (name, path), key in zip(self._names, self.state_keys, strict=True):
+        for (_name, path), key in zip(self._names, self.state_keys, strict=True):
             v = td.get(key)
             want = (*batch_shape, *spec[path][0])
             if tuple(v.shape) != want:
-                raise ValueError(f"CortexModule: state entry {key} has shape {tuple(v.shape)}, expected {want}")
+                raise ValueError(
+                    f"CortexModule: state entry {key} has shape {tuple(v.shape)}, expected {want}"
+                )
             flat[key] = v
         return flat
 
@@ -170,7 +179,7 @@ class CortexModule(TensorDictModuleBase):
         x = tensordict.get(self.in_key)
         if x.shape[:-1] != tensordict.shape:
             raise ValueError(
-                f"CortexModule: {self.in_key} must be [*batch, features] with batch {list(tensordict.shape)}, "
+                f"CortexModule: {self.in_key} must be [*batch, features], batch {list(tensordict.shape)}, "
                 f"got {list(x.shape)}"
             )
         if self.recurrent_mode:
@@ -185,8 +194,12 @@ class CortexModule(TensorDictModuleBase):
         if flat is None:
             state = self.initial_state(n, device=x.device)
         else:
-            state = self.unflatten_state({k: v.reshape(n, *v.shape[len(shape):]) for k, v in flat.items()}, n)
-        y, new = self.stack(x.reshape(n, x.shape[-1]), state, resets=None if resets is None else resets.reshape(n))
+            state = self.unflatten_state(
+                {k: v.reshape(n, *v.shape[len(shape) :]) for k, v in flat.items()}, n
+            )
+        y, new = self.stack(
+            x.reshape(n, x.shape[-1]), state, resets=None if resets is None else resets.reshape(n)
+        )
         td.set(self.out_key, y.reshape(*shape, y.shape[-1]))
         for key, v in self.flatten_state(new).items():
             td.set(("next", *key), v.reshape(*shape, *v.shape[1:]))
@@ -195,7 +208,9 @@ class CortexModule(TensorDictModuleBase):
     def _forward_sequence(self, td: TensorDictBase, x: Tensor) -> TensorDictBase:
         shape = td.shape
         if len(shape) == 0:
-            raise ValueError("CortexModule in recurrent mode needs a tensordict with a time dimension, got shape []")
+            raise ValueError(
+                "CortexModule in recurrent mode needs a tensordict with a time dimension, got shape []"
+            )
         steps = shape[-1]
         batch = shape[:-1].numel()
         resets = self._resets(td, shape)
@@ -204,10 +219,11 @@ class CortexModule(TensorDictModuleBase):
             state = self.initial_state(batch, device=x.device)
         else:
             t_dim = len(shape) - 1
-            first = {k: v.select(t_dim, 0).reshape(batch, *v.shape[t_dim + 1:]) for k, v in flat.items()}
+            first = {k: v.select(t_dim, 0).reshape(batch, *v.shape[t_dim + 1 :]) for k, v in flat.items()}
             state = self.unflatten_state(first, batch)
         y, final = self.stack(
-            x.reshape(batch, steps, x.shape[-1]), state,
+            x.reshape(batch, steps, x.shape[-1]),
+            state,
             resets=None if resets is None else resets.reshape(batch, steps),
         )
         td.set(self.out_key, y.reshape(*shape, y.shape[-1]))

@@ -65,18 +65,28 @@ class PPOConfig(BaseModel):
     def _check(self) -> PPOConfig:
         bptt = self.bptt or self.rollout_len
         if self.rollout_len % bptt:
-            raise ValueError(f"bptt must divide rollout_len, got bptt={bptt} and rollout_len={self.rollout_len}")
+            raise ValueError(
+                f"bptt must divide rollout_len, got bptt={bptt} and rollout_len={self.rollout_len}"
+            )
         rows = self.num_envs * (self.rollout_len // bptt)
         if self.minibatches > rows:
-            raise ValueError(f"minibatches ({self.minibatches}) exceeds the number of sequences per update ({rows})")
+            raise ValueError(
+                f"minibatches ({self.minibatches}) exceeds the number of sequences per update ({rows})"
+            )
         return self
 
 
 class RecurrentPolicy(nn.Module):
-    """``obs -> Linear+SiLU -> CortexModule -> (actor head, value head)``; actor and critic share the trunk."""
+    """``obs -> Linear+SiLU -> CortexModule -> (actor head, value head)``; one trunk for both heads."""
 
-    def __init__(self, obs_dim: int, action_space: spaces.Space, stack_cfg: CortexStackConfig,
-                 *, store_dtype: str = "fp32") -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: spaces.Space,
+        stack_cfg: CortexStackConfig,
+        *,
+        store_dtype: str = "fp32",
+    ) -> None:
         super().__init__()
         d = stack_cfg.d_hidden
         self.encoder = nn.Sequential(nn.Linear(obs_dim, d), nn.SiLU())
@@ -86,28 +96,38 @@ class RecurrentPolicy(nn.Module):
         if isinstance(action_space, spaces.Discrete):
             self.action_head = nn.Linear(d, int(action_space.n))
             head = TensorDictModule(self.action_head, in_keys=["features"], out_keys=["logits"])
-            self.actor = ProbabilisticActor(
-                TensorDictSequential(enc, self.core, head), in_keys=["logits"], distribution_class=Categorical,
-                return_log_prob=True, default_interaction_type=ExplorationType.RANDOM,
+            actor = ProbabilisticActor(
+                TensorDictSequential(enc, self.core, head),
+                in_keys=["logits"],
+                distribution_class=Categorical,
+                return_log_prob=True,
+                default_interaction_type=ExplorationType.RANDOM,
             )
         elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
             act = action_space.shape[0]
             self.action_head = nn.Linear(d, act)
             self.log_std = nn.Parameter(torch.full((act,), -0.5))
-            head = TensorDictModule(_GaussianHead(self.action_head, self.log_std), in_keys=["features"],
-                                    out_keys=["loc", "scale"])
+            head = TensorDictModule(
+                _GaussianHead(self.action_head, self.log_std), in_keys=["features"], out_keys=["loc", "scale"]
+            )
             low = torch.as_tensor(np.clip(action_space.low, -1e6, 1e6), dtype=torch.float32)
             high = torch.as_tensor(np.clip(action_space.high, -1e6, 1e6), dtype=torch.float32)
-            self.actor = ProbabilisticActor(
-                TensorDictSequential(enc, self.core, head), in_keys=["loc", "scale"], distribution_class=TanhNormal,
-                distribution_kwargs={"low": low, "high": high}, return_log_prob=True,
+            actor = ProbabilisticActor(
+                TensorDictSequential(enc, self.core, head),
+                in_keys=["loc", "scale"],
+                distribution_class=TanhNormal,
+                distribution_kwargs={"low": low, "high": high},
+                return_log_prob=True,
                 default_interaction_type=ExplorationType.RANDOM,
             )
         else:
             raise TypeError(f"unsupported action space {action_space!r}: expected Discrete or a 1-D Box")
-        self.critic = TensorDictSequential(
+        critic = TensorDictSequential(
             enc, self.core, TensorDictModule(self.value_head, in_keys=["features"], out_keys=["state_value"])
         )
+        # actor and critic are views over the modules above; kept unregistered so each weight has one name
+        object.__setattr__(self, "actor", actor)
+        object.__setattr__(self, "critic", critic)
 
     def value_from_features(self, td: TensorDict) -> torch.Tensor:
         return self.value_head(td["features"])
@@ -136,15 +156,22 @@ class PPOTrainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         torch.manual_seed(cfg.seed)
         self.popgym = is_popgym(cfg.env)
-        self.envs = make_vector_env(cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs,
-                                    env_kwargs=cfg.env_kwargs)
+        self.envs = make_vector_env(
+            cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs
+        )
         self.action_space = self.envs.single_action_space
         obs_dim = int(self.envs.single_observation_space.shape[0])
         self.stack_cfg = stack_config(cfg.stack, cfg.d_hidden, cfg.num_layers)
         self.policy = RecurrentPolicy(obs_dim, self.action_space, self.stack_cfg, store_dtype=cfg.store_dtype)
         self.loss = ClipPPOLoss(
-            self.policy.actor, self.policy.critic, clip_epsilon=cfg.clip_epsilon, entropy_coeff=cfg.entropy_coeff,
-            critic_coeff=cfg.critic_coeff, normalize_advantage=True, loss_critic_type="l2", functional=False,
+            self.policy.actor,
+            self.policy.critic,
+            clip_epsilon=cfg.clip_epsilon,
+            entropy_coeff=cfg.entropy_coeff,
+            critic_coeff=cfg.critic_coeff,
+            normalize_advantage=True,
+            loss_critic_type="l2",
+            functional=False,
         )
         self.gae = GAE(gamma=cfg.gamma, lmbda=cfg.lmbda, value_network=None)
         self.optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
@@ -165,7 +192,7 @@ class PPOTrainer:
 
     @torch.no_grad()
     def collect(self) -> tuple[TensorDict, list[float], list[int]]:
-        """One rollout ``[num_envs, rollout_len]`` with values, log-probs, advantages; finished episodes' stats."""
+        """One rollout ``[num_envs, rollout_len]`` with values, log-probs, advantages; episode stats."""
         n, steps = self.cfg.num_envs, self.cfg.rollout_len
         rows, returns, lengths = [], [], []
         with set_exploration_type(ExplorationType.RANDOM):
@@ -190,15 +217,20 @@ class PPOTrainer:
                 self._state = td.get("next").select(self.policy.core.state_prefix).clone()
                 self._obs = torch.as_tensor(obs, dtype=torch.float32)
                 self._is_init = torch.as_tensor(done).unsqueeze(-1)
-                rows.append(td.exclude("next", "embed", "features", "logits", "loc", "scale").update(
-                    {"next": td.get("next").exclude(self.policy.core.state_prefix)}))
+                rows.append(
+                    td.exclude("next", "embed", "features", "logits", "loc", "scale").update(
+                        {"next": td.get("next").exclude(self.policy.core.state_prefix)}
+                    )
+                )
             # value of the observation after the last step, with the state carried to it
             boot = TensorDict({"observation": self._obs, "is_init": self._is_init}, batch_size=[n])
             boot.update(self._state)
             self.policy.critic(boot)
         batch = torch.stack(rows, dim=1)
         values = batch["state_value"]
-        batch.set(("next", "state_value"), torch.cat([values[:, 1:], boot["state_value"].unsqueeze(1)], dim=1))
+        batch.set(
+            ("next", "state_value"), torch.cat([values[:, 1:], boot["state_value"].unsqueeze(1)], dim=1)
+        )
         self.gae(batch)
         self.frames += n * steps
         return batch, returns, lengths
@@ -235,8 +267,14 @@ class PPOTrainer:
         """Run until ``cfg.frames``; writes metrics/curve/checkpoint into ``out_dir`` when given."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        columns = [TextColumn("[bold]PPO"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+        columns = [
+            TextColumn("[bold]PPO"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} frames"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
         t0 = time.perf_counter() - sum(h.get("update_seconds", 0.0) for h in self.history)
         target = self.total_updates * self.cfg.num_envs * self.cfg.rollout_len
         with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -245,14 +283,22 @@ class PPOTrainer:
                 tu = time.perf_counter()
                 batch, returns, lengths = self.collect()
                 stats = self.update(batch)
-                record = {"update": self.updates, "frames": self.frames,
-                          "mean_return": float(np.mean(returns)) if returns else None,
-                          "episodes": len(returns), "mean_length": float(np.mean(lengths)) if lengths else None,
-                          "update_seconds": time.perf_counter() - tu, **stats}
+                record = {
+                    "update": self.updates,
+                    "frames": self.frames,
+                    "mean_return": float(np.mean(returns)) if returns else None,
+                    "episodes": len(returns),
+                    "mean_length": float(np.mean(lengths)) if lengths else None,
+                    "update_seconds": time.perf_counter() - tu,
+                    **stats,
+                }
                 self.history.append(record)
                 best = self.summary()["mmer"]
-                bar.update(task, completed=self.frames,
-                           info=f"return {record['mean_return'] if returns else float('nan'):+.3f} best {best:+.3f}")
+                bar.update(
+                    task,
+                    completed=self.frames,
+                    info=f"return {record['mean_return'] if returns else float('nan'):+.3f} best {best:+.3f}",
+                )
                 if self.out_dir is not None and checkpoint_every and self.updates % checkpoint_every == 0:
                     self.save(self.out_dir)
         summary = self.summary()
@@ -265,10 +311,15 @@ class PPOTrainer:
     def summary(self) -> dict[str, Any]:
         means = [h["mean_return"] for h in self.history if h["mean_return"] is not None]
         last = means[-5:]
-        return {"env": self.cfg.env, "stack": self.cfg.stack, "frames": self.frames, "updates": self.updates,
-                "mmer": max(means) if means else float("nan"),
-                "final_mean_return": float(np.mean(last)) if last else float("nan"),
-                "popgym": self.popgym}
+        return {
+            "env": self.cfg.env,
+            "stack": self.cfg.stack,
+            "frames": self.frames,
+            "updates": self.updates,
+            "mmer": max(means) if means else float("nan"),
+            "final_mean_return": float(np.mean(last)) if last else float("nan"),
+            "popgym": self.popgym,
+        }
 
     # --- outputs ------------------------------------------------------------------------------
     def write_metrics(self, out_dir: Path, summary: dict[str, Any]) -> None:
@@ -279,23 +330,38 @@ class PPOTrainer:
     def save(self, out_dir: Path) -> Path:
         """``checkpoint/``: model + optimizer safetensors and a JSON with config, counters and history."""
         ckpt = Path(out_dir) / "checkpoint"
-        atomic_save_safetensors(ckpt / "model.safetensors", self.policy.state_dict(),
-                                metadata={"format": CHECKPOINT_FORMAT})
+        atomic_save_safetensors(
+            ckpt / "model.safetensors", self.policy.state_dict(), metadata={"format": CHECKPOINT_FORMAT}
+        )
         opt = self.optim.state_dict()
         tensors = {f"state.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
         tensors["rng.torch"] = torch.get_rng_state()
         atomic_save_safetensors(ckpt / "optim.safetensors", tensors, metadata={"format": CHECKPOINT_FORMAT})
-        atomic_write_json(ckpt / "trainer.json", _json_safe({
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.cfg.model_dump(mode="json"),
-            "stack_config": self.stack_cfg.model_dump(mode="json"), "frames": self.frames,
-            "updates": self.updates, "param_groups": opt["param_groups"], "history": self.history,
-        }))
+        atomic_write_json(
+            ckpt / "trainer.json",
+            _json_safe(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "version": CHECKPOINT_VERSION,
+                    "config": self.cfg.model_dump(mode="json"),
+                    "stack_config": self.stack_cfg.model_dump(mode="json"),
+                    "frames": self.frames,
+                    "updates": self.updates,
+                    "param_groups": opt["param_groups"],
+                    "history": self.history,
+                }
+            ),
+        )
         return ckpt
 
     @classmethod
-    def load(cls, checkpoint: str | Path, out_dir: str | Path | None = None,
-             overrides: dict[str, Any] | None = None) -> PPOTrainer:
-        """Rebuild a trainer from ``checkpoint/`` (weights, optimizer, counters); envs restart fresh episodes."""
+    def load(
+        cls,
+        checkpoint: str | Path,
+        out_dir: str | Path | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> PPOTrainer:
+        """Rebuild a trainer from ``checkpoint/`` (weights, optimizer, counters); envs start afresh."""
         from safetensors.torch import load_file
 
         meta = read_checkpoint_meta(checkpoint)
@@ -337,9 +403,14 @@ class PPOTrainer:
                 self._obs = torch.as_tensor(obs, dtype=torch.float32)
                 self._is_init = torch.as_tensor(done).unsqueeze(-1)
         returns = returns[:episodes]
-        return {"env": self.cfg.env, "stack": self.cfg.stack, "episodes": len(returns),
-                "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-                "deterministic": deterministic}
+        return {
+            "env": self.cfg.env,
+            "stack": self.cfg.stack,
+            "episodes": len(returns),
+            "mean_return": float(np.mean(returns)),
+            "std_return": float(np.std(returns)),
+            "deterministic": deterministic,
+        }
 
 
 def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
@@ -352,7 +423,9 @@ def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a cortexmem PPO checkpoint (format={meta.get('format')!r})")
     if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}")
+        raise ValueError(
+            f"{path}: unsupported version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}"
+        )
     return meta
 
 

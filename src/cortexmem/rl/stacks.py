@@ -28,12 +28,14 @@ def _conv_lstm(d: int, layers: int) -> CortexStackConfig:
 
 #: name -> (d_hidden, num_layers) -> config; every name works without the optional builders on main
 BUILTIN_STACKS: dict[str, Callable[[int, int], CortexStackConfig]] = {
-    "lstm": _lstm, "conv": _conv, "conv_lstm": _conv_lstm,
+    "lstm": _lstm,
+    "conv": _conv,
+    "conv_lstm": _conv_lstm,
 }
 
 
 def stack_config(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStackConfig:
-    """The stack config named by ``spec`` (built-in name, eval-registry name, JSON file, or auto-stack pattern)."""
+    """The stack config named by ``spec`` (built-in name, eval-registry name, JSON file, or pattern)."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"--stack must be a non-empty string, got {spec!r}")
     if d_hidden < 1 or num_layers < 1:
