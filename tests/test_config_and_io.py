@@ -112,7 +112,13 @@ def test_adapter_is_identity_at_init():
 
 
 def test_quick_start_from_readme():
-    from cortexmem import CortexStackConfig, LSTMCellConfig, PassThroughBlockConfig, PreUpBlockConfig, build_cortex
+    from cortexmem import (
+        CortexStackConfig,
+        LSTMCellConfig,
+        PassThroughBlockConfig,
+        PreUpBlockConfig,
+        build_cortex,
+    )
     cfg = CortexStackConfig(d_hidden=256, blocks=[
         PreUpBlockConfig(cell=LSTMCellConfig(hidden_size=None, num_layers=2), proj_factor=2.0),
         PassThroughBlockConfig(cell=LSTMCellConfig(hidden_size=None)),

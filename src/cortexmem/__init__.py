@@ -9,13 +9,14 @@ from .cells import __all__ as _cells_all
 from .core.config import TaggedConfig, config_class
 from .core.module import MemoryModule
 from .core.registry import list_blocks, list_cells, register_block, register_cell
+from .core.step_runner import StepRunner
 from .stacks import *  # noqa: F403
 from .stacks import __all__ as _stacks_all
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "TaggedConfig", "config_class", "MemoryModule",
+    "__version__", "TaggedConfig", "config_class", "MemoryModule", "StepRunner",
     "list_blocks", "list_cells", "register_block", "register_cell",
     *_cells_all, *_blocks_all, *_stacks_all,
 ]

@@ -2,10 +2,12 @@
 
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
+from .hf_layer import HFDecoderLayerCell, HFDecoderLayerCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
 
 __all__ = [
     "CellConfig", "MemoryCell", "build_cell",
     "LSTMCell", "LSTMCellConfig",
     "CausalConv1dCell", "CausalConv1dCellConfig",
+    "HFDecoderLayerCell", "HFDecoderLayerCellConfig",
 ]

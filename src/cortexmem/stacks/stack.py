@@ -12,7 +12,7 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..blocks.base import BlockConfig, MemoryBlock, build_block
+from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
 from ..core.io import atomic_save_safetensors, atomic_write_json
 from ..core.module import MemoryModule
@@ -49,7 +49,8 @@ class CortexStack(MemoryModule):
         self.norm = nn.LayerNorm(config.d_hidden) if config.post_norm else nn.Identity()
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
-        inner = {k: b.init_state(batch, device=device, dtype=dtype) for k, b in zip(self.keys, self.blocks, strict=True)}
+        pairs = zip(self.keys, self.blocks, strict=True)
+        inner = {k: b.init_state(batch, device=device, dtype=dtype) for k, b in pairs}
         return TensorDict(inner, batch_size=[batch], device=device)
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
