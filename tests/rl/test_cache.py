@@ -8,7 +8,7 @@ from tensordict import TensorDict
 
 pytest.importorskip("torchrl")
 from cortexmem.rl import CachedCortexModule, StateCache  # noqa: E402
-from cortexmem.rl.stacks import build_stack  # noqa: E402
+from cortexmem.rl.stacks import resolve_stack  # noqa: E402
 
 H, ENVS = 8, 5
 
@@ -42,7 +42,7 @@ def _run_rollout(module, obs, dones, order):
 @pytest.mark.parametrize("name", ["lstm", "conv_lstm"])
 def test_rollout_steps_equal_training_sequence(name):
     torch.manual_seed(0)
-    module = CachedCortexModule(build_stack(name, H), "obs", "feat", ENVS)
+    module = CachedCortexModule(resolve_stack(name, H), "obs", "feat", ENVS)
     T = 13
     obs = torch.randn(ENVS, T, H)
     dones = torch.rand(ENVS, T) < 0.2
@@ -63,7 +63,7 @@ def test_rollout_steps_equal_training_sequence(name):
 
 def test_batch_shape_layout_and_resets_from_truncateds():
     torch.manual_seed(2)
-    module = CachedCortexModule(build_stack("lstm", H), "obs", "feat", ENVS)
+    module = CachedCortexModule(resolve_stack("lstm", H), "obs", "feat", ENVS)
     obs = torch.randn(ENVS, 6, H)
     trunc = torch.zeros(ENVS, 6, dtype=torch.bool)
     trunc[:, 3] = True
@@ -77,7 +77,7 @@ def test_batch_shape_layout_and_resets_from_truncateds():
 
 def test_get_set_memory_round_trip():
     torch.manual_seed(3)
-    stack = build_stack("conv_lstm", H)
+    stack = resolve_stack("conv_lstm", H)
     a = CachedCortexModule(stack, "obs", "feat", ENVS)
     b = CachedCortexModule(stack, "obs", "feat", ENVS)
     ids = torch.arange(ENVS)
@@ -89,22 +89,18 @@ def test_get_set_memory_round_trip():
         mem = a.get_memory()
         b.set_memory(mem)
         x = torch.randn(ENVS, H)
-        torch.testing.assert_close(
-            a(_flat(x, ids, no, 1, ENVS))["feat"], b(_flat(x, ids, no, 1, ENVS))["feat"]
-        )
+        torch.testing.assert_close(a(_flat(x, ids, no, 1, ENVS))["feat"], b(_flat(x, ids, no, 1, ENVS))["feat"])
     for which in ("rollout", "training"):
         for k, v in mem[which].items(include_nested=True, leaves_only=True):
             assert torch.equal(v, b.get_memory()[which][k]) or which == "rollout"
     # get_memory returns copies: changing them leaves the module alone
     snapshot = a.get_memory()
     snapshot["rollout"].apply_(lambda v: v.fill_(7.0))
-    assert not any(
-        (v == 7.0).all() for v in a.get_memory()["rollout"].values(include_nested=True, leaves_only=True)
-    )
+    assert not any((v == 7.0).all() for v in a.get_memory()["rollout"].values(include_nested=True, leaves_only=True))
 
 
 def test_reset_memory_and_validation():
-    stack = build_stack("lstm", H)
+    stack = resolve_stack("lstm", H)
     cache = StateCache(stack, ENVS, store_dtype="bf16")
     assert all(v.dtype == torch.bfloat16 for v in cache.rollout.values(include_nested=True, leaves_only=True))
     state = stack.init_state(2).apply(lambda v: v + 1.0)
@@ -119,13 +115,11 @@ def test_reset_memory_and_validation():
         cache.gather("eval", torch.tensor([0]))
     with pytest.raises(ValueError, match="keys"):
         cache.set_memory({"rollout": cache.rollout})
-    other = StateCache(build_stack("lstm", H + 2), ENVS).get_memory()
+    other = StateCache(resolve_stack("lstm", H + 2), ENVS).get_memory()
     with pytest.raises(ValueError, match="expected"):
         cache.set_memory(other)
     with pytest.raises(ValueError, match="num_envs"):
         StateCache(stack, 0)
     module = CachedCortexModule(stack, "obs", "feat", ENVS)
     with pytest.raises(ValueError, match="bptt"):
-        module(
-            TensorDict({"obs": torch.randn(4, H), "training_env_ids": torch.zeros(4, dtype=torch.long)}, [4])
-        )
+        module(TensorDict({"obs": torch.randn(4, H), "training_env_ids": torch.zeros(4, dtype=torch.long)}, [4]))

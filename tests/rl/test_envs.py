@@ -10,7 +10,7 @@ pytest.importorskip("torchrl")
 from gymnasium import spaces  # noqa: E402
 
 from cortexmem.rl.envs import REPEAT_K_ID, FlatObservation, RepeatKEnv, encode, is_popgym, space_width  # noqa: E402
-from cortexmem.rl.stacks import BUILTIN_STACKS, build_stack, stack_config  # noqa: E402
+from cortexmem.rl.stacks import BUILTIN_STACKS, resolve_stack, stack_config  # noqa: E402
 
 
 def test_encode_widths():
@@ -69,7 +69,7 @@ def test_popgym_detection():
 
 def test_stack_resolution(tmp_path):
     for name in BUILTIN_STACKS:
-        stack = build_stack(name, 8, 2)
+        stack = resolve_stack(name, 8, 2)
         assert stack.d_hidden == 8
     assert len(stack_config("lstm", 8, 3).blocks) == 3
     path = tmp_path / "stack.json"
@@ -79,3 +79,22 @@ def test_stack_resolution(tmp_path):
         stack_config("definitely-not-a-stack", 8)
     with pytest.raises(ValueError, match="d_hidden"):
         stack_config("lstm", 0)
+
+
+def test_patterns_and_eval_registry_when_available():
+    import importlib.util
+
+    import cortexmem
+
+    if hasattr(cortexmem, "build_cortex_auto_stack"):
+        stack = resolve_stack("LC", 8)
+        assert stack.d_hidden == 8
+    else:
+        with pytest.raises(ValueError, match="build_cortex_auto_stack"):
+            resolve_stack("LC", 8)
+    if importlib.util.find_spec("cortexmem.evals") is not None:
+        from cortexmem.evals import list_stacks
+
+        assert "lstm" in list_stacks()
+        with pytest.raises(ValueError, match="num_layers"):
+            resolve_stack(next(n for n in list_stacks() if n not in BUILTIN_STACKS), 8, 2)

@@ -15,13 +15,13 @@ from torchrl.modules import set_recurrent_mode  # noqa: E402
 
 import cortexmem as cm  # noqa: E402
 from cortexmem.rl import CortexModule  # noqa: E402
-from cortexmem.rl.stacks import build_stack  # noqa: E402
+from cortexmem.rl.stacks import resolve_stack  # noqa: E402
 
 H = 8
 
 
 def _stacks():
-    return {"lstm": build_stack("lstm", H, 2), "conv_lstm": build_stack("conv_lstm", H)}
+    return {"lstm": resolve_stack("lstm", H, 2), "conv_lstm": resolve_stack("conv_lstm", H)}
 
 
 def _rollout(module: CortexModule, obs: torch.Tensor, init: torch.Tensor) -> TensorDict:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cortexmem.cli import app  # noqa: E402
 from cortexmem.rl.ppo import PPOConfig, PPOTrainer, RecurrentPolicy  # noqa: E402
-from cortexmem.rl.stacks import stack_config  # noqa: E402
+from cortexmem.rl.stacks import resolve_stack  # noqa: E402
 
 REPEAT = {"env": "cortexmem/RepeatK-v0", "env_kwargs": {"k": 2, "n": 2, "length": 16}}
 
@@ -91,9 +91,7 @@ def test_checkpoint_resume_and_outputs(tmp_path):
 
     resumed = PPOTrainer.load(tmp_path / "checkpoint", tmp_path, overrides={"frames": 384})
     assert resumed.frames == 256 and resumed.updates == 2 and len(resumed.history) == 2
-    for (k, a), (_, b) in zip(
-        trainer.policy.state_dict().items(), resumed.policy.state_dict().items(), strict=True
-    ):
+    for (k, a), (_, b) in zip(trainer.policy.state_dict().items(), resumed.policy.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     sa, sb = trainer.optim.state_dict()["state"], resumed.optim.state_dict()["state"]
     assert sa.keys() == sb.keys()
@@ -153,7 +151,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown stack"):
         PPOTrainer(_tiny(stack="no-such-stack"))
     with pytest.raises(TypeError, match="action space"):
-        RecurrentPolicy(3, gym.spaces.MultiDiscrete([2, 2]), stack_config("lstm", 8))
+        RecurrentPolicy(3, gym.spaces.MultiDiscrete([2, 2]), resolve_stack("lstm", 8))
 
 
 def test_cli_train_resume_eval(tmp_path):
@@ -200,7 +198,5 @@ def test_cli_train_resume_eval(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "eval.json").read_text())["episodes"] == 3
-    res = runner.invoke(
-        app, ["rl", "train", "--env", "cortexmem/RepeatK-v0", "--out", str(tmp_path / "x"), "--resume"]
-    )
+    res = runner.invoke(app, ["rl", "train", "--env", "cortexmem/RepeatK-v0", "--out", str(tmp_path / "x"), "--resume"])
     assert res.exit_code != 0 and "no checkpoint" in res.output

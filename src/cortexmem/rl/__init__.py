@@ -16,7 +16,7 @@ _EXPORTS = {
     "PPOConfig": ".ppo",
     "PPOTrainer": ".ppo",
     "RecurrentPolicy": ".ppo",
-    "build_stack": ".stacks",
+    "resolve_stack": ".stacks",
     "stack_config": ".stacks",
     "make_vector_env": ".envs",
     "RepeatKEnv": ".envs",
@@ -31,7 +31,5 @@ def __getattr__(name: str) -> Any:
     try:
         module = importlib.import_module(_EXPORTS[name], __name__)
     except ImportError as e:
-        raise ImportError(
-            f"cortexmem.rl.{name} needs the rl extra: pip install 'cortex-memory[rl]' ({e})"
-        ) from e
+        raise ImportError(f"cortexmem.rl.{name} needs the rl extra: pip install 'cortex-memory[rl]' ({e})") from e
     return getattr(module, name)

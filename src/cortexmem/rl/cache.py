@@ -53,13 +53,10 @@ class StateCache:
 
     def _check_ids(self, env_ids: Tensor) -> Tensor:
         if not isinstance(env_ids, Tensor) or env_ids.dim() != 1 or env_ids.is_floating_point():
-            raise TypeError(
-                f"env_ids must be a 1-D integer tensor, got {getattr(env_ids, 'shape', env_ids)!r}"
-            )
+            raise TypeError(f"env_ids must be a 1-D integer tensor, got {getattr(env_ids, 'shape', env_ids)!r}")
         if env_ids.numel() and (int(env_ids.min()) < 0 or int(env_ids.max()) >= self.num_envs):
             raise ValueError(
-                f"env_ids must lie in [0, {self.num_envs}), got range "
-                f"[{int(env_ids.min())}, {int(env_ids.max())}]"
+                f"env_ids must lie in [0, {self.num_envs}), got range [{int(env_ids.min())}, {int(env_ids.max())}]"
             )
         return env_ids.to(self.device, torch.long)
 

@@ -10,18 +10,22 @@ import typer
 app = typer.Typer(help="Reinforcement learning with cortexmem stacks (recurrent PPO).", no_args_is_help=True)
 
 
+def _require_rl() -> None:
+    import importlib.util
+
+    missing = [m for m in ("torchrl", "gymnasium") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise typer.BadParameter(f"cortex rl needs {', '.join(missing)}: pip install 'cortex-memory[rl]'")
+
+
 @app.command()
 def train(
-    env: str = typer.Option(
-        ..., help="Gymnasium id, popgym-<Name>-v0 / a POPGym class name, or cortexmem/RepeatK-v0"
-    ),
+    env: str = typer.Option(..., help="Gymnasium id, popgym-<Name>-v0 / a POPGym class name, or cortexmem/RepeatK-v0"),
     stack: str = typer.Option("lstm", help="built-in name (lstm, conv, conv_lstm), stack JSON, or pattern"),
     frames: int = typer.Option(100_000, help="environment steps in total"),
     num_envs: int = typer.Option(16, help="vectorised environment copies"),
     seed: int = typer.Option(0),
-    out: Path = typer.Option(
-        Path("runs/rl"), help="output directory (metrics.json, returns.png, checkpoint/)"
-    ),
+    out: Path = typer.Option(Path("runs/rl"), help="output directory (metrics.json, returns.png, checkpoint/)"),
     d_hidden: int = typer.Option(64),
     num_layers: int = typer.Option(1, help="stack depth (repeats of the named stack's blocks)"),
     rollout_len: int = typer.Option(64, help="steps per env per update"),
@@ -37,6 +41,7 @@ def train(
     threads: int = typer.Option(1, help="torch CPU threads"),
 ) -> None:
     """Train recurrent PPO; prints the summary (MMER for POPGym envs) as JSON."""
+    _require_rl()
     import torch
 
     from .ppo import PPOConfig, PPOTrainer
@@ -80,6 +85,7 @@ def evaluate(
     out: Path = typer.Option(None, help="optional JSON file for the result"),
 ) -> None:
     """Evaluate a checkpoint; prints mean/std episodic return as JSON."""
+    _require_rl()
     import torch
 
     from ..core.io import atomic_write_json

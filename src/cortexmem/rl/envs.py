@@ -27,8 +27,7 @@ def space_width(space: spaces.Space) -> int:
     if isinstance(space, spaces.Dict):
         return sum(space_width(s) for s in space.spaces.values())
     raise TypeError(
-        f"unsupported observation space {space!r}; expected Discrete, MultiDiscrete, MultiBinary, "
-        "Box, Tuple or Dict"
+        f"unsupported observation space {space!r}; expected Discrete, MultiDiscrete, MultiBinary, Box, Tuple or Dict"
     )
 
 
@@ -41,8 +40,7 @@ def encode(space: spaces.Space, value: Any) -> np.ndarray:
     if isinstance(space, spaces.MultiDiscrete):
         nvec = np.asarray(space.nvec).reshape(-1)
         parts = [
-            np.eye(int(n), dtype=np.float32)[int(v)]
-            for n, v in zip(nvec, np.asarray(value).reshape(-1), strict=True)
+            np.eye(int(n), dtype=np.float32)[int(v)] for n, v in zip(nvec, np.asarray(value).reshape(-1), strict=True)
         ]
         return np.concatenate(parts)
     if isinstance(space, spaces.MultiBinary | spaces.Box):
@@ -91,9 +89,7 @@ class RepeatKEnv(gym.Env):
 
     def __init__(self, k: int = 2, n: int = 2, length: int = 16) -> None:
         if not (1 <= k < length) or n < 2:
-            raise ValueError(
-                f"RepeatKEnv needs 1 <= k < length and n >= 2, got k={k}, n={n}, length={length}"
-            )
+            raise ValueError(f"RepeatKEnv needs 1 <= k < length and n >= 2, got k={k}, n={n}, length={length}")
         self.k, self.n, self.length = k, n, length
         self.observation_space = spaces.Discrete(n)
         self.action_space = spaces.Discrete(n)

@@ -67,9 +67,7 @@ class CortexModule(TensorDictModuleBase):
     ) -> None:
         super().__init__()
         if not isinstance(stack, MemoryModule):
-            raise TypeError(
-                f"CortexModule expects a cortexmem MemoryModule stack, got {type(stack).__name__}"
-            )
+            raise TypeError(f"CortexModule expects a cortexmem MemoryModule stack, got {type(stack).__name__}")
         if not isinstance(state_prefix, str) or not state_prefix:
             raise ValueError(f"state_prefix must be a non-empty string, got {state_prefix!r}")
         if len(reset_keys) == 0:
@@ -169,9 +167,7 @@ class CortexModule(TensorDictModuleBase):
             v = td.get(key)
             want = (*batch_shape, *spec[path][0])
             if tuple(v.shape) != want:
-                raise ValueError(
-                    f"CortexModule: state entry {key} has shape {tuple(v.shape)}, expected {want}"
-                )
+                raise ValueError(f"CortexModule: state entry {key} has shape {tuple(v.shape)}, expected {want}")
             flat[key] = v
         return flat
 
@@ -194,12 +190,8 @@ class CortexModule(TensorDictModuleBase):
         if flat is None:
             state = self.initial_state(n, device=x.device)
         else:
-            state = self.unflatten_state(
-                {k: v.reshape(n, *v.shape[len(shape) :]) for k, v in flat.items()}, n
-            )
-        y, new = self.stack(
-            x.reshape(n, x.shape[-1]), state, resets=None if resets is None else resets.reshape(n)
-        )
+            state = self.unflatten_state({k: v.reshape(n, *v.shape[len(shape) :]) for k, v in flat.items()}, n)
+        y, new = self.stack(x.reshape(n, x.shape[-1]), state, resets=None if resets is None else resets.reshape(n))
         td.set(self.out_key, y.reshape(*shape, y.shape[-1]))
         for key, v in self.flatten_state(new).items():
             td.set(("next", *key), v.reshape(*shape, *v.shape[1:]))
@@ -208,9 +200,7 @@ class CortexModule(TensorDictModuleBase):
     def _forward_sequence(self, td: TensorDictBase, x: Tensor) -> TensorDictBase:
         shape = td.shape
         if len(shape) == 0:
-            raise ValueError(
-                "CortexModule in recurrent mode needs a tensordict with a time dimension, got shape []"
-            )
+            raise ValueError("CortexModule in recurrent mode needs a tensordict with a time dimension, got shape []")
         steps = shape[-1]
         batch = shape[:-1].numel()
         resets = self._resets(td, shape)

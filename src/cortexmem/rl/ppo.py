@@ -23,10 +23,10 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from ..core.io import atomic_save_safetensors, atomic_write_json
-from ..stacks import CortexStackConfig, build_cortex
+from ..stacks import CortexStack, CortexStackConfig, build_cortex
 from .envs import is_popgym, make_vector_env
 from .module import CortexModule
-from .stacks import stack_config
+from .stacks import resolve_stack
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,10 @@ class PPOConfig(BaseModel):
     def _check(self) -> PPOConfig:
         bptt = self.bptt or self.rollout_len
         if self.rollout_len % bptt:
-            raise ValueError(
-                f"bptt must divide rollout_len, got bptt={bptt} and rollout_len={self.rollout_len}"
-            )
+            raise ValueError(f"bptt must divide rollout_len, got bptt={bptt} and rollout_len={self.rollout_len}")
         rows = self.num_envs * (self.rollout_len // bptt)
         if self.minibatches > rows:
-            raise ValueError(
-                f"minibatches ({self.minibatches}) exceeds the number of sequences per update ({rows})"
-            )
+            raise ValueError(f"minibatches ({self.minibatches}) exceeds the number of sequences per update ({rows})")
         return self
 
 
@@ -83,14 +79,16 @@ class RecurrentPolicy(nn.Module):
         self,
         obs_dim: int,
         action_space: spaces.Space,
-        stack_cfg: CortexStackConfig,
+        stack: CortexStack,
         *,
         store_dtype: str = "fp32",
     ) -> None:
         super().__init__()
-        d = stack_cfg.d_hidden
+        if not isinstance(stack, CortexStack):
+            raise TypeError(f"RecurrentPolicy expects a built CortexStack, got {type(stack).__name__}")
+        d = stack.d_hidden
         self.encoder = nn.Sequential(nn.Linear(obs_dim, d), nn.SiLU())
-        self.core = CortexModule(build_cortex(stack_cfg), "embed", "features", store_dtype=store_dtype)
+        self.core = CortexModule(stack, "embed", "features", store_dtype=store_dtype)
         self.value_head = nn.Linear(d, 1)
         enc = TensorDictModule(self.encoder, in_keys=["observation"], out_keys=["embed"])
         if isinstance(action_space, spaces.Discrete):
@@ -151,18 +149,22 @@ def _action_to_env(action: torch.Tensor, space: spaces.Space) -> np.ndarray:
 class PPOTrainer:
     """Collect ``num_envs x rollout_len`` steps in step mode, then PPO epochs over ``bptt``-long sequences."""
 
-    def __init__(self, cfg: PPOConfig, out_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, cfg: PPOConfig, out_dir: str | Path | None = None, *, stack_cfg: CortexStackConfig | None = None
+    ) -> None:
+        """``stack_cfg`` (used when resuming) replaces resolving ``cfg.stack`` by name."""
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         torch.manual_seed(cfg.seed)
         self.popgym = is_popgym(cfg.env)
-        self.envs = make_vector_env(
-            cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs
-        )
+        self.envs = make_vector_env(cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
         self.action_space = self.envs.single_action_space
         obs_dim = int(self.envs.single_observation_space.shape[0])
-        self.stack_cfg = stack_config(cfg.stack, cfg.d_hidden, cfg.num_layers)
-        self.policy = RecurrentPolicy(obs_dim, self.action_space, self.stack_cfg, store_dtype=cfg.store_dtype)
+        stack = (
+            build_cortex(stack_cfg) if stack_cfg is not None else resolve_stack(cfg.stack, cfg.d_hidden, cfg.num_layers)
+        )
+        self.stack_cfg = stack.config
+        self.policy = RecurrentPolicy(obs_dim, self.action_space, stack, store_dtype=cfg.store_dtype)
         self.loss = ClipPPOLoss(
             self.policy.actor,
             self.policy.critic,
@@ -228,9 +230,7 @@ class PPOTrainer:
             self.policy.critic(boot)
         batch = torch.stack(rows, dim=1)
         values = batch["state_value"]
-        batch.set(
-            ("next", "state_value"), torch.cat([values[:, 1:], boot["state_value"].unsqueeze(1)], dim=1)
-        )
+        batch.set(("next", "state_value"), torch.cat([values[:, 1:], boot["state_value"].unsqueeze(1)], dim=1))
         self.gae(batch)
         self.frames += n * steps
         return batch, returns, lengths
@@ -367,7 +367,7 @@ class PPOTrainer:
         meta = read_checkpoint_meta(checkpoint)
         ckpt = Path(checkpoint)
         cfg = PPOConfig.model_validate({**meta["config"], **(overrides or {})})
-        trainer = cls(cfg, out_dir)
+        trainer = cls(cfg, out_dir, stack_cfg=CortexStackConfig.model_validate(meta["stack_config"]))
         trainer.policy.load_state_dict(load_file(str(ckpt / "model.safetensors")))
         flat = load_file(str(ckpt / "optim.safetensors"))
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -423,9 +423,7 @@ def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a cortexmem PPO checkpoint (format={meta.get('format')!r})")
     if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: unsupported version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}"
-        )
+        raise ValueError(f"{path}: unsupported version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}")
     return meta
 
 

@@ -34,46 +34,59 @@ BUILTIN_STACKS: dict[str, Callable[[int, int], CortexStackConfig]] = {
 }
 
 
-def stack_config(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStackConfig:
-    """The stack config named by ``spec`` (built-in name, eval-registry name, JSON file, or pattern)."""
+def resolve_stack(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStack:
+    """Build the stack named by ``spec``, in this order: a built-in name (``lstm``, ``conv``, ``conv_lstm``), a
+    stack-config ``.json`` file, a stack registered with ``cortexmem.evals`` (``num_layers`` must be 1: those
+    builders fix their depth), or a pattern for ``cortexmem.build_cortex_auto_stack``."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"--stack must be a non-empty string, got {spec!r}")
     if d_hidden < 1 or num_layers < 1:
         raise ValueError(f"d_hidden and num_layers must be >= 1, got {d_hidden} and {num_layers}")
     key = spec.lower().replace("-", "_")
     if key in BUILTIN_STACKS:
-        return BUILTIN_STACKS[key](d_hidden, num_layers)
+        return build_cortex(BUILTIN_STACKS[key](d_hidden, num_layers))
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
         meta = json.loads(path.read_text(encoding="utf-8"))
-        return CortexStackConfig.model_validate(meta.get("config", meta) if isinstance(meta, dict) else meta)
-    registered = _from_eval_registry(spec, d_hidden, num_layers)
-    if registered is not None:
-        return registered
-    import cortexmem
+        cfg = meta.get("config", meta) if isinstance(meta, dict) else meta
+        return build_cortex(CortexStackConfig.model_validate(cfg))
+    stack = _from_eval_registry(spec, d_hidden, num_layers)
+    if stack is None:
+        import cortexmem
 
-    builder = getattr(cortexmem, "build_cortex_auto_stack", None)
-    if builder is None:
-        raise ValueError(
-            f"unknown stack {spec!r}: expected one of {sorted(BUILTIN_STACKS)} or a stack-config .json file; "
-            "patterns need cortexmem.build_cortex_auto_stack, which this install does not have"
-        )
-    built = builder(d_hidden, num_layers, spec)
-    return built.config if isinstance(built, CortexStack) else built
+        builder = getattr(cortexmem, "build_cortex_auto_stack", None)
+        if builder is None:
+            raise ValueError(
+                f"unknown stack {spec!r}: expected one of {sorted(BUILTIN_STACKS)}, a stack-config .json file or "
+                "a cortexmem.evals stack name; patterns need cortexmem.build_cortex_auto_stack, which this "
+                "install does not have"
+            )
+        try:
+            stack = builder(d_hidden, num_layers, spec)
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"unknown stack {spec!r}: not a built-in or registered name, and not a valid pattern ({e})"
+            ) from None
+    if not isinstance(stack, CortexStack):
+        raise TypeError(f"stack {spec!r} built a {type(stack).__name__}; the RL runner needs a recurrent CortexStack")
+    return stack
 
 
-def _from_eval_registry(spec: str, d_hidden: int, num_layers: int) -> CortexStackConfig | None:
+def _from_eval_registry(spec: str, d_hidden: int, num_layers: int) -> CortexStack | None:
     try:
-        from .. import evals
+        from ..evals import stacks as registry
     except ImportError:
         return None
-    lookup = getattr(evals, "stack_config", None) or getattr(evals, "get_stack_config", None)
-    names = getattr(evals, "list_stacks", None)
-    if lookup is None or names is None or spec not in names():
+    if spec not in registry.list_stacks():
         return None
-    return lookup(spec, d_hidden=d_hidden, num_layers=num_layers)
+    if num_layers != 1:
+        raise ValueError(
+            f"stack {spec!r} comes from the cortexmem.evals registry, which fixes its depth; "
+            f"got num_layers={num_layers}, expected 1"
+        )
+    return registry.build_stack(spec, d_hidden)
 
 
-def build_stack(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStack:
-    """Build the stack named by ``spec`` (see :func:`stack_config`)."""
-    return build_cortex(stack_config(spec, d_hidden, num_layers))
+def stack_config(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStackConfig:
+    """The (resolved) config of :func:`resolve_stack`."""
+    return resolve_stack(spec, d_hidden, num_layers).config
