@@ -12,6 +12,7 @@ means "reset before reading this observation".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
 
+from ..core.io import atomic_save_safetensors
 from ..core.module import MemoryModule
 from .module import _key, resolve_store_dtype
 
@@ -107,6 +109,27 @@ class StateCache:
                 raise ValueError(f"set_memory: {name} has entries {got}, expected {want}")
         self.rollout = self._to_store(memory["rollout"]).to(self.device)
         self.training = self._to_store(memory["training"]).to(self.device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write both caches to one safetensors file (atomically; keys ``<cache>/<state path>``)."""
+        tensors = {
+            "/".join((which, *_key(k))): v.contiguous()
+            for which, td in self.get_memory().items()
+            for k, v in td.items(include_nested=True, leaves_only=True)
+        }
+        atomic_save_safetensors(path, tensors, metadata={"format": "cortexmem.rl.state_cache"})
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore caches written by :meth:`save` (checked like :meth:`set_memory`)."""
+        from safetensors.torch import load_file
+
+        memory = {"rollout": self._fresh(), "training": self._fresh()}
+        for name, v in load_file(str(path)).items():
+            which, *rest = name.split("/")
+            if which not in memory:
+                raise ValueError(f"{path}: unexpected entry {name!r}, expected rollout/... or training/...")
+            memory[which].set(tuple(rest), v)
+        self.set_memory(memory)
 
     def _cache(self, which: str) -> TensorDict:
         if which == "rollout":
