@@ -126,11 +126,17 @@ class CortexModule(TensorDictModuleBase):
         from torchrl.envs.transforms import TensorDictPrimer
 
         spec = self.stack.state_spec()
-        specs = {}
+        init = self.stored_initial_state([])
+        specs, defaults = {}, {}
         for (_name, path), key in zip(self._names, self.state_keys, strict=True):
             shape, dtype = spec[path]
             specs[key] = Unbounded(shape=shape, dtype=self.store_dtype if dtype.is_floating_point else dtype)
-        return TensorDictPrimer(specs, expand_specs=True)
+            # the primer fills scalars; a non-constant initial value is restored by is_init at the first step
+            v = init[key]
+            flat = v.reshape(-1)
+            constant = flat.numel() > 0 and bool((flat == flat[0]).all())
+            defaults[key] = flat[0].item() if constant else 0.0
+        return TensorDictPrimer(specs, default_value=defaults, expand_specs=True)
 
     @property
     def recurrent_mode(self) -> bool:
