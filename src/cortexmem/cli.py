@@ -104,8 +104,10 @@ def bench(
         plot(rows, Path(out) / "bench.png")
 
 
+from .lm.cli import app as _lm_app  # noqa: E402
 from .rl.cli import app as rl_app  # noqa: E402
 
+app.add_typer(_lm_app, name="lm")
 app.add_typer(rl_app, name="rl")
 
 
