@@ -228,3 +228,19 @@ def test_state_names_are_flat_under_prefix():
         ("next", "mem", "PassThroughBlock_0.LSTMCell.h"),
         ("next", "mem", "PassThroughBlock_0.LSTMCell.c"),
     ]
+
+
+@pytest.mark.parametrize("pattern", ["AXMS", "D", "Ag", "H"])
+def test_rollout_equals_sequence_mode_for_pattern_stacks(pattern):
+    """Every memory family reachable through ``--stack`` patterns keeps rollout == training replay."""
+    if not hasattr(cm, "build_cortex_auto_stack"):
+        pytest.skip("cortexmem.build_cortex_auto_stack is not in this checkout")
+    torch.manual_seed(6)
+    module = CortexModule(resolve_stack(pattern, H), "obs", "feat")
+    obs, init = torch.randn(2, 13, H), torch.rand(2, 13) < 0.25
+    init[:, 0] = True
+    with torch.no_grad():
+        traj = _rollout(module, obs, init)
+        with set_recurrent_mode(True):
+            out = module(traj.clone().exclude("feat"))
+    torch.testing.assert_close(out["feat"], traj["feat"], atol=1e-5, rtol=0)
