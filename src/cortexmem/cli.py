@@ -105,8 +105,10 @@ def bench(
 
 
 from .lm.cli import app as _lm_app  # noqa: E402
+from .rl.cli import app as rl_app  # noqa: E402
 
 app.add_typer(_lm_app, name="lm")
+app.add_typer(rl_app, name="rl")
 
 from .llm.cli import app as _llm_app  # noqa: E402
 
