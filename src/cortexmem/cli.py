@@ -34,6 +34,11 @@ def info() -> None:
     Console().print(table)
 
 
+from .evals.cli import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+
+
 def main() -> None:
     app()
 
