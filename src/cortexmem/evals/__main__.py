@@ -1,4 +1,4 @@
-"""``python -m cortexmem.evals`` (also the torchrun entry: ``torchrun --nproc-per-node N -m cortexmem.evals``)."""
+"""``python -m cortexmem.evals`` (and ``torchrun --nproc-per-node N -m cortexmem.evals``)."""
 
 import typer
 

@@ -84,33 +84,35 @@ def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict]]
 
 
 def eval_command(
-    task: str = typer.Option(None, help=f"Task name, comma list, or 'all' ({', '.join(TASKS)}). Default: all."),
+    task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}). Default: all."),
     stack: str = typer.Option(None, help="Stack name, comma list, or 'all'. Default: the quick set."),
     epochs: int = typer.Option(5, min=1, help="Passes over the training split."),
-    batch_size: int = typer.Option(64, min=1, help="Sequences per optimizer step (per process under torchrun)."),
+    batch_size: int = typer.Option(64, min=1, help="Sequences per step (per process under torchrun)."),
     lr: float = typer.Option(3e-3, min=0.0, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
     weight_decay: float = typer.Option(0.01, min=0.0),
     seed: int = typer.Option(0, help="Seed of data generation and model init."),
-    lengths: str = typer.Option(None, help="Comma-separated sequence lengths (default: each task's short one)."),
+    lengths: str = typer.Option(None, help="Comma-separated lengths (default: each task's short one)."),
     mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'."),
-    chunk_size: int = typer.Option(None, min=1, help="Truncated BPTT: chunks of N steps, state carried+detached."),
+    chunk_size: int = typer.Option(None, min=1, help="Truncated BPTT: chunks of N steps, state detached."),
     d_hidden: int = typer.Option(64, min=1, help="Stack width."),
     train_size: int = typer.Option(2048, min=1, help="Training sequences per task."),
     test_size: int = typer.Option(512, min=1, help="Held-out test sequences per task."),
     grad_clip: float = typer.Option(1.0, min=0.0),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
+    threads: int = typer.Option(1, min=0, help="CPU threads per process (0: torch's default)."),
     out: Path = typer.Option(None, help="Output directory (default runs/<timestamp>/)."),
     plots: bool = typer.Option(True, help="Write PNG plots (needs matplotlib: the 'plot' extra)."),
     compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B."),
     list_: bool = typer.Option(False, "--list", help="List stacks and tasks with availability, then exit."),
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR."),
 ) -> None:
-    """Train stacks on synthetic memory tasks; with no arguments, the quick suite (a few stacks, all tasks)."""
+    """Train stacks on synthetic memory tasks; no arguments: the quick suite (a few stacks, all tasks)."""
     console = Console()
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(f"unknown --log-level {log_level!r}; valid: DEBUG, INFO, WARNING, ERROR")
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True))])
+    handler = RichHandler(console=Console(stderr=True))
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
     if device not in ("cpu", "cuda", "auto"):
         _fail(f"unknown --device {device!r}; valid: cpu, cuda, auto")
     if compare is not None:
@@ -123,7 +125,8 @@ def eval_command(
     if list_:
         ok, missing = available_stacks(d_hidden)
         for name in list_stacks():
-            console.print(f"{name:14s} " + ("available" if name in ok else f"[dim]unavailable: {missing[name]}[/]"))
+            state = "available" if name in ok else f"[dim]unavailable: {missing[name]}[/]"
+            console.print(f"{name:14s} {state}")
         console.print("tasks: " + ", ".join(TASKS))
         return
     try:
@@ -143,6 +146,9 @@ def eval_command(
                 _fail(f"stack {s!r} is unavailable: {reason}")
     if device == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda requested but CUDA is not available; valid here: cpu, auto")
+    if threads:
+        # The models are tiny: extra intra-op threads mostly add contention (use torchrun to scale out).
+        torch.set_num_threads(threads)
     results = run_suite(settings, skipped, console)
     if results is None:
         return
@@ -174,8 +180,8 @@ def _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, 
             raise UsageError(f"--mqar-slices {L}:{p}: {e}") from None
     return EvalSettings(tasks=tasks, stacks=stacks, lengths=lens, mqar_slices=slices, epochs=epochs,
                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, d_hidden=d_hidden,
-                        train_size=train_size, test_size=test_size, chunk_size=chunk_size, grad_clip=grad_clip,
-                        device=device, quick=quick)
+                        train_size=train_size, test_size=test_size, chunk_size=chunk_size,
+                        grad_clip=grad_clip, device=device, quick=quick)
 
 
 def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Console) -> EvalResults | None:
@@ -183,7 +189,6 @@ def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Cons
     import cortexmem
 
     ctx = init_distributed(settings.device)
-    torch.set_num_threads(max(1, torch.get_num_threads() // ctx.world_size))
     start = time.perf_counter()
     runs: list[RunResult] = []
     plan = plan_runs(settings)

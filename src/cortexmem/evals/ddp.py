@@ -1,4 +1,4 @@
-"""Process-group setup for ``torchrun`` data-parallel evals (gloo on CPU, NCCL on CUDA) and metric reduction."""
+"""Process groups for ``torchrun`` data-parallel evals (gloo on CPU, NCCL on CUDA) and metric reduction."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: str) -> DistContext:
-    """Join the process group when launched by torchrun (``WORLD_SIZE > 1``), else a single-process context."""
+    """Join the process group under torchrun (``WORLD_SIZE > 1``), else a single-process context."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)

@@ -12,7 +12,7 @@ from ..core.module import MemoryModule
 
 
 class CausalTransformer(nn.Module):
-    """Pre-norm causal self-attention over the whole context, sinusoidal positions: ``[B, T, d] -> [B, T, d]``.
+    """Pre-norm causal self-attention over the full context, sinusoidal positions: ``[B, T, d] -> [B, T, d]``.
 
     A non-recurrent baseline: it has no state to carry, so it always sees the full sequence (truncated BPTT
     does not apply) and its "step" check recomputes prefixes, which verifies causality.

@@ -57,7 +57,7 @@ def to_csv(results: EvalResults) -> str:
 
 
 def write_results(results: EvalResults, out: Path, plots: bool = True) -> list[Path]:
-    """Write ``results.json``, ``results.csv`` and (when matplotlib is installed) the plots; returns the paths."""
+    """Write ``results.json``, ``results.csv`` and (with matplotlib) the plots; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RESULTS_JSON, results.model_dump_json(indent=2) + "\n")
     atomic_write_text(out / RESULTS_CSV, to_csv(results))
@@ -80,7 +80,7 @@ def load_results(path: str | Path) -> EvalResults:
         raise ValueError(f"{p} is not a valid results file: {str(e).splitlines()[0]}") from None
 
 
-# --- plots -------------------------------------------------------------------------------------------------------
+# --- plots --------------------------------------------------------------------------------------------------
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -89,7 +89,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_plots(results: EvalResults, out: Path) -> list[Path]:
-    """``learning_curves.png``, ``accuracy_heatmap.png`` and, with several lengths, ``accuracy_vs_length.png``."""
+    """``learning_curves.png``, ``accuracy_heatmap.png``, with ``--lengths`` ``accuracy_vs_length.png``."""
     try:
         import matplotlib
 
@@ -121,7 +121,8 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
     acc = defaultdict(list)
     for r in runs:
         acc[(r.stack, r.task)].append(r.test_accuracy)
-    grid = [[sum(acc[(s, t)]) / len(acc[(s, t)]) if acc[(s, t)] else float("nan") for t in tasks] for s in stacks]
+    mean = lambda v: sum(v) / len(v) if v else float("nan")
+    grid = [[mean(acc[(s, t)]) for t in tasks] for s in stacks]
     fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 0.5 * len(stacks) + 1.5))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
@@ -161,7 +162,7 @@ def _smooth(values: list[float], window: int = 10) -> list[float]:
     return out
 
 
-# --- comparison --------------------------------------------------------------------------------------------------
+# --- comparison ---------------------------------------------------------------------------------------------
 def compare_table(a: EvalResults, b: EvalResults, name_a: str, name_b: str) -> Table:
     """Runs matched on (stack, task, length, options): accuracies, their difference, loss and speed."""
     bi = {r.key: r for r in b.runs}

@@ -1,4 +1,4 @@
-"""The ``results.json`` schema (pydantic): settings, one record per (stack, task, length) run, skipped stacks."""
+"""The ``results.json`` schema (pydantic): settings, one record per (stack, task, length), skipped stacks."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def build_stack(name: str, d_hidden: int = DEFAULT_D_HIDDEN) -> nn.Module:
     return _STACKS[name].builder(d_hidden)
 
 
-# --- helpers for builders ----------------------------------------------------------------------------------------
+# --- helpers for builders -----------------------------------------------------------------------------------
 def _require_attr(module: str, attr: str):
     try:
         obj = getattr(importlib.import_module(module), attr)
@@ -114,12 +114,13 @@ def _cell_stack(config_name: str, block_name: str, n_blocks: int = 2, **over):
     def build(d: int):
         pre_up = block_name == "PreUpBlockConfig"
         inner, kw = (2 * d, {"proj_factor": 2.0}) if pre_up else (d, {})
-        return _stack(d, [_block(block_name, _cell(config_name, inner, **over), **kw) for _ in range(n_blocks)])
+        blocks = [_block(block_name, _cell(config_name, inner, **over), **kw) for _ in range(n_blocks)]
+        return _stack(d, blocks)
 
     return build
 
 
-# --- the stacks -------------------------------------------------------------------------------------------------
+# --- the stacks ---------------------------------------------------------------------------------------------
 def _lstm(d: int):
     stack = _stack(d, [_block("PassThroughBlockConfig", config_class("LSTMCellConfig")(hidden_size=None))])
     # Forget-gate bias +2 (Gers et al. 2000; Jozefowicz et al. 2015): with PyTorch's zero-mean init the cell
@@ -160,7 +161,8 @@ register_stack("slstm", _cell_stack("sLSTMCellConfig", "PostUpBlockConfig"), "2 
 register_stack("xlstm", _xlstm, "cortexmem.stacks.build_xlstm_stack")
 register_stack("axon", _cell_stack("AxonCellConfig", "PostUpBlockConfig"), "2 x PostUp(Axon)")
 register_stack("xl", _cell_stack("XLCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(XL)")
-register_stack("agalite", _cell_stack("AGaLiTeCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(AGaLiTe)")
+register_stack("agalite", _cell_stack("AGaLiTeCellConfig", "PostUpGatedBlockConfig"),
+               "2 x PostUpGated(AGaLiTe)")
 register_stack("gated_delta", _cell_stack("GatedDeltaCellConfig", "PreUpBlockConfig"),
                "2 x PreUp(GatedDelta)")
 register_stack("hybrid", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(Hybrid)")

@@ -69,7 +69,7 @@ def _randint(g: torch.Generator, lo: int, hi: int, shape: tuple[int, ...]) -> Te
     return torch.randint(lo, hi, shape, generator=g)
 
 
-# --- delayed recall (T-maze) -----------------------------------------------------------------------------------
+# --- delayed recall (T-maze) --------------------------------------------------------------------------------
 def delayed_recall(length: int, n_cues: int = 4, n_distractors: int = 4) -> TaskSpec:
     """Cue ``c < n_cues`` at t=0, distractors, a query token at t=T-1 whose target is ``c``."""
     if length < 2:
@@ -91,7 +91,7 @@ def delayed_recall(length: int, n_cues: int = 4, n_distractors: int = 4) -> Task
                     {"n_cues": n_cues, "n_distractors": n_distractors}, make)
 
 
-# --- majority --------------------------------------------------------------------------------------------------
+# --- majority -----------------------------------------------------------------------------------------------
 def running_majority(tokens: Tensor, n_symbols: int) -> Tensor:
     """``[N, T]`` most frequent symbol of each prefix; ties go to the smallest symbol (vectorised)."""
     counts = torch.nn.functional.one_hot(tokens, n_symbols).cumsum(1)  # (N, T, S)
@@ -137,7 +137,7 @@ def majority(length: int, n_symbols: int = 4, per_step: int = 0) -> TaskSpec:
                     make)
 
 
-# --- Dyck-k validity -------------------------------------------------------------------------------------------
+# --- Dyck-k validity ----------------------------------------------------------------------------------------
 def dyck_valid(seq: list[int], k: int) -> bool:
     """Stack check: opening brackets are ``0..k-1``, the closing partner of ``i`` is ``k + i``."""
     stack: list[int] = []
@@ -224,7 +224,7 @@ def dyck(length: int, k: int = 2) -> TaskSpec:
     return TaskSpec("dyck", length, query + 1, 2, {"k": k}, make)
 
 
-# --- MQAR (Zoology) --------------------------------------------------------------------------------------------
+# --- MQAR (Zoology) -----------------------------------------------------------------------------------------
 #: the test slices (sequence length, key-value pairs) of Zoology's MQAR
 MQAR_SLICES: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16), (256, 64), (512, 128))
 
@@ -237,7 +237,7 @@ def mqar_default_vocab(length: int) -> int:
 def mqar(length: int, pairs: int = 0, vocab_size: int = 0, power_a: float = 0.01) -> TaskSpec:
     """Multi-query associative recall as defined by Zoology.
 
-    ``pairs`` key-value pairs come first (keys from ``1..V/2-1``, values from ``V/2..V-1``, keys and values distinct),
+    ``pairs`` key-value pairs come first (keys from ``1..V/2-1``, values from ``V/2..V-1``, both distinct),
     then every key is queried once in the remaining span at an even offset whose distance is drawn from the
     power law ``p(g) ~ g^(power_a - 1)``; the target at a query position is the key's value. Non-query
     positions hold uniform random tokens. ``pairs=0`` picks ``length // 16`` (the 64/4, 128/8, 256/16 slices).
@@ -270,7 +270,7 @@ def mqar(length: int, pairs: int = 0, vocab_size: int = 0, power_a: float = 0.01
     return TaskSpec("mqar", length, vocab_size, vocab_size, {"pairs": pairs, "vocab_size": vocab_size}, make)
 
 
-# --- needle (RULER S-NIAH) -------------------------------------------------------------------------------------
+# --- needle (RULER S-NIAH) ----------------------------------------------------------------------------------
 def needle(length: int, n_keys: int = 16, n_values: int = 16, n_noise: int = 32) -> TaskSpec:
     """RULER-style single needle: noise, ``[key, value]`` at a random depth, then ``[QUERY, key]`` at the end.
 

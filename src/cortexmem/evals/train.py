@@ -77,7 +77,8 @@ def _train_batch(model: EvalModel, wrapped: nn.Module, ctx: DistContext, tokens:
 
 
 @torch.no_grad()
-def evaluate(model: EvalModel, data: TaskData, ctx: DistContext, batch_size: int) -> tuple[float, float, dict]:
+def evaluate(model: EvalModel, data: TaskData, ctx: DistContext, batch_size: int
+             ) -> tuple[float, float, dict[str, float]]:
     """``(accuracy, loss, slices)`` over this rank's shard of ``data``, reduced over all ranks."""
     was = model.training
     model.eval()
@@ -120,7 +121,8 @@ def run_one(stack: str, spec: TaskSpec, cfg: EvalSettings, ctx: DistContext,
     """
     torch.manual_seed(cfg.seed)
     device = ctx.device
-    model = EvalModel(build_stack(stack, cfg.d_hidden), spec.vocab_size, spec.num_classes, cfg.d_hidden).to(device)
+    core = build_stack(stack, cfg.d_hidden)
+    model = EvalModel(core, spec.vocab_size, spec.num_classes, cfg.d_hidden).to(device)
     params = sum(p.numel() for p in model.parameters())
     train = _to(spec.split(TRAIN, cfg.train_size, cfg.seed), device)
     test = _to(spec.split(TEST, cfg.test_size, cfg.seed), device)
