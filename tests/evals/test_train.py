@@ -62,12 +62,15 @@ def test_prefix_check_catches_a_non_causal_model():
     assert step_vs_sequence_error(model, tokens)[0] > 1e-3
 
 
-def test_registry_reports_unavailable_stacks():
+def test_registry_reports_unavailable_stacks(monkeypatch):
+    from cortexmem.evals import stacks
+
+    monkeypatch.setattr(stacks, "_STACKS", dict(stacks._STACKS))
     ok, missing = available_stacks(16)
     assert {"lstm", "conv", "transformer"} <= set(ok)
     assert set(ok) | set(missing) == set(list_stacks())
     assert all(isinstance(v, str) and v for v in missing.values())
-    register_stack("_missing_cell", lambda d: build_stack("lstm", d) if False else _needs("NoSuchCellConfig", d))
+    register_stack("_missing_cell", lambda d: _needs("NoSuchCellConfig", d))
     assert "NoSuchCellConfig is not available" in stack_status("_missing_cell", 16)
     with pytest.raises(ValueError, match="unknown stack 'zzz'; valid: lstm"):
         build_stack("zzz", 16)
