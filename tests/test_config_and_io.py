@@ -71,7 +71,10 @@ def test_save_and_load_stack(tmp_path):
     torch.manual_seed(0)
     stack = build_cortex(_cfg()).eval()
     stack.save(tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["config.json", "model.safetensors"]
+    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert names[0] == "config.json" and len(names) == 2 and names[1].startswith("model-")
+    stack.save(tmp_path / "s")  # saving again replaces, leaving one weights file
+    assert len(list((tmp_path / "s").iterdir())) == 2
     again = load_stack(tmp_path / "s").eval()
     x = torch.randn(2, 7, 12)
     torch.testing.assert_close(stack(x)[0], again(x)[0], rtol=0, atol=0)
@@ -112,7 +115,13 @@ def test_adapter_is_identity_at_init():
 
 
 def test_quick_start_from_readme():
-    from cortexmem import CortexStackConfig, LSTMCellConfig, PassThroughBlockConfig, PreUpBlockConfig, build_cortex
+    from cortexmem import (
+        CortexStackConfig,
+        LSTMCellConfig,
+        PassThroughBlockConfig,
+        PreUpBlockConfig,
+        build_cortex,
+    )
     cfg = CortexStackConfig(d_hidden=256, blocks=[
         PreUpBlockConfig(cell=LSTMCellConfig(hidden_size=None, num_layers=2), proj_factor=2.0),
         PassThroughBlockConfig(cell=LSTMCellConfig(hidden_size=None)),

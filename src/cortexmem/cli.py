@@ -29,9 +29,79 @@ def info() -> None:
     cuda = torch.cuda.is_available()
     table.add_row("CUDA", f"yes ({torch.cuda.get_device_name(0)})" if cuda else "no")
     table.add_row("Triton", "installed" if importlib.util.find_spec("triton") else "not installed")
+    from cortexmem.core.backends import list_backends, select_backend
+
+    for op, backends in list_backends().items():
+        names = ", ".join(f"{b.name}" + (f" (unavailable: {b.unavailable_reason()})" if b.unavailable_reason() else "")
+                          for b in backends)
+        device = "cuda" if cuda else "cpu"
+        chosen = select_backend(op, device=device, dtype=torch.float32).name
+        table.add_row(f"op {op}", f"{names}; chosen on {device}: {chosen}")
     table.add_row("cells", ", ".join(cortexmem.list_cells()))
     table.add_row("blocks", ", ".join(cortexmem.list_blocks()))
     Console().print(table)
+
+
+@app.command()
+def doctor(json_out: str = typer.Option(None, "--json", help="also write the table as JSON to this file")) -> None:
+    """Check every backend that can run here against its naive reference (outputs and gradients)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import cortexmem  # noqa: F401 - registers every op
+    from cortexmem.core.io import atomic_write_json
+    from cortexmem.tools.doctor import rows_as_dicts, run_doctor
+
+    rows = run_doctor()
+    table = Table(title="cortex doctor")
+    for col in ("op", "backend", "device", "dtype", "status", "max err (out)", "max err (grad)", "detail"):
+        table.add_column(col)
+    fmt = lambda v: "" if v is None else f"{v:.2e}"  # noqa: E731
+    for r in rows:
+        table.add_row(r.op, r.backend, r.device, r.dtype, r.status, fmt(r.max_err_out), fmt(r.max_err_grad), r.detail)
+    Console().print(table)
+    if json_out:
+        atomic_write_json(json_out, rows_as_dicts(rows))
+    if any(r.status == "FAIL" for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    cells: str = typer.Option("lstm,conv,mlstm,slstm,axon,xl,gated_delta", help="comma-separated cell names"),
+    batch: int = typer.Option(32, min=1), seq: int = typer.Option(256, min=1), d: int = typer.Option(256, min=1),
+    layers: int = typer.Option(4, min=1), pattern: str = typer.Option("AXMS"),
+    device: str = typer.Option("auto", help="auto|cpu|cuda"), repeats: int = typer.Option(10, min=1),
+    out: str = typer.Option(None, help="directory for bench.json and bench.png"),
+) -> None:
+    """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cortexmem.core.io import atomic_write_json
+    from cortexmem.tools.bench import plot, ratios, rows_as_dicts, run_bench
+
+    names = [c.strip() for c in cells.split(",") if c.strip()]
+    rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
+                     repeats=repeats)
+    table = Table(title=f"cortex bench  B={batch} T={seq} d={d}")
+    for col in ("name", "fwd+bwd ms", "step ms", "step (graph) ms", "first call s", "peak MB", "status"):
+        table.add_column(col)
+    fmt = lambda v, p=3: "" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for r in rows:
+        status = r.status if not r.extra else f"{r.status} {r.extra}"
+        table.add_row(r.name, fmt(r.fwd_bwd_ms), fmt(r.step_ms), fmt(r.step_graph_ms), fmt(r.first_call_s, 2),
+                      fmt(r.peak_mem_mb, 1), status)
+    console = Console(width=200)
+    console.print(table)
+    for k, v in ratios(rows).items():
+        console.print(f"{k}: {v:.2f}x")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out) / "bench.json", {"rows": rows_as_dicts(rows), "ratios": ratios(rows)})
+        plot(rows, Path(out) / "bench.png")
 
 
 from .evals.cli import eval_command  # noqa: E402

@@ -18,8 +18,14 @@ def _x(module, batch=B, steps=T, seed=0, dtype=torch.float32):
 def _garbage_state(module, batch=B, seed=1):
     g = torch.Generator().manual_seed(seed)
     st = module.init_state(batch, dtype=torch.float32)
-    return st.apply(lambda v: torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point()
-                    else v + 3)
+    def garbage(v):
+        if v.is_floating_point():
+            return torch.randn(v.shape, generator=g).to(v.dtype)
+        if v.dtype == torch.bool:
+            return torch.rand(v.shape, generator=g) < 0.5
+        return v + 3
+
+    return st.apply(garbage)
 
 
 def _close(a, b, atol=ATOL, what=""):

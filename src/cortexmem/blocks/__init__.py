@@ -2,6 +2,7 @@
 
 from .adapter import AdapterBlock, AdapterBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
+from .direct import DirectBlock, DirectBlockConfig
 from .standard import (
     PassThroughBlock,
     PassThroughBlockConfig,
@@ -17,5 +18,5 @@ __all__ = [
     "BlockConfig", "CellBlockConfig", "MemoryBlock", "CellBlock", "build_block",
     "PassThroughBlock", "PassThroughBlockConfig", "PreUpBlock", "PreUpBlockConfig",
     "PostUpBlock", "PostUpBlockConfig", "PostUpGatedBlock", "PostUpGatedBlockConfig",
-    "AdapterBlock", "AdapterBlockConfig",
+    "AdapterBlock", "AdapterBlockConfig", "DirectBlock", "DirectBlockConfig",
 ]

@@ -1,11 +1,18 @@
 """Recurrent cells. Importing this package registers every built-in cell."""
 
+import types as _types
+
+from .agalite import AGaLiTeCell, AGaLiTeCellConfig
+from .axon import AxonCell, AxonCellConfig
+from .axon_layer import AxonLayer
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
+from .gated_delta import DeltaMemoryConfig, GatedDeltaCell, GatedDeltaCellConfig
+from .hf_layer import HFDecoderLayerCell, HFDecoderLayerCellConfig
+from .hybrid import HybridCell, HybridCellConfig
 from .lstm import LSTMCell, LSTMCellConfig
+from .mlstm import mLSTMCell, mLSTMCellConfig
+from .slstm import sLSTMCell, sLSTMCellConfig
+from .xl import XLCell, XLCellConfig
 
-__all__ = [
-    "CellConfig", "MemoryCell", "build_cell",
-    "LSTMCell", "LSTMCellConfig",
-    "CausalConv1dCell", "CausalConv1dCellConfig",
-]
+__all__ = sorted(n for n, v in globals().items() if not n.startswith("_") and not isinstance(v, _types.ModuleType))

@@ -10,6 +10,7 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from .base import CellConfig, MemoryCell
@@ -20,6 +21,7 @@ class CausalConv1dCellConfig(CellConfig):
     channel_mixing: bool = False
     bias: bool = True
     activation: str | None = Field(default=None, pattern="^(silu|gelu|relu|tanh)$")
+    backend: str = "auto"
 
 
 _ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": torch.relu, "tanh": torch.tanh}
@@ -33,6 +35,8 @@ class CausalConv1dCell(MemoryCell):
         super().__init__(config)
         H, K = self.hidden_size, config.kernel_size
         self.kernel_size = K
+        check_requested("causal_conv1d", config.backend)
+        self.backend = config.backend
         shape = (H, H, K) if config.channel_mixing else (H, K)
         fan_in = K * (H if config.channel_mixing else 1)
         self.weight = nn.Parameter(torch.empty(shape).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
@@ -45,7 +49,7 @@ class CausalConv1dCell(MemoryCell):
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        y, buf = causal_conv1d(x, self.weight.to(x.dtype), bias, state["conv"], resets)
+        y, buf = causal_conv1d(x, self.weight.to(x.dtype), bias, state["conv"], resets, backend=self.backend)
         if self.activation is not None:
             y = self.activation(y)
         return y, TensorDict({"conv": buf.to(state["conv"].dtype)}, batch_size=state.batch_size, device=state.device)

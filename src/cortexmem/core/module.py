@@ -95,6 +95,13 @@ class MemoryModule(nn.Module, ABC):
             )
         if x.shape[0] == 0 or (x.dim() == 3 and x.shape[1] == 0):
             raise ValueError(f"{name}: x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
+        param = next(self.parameters(), None)
+        if param is not None and param.is_floating_point():
+            if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+                raise TypeError(f"{name}: x has dtype {x.dtype} but the module's parameters are {param.dtype}; "
+                                f"cast one of them (e.g. module.to({x.dtype}))")
+            if x.device != param.device:
+                raise ValueError(f"{name}: x is on {x.device} but the module is on {param.device}")
         is_step = x.dim() == 2
         return (x.unsqueeze(1) if is_step else x), is_step
 

@@ -1,5 +1,9 @@
 """Stacks of blocks and the builders that make them."""
 
-from .stack import CortexStack, CortexStackConfig, build_cortex, load_stack
+import types as _types
 
-__all__ = ["CortexStack", "CortexStackConfig", "build_cortex", "load_stack"]
+from .hf import HFStackLM, build_hf_stack, build_hf_stack_config, load_hf_layer_weights
+from .stack import CortexStack, CortexStackConfig, build_cortex, load_stack
+from .xlstm import build_xlstm_stack, xlstm_stack_config
+
+__all__ = sorted(n for n, v in globals().items() if not n.startswith("_") and not isinstance(v, _types.ModuleType))

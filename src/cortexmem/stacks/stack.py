@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,15 +13,16 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..blocks.base import BlockConfig, MemoryBlock, build_block
+from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.finite import enable_finite_check, finite_check_requested
+from ..core.io import atomic_write_bytes, atomic_write_json
 from ..core.module import MemoryModule
+from ..core.paths import safe_join
 
 STACK_FORMAT = "cortexmem.stack"
 STACK_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class CortexStackConfig(TaggedConfig):
@@ -29,6 +31,7 @@ class CortexStackConfig(TaggedConfig):
     d_hidden: int = Field(ge=1)
     blocks: list[polymorphic(BlockConfig)] = Field(min_length=1)
     post_norm: bool = True
+    check_finite: bool = False  # raise NonFiniteError naming the first module that outputs NaN/Inf
 
     def resolve(self) -> CortexStackConfig:
         """A new config with every block's inferred sizes filled in."""
@@ -49,7 +52,8 @@ class CortexStack(MemoryModule):
         self.norm = nn.LayerNorm(config.d_hidden) if config.post_norm else nn.Identity()
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
-        inner = {k: b.init_state(batch, device=device, dtype=dtype) for k, b in zip(self.keys, self.blocks, strict=True)}
+        pairs = zip(self.keys, self.blocks, strict=True)
+        inner = {k: b.init_state(batch, device=device, dtype=dtype) for k, b in pairs}
         return TensorDict(inner, batch_size=[batch], device=device)
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
@@ -59,39 +63,74 @@ class CortexStack(MemoryModule):
         return self.norm(x), TensorDict(new, batch_size=state.batch_size, device=state.device)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically, no pickle)."""
+        """Write ``config.json`` and ``model-<hash>.safetensors`` into ``directory`` (crash-safe, no pickle).
+
+        The weights go to a new content-named file first; ``config.json`` (written atomically) then points at it,
+        which is the commit. A crash at any point leaves the previous checkpoint loadable.
+        """
+        from safetensors.torch import save as st_save
+
         directory = Path(directory)
-        atomic_save_safetensors(directory / WEIGHTS_FILE, self.state_dict(), metadata={"format": STACK_FORMAT})
-        atomic_write_json(
-            directory / CONFIG_FILE,
-            {"format": STACK_FORMAT, "version": STACK_FORMAT_VERSION, "config": self.config.model_dump(mode="json")},
-        )
+        directory.mkdir(parents=True, exist_ok=True)
+        blob = st_save({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                       metadata={"format": STACK_FORMAT})
+        digest = hashlib.sha256(blob).hexdigest()
+        weights_name = f"model-{digest[:16]}.safetensors"
+        atomic_write_bytes(directory / weights_name, blob)
+        atomic_write_json(directory / CONFIG_FILE, {
+            "format": STACK_FORMAT, "version": STACK_FORMAT_VERSION, "weights": weights_name, "sha256": digest,
+            "config": self.config.model_dump(mode="json"),
+        })
+        for old in directory.glob("model-*.safetensors"):
+            if old.name != weights_name:
+                old.unlink(missing_ok=True)
         return directory
 
 
 def build_cortex(config: CortexStackConfig) -> CortexStack:
-    """Build a :class:`CortexStack` from its config (sizes inferred once into ``stack.config``)."""
-    return CortexStack(config)
+    """Build a :class:`CortexStack` from its config (sizes inferred once into ``stack.config``).
+
+    With ``config.check_finite`` or ``CORTEX_CHECK_FINITE=1`` the stack checks every module's output for NaN/Inf.
+    """
+    stack = CortexStack(config)
+    if config.check_finite or finite_check_requested():
+        enable_finite_check(stack)
+    return stack
 
 
 def load_stack(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> CortexStack:
     """Load a stack written by :meth:`CortexStack.save` (JSON config + safetensors; nothing unpickled)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load as st_load
 
     directory = Path(directory)
-    cfg_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"load_stack: expected {p.name} in {directory}, not found")
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"load_stack: expected {CONFIG_FILE} in {directory}, not found")
     try:
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"load_stack: {cfg_path} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != STACK_FORMAT:
-        raise ValueError(f"load_stack: {cfg_path} is not a cortexmem stack config (format={meta.get('format')!r})"
-                         if isinstance(meta, dict) else f"load_stack: {cfg_path} must hold a JSON object")
+    if not isinstance(meta, dict):
+        raise ValueError(f"load_stack: {cfg_path} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != STACK_FORMAT:
+        raise ValueError(f"load_stack: {cfg_path} is not a cortexmem stack config (format={meta.get('format')!r})")
     if meta.get("version") != STACK_FORMAT_VERSION:
         raise ValueError(f"load_stack: unsupported version {meta.get('version')!r}, expected {STACK_FORMAT_VERSION}")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"load_stack: {cfg_path} has no 'config' object")
+    weights_path = safe_join(directory, meta.get("weights"), "weights file name")
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"load_stack: weights file {weights_path.name} named in {cfg_path} not found")
+    blob = weights_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        raise ValueError(f"load_stack: {weights_path} does not match the sha256 recorded in {cfg_path}")
     stack = build_cortex(CortexStackConfig.model_validate(meta["config"]))
-    stack.load_state_dict(load_file(str(weights_path), device=str(map_location)))
-    return stack
+    try:
+        weights = st_load(blob)
+    except Exception as e:  # safetensors raises its own error type for corrupt files
+        raise ValueError(f"load_stack: {weights_path} is not a readable safetensors file ({e})") from None
+    try:
+        stack.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"load_stack: weights in {weights_path} do not match the config: {e}") from None
+    return stack.to(map_location)

@@ -6,7 +6,23 @@ import torch
 from torch import Tensor
 
 
-def causal_conv1d(
+def reset_counts(resets: Tensor, k1: int) -> Tensor:
+    """Running reset count over the extended sequence (``k1`` buffer slots at 0, then ``cumsum(resets)``)."""
+    zeros = torch.zeros(resets.shape[0], k1, dtype=torch.int32, device=resets.device)
+    return torch.cat([zeros, resets.to(torch.int32).cumsum(1, dtype=torch.int32)], dim=1).contiguous()
+
+
+def final_buffer(x: Tensor, initial_state: Tensor, count: Tensor | None) -> Tensor:
+    """The last ``K - 1`` inputs, zeroed where they precede the row's last reset."""
+    T, K1 = x.shape[1], initial_state.shape[1]
+    final = torch.cat([initial_state.to(x.dtype), x], dim=1)[:, T:]
+    if count is not None and K1 > 0:
+        keep = count[:, T:] == count[:, -1:]
+        final = final * keep[:, :, None].to(final.dtype)
+    return final
+
+
+def causal_conv1d_torch(
     x: Tensor, weight: Tensor, bias: Tensor | None, initial_state: Tensor, resets: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`causal_conv1d_naive`, computed with one unfold.
@@ -14,18 +30,14 @@ def causal_conv1d(
     An input at time ``s`` (buffer entries count as ``s < 0``) is visible to the output at ``t >= s`` iff no reset
     falls in ``(s, t]``; with ``c`` the running count of resets, that is ``c[t] == c[s]`` (``c = 0`` in the buffer).
     """
-    B, T, H = x.shape
-    K1 = initial_state.shape[1]  # K - 1
+    K1 = initial_state.shape[1]
     K = K1 + 1
     ext = torch.cat([initial_state.to(x.dtype), x], dim=1)  # (B, K-1+T, H)
     windows = ext.unfold(1, K, 1)  # (B, T, H, K): windows[:, t, :, j] = ext[:, t + j]
+    count = None
     if resets is not None:
-        count = torch.cat(
-            [torch.zeros(B, K1, dtype=torch.int32, device=x.device), resets.to(torch.int32).cumsum(1, dtype=torch.int32)],
-            dim=1,
-        )  # (B, K-1+T)
-        seen = count.unfold(1, K, 1)  # (B, T, K)
-        visible = seen == count[:, K1:, None]  # (B, T, K)
+        count = reset_counts(resets, K1)  # (B, K-1+T)
+        visible = count.unfold(1, K, 1) == count[:, K1:, None]  # (B, T, K)
         windows = windows * visible[:, :, None, :].to(x.dtype)
     if weight.dim() == 2:
         y = torch.einsum("bthk,hk->bth", windows, weight)
@@ -33,8 +45,4 @@ def causal_conv1d(
         y = torch.einsum("bthk,ohk->bto", windows, weight)
     if bias is not None:
         y = y + bias
-    final = ext[:, T:]  # last K-1 inputs, (B, K-1, H)
-    if resets is not None and K1 > 0:
-        keep = count[:, T:] == count[:, -1:]  # entries after the last reset
-        final = final * keep[:, :, None].to(final.dtype)
-    return y, final
+    return y, final_buffer(x, initial_state, count)

@@ -15,6 +15,10 @@ def lstm_segmented(
     """Same contract as :func:`lstm_naive` with the weights of ``lstm`` (``batch_first=True``)."""
     h = h0.transpose(0, 1)  # (L, B, H)
     c = c0.transpose(0, 1)
+    if resets is not None and x.shape[1] == 1:  # one step: no host sync, so CUDA graphs can capture it
+        r = resets[None, :, 0, None]
+        h, c = torch.where(r, torch.zeros_like(h), h), torch.where(r, torch.zeros_like(c), c)
+        resets = None
     if resets is None:
         y, (h, c) = lstm(x, (h.contiguous(), c.contiguous()))
         return y, h.transpose(0, 1), c.transpose(0, 1)

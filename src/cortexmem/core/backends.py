@@ -1,0 +1,139 @@
+"""Explicit per-op backend registry: each op lists its implementations with the devices and dtypes they support.
+
+``select_backend(op, requested, device=..., dtype=...)`` picks the highest-priority backend that can run, or fails
+loudly when an explicitly requested one cannot. ``CORTEX_FORCE_PYTORCH=1`` or ``CORTEX_DISABLE_TRITON=1`` remove
+every Triton backend from consideration. The choice is logged at DEBUG level and listed by ``cortex info``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger("cortexmem.backends")
+
+
+@dataclass(frozen=True)
+class Backend:
+    op: str
+    name: str
+    fn: Callable[..., Any]
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    dtypes: frozenset[torch.dtype] = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+    priority: int = 0
+    needs_triton: bool = False
+    note: str = ""
+    supports: Callable[..., str | None] | None = field(default=None, compare=False)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run in this process at all (None when it can)."""
+        if self.needs_triton:
+            if triton_disabled():
+                return "disabled by CORTEX_FORCE_PYTORCH/CORTEX_DISABLE_TRITON"
+            if not triton_available():
+                return "triton is not installed"
+            if not torch.cuda.is_available():
+                return "no CUDA device"
+        return None
+
+    def rejects(self, device: torch.device | str | None, dtype: torch.dtype | None, **shape: Any) -> str | None:
+        """Why this backend cannot run these inputs (None when it can)."""
+        reason = self.unavailable_reason()
+        if reason:
+            return reason
+        if device is not None and torch.device(device).type not in self.devices:
+            return f"device {torch.device(device).type} not in {sorted(self.devices)}"
+        if dtype is not None and dtype not in self.dtypes:
+            return f"dtype {dtype} not supported"
+        if self.supports is not None:
+            return self.supports(**shape)
+        return None
+
+
+_BACKENDS: dict[str, dict[str, Backend]] = {}
+
+
+def register_backend(op: str, name: str, fn: Callable[..., Any], **kwargs: Any) -> Backend:
+    backend = Backend(op=op, name=name, fn=fn, **kwargs)
+    _BACKENDS.setdefault(op, {})[name] = backend
+    return backend
+
+
+def backends_for(op: str) -> dict[str, Backend]:
+    if op not in _BACKENDS:
+        raise ValueError(f"unknown op {op!r}; ops with backends: {sorted(_BACKENDS)}")
+    return dict(_BACKENDS[op])
+
+
+def list_backends() -> dict[str, list[Backend]]:
+    """``{op: [backends, highest priority first]}``."""
+    return {op: sorted(b.values(), key=lambda b: -b.priority) for op, b in sorted(_BACKENDS.items())}
+
+
+def triton_disabled() -> bool:
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("CORTEX_FORCE_PYTORCH", "CORTEX_DISABLE_TRITON"))
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def check_requested(op: str, requested: str) -> None:
+    """Build-time check: ``requested`` names a known backend of ``op`` that can run in this process."""
+    if requested == "auto":
+        return
+    table = backends_for(op)
+    if requested not in table:
+        raise ValueError(f"{op}: unknown backend {requested!r}; choose 'auto' or one of {sorted(table)}")
+    reason = table[requested].unavailable_reason()
+    if reason:
+        raise ValueError(f"{op}: backend {requested!r} was requested but cannot run here: {reason}")
+
+
+def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtype: torch.dtype | None = None,
+                   **shape: Any) -> Backend:
+    """The backend that runs ``op`` for these inputs: ``requested`` if it can, else the best that can."""
+    table = backends_for(op)
+    if requested != "auto":
+        check_requested(op, requested)
+        backend = table[requested]
+        reason = backend.rejects(device, dtype, **shape)
+        if reason:
+            raise ValueError(f"{op}: backend {requested!r} cannot run these inputs: {reason}")
+        return backend
+    reasons = {}
+    for backend in sorted(table.values(), key=lambda b: -b.priority):
+        reason = backend.rejects(device, dtype, **shape)
+        if reason is None:
+            log.debug("%s: using backend %s (device=%s, dtype=%s)", op, backend.name, device, dtype)
+            return backend
+        reasons[backend.name] = reason
+    raise ValueError(f"{op}: no backend can run device={device}, dtype={dtype}: {reasons}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """How ``cortex doctor`` checks an op: the naive reference and a maker of small random inputs."""
+
+    fn: Callable[..., Any]
+    make_inputs: Callable[[torch.device, torch.dtype], tuple]
+
+
+_REFERENCES: dict[str, Reference] = {}
+
+
+def register_reference(op: str, fn: Callable[..., Any],
+                       make_inputs: Callable[[torch.device, torch.dtype], tuple]) -> None:
+    _REFERENCES[op] = Reference(fn, make_inputs)
+
+
+def references() -> dict[str, Reference]:
+    return dict(_REFERENCES)

@@ -1,0 +1,36 @@
+"""Input validation shared by the gated-delta ops (messages name the expected and the received shapes)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def check_gated_delta_inputs(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+    initial_state: Tensor | None, resets: Tensor | None,
+) -> None:
+    """Raise ``ValueError``/``TypeError`` unless shapes are ``[B, T, NH, D]``, ``[B, T, NH]``, ``[B, T]``."""
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta)):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"gated delta rule: {name} must be a floating-point tensor, got {got}")
+    if k.dim() != 4:
+        raise ValueError(f"gated delta rule: k must be [B, T, NH, Dk], got shape {tuple(k.shape)}")
+    B, T, NH, Dk = k.shape
+    if tuple(q.shape) != (B, T, NH, Dk):
+        raise ValueError(f"gated delta rule: q must have shape {(B, T, NH, Dk)} like k, got {tuple(q.shape)}")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, NH):
+        raise ValueError(f"gated delta rule: v must be [{B}, {T}, {NH}, Dv], got shape {tuple(v.shape)}")
+    for name, x in (("g", g), ("beta", beta)):
+        if tuple(x.shape) != (B, T, NH):
+            raise ValueError(f"gated delta rule: {name} must have shape {(B, T, NH)}, got {tuple(x.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (B, NH, Dk, v.shape[-1]):
+        raise ValueError(
+            f"gated delta rule: initial_state must have shape {(B, NH, Dk, v.shape[-1])}, "
+            f"got {tuple(initial_state.shape)}"
+        )
+    if resets is not None and (tuple(resets.shape) != (B, T) or resets.dtype.is_floating_point):
+        raise ValueError(
+            f"gated delta rule: resets must be a bool tensor of shape {(B, T)}, "
+            f"got {tuple(resets.shape)} {resets.dtype}"
+        )

@@ -1,0 +1,78 @@
+"""Recurrent Trace Unit (Elelimy et al., 2024) reference: a loop over time with RTRL eligibility traces.
+
+Complex diagonal recurrence per channel ``j``: ``c_t = lam_j * c_{t-1} + u_t`` with ``lam = exp(-exp(nu) + i
+theta)`` (decay ``|lam| < 1`` and rotation ``theta``) and drive ``u_t = W x_t`` (dense, complex ``W [H, Z]``)
+or ``u_t = w * s_t`` (per channel, complex ``w [H]``, ``s_t`` the SRHT-mixed input). ``c`` is holomorphic in
+``lam`` and ``W``, so the RTRL traces are the complex derivatives
+
+    e_lam_t = dc_t/dlam  = lam * e_lam_{t-1} + c_{t-1}                 [B, H]
+    e_W_t   = dc_t/dW_j. = lam * e_W_{t-1}   + x_t    (dense)         [B, H, Z]
+    e_w_t   = dc_t/dw_j  = lam * e_w_{t-1}   + s_t    (per channel)   [B, H]
+
+A reset before step ``t`` sets ``c_{t-1}``, ``e_lam_{t-1}`` and ``e_W_{t-1}`` to zero *before* they are read
+(the initial state is a constant), so a reset step's trace uses the reset hidden, never the stale one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rtu_naive(
+    u: Tensor,
+    lam: Tensor,
+    c0: Tensor,
+    resets: Tensor | None = None,
+    drive: Tensor | None = None,
+    e_lam0: Tensor | None = None,
+    e_w0: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``u`` complex ``[B, T, H]``, ``lam`` complex ``[H]``, ``c0`` complex ``[B, H]``, ``resets`` ``[B, T]``.
+
+    ``drive`` real ``[B, T, Z]`` (dense input weights, ``e_w0`` ``[B, H, Z]``) or ``[B, T, H]`` with ``e_w0``
+    ``[B, H]`` (per-channel input weights); ``None`` skips the traces. Returns ``(c [B, T, H], e_lam_T,
+    e_w_T)``.
+    """
+    c, el, ew = c0, e_lam0, e_w0
+    dense = ew is not None and ew.dim() == 3
+    outs = []
+    for t in range(u.shape[1]):
+        if resets is not None:
+            keep = ~resets[:, t, None]
+            c = torch.where(keep, c, torch.zeros_like(c))
+            if drive is not None:
+                el = torch.where(keep, el, torch.zeros_like(el))
+                ew = torch.where(keep[..., None] if dense else keep, ew, torch.zeros_like(ew))
+        if drive is not None:
+            el = lam * el + c
+            d = drive[:, t].to(ew.dtype)
+            ew = lam[:, None] * ew + d[:, None, :] if dense else lam * ew + d
+        c = lam * c + u[:, t]
+        outs.append(c)
+    return torch.stack(outs, 1), el, ew
+
+
+def rtu_full_naive(u: Tensor, lam_mat: Tensor, c0: Tensor, resets: Tensor | None = None) -> Tensor:
+    """Dense complex recurrence ``c_t = Lam c_{t-1} + u_t``: ``lam_mat`` ``[H, H]`` -> ``c`` ``[B, T, H]``."""
+    c, outs = c0, []
+    for t in range(u.shape[1]):
+        if resets is not None:
+            c = torch.where(resets[:, t, None], torch.zeros_like(c), c)
+        c = c @ lam_mat.T + u[:, t]
+        outs.append(c)
+    return torch.stack(outs, 1)
+
+
+def inject_traces(c0: Tensor, e_lam0: Tensor, e_w0: Tensor, lam: Tensor, w: Tensor) -> Tensor:
+    """``c0`` unchanged in value, but with ``d c0 / d(lam, w) = (e_lam0, e_w0)`` for autograd.
+
+    The carried state came from earlier, detached calls; its traces are its Jacobian w.r.t. the recurrent
+    parameters. Adding ``e * (p - p.detach())`` (zero in value) makes backprop add ``adjoint(c0) * e`` to the
+    parameters' gradients: exactly the RTRL term for the truncated past, so the gradient of a loss in this
+    call equals full BPTT through every earlier call. ``w`` is ``[H, Z]`` with ``e_w0`` ``[B, H, Z]`` or
+    ``[H]`` with ``[B, H]``.
+    """
+    dw = w - w.detach()
+    through_w = (e_w0 * dw).sum(-1) if e_w0.dim() == 3 else e_w0 * dw
+    return c0 + e_lam0 * (lam - lam.detach()) + through_w

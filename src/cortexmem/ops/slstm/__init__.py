@@ -1,0 +1,3 @@
+from .naive import slstm_naive, slstm_pointwise
+
+__all__ = ["slstm_naive", "slstm_pointwise"]

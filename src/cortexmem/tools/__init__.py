@@ -1,0 +1,1 @@
+"""Tools on top of the whole library: ``cortex doctor`` and ``cortex bench``."""

@@ -1,0 +1,267 @@
+"""``cortex bench``: timings of our cells and stacks against peers measured in the same process.
+
+Peers: ``torch.nn.LSTM`` (cuDNN on GPU), the peer library ``cortexcore`` (import name ``cortex``) and fla's
+``chunk_gated_delta_rule``, each reported as "not installed" or "failed: reason" when it cannot run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.step_runner import StepRunner
+
+CELL_TOKENS = {"lstm": "L", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X", "agalite": "Ag",
+               "gated_delta": "D", "hybrid": "H"}
+
+
+@dataclass
+class BenchRow:
+    name: str
+    kind: str  # "ours" or "peer"
+    fwd_bwd_ms: float | None = None
+    step_ms: float | None = None
+    step_graph_ms: float | None = None
+    first_call_s: float | None = None
+    peak_mem_mb: float | None = None
+    status: str = "ok"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in ms (synchronised)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _stack_for(cell: str, d: int, layers: int):
+    import cortexmem
+
+    token = CELL_TOKENS.get(cell, cell)
+    builder = getattr(cortexmem, "build_cortex_auto_stack", None)
+    if builder is not None:
+        return builder(d, layers, token)
+    if token == "L":
+        block = cortexmem.PassThroughBlockConfig(cell=cortexmem.LSTMCellConfig())
+    elif token == "C":
+        block = cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig())
+    else:
+        raise ValueError(f"cell {cell!r} needs the pattern builder (build_cortex_auto_stack), not available")
+    return cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=d, blocks=[block] * layers))
+
+
+def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, batch: int, seq: int, d: int,
+                    device: torch.device, repeats: int, step_api: str = "cortex") -> BenchRow:
+    row = BenchRow(name, kind)
+    try:
+        t0 = time.perf_counter()
+        module = build().to(device)
+        x = torch.randn(batch, seq, d, device=device)
+
+        def fwd_bwd():
+            module.zero_grad(set_to_none=True)
+            y = module(x)[0]
+            y.float().square().mean().backward()
+
+        fwd_bwd()
+        _sync(device)
+        row.first_call_s = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        row.fwd_bwd_ms = _time(fwd_bwd, device, repeats)
+        if device.type == "cuda":
+            row.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        xs = torch.randn(batch, d, device=device)
+        with torch.no_grad():
+            if step_api == "lstm":
+                hc = None
+
+                def one_step():
+                    nonlocal hc
+                    _, hc = module(xs[:, None], hc)
+            else:
+                state = module.init_state(batch, device=device, dtype=torch.float32)
+
+                def one_step():
+                    nonlocal state
+                    _, state = module.step(xs, state)
+            row.step_ms = _time(one_step, device, max(20, repeats))
+        if step_api == "cortex" and device.type == "cuda" and hasattr(module, "forward_sequence"):
+            try:
+                runner = StepRunner(module, batch, device)
+                row.step_graph_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
+            except RuntimeError as e:
+                row.extra["step_graph"] = f"failed: {e}"[:200]
+    except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
+        row.status = f"failed: {type(e).__name__}: {e}"[:300]
+    return row
+
+
+class _CudnnLSTM(nn.Module):
+    def __init__(self, d: int, layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(d, d, num_layers=layers, batch_first=True)
+
+    def forward(self, x, hc=None):
+        return self.lstm(x, hc)
+
+
+def _peer_cortexcore(pattern: str, layers: int, d: int):
+    try:
+        builder = importlib.import_module("cortex.stacks").build_cortex_auto_stack
+    except Exception as e:  # noqa: BLE001
+        return None, f"not installed ({type(e).__name__})"
+    return (lambda: builder(d_hidden=d, num_layers=layers, pattern=pattern, compile_blocks=False)), None
+
+
+def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
+              pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
+              gated_delta_shapes: bool = True) -> list[BenchRow]:
+    """All measurements of one run (ours first, then peers)."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
+    rows = [_measure_module(f"cell:{c}", "ours", lambda c=c: _stack_for(c, d, 1), **kw) for c in cells]
+    rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers), **kw))
+    rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers), **kw))
+    rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers), step_api="lstm",
+                                **kw))
+    rows.append(_measure_module("peer:cudnn-lstm-1", "peer", lambda: _CudnnLSTM(d, 1), step_api="lstm", **kw))
+    build, why = _peer_cortexcore(pattern, layers, d)
+    rows.append(BenchRow(f"peer:cortexcore-{layers}x{pattern}", "peer", status=why) if build is None else
+                _measure_module(f"peer:cortexcore-{layers}x{pattern}", "peer", build, **kw))
+    for c in cells:
+        tok = CELL_TOKENS.get(c, c)
+        build, why = _peer_cortexcore(tok, 1, d)
+        name = f"peer:cortexcore-cell:{c}"
+        rows.append(BenchRow(name, "peer", status=why) if build is None else _measure_module(name, "peer", build, **kw))
+    if gated_delta_shapes and dev.type == "cuda":
+        rows.extend(_gated_delta_vs_fla(dev, repeats))
+    return rows
+
+
+def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
+    rows = []
+    try:
+        ours = importlib.import_module("cortexmem.ops.gated_delta").chunk_gated_delta_rule
+    except Exception as e:  # noqa: BLE001
+        return [BenchRow("gated_delta:ours", "ours", status=f"not available ({type(e).__name__}: {e})")]
+    try:
+        fla = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
+    except Exception as e:  # noqa: BLE001
+        fla, fla_why = None, f"not installed ({type(e).__name__})"
+    for B, T, H, D in [(8, 2048, 4, 64), (4, 8192, 16, 128)]:
+        g = torch.Generator(device=dev).manual_seed(0)
+        q = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
+        k = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
+        v = torch.randn(B, T, H, D, device=dev, generator=g).bfloat16()
+        alpha = torch.rand(B, T, H, device=dev, generator=g).mul(0.1).add(0.89).bfloat16()
+        beta = torch.rand(B, T, H, device=dev, generator=g).bfloat16()
+        shape = f"B{B}xT{T}xH{H}xD{D}"
+        row = BenchRow(f"gated_delta:ours {shape}", "ours")
+        try:
+            with torch.no_grad():
+                row.fwd_bwd_ms = None
+                row.extra["fwd_ms"] = _time(lambda: ours(q, k, v, alpha, beta), dev, repeats)
+            qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+
+            def fb():
+                o = ours(qq, kk, vv, alpha, beta)[0]
+                o.float().sum().backward()
+
+            row.fwd_bwd_ms = _time(fb, dev, repeats)
+        except Exception as e:  # noqa: BLE001
+            row.status = f"failed: {type(e).__name__}: {e}"[:300]
+        rows.append(row)
+        peer = BenchRow(f"gated_delta:fla {shape}", "peer")
+        if fla is None:
+            peer.status = fla_why
+        else:
+            try:
+                gl = alpha.float().log().bfloat16()
+                with torch.no_grad():
+                    peer.extra["fwd_ms"] = _time(lambda: fla(q, k, v, gl, beta, scale=1.0), dev, repeats)
+            except Exception as e:  # noqa: BLE001
+                peer.status = f"failed: {type(e).__name__}: {e}"[:300]
+            try:
+                qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+                o = fla(qq, kk, vv, gl, beta, scale=1.0)[0]
+                o.float().sum().backward()
+                peer.extra["backward"] = "ok"
+            except Exception as e:  # noqa: BLE001
+                peer.extra["backward"] = f"failed: {type(e).__name__}: {e}"[:200]
+        rows.append(peer)
+    return rows
+
+
+def ratios(rows: list[BenchRow]) -> dict[str, float]:
+    """Headline ratios (peer time / our time; > 1 means we are faster)."""
+    by = {r.name: r for r in rows}
+    out: dict[str, float] = {}
+
+    def ratio(peer: str, ours: str, attr: str) -> None:
+        p, o = by.get(peer), by.get(ours)
+        if p and o and getattr(p, attr) and getattr(o, attr):
+            out[f"{peer} / {ours} ({attr})"] = getattr(p, attr) / getattr(o, attr)
+
+    for r in rows:
+        if r.name.startswith("stack:") and "x" in r.name and "LSTM" not in r.name:
+            pat = r.name.split(":", 1)[1]
+            ratio(f"peer:cortexcore-{pat}", r.name, "fwd_bwd_ms")
+            ratio(f"peer:cortexcore-{pat}", r.name, "step_ms")
+            for peer in [n for n in by if n.startswith("peer:cudnn-lstm-") and not n.endswith("-1")]:
+                ratio(peer, r.name, "fwd_bwd_ms")
+        if r.name.startswith("cell:"):
+            ratio(f"peer:cortexcore-{r.name}", r.name, "fwd_bwd_ms")
+    ratio("peer:cudnn-lstm-1", "cell:lstm", "fwd_bwd_ms")
+    for r in rows:
+        if r.name.startswith("gated_delta:ours") and r.extra.get("fwd_ms"):
+            p = by.get(r.name.replace("ours", "fla"))
+            if p and p.extra.get("fwd_ms"):
+                out[f"{p.name} / {r.name} (fwd_ms)"] = p.extra["fwd_ms"] / r.extra["fwd_ms"]
+    return out
+
+
+def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def plot(rows: list[BenchRow], path) -> bool:
+    """A bar chart of forward+backward times; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    done = [r for r in rows if r.fwd_bwd_ms]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(done) + 1.5))
+    ax.barh([r.name for r in done], [r.fwd_bwd_ms for r in done],
+            color=["tab:blue" if r.kind == "ours" else "tab:gray" for r in done])
+    ax.set_xlabel("forward + backward (ms)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

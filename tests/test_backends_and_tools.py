@@ -1,0 +1,72 @@
+"""Backend registry, StepRunner (eager on CPU), doctor and bench on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import cortexmem
+from cortexmem import StepRunner
+from cortexmem.core.backends import check_requested, list_backends, select_backend
+
+
+def test_registry_lists_and_selects():
+    ops = list_backends()
+    assert "causal_conv1d" in ops and {b.name for b in ops["causal_conv1d"]} >= {"torch", "triton"}
+    assert select_backend("causal_conv1d", device="cpu", dtype=torch.float32).name == "torch"
+
+
+def test_explicit_unsupported_backend_fails_at_build_time():
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
+        check_requested("causal_conv1d", "cuda-magic")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cannot run here"):
+            cortexmem.build_cell(cortexmem.CausalConv1dCellConfig(hidden_size=8, backend="triton"))
+    with pytest.raises(ValueError, match="unknown op"):
+        select_backend("no_such_op")
+
+
+def test_force_pytorch_env(monkeypatch):
+    monkeypatch.setenv("CORTEX_FORCE_PYTORCH", "1")
+    table = {b.name: b for b in list_backends()["causal_conv1d"]}
+    assert "disabled" in table["triton"].unavailable_reason()
+
+
+def test_step_runner_eager_matches_step():
+    torch.manual_seed(0)
+    stack = cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=16, blocks=[
+        cortexmem.PreUpBlockConfig(cell=cortexmem.LSTMCellConfig()),
+        cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig()),
+    ])).eval()
+    runner = StepRunner(stack, batch=3, device="cpu")
+    state = None
+    for t in range(6):
+        x = torch.randn(3, 16)
+        r = torch.tensor([t == 3, False, t == 4])
+        with torch.no_grad():
+            ref, state = stack.step(x, state, resets=r)
+        torch.testing.assert_close(runner.step(x, resets=r), ref, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="expected x of shape"):
+        runner.step(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        StepRunner(stack, batch=3, device="cpu", use_graph=True)
+
+
+def test_doctor_and_bench_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from cortexmem.cli import app
+
+    res = CliRunner().invoke(app, ["doctor", "--json", str(tmp_path / "d.json")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "d.json").read_text())
+    assert any(r["status"] == "pass" and r["backend"] == "torch" for r in rows)
+    res = CliRunner().invoke(app, ["bench", "--cells", "lstm,conv", "--batch", "2", "--seq", "8", "--d", "8",
+                                   "--layers", "1", "--pattern", "L", "--repeats", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    names = {r["name"]: r for r in data["rows"]}
+    assert names["cell:lstm"]["fwd_bwd_ms"] > 0 and names["peer:cudnn-lstm-1"]["fwd_bwd_ms"] > 0
+    assert "not installed" in names["peer:cortexcore-1xL"]["status"] or names["peer:cortexcore-1xL"]["fwd_bwd_ms"]
