@@ -86,16 +86,19 @@ def _require_attr(module: str, attr: str):
     return obj
 
 
+def _heads(width: int) -> int:
+    """4 heads where ``width / 4`` still splits in half (mLSTM's qk factor 0.5), else fewer."""
+    return next(h for h in (4, 2, 1) if width % (2 * h) == 0 or h == 1)
+
+
 def _cell(config_name: str, hidden: int, **overrides):
-    """``config_name.example(hidden)`` with overrides applied when the config has those fields."""
+    """The cell config ``config_name`` at its defaults and ``hidden`` (head counts fitted to the width)."""
     try:
         cls = config_class(config_name)
     except ValueError:
         raise ImportError(f"{config_name} is not available in this checkout") from None
-    cfg = cls.example(hidden)
-    fields = type(cfg).model_fields
-    upd = {k: v for k, v in overrides.items() if k in fields}
-    return cfg.model_copy(update=upd) if upd else cfg
+    upd = {"num_heads": _heads(hidden), "n_heads": _heads(hidden), **overrides}
+    return cls(hidden_size=hidden, **{k: v for k, v in upd.items() if k in cls.model_fields})
 
 
 def _stack(d: int, blocks: list, post_norm: bool = True):
@@ -109,7 +112,7 @@ def _block(block_name: str, cell, **kw):
 
 
 def _cell_stack(config_name: str, block_name: str, n_blocks: int = 2, **over):
-    """A builder: ``n_blocks`` blocks ``block_name`` around the cell from ``config_name.example``."""
+    """A builder: ``n_blocks`` blocks ``block_name`` around the cell ``config_name``."""
 
     def build(d: int):
         pre_up = block_name == "PreUpBlockConfig"
@@ -140,7 +143,7 @@ def _conv(d: int):
 
 def _xlstm(d: int):
     build = _require_attr("cortexmem.stacks", "build_xlstm_stack")
-    return build(d)
+    return build(d, 2, mlstm_num_heads=_heads(2 * d), slstm_num_heads=_heads(d))
 
 
 def _column_axms(d: int):
@@ -158,7 +161,7 @@ register_stack("lstm", _lstm, "PassThrough(LSTM), forget-gate bias +2")
 register_stack("conv", _conv, "2 x PassThrough(CausalConv1d k=4)")
 register_stack("mlstm", _cell_stack("mLSTMCellConfig", "PreUpBlockConfig"), "2 x PreUp(mLSTM)")
 register_stack("slstm", _cell_stack("sLSTMCellConfig", "PostUpBlockConfig"), "2 x PostUp(sLSTM)")
-register_stack("xlstm", _xlstm, "cortexmem.stacks.build_xlstm_stack")
+register_stack("xlstm", _xlstm, "build_xlstm_stack(d, 2): PreUp(mLSTM), PostUp(sLSTM)")
 register_stack("axon", _cell_stack("AxonCellConfig", "PostUpBlockConfig"), "2 x PostUp(Axon)")
 register_stack("xl", _cell_stack("XLCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(XL)")
 register_stack("agalite", _cell_stack("AGaLiTeCellConfig", "PostUpGatedBlockConfig"),
