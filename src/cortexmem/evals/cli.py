@@ -86,17 +86,17 @@ def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict]]
 def eval_command(
     task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}). Default: all."),
     stack: str = typer.Option(None, help="Stack name, comma list, or 'all'. Default: the quick set."),
-    epochs: int = typer.Option(5, min=1, help="Passes over the training split."),
-    batch_size: int = typer.Option(64, min=1, help="Sequences per step (per process under torchrun)."),
+    epochs: int = typer.Option(6, min=1, help="Passes over the training split."),
+    batch_size: int = typer.Option(32, min=1, help="Sequences per step (per process under torchrun)."),
     lr: float = typer.Option(3e-3, min=0.0, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
     weight_decay: float = typer.Option(0.01, min=0.0),
     seed: int = typer.Option(0, help="Seed of data generation and model init."),
     lengths: str = typer.Option(None, help="Comma-separated lengths (default: each task's short one)."),
     mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'."),
     chunk_size: int = typer.Option(None, min=1, help="Truncated BPTT: chunks of N steps, state detached."),
-    d_hidden: int = typer.Option(64, min=1, help="Stack width."),
-    train_size: int = typer.Option(2048, min=1, help="Training sequences per task."),
-    test_size: int = typer.Option(512, min=1, help="Held-out test sequences per task."),
+    d_hidden: int = typer.Option(32, min=1, help="Stack width."),
+    train_size: int = typer.Option(1024, min=1, help="Training sequences per task."),
+    test_size: int = typer.Option(256, min=1, help="Held-out test sequences per task."),
     grad_clip: float = typer.Option(1.0, min=0.0),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     threads: int = typer.Option(1, min=0, help="CPU threads per process (0: torch's default)."),
@@ -107,7 +107,8 @@ def eval_command(
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR."),
 ) -> None:
     """Train stacks on synthetic memory tasks; no arguments: the quick suite (a few stacks, all tasks)."""
-    console = Console()
+    # a wide table when piped (rich would wrap it at 80 columns)
+    console = Console(width=None if sys.stdout.isatty() else 150)
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(f"unknown --log-level {log_level!r}; valid: DEBUG, INFO, WARNING, ERROR")

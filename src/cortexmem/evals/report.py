@@ -29,19 +29,21 @@ def _opts(run: RunResult) -> str:
 def _err(run: RunResult) -> str:
     if run.step_seq_max_abs_err is None:
         return "n/a"
-    return f"{run.step_seq_max_abs_err:.1e}" + (" (prefix)" if run.step_check == "prefix" else "")
+    return f"{run.step_seq_max_abs_err:.1e}" + ("*" if run.step_check == "prefix" else "")
 
 
 def results_table(results: EvalResults) -> Table:
     """The final table: one row per run."""
-    t = Table(title=f"cortex eval ({results.device}, world {results.world_size}, {results.wall_time_s:.0f}s)")
+    t = Table(title=f"cortex eval ({results.device}, world {results.world_size}, {results.wall_time_s:.0f}s)",
+              caption="step-vs-seq err: max |logits(sequence) - logits(step loop)| on test data;"
+                      " * = prefix recompute (non-recurrent model); mqar len = length/pairs")
     for col, just in [("stack", "left"), ("task", "left"), ("len", "right"), ("test acc", "right"),
                       ("final loss", "right"), ("params", "right"), ("train s", "right"),
                       ("tokens/s", "right"), ("step-vs-seq err", "right")]:
         t.add_column(col, justify=just)
     for r in results.runs:
-        task = r.task + (f" (pairs {int(r.options['pairs'])})" if r.task == "mqar" else "")
-        t.add_row(r.stack, task, str(r.length), f"{r.test_accuracy:.3f}", f"{r.final_loss:.3f}",
+        length = f"{r.length}/{int(r.options['pairs'])}" if r.task == "mqar" else str(r.length)
+        t.add_row(r.stack, r.task, length, f"{r.test_accuracy:.3f}", f"{r.final_loss:.3f}",
                   f"{r.params:,}", f"{r.train_time_s:.1f}", f"{r.tokens_per_s:,.0f}", _err(r))
     return t
 

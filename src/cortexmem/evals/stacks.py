@@ -30,9 +30,9 @@ class StackEntry:
 _STACKS: dict[str, StackEntry] = {}
 
 #: stacks of the quick suite (``cortex eval`` with no arguments), in order; missing ones are skipped
-QUICK_STACKS: tuple[str, ...] = ("lstm", "gated_delta", "mlstm", "transformer")
+QUICK_STACKS: tuple[str, ...] = ("lstm", "mlstm", "axon", "transformer")
 #: ``d_hidden`` used when a run does not set one
-DEFAULT_D_HIDDEN = 64
+DEFAULT_D_HIDDEN = 32
 
 
 def register_stack(name: str, builder: Builder, description: str = "") -> None:
