@@ -83,6 +83,10 @@ def test_cli_end_to_end_and_compare(tmp_path):
     (["--mqar-slices", "64"], "--mqar-slices must be 'zoology' or L:PAIRS"),
     (["--task", "mqar", "--mqar-slices", "64:32"], "--mqar-slices 64:32"),
     (["--compare", "/nonexistent/a", "/nonexistent/b"], "no results.json"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--chunk-size", "0"], "--chunk-size must be an integer >= 1, got 0"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--log-level", "loud"], "unknown --log-level 'loud'; valid: DEBUG, INFO, WARNING, ERROR"),
 ])
 def test_cli_bad_arguments_are_one_line_exit_2(args, msg):
     r = runner.invoke(app, ["eval", *args])

@@ -86,20 +86,20 @@ def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict]]
 def eval_command(
     task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}). Default: all."),
     stack: str = typer.Option(None, help="Stack name, comma list, or 'all'. Default: the quick set."),
-    epochs: int = typer.Option(6, min=1, help="Passes over the training split."),
-    batch_size: int = typer.Option(32, min=1, help="Sequences per step (per process under torchrun)."),
-    lr: float = typer.Option(3e-3, min=0.0, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
-    weight_decay: float = typer.Option(0.01, min=0.0),
+    epochs: int = typer.Option(6, help="Passes over the training split."),
+    batch_size: int = typer.Option(32, help="Sequences per step (per process under torchrun)."),
+    lr: float = typer.Option(3e-3, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
+    weight_decay: float = typer.Option(0.01),
     seed: int = typer.Option(0, help="Seed of data generation and model init."),
     lengths: str = typer.Option(None, help="Comma-separated lengths (default: each task's short one)."),
     mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'."),
-    chunk_size: int = typer.Option(None, min=1, help="Truncated BPTT: chunks of N steps, state detached."),
-    d_hidden: int = typer.Option(32, min=1, help="Stack width."),
-    train_size: int = typer.Option(1024, min=1, help="Training sequences per task."),
-    test_size: int = typer.Option(256, min=1, help="Held-out test sequences per task."),
-    grad_clip: float = typer.Option(1.0, min=0.0),
+    chunk_size: int = typer.Option(None, help="Truncated BPTT: chunks of N steps, state detached."),
+    d_hidden: int = typer.Option(32, help="Stack width."),
+    train_size: int = typer.Option(1024, help="Training sequences per task."),
+    test_size: int = typer.Option(256, help="Held-out test sequences per task."),
+    grad_clip: float = typer.Option(1.0),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
-    threads: int = typer.Option(1, min=0, help="CPU threads per process (0: torch's default)."),
+    threads: int = typer.Option(1, help="CPU threads per process (0: torch's default)."),
     out: Path = typer.Option(None, help="Output directory (default runs/<timestamp>/)."),
     plots: bool = typer.Option(True, help="Write PNG plots (needs matplotlib: the 'plot' extra)."),
     compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B."),
@@ -147,6 +147,8 @@ def eval_command(
                 _fail(f"stack {s!r} is unavailable: {reason}")
     if device == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda requested but CUDA is not available; valid here: cpu, auto")
+    if threads < 0:
+        _fail(f"--threads must be >= 0, got {threads}")
     if threads:
         # The models are tiny: extra intra-op threads mostly add contention (use torchrun to scale out).
         torch.set_num_threads(threads)
@@ -163,6 +165,16 @@ def eval_command(
 
 def _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, mqar_slices, chunk_size,
               d_hidden, train_size, test_size, grad_clip, device) -> EvalSettings:
+    for flag, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--d-hidden", d_hidden, 1),
+                             ("--train-size", train_size, 1), ("--test-size", test_size, 1),
+                             ("--chunk-size", 1 if chunk_size is None else chunk_size, 1)):
+        if value < low:
+            raise UsageError(f"{flag} must be an integer >= {low}, got {value}")
+    for flag, value in (("--lr", lr), ("--grad-clip", grad_clip)):
+        if not value > 0:
+            raise UsageError(f"{flag} must be > 0, got {value}")
+    if weight_decay < 0:
+        raise UsageError(f"--weight-decay must be >= 0, got {weight_decay}")
     tasks = _names(task, list(TASKS), "task") or list(TASKS)
     quick = task is None and stack is None and lengths is None and mqar_slices is None
     stacks = _names(stack, list_stacks(), "stack") or list(QUICK_STACKS)
