@@ -104,6 +104,10 @@ def bench(
         plot(rows, Path(out) / "bench.png")
 
 
+from .lm.cli import app as _lm_app  # noqa: E402
+
+app.add_typer(_lm_app, name="lm")
+
 from .evals.cli import eval_command  # noqa: E402
 
 app.command("eval")(eval_command)

@@ -129,3 +129,24 @@ def test_bad_inputs_are_clear_errors():
     lm = HFStackLM.from_pretrained(model, mem_len=4)
     with pytest.raises(ValueError, match="input_ids"):
         lm(torch.randn(2, 3))
+
+
+def test_column_with_a_pretrained_layer_and_a_memory_cell_as_experts():
+    from cortexmem import ColumnBlockConfig, PassThroughBlockConfig
+
+    model = _model("llama")
+    hf_block = build_hf_stack_config(model, mem_len=6, layers=[1]).blocks[0]
+    cfg = CortexStackConfig(d_hidden=32, blocks=[
+        ColumnBlockConfig(experts=[hf_block, PassThroughBlockConfig(cell=LSTMCellConfig())]),
+    ])
+    stack = build_cortex(cfg)
+    assert load_hf_layer_weights(stack, model) == 1
+    x = torch.randn(2, 11, 32)
+    y, st = stack(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    keys = {k[1] for k in st.keys(True, True)}
+    assert keys == {"expert_DirectBlock_0", "expert_PassThroughBlock_1"}
+    # streaming in two calls equals one call (the pretrained expert keeps its rolling KV cache)
+    y1, s1 = stack(x[:, :4])
+    y2, _ = stack(x[:, 4:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-5, rtol=0)
