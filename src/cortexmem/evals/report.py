@@ -117,6 +117,7 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
         ax.set_ylabel("train loss")
         ax.set_yscale("log")
         ax.legend(fontsize=6)
+    fig.tight_layout()
     written.append(_save(fig, out / "learning_curves.png"))
     plt.close(fig)
 
@@ -149,6 +150,7 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
             ax.set_xlabel("sequence length")
             ax.set_ylabel("test accuracy")
             ax.legend(fontsize=6)
+        fig.tight_layout()
         written.append(_save(fig, out / "accuracy_vs_length.png"))
         plt.close(fig)
     return written
