@@ -31,7 +31,7 @@ def test_no_pickle_eval_exec_or_unsafe_torch_load():
                     problems.append(f"{path}:{node.lineno} imports a pickle-like module")
         for node, base, name in _calls(tree):
             where = f"{path.relative_to(SRC)}:{node.lineno}"
-            if name in {"eval", "exec"} and base == "":
+            if name in {"eval", "exec"} and (isinstance(node.func, ast.Name) or base == "builtins"):
                 problems.append(f"{where} calls {name}()")
             if base == "torch" and name == "load":
                 kw = {k.arg: k.value for k in node.keywords}
