@@ -31,6 +31,8 @@ def main() -> None:
         "XLCell": cm.XLCellConfig(hidden_size=H),
         "XLCell(axon qkv)": cm.XLCellConfig(hidden_size=H, use_axon_qkv=True),
         "AGaLiTeCell": cm.AGaLiTeCellConfig(hidden_size=H),
+        "mLSTM(axon)": cm.mLSTMCellConfig(hidden_size=H, use_axon_layer=True, use_axon_qkv=True),
+        "sLSTM(axon)": cm.sLSTMCellConfig(hidden_size=H, use_axon_layer=True),
     }
     x = torch.randn(args.batch, args.steps, H)
     worst = 0.0

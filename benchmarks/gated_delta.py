@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from cortexmem import GatedDeltaCellConfig, HybridCellConfig, build_cell
 from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule_naive
 
 
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cells", action="store_true", help="also time GatedDeltaCell / HybridCell")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -75,6 +77,35 @@ def main() -> None:
             table.add_row(str(T), mode, f"{B * T / t_naive:,.0f}", f"{B * T / t_chunk:,.0f}",
                           f"{t_naive / t_chunk:.1f}x")
     Console().print(table)
+    if args.cells:
+        Console().print(_cells_table(args))
+
+
+def _cells_table(args: argparse.Namespace) -> Table:
+    """Cells at hidden 4 * dim: one sequence call of T = 2048 vs 256 one-token step calls (inference)."""
+    H, NH = args.heads * args.dim, args.heads
+    table = Table(title=f"cells, CPU, B={args.batch} hidden={H} NH={NH}, no grad (tokens/s)")
+    for col in ("cell", "sequence T=2048", "step (decode)"):
+        table.add_column(col, justify="right")
+    cfgs = {
+        "GatedDeltaCell": GatedDeltaCellConfig(hidden_size=H, num_heads=NH, chunk_size=args.chunk),
+        "HybridCell w=512": HybridCellConfig(hidden_size=H, num_heads=NH, chunk_size=args.chunk, window=512),
+    }
+    for name, cfg in cfgs.items():
+        cell = build_cell(cfg).eval()
+        x = torch.randn(args.batch, 2048, H)
+        with torch.no_grad():
+            t_seq = _time(lambda cell=cell, x=x: cell(x), 1)
+            _, st = cell(x[:, :600])
+
+            def decode(cell=cell, x=x, st=st):
+                s = st
+                for t in range(256):
+                    _, s = cell.step(x[:, t], s)
+
+            t_step = _time(decode, 1)
+        table.add_row(name, f"{args.batch * 2048 / t_seq:,.0f}", f"{args.batch * 256 / t_step:,.0f}")
+    return table
 
 
 if __name__ == "__main__":

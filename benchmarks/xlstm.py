@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python benchmarks/xlstm.py [--batch 8 --steps 256 --hidden 128 --threads 1 --repeats 5]
 
-Prints tokens/s (B*T per forward+backward) and ratios. The machine is shared: timings are the median of
+Prints tokens/s (B*T per forward+backward) and ratios; the "naive" rows run the same cell with its sequence op
+swapped for the reference loop. The machine is shared: timings are the median of
 ``--repeats`` runs after one warm-up and still vary with the load of the other users.
 """
 
@@ -17,8 +18,10 @@ from unittest import mock
 import torch
 
 import cortexmem.cells.mlstm as mlstm_module
+import cortexmem.cells.slstm as slstm_module
 from cortexmem import build_cell, mLSTMCellConfig, sLSTMCellConfig
 from cortexmem.ops.mlstm import mlstm_chunkwise, mlstm_naive
+from cortexmem.ops.slstm import slstm_naive
 
 
 def _time(fn: Callable[[], None], repeats: int) -> float:
@@ -34,8 +37,8 @@ def _time(fn: Callable[[], None], repeats: int) -> float:
 def _cell_step(cell, x: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         cell.zero_grad(set_to_none=True)
-        y, state = cell(x)
-        (y.pow(2).mean() + sum(v.float().sum() for v in state.values()) * 0).backward()
+        y, _ = cell(x)
+        y.pow(2).mean().backward()
     return run
 
 
@@ -78,18 +81,23 @@ def main() -> None:
         t_naive = _time(_cell_step(mcell, x), args.repeats)
     scell = build_cell(sLSTMCellConfig(hidden_size=H, num_heads=args.heads))
     t_s = _time(_cell_step(scell, x), args.repeats)
+    with mock.patch.object(slstm_module, "slstm_scan", slstm_naive):
+        t_s_naive = _time(_cell_step(scell, x), args.repeats)
 
     dk, dv = mcell.dk, mcell.dv
     t_op_chunk = _time(_op_step(mlstm_chunkwise, B, args.heads, T, dk, dv, chunk_size=args.chunk), args.repeats)
     t_op_naive = _time(_op_step(mlstm_naive, B, args.heads, T, dk, dv), args.repeats)
 
     rows = [
-        ("mLSTMCell (chunkwise)", t_chunk), ("mLSTMCell (naive loop)", t_naive), ("sLSTMCell", t_s),
+        ("mLSTMCell (chunkwise)", t_chunk), ("mLSTMCell (naive loop)", t_naive),
+        ("sLSTMCell (scan, manual backward)", t_s),
+        ("sLSTMCell (naive loop, autograd)", t_s_naive),
         (f"mLSTM op chunkwise (dk={dk}, dv={dv})", t_op_chunk), ("mLSTM op naive loop", t_op_naive),
     ]
     for name, t in rows:
         print(f"{name:40s} {t * 1e3:9.1f} ms   {tokens / t:12,.0f} tokens/s")
     print(f"mLSTM naive/chunkwise ratio: cell {t_naive / t_chunk:.1f}x, op {t_op_naive / t_op_chunk:.1f}x")
+    print(f"sLSTM naive/scan ratio: cell {t_s_naive / t_s:.1f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # xdist runs one worker per core; more threads oversubscribe them
 
 
 def pytest_collection_modifyitems(config, items):

@@ -222,3 +222,12 @@ def test_config_errors():
         AxonCellConfig(hidden_size=4, r_min=0.99, r_max=0.9)
     with pytest.raises(ValueError, match="rank='diag'"):
         AxonCellConfig(hidden_size=4, rank="full", use_srht=True)
+
+
+def test_scan_stable_for_fast_and_slow_decays_long_odd_T():
+    # |lam| from 1e-3 to 0.9999 over T = 301 steps: only products of |a| <= 1 appear, nothing overflows
+    B, T, H = 2, 301, 4
+    lam = torch.polar(torch.tensor([1e-3, 0.5, 0.99, 0.9999], dtype=D), torch.tensor([0.1, 2.0, -0.3, 0.01], dtype=D))
+    u, c0 = _c(B, T, H, requires_grad=False), _c(B, H, requires_grad=False)
+    r = _resets(B, T, 3, p=0.02)
+    torch.testing.assert_close(rtu_scan(u, lam, c0, r), rtu_naive(u, lam, c0, r)[0], atol=1e-10, rtol=1e-10)

@@ -17,6 +17,8 @@ from cortexmem import (
     PreUpBlockConfig,
     RouterConfig,
     build_block,
+    build_cortex_auto_stack,
+    collect_routing_weights,
 )
 
 D = 12
@@ -201,3 +203,11 @@ def test_column_does_not_mutate_its_config():
     col = build_block(cfg, D)
     assert cfg.experts[0].cell.hidden_size is None
     assert col.config.experts[2].cell.hidden_size == 18
+
+
+def test_collect_routing_weights_over_a_stack():
+    stack = build_cortex_auto_stack(D, 3, ["LC", "L", "C L C"])
+    assert collect_routing_weights(stack) == {}
+    stack(torch.randn(2, 4, D))
+    got = collect_routing_weights(stack)
+    assert list(got) == ["blocks.0", "blocks.2"] and [w.shape for w in got.values()] == [(2,), (3,)]

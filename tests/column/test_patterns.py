@@ -305,12 +305,14 @@ def test_override_order_blocks_and_json():
     cfg = build_cortex_auto_config(8, 1, "LC", override_global_configs=[
         LSTMCellConfig(num_layers=2), LSTMCellConfig(num_layers=3),
         PassThroughBlockConfig.model_construct(norm="rmsnorm"), RouterConfig(top_k=1, d_key=4),
+        ColumnBlockConfig.model_construct(use_mixer=False),
     ])
     col = cfg.blocks[0]
     assert col.experts[0].cell.num_layers == 3  # later override wins
     assert [e.norm for e in col.experts] == ["rmsnorm", "rmsnorm"]
     assert type(col.experts[1].cell) is CausalConv1dCellConfig  # block override kept its cell
     assert (col.router.top_k, col.router.d_key) == (1, 4)
+    assert col.use_mixer is False and len(col.experts) == 2
     again = CortexStackConfig.model_validate_json(cfg.model_dump_json())
     assert again == cfg and json.loads(cfg.model_dump_json())["blocks"][0]["router"]["top_k"] == 1
 

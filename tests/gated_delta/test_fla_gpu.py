@@ -16,6 +16,7 @@ from cortexmem.ops.gated_delta import chunk_gated_delta_rule
 
 
 def _rel_err(a, b):
+    # fla's fp32 kernels may multiply in TF32 (~1e-3); a convention mismatch gives errors of order 1
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
@@ -39,8 +40,8 @@ def test_forward_matches_fla(T):
         q, k, v, g, beta, scale=1.0, initial_state=s0, output_final_state=True
     )
     o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64, initial_state=s0)
-    assert _rel_err(o, o_ref) < 5e-3
-    assert _rel_err(s, s_ref) < 5e-3
+    assert _rel_err(o, o_ref) < 1e-2
+    assert _rel_err(s, s_ref) < 1e-2
 
 
 @pytest.mark.gpu
@@ -55,5 +56,5 @@ def test_resets_match_fla_varlen():
     resets = torch.zeros(1, 200, dtype=torch.bool, device="cuda")
     resets[0, bounds[1:-1]] = True
     o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64, resets=resets)
-    assert _rel_err(o, o_ref) < 5e-3
-    assert _rel_err(s[0], s_ref[-1]) < 5e-3
+    assert _rel_err(o, o_ref) < 1e-2
+    assert _rel_err(s[0], s_ref[-1]) < 1e-2

@@ -137,6 +137,8 @@ def test_bad_inputs_name_expected_shapes(op):
         op(q, k, v, g, beta, resets=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="floating-point"):
         op(q, k, v.long(), g, beta)
+    with pytest.raises(ValueError, match="LOG decay"):
+        op(q, k, v, g.exp(), beta)  # alpha instead of log alpha
 
 
 def test_bad_chunk_size():

@@ -39,7 +39,6 @@ CASES = (
         pytest.param(_auto(2, ["LC", "C L"], [RouterConfig(top_k=1, d_key=8)]), id="LC-top1"),
         pytest.param(_column(use_mixer=False, router=RouterConfig(d_key=4, use_token_refinement=False)),
                      id="column-plain"),
-        pytest.param(_column(router=RouterConfig(d_key=4, top_k=1, temperature=0.5)), id="column-top1"),
     ]
 )
 

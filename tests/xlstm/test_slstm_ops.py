@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cortexmem.ops.slstm import slstm_naive
+from cortexmem.ops.slstm import slstm_naive, slstm_scan
 
 B, NH, DH = 3, 2, 4
 H = NH * DH
@@ -119,3 +119,37 @@ def test_exp_forget_matches_logsigmoid_when_given_log_values():
     wx2[:, :, 1] = F.logsigmoid(wx2[:, :, 1])
     h_exp, _ = slstm_naive(wx2, R0, h0, c0, n0, m0, forget_gate="exp")
     torch.testing.assert_close(h_sig, h_exp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("T", [1, 63, 200])
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+def test_scan_matches_naive(dtype, T, forget_gate):
+    # the hand-written backward of slstm_scan against autograd through the naive loop, incl. initial state
+    wx, R, h0, c0, n0, m0 = _inputs(T, dtype=dtype, seed=T, gate_scale=2.0)
+    with torch.no_grad():
+        n0[1] = 0  # a row in the fresh (empty-memory) regime
+    g = torch.Generator().manual_seed(9)
+    resets = torch.rand(B, T, generator=g) < 0.1
+    if T > 30:
+        resets[2, 30] = True
+    ins = [wx, R, h0, c0, n0, m0]
+    outs = []
+    for fn in (slstm_naive, slstm_scan):
+        h, state = fn(*ins, resets, forget_gate)
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=dtype)).sum() for o in (h, *state))
+        outs.append([h, *state, *torch.autograd.grad(loss, ins)])
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    names = ["h", "h_T", "c_T", "n_T", "m_T", "d wx", "d R", "d h0", "d c0", "d n0", "d m0"]
+    for name, a, b in zip(names, *outs, strict=True):
+        scale = b.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(a / scale, b / scale, rtol=0, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_scan_input_errors():
+    wx, R, h0, c0, n0, m0 = _inputs(4)
+    with pytest.raises(ValueError, match="wx must be"):
+        slstm_scan(wx[:, :, :3], R, h0, c0, n0, m0)
+    with pytest.raises(ValueError, match="forget_gate"):
+        slstm_scan(wx, R, h0, c0, n0, m0, None, "relu")

@@ -2,7 +2,7 @@
 
 from .adapter import AdapterBlock, AdapterBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
-from .column import ColumnBlock, ColumnBlockConfig, Router, RouterConfig
+from .column import ColumnBlock, ColumnBlockConfig, Router, RouterConfig, collect_routing_weights
 from .direct import DirectBlock, DirectBlockConfig
 from .standard import (
     PassThroughBlock,
@@ -20,5 +20,5 @@ __all__ = [
     "PassThroughBlock", "PassThroughBlockConfig", "PreUpBlock", "PreUpBlockConfig",
     "PostUpBlock", "PostUpBlockConfig", "PostUpGatedBlock", "PostUpGatedBlockConfig",
     "AdapterBlock", "AdapterBlockConfig", "DirectBlock", "DirectBlockConfig",
-    "ColumnBlock", "ColumnBlockConfig", "Router", "RouterConfig",
+    "ColumnBlock", "ColumnBlockConfig", "Router", "RouterConfig", "collect_routing_weights",
 ]

@@ -179,3 +179,9 @@ class ColumnBlock(MemoryBlock):
         r = torch.einsum("bte,bteh->bth", alpha, delta) + (u - x)
         out = x + r + self.alpha_col.to(x.dtype) * self.rho(self.rho_norm(r))
         return out, new_state
+
+
+def collect_routing_weights(module: nn.Module) -> dict[str, Tensor]:
+    """``{module path: mean routing weight per expert [E]}`` for every column that has run a forward."""
+    return {name: m.routing_weights for name, m in module.named_modules()
+            if isinstance(m, ColumnBlock) and m.routing_weights is not None}

@@ -12,6 +12,9 @@ carry a graph (state kept attached, or a leaf that requires grad, e.g. to get gr
 state) nothing is injected: ordinary autograd already runs through it, and injecting would count the past
 twice. Either way gradients reach the initial state through ordinary autograd. ``rank="full"`` (dense complex
 ``Lam [H, H]``) carries no traces (``O(H^3)`` per row) and is plain truncated BPTT, kept for comparison.
+
+Backends (``backend``): the diagonal scan runs through the ``rtu_scan`` op (a fused Triton loop over time on
+CUDA, a log-depth parallel scan otherwise); the closed-form final traces stay in PyTorch, in float64.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from pydantic import Field, model_validator
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.hadamard import srht
-from ..ops.rtu import inject_traces, rtu_final_traces, rtu_full_chunked, rtu_scan
+from ..ops.rtu import inject_traces, rtu_diag_scan, rtu_final_traces, rtu_full_chunked
 from .base import CellConfig, MemoryCell
 
 
@@ -46,6 +50,7 @@ class AxonCellConfig(CellConfig):
     theta_max: float = Field(default=math.pi / 8, gt=0.0)
     chunk_size: int = Field(default=16, ge=1)  # time chunk of the full-rank path (matrix powers)
     seed: int = 0
+    backend: str = "auto"  # of the diagonal scan: "auto", "torch" or "triton" (the traces stay in torch)
 
     @model_validator(mode="after")
     def _check(self) -> AxonCellConfig:
@@ -75,6 +80,8 @@ class AxonCell(MemoryCell):
         Z = self.hidden_size
         H = config.rtu_size or Z
         self.rtu_size, self.out_dim = H, config.out_dim or Z
+        check_requested("rtu_scan", config.backend)
+        self.backend = config.backend
         self.diag = config.rank == "diag"
         self.carry_traces = self.diag and config.traces
         self.act = _ACT[config.activation]
@@ -150,7 +157,7 @@ class AxonCell(MemoryCell):
                 if self.config.trace_grad and torch.is_grad_enabled() and not state["h"].requires_grad:
                     lam, w = torch.exp(log_lam), self.input_weight(cdt)
                     c0 = inject_traces(c0, el0.to(c0.dtype), ew0.to(c0.dtype), lam, w)
-            c = rtu_scan(u, torch.exp(log_lam), c0, resets)
+            c = rtu_diag_scan(u, torch.exp(log_lam), c0, resets, backend=self.backend)
             if self.carry_traces:
                 # traces grow like 1 / (1 - |lam|)^2: accumulate them in float64 whatever the input dtype
                 c64, c0_64 = c.to(torch.complex128), c0.to(torch.complex128)

@@ -89,7 +89,8 @@ class HybridCell(DeltaMemoryCell):
         # memory: at step t write slot t (token t - W) if it is real and not cut off by a reset, then read q_t
         active = valid_ext[:, :T] & (seg_ext[:, :T] == seg)
         zero = torch.zeros((), dtype=dt, device=x.device)
-        g_w = torch.where(active[..., None], ext["g"][:, :T], zero)
+        # carried log decays are <= 0 by construction; clamp so a foreign state cannot make the memory grow
+        g_w = torch.where(active[..., None], ext["g"][:, :T].clamp(max=0.0), zero)
         b_w = torch.where(active[..., None], ext["beta"][:, :T], zero)
         k_w = F.normalize(ext["k"][:, :T], dim=-1)
         mem, S = self.memory(F.normalize(q, dim=-1), k_w, ext["v"][:, :T], g_w, b_w, state["S"], resets)

@@ -10,9 +10,12 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.mlstm import mlstm_chunkwise, mlstm_naive
+from .axon import AxonCellConfig
+from .axon_layer import LayerCalls, axon_groups, linear_or_axon
 from .base import CellConfig, MemoryCell
 
 
@@ -26,6 +29,12 @@ class mLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
     qk_dim_factor: float = Field(default=0.5, gt=0)
     v_dim_factor: float = Field(default=1.0, gt=0)
     forget_gate: Literal["sigmoid", "exp"] = "sigmoid"
+    #: i, f, o gate projections as AxonLayers (streaming RTUs; state group ``mlstm``)
+    use_axon_layer: bool = False
+    #: q, k, v projections as AxonLayers (state group ``mlstm_qkv``)
+    use_axon_qkv: bool = False
+    #: config of those AxonLayers (default ``AxonCellConfig()``)
+    axon: polymorphic(AxonCellConfig) | None = None
 
     @classmethod
     def example(cls, hidden_size: int) -> mLSTMCellConfig:
@@ -95,12 +104,14 @@ class mLSTMCell(MemoryCell):  # noqa: N801
             bound = 1 / self.kernel_size**0.5
             self.conv_weight = nn.Parameter(torch.empty(H, self.kernel_size).uniform_(-bound, bound))
             self.conv_bias = nn.Parameter(torch.zeros(H))
-        self.q_proj = nn.Linear(H, NH * self.dk, bias=False)
-        self.k_proj = nn.Linear(H, NH * self.dk, bias=False)
-        self.v_proj = nn.Linear(H, NH * self.dv, bias=False)
-        self.igate = nn.Linear(H, NH)
-        self.fgate = nn.Linear(H, NH)
-        self.ogate = nn.Linear(H, NH * self.dv)
+        qkv = dict(use_axon=config.use_axon_qkv, cfg=config.axon, group="mlstm_qkv")
+        gates = dict(use_axon=config.use_axon_layer, cfg=config.axon, group="mlstm")
+        self.q_proj = linear_or_axon(H, NH * self.dk, name="q", bias=False, **qkv)
+        self.k_proj = linear_or_axon(H, NH * self.dk, name="k", bias=False, **qkv)
+        self.v_proj = linear_or_axon(H, NH * self.dv, name="v", bias=False, **qkv)
+        self.igate = linear_or_axon(H, NH, name="igate", **gates)
+        self.fgate = linear_or_axon(H, NH, name="fgate", **gates)
+        self.ogate = linear_or_axon(H, NH * self.dv, name="ogate", **gates)
         self.out_norm = HeadNorm(NH, self.dv)
         self.out_proj = nn.Linear(NH * self.dv, H, bias=False)
         with torch.no_grad():
@@ -118,6 +129,7 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         }
         if self.kernel_size > 0:
             st["conv"] = torch.zeros(batch, self.kernel_size - 1, self.hidden_size, device=device, dtype=dtype)
+        st.update(axon_groups(self, batch, device=device, dtype=dtype))
         return TensorDict(st, batch_size=[batch], device=device)
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
@@ -137,11 +149,12 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         def heads(t: Tensor) -> Tensor:  # (B, T, NH*d) -> (B, NH, T, d)
             return t.to(cdt).unflatten(-1, (NH, -1)).transpose(1, 2)
 
-        q = heads(self.q_proj(xc))
-        k = heads(self.k_proj(xc)) * self.dk**-0.5
-        v = heads(self.v_proj(x))
-        log_i = self.igate(xc).to(cdt).transpose(1, 2)  # (B, NH, T)
-        f_raw = self.fgate(xc).to(cdt).transpose(1, 2)
+        lin = LayerCalls(state, resets)  # nn.Linear or AxonLayer (which also returns its next sub-state)
+        q = heads(lin(self.q_proj, xc))
+        k = heads(lin(self.k_proj, xc)) * self.dk**-0.5
+        v = heads(lin(self.v_proj, x))
+        log_i = lin(self.igate, xc).to(cdt).transpose(1, 2)  # (B, NH, T)
+        f_raw = lin(self.fgate, xc).to(cdt).transpose(1, 2)
         log_f = F.logsigmoid(f_raw) if self.config.forget_gate == "sigmoid" else f_raw
         args = (q, k, v, log_i, log_f, state["C"].to(cdt), state["n"].to(cdt), state["m"].to(cdt), resets)
         if T == 1:  # one recurrent step is ~2.5x cheaper than a one-step chunk (step mode of agents)
@@ -149,9 +162,10 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         else:
             h, (C, n, m) = mlstm_chunkwise(*args, chunk_size=self.chunk_size)
         h = self.out_norm(h.transpose(1, 2).flatten(-2).to(x.dtype))  # (B, T, NH*dv)
-        y = self.out_proj(torch.sigmoid(self.ogate(x)) * h)
+        y = self.out_proj(torch.sigmoid(lin(self.ogate, x)) * h)
         m, (C, n) = store_stabilised(m, (C, n), state["C"].dtype)
         new.update(C=C, n=n, m=m)
+        new.update(lin.new_groups())
         return y, TensorDict(new, batch_size=state.batch_size, device=state.device)
 
     def extra_repr(self) -> str:

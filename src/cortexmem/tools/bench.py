@@ -176,17 +176,18 @@ def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
         k = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
         v = torch.randn(B, T, H, D, device=dev, generator=g).bfloat16()
         alpha = torch.rand(B, T, H, device=dev, generator=g).mul(0.1).add(0.89).bfloat16()
+        gl = alpha.float().log().bfloat16()  # both ops take the LOG decay
         beta = torch.rand(B, T, H, device=dev, generator=g).bfloat16()
         shape = f"B{B}xT{T}xH{H}xD{D}"
         row = BenchRow(f"gated_delta:ours {shape}", "ours")
         try:
             with torch.no_grad():
                 row.fwd_bwd_ms = None
-                row.extra["fwd_ms"] = _time(lambda: ours(q, k, v, alpha, beta), dev, repeats)
+                row.extra["fwd_ms"] = _time(lambda: ours(q, k, v, gl, beta), dev, repeats)
             qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
 
             def fb():
-                o = ours(qq, kk, vv, alpha, beta)[0]
+                o = ours(qq, kk, vv, gl, beta)[0]
                 o.float().sum().backward()
 
             row.fwd_bwd_ms = _time(fb, dev, repeats)
@@ -198,7 +199,6 @@ def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
             peer.status = fla_why
         else:
             try:
-                gl = alpha.float().log().bfloat16()
                 with torch.no_grad():
                     peer.extra["fwd_ms"] = _time(lambda: fla(q, k, v, gl, beta, scale=1.0), dev, repeats)
             except Exception as e:  # noqa: BLE001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -33,4 +34,20 @@ def check_gated_delta_inputs(
         raise ValueError(
             f"gated delta rule: resets must be a bool tensor of shape {(B, T)}, "
             f"got {tuple(resets.shape)} {resets.dtype}"
+        )
+    check_log_decay(g)
+
+
+def check_log_decay(g: Tensor) -> None:
+    """``g`` is the log decay: a positive entry almost surely means ``alpha`` was passed instead of its log.
+
+    One reduction per call (a host sync on GPU); skipped while compiling. Not called by the one-step op.
+    """
+    if torch.compiler.is_compiling() or g.numel() == 0:
+        return
+    top = g.detach().max()
+    if top > 0:
+        raise ValueError(
+            f"gated delta rule: g must be the LOG decay log(alpha) <= 0, got max(g) = {top.item():.4g}; "
+            f"pass alpha.log() if you hold alpha"
         )

@@ -1,8 +1,65 @@
+"""RTU ops. The diagonal scan has backends ``torch`` (log-depth parallel scan) and ``triton`` (CUDA, fused)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...core.backends import register_backend, register_reference, select_backend
 from .chunk import rtu_final_traces, rtu_full_chunked, rtu_scan
 from .naive import inject_traces, rtu_full_naive, rtu_naive
 
+
+def rtu_scan_real(u: Tensor, lam: Tensor, c0: Tensor, resets: Tensor | None = None) -> Tensor:
+    """:func:`rtu_scan` on real views: ``u [B, T, H, 2]``, ``lam [H, 2]``, ``c0 [B, H, 2]`` -> ``c [B, T, H, 2]``."""
+    cplx = lambda v: torch.view_as_complex(v.contiguous())  # noqa: E731
+    return torch.view_as_real(rtu_scan(cplx(u), cplx(lam), cplx(c0), resets))
+
+
+def _naive_real(u: Tensor, lam: Tensor, c0: Tensor, resets: Tensor | None = None) -> Tensor:
+    cplx = lambda v: torch.view_as_complex(v.contiguous())  # noqa: E731
+    return torch.view_as_real(rtu_naive(cplx(u), cplx(lam), cplx(c0), resets)[0])
+
+
+def _triton(*args, **kwargs):
+    from .triton import rtu_scan_triton
+
+    return rtu_scan_triton(*args, **kwargs)
+
+
+# dtypes are those of the real parts: complex arithmetic has no half-precision types
+register_backend("rtu_scan", "torch", rtu_scan_real, dtypes=frozenset({torch.float32, torch.float64}), priority=0,
+                 note="log-depth parallel scan")
+register_backend("rtu_scan", "triton", _triton, devices=frozenset({"cuda"}), dtypes=frozenset({torch.float32}),
+                 priority=10, needs_triton=True, note="fused fwd/bwd loop over time")
+
+
+def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    B, T, H = 3, 41, 24
+    u = torch.randn(B, T, H, 2, generator=g)
+    lam = torch.view_as_real(torch.polar(0.5 + 0.49 * torch.rand(H, generator=g), torch.rand(H, generator=g)))
+    c0 = torch.randn(B, H, 2, generator=g)
+    r = torch.rand(B, T, generator=g) < 0.1
+    return tuple(t.to(device=device, dtype=dtype) for t in (u, lam, c0)) + (r.to(device),)
+
+
+register_reference("rtu_scan", _naive_real, _doctor_inputs)
+
+
+def rtu_diag_scan(u: Tensor, lam: Tensor, c0: Tensor, resets: Tensor | None = None, *,
+                  backend: str = "auto") -> Tensor:
+    """Same ``c`` as :func:`rtu_naive` (complex ``u [B, T, H]``, ``lam [H]``, ``c0 [B, H]``) by the selected
+    backend."""
+    impl = select_backend("rtu_scan", backend, device=u.device, dtype=u.real.dtype)
+    return torch.view_as_complex(impl.fn(torch.view_as_real(u), torch.view_as_real(lam), torch.view_as_real(c0),
+                                         resets))
+
+
 __all__ = [
+    "rtu_diag_scan",
     "rtu_scan",
+    "rtu_scan_real",
     "rtu_final_traces",
     "rtu_full_chunked",
     "inject_traces",
