@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cortexmem.lm.memory import MemorySystemConfig, MemorySystem
+from cortexmem.lm.memory import MemorySystem, MemorySystemConfig
 
 
 def _mem(**kw) -> MemorySystem:

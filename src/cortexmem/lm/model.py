@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
 from ..core.io import atomic_save_safetensors, atomic_write_json
-from .memory import MemorySystemConfig, MemorySystem
+from .memory import MemorySystem, MemorySystemConfig
 from .tokenizer import LMTokenizer, load_tokenizer
 
 MODEL_FORMAT = "cortexmem.lm.model"
