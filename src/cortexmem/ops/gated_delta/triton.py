@@ -21,9 +21,12 @@ from .chunk import chunk_terms
 
 @triton.jit
 def _dot(a, b, BF16_DOT: tl.constexpr):
+    # one return: code after a return inside a constexpr ``if`` is still compiled (and fp32-only options fail)
     if BF16_DOT:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    return tl.dot(a, b, input_precision="tf32x3")
+        r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    else:
+        r = tl.dot(a, b, input_precision="ieee")
+    return r
 
 
 @triton.jit
@@ -48,7 +51,7 @@ def _fwd_kernel(W, U, KO, QD, P, DC, S0, O, SF, N, DK: tl.constexpr, DV: tl.cons
         p = tl.load(P + chunk * C * C + rc[:, None] * C + rc[None, :])
         o = _dot(qd, S, BF16_DOT) + _dot(p, u, BF16_DOT)
         tl.store(O + cv + rc[:, None] * DV + rv[None, :], o)
-        ko_t = tl.load(KO + ck + rk[:, None] + rc[None, :] * DK)  # (DK, C): k_j e^(gamma_C - gamma_j), transposed
+        ko_t = tl.load(KO + ck + rk[:, None] * C + rc[None, :])  # (DK, C): k_j e^(gamma_C - gamma_j), per column
         S = S * tl.load(DC + chunk) + _dot(ko_t, u, BF16_DOT)
     tl.store(SF + s_off, S)
 
@@ -58,7 +61,7 @@ def _pow2_at_least_16(n: int) -> int:
 
 
 def _launch(W, U, KO, QD, P, DC, S0, *, block_v: int | None, num_warps: int | None, bf16_dot: bool):
-    """Inputs contiguous ``(B, NH, N, C, .)`` (U float32); returns ``O (B, NH, N, C, DV)`` and ``S (B, NH, DK, DV)``."""
+    """Contiguous ``(B, NH, N, C, .)`` inputs (KO ``(.., DK, C)``) -> ``O (B, NH, N, C, DV)``, ``S (B, NH, DK, DV)``."""
     B, NH, N, C, DK = W.shape
     DV = U.shape[-1]
     BV = block_v or min(DV, 32 if DK >= 128 else 64)
@@ -66,7 +69,8 @@ def _launch(W, U, KO, QD, P, DC, S0, *, block_v: int | None, num_warps: int | No
     SF = torch.empty(B, NH, DK, DV, dtype=torch.float32, device=W.device)
     grid = (B * NH, DV // BV)
     _fwd_kernel[grid](W, U, KO, QD, P, DC, S0 if S0 is not None else SF, O, SF, N, DK=DK, DV=DV, C=C, BV=BV,
-                      HAS_S0=S0 is not None, BF16_DOT=bf16_dot, num_warps=num_warps or 4)
+                      HAS_S0=S0 is not None, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
+                      num_stages=1)  # S is loop-carried; 3-stage prefetch of fp32 tiles exceeds shared memory
     return O, SF
 
 
@@ -86,7 +90,7 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use 3-pass TF32 products (fp32-accurate); bf16/fp16 inputs use bf16 products with an fp32
+    fp32 inputs use IEEE fp32 products; bf16/fp16 inputs use bf16 products with an fp32
     state. ``Dk`` and ``Dv`` are zero-padded to powers of two >= 16 (exact: padded rows and columns stay 0).
     """
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
@@ -101,7 +105,7 @@ def triton_gated_delta_rule(
     v = F.pad(v, (0, DV - Dv))
     C = chunk_size
     q, k, decay, decay_in, U, W = chunk_terms(q, k, v, g, beta, resets, C, torch.float32)
-    KO = k * decay[..., -1, :, None]  # k_j e^(gamma_C - gamma_j)
+    KO = (k * decay[..., -1, :, None]).transpose(-1, -2)  # (B, NH, N, DK, C): k_j e^(gamma_C - gamma_j)
     QD = q * decay_in[..., None]
     P = (q @ k.transpose(-1, -2)) * decay
     DC = decay_in[..., -1].contiguous()
