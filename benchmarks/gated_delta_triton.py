@@ -43,8 +43,8 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str) -> None:
         times["triton (default)"] = _time(lambda: triton_gated_delta_rule(q, k, v, g, beta))
         times[f"triton (best: block_v={best[1]} warps={best[2]})"] = best[0]
         if fla_gdr is not None:
-            times["fla"] = _time(lambda: fla_gdr(q, k, v, g=g, beta=beta, output_final_state=True))
-            o_f, s_f = fla_gdr(q, k, v, g=g, beta=beta, output_final_state=True)
+            times["fla"] = _time(lambda: fla_gdr(q, k, v, g=g, beta=beta, scale=1.0, output_final_state=True))
+            o_f, s_f = fla_gdr(q, k, v, g=g, beta=beta, scale=1.0, output_final_state=True)
             o, s = triton_gated_delta_rule(q, k, v, g, beta)
             err = ((o.float() - o_f.float()).norm() / o_f.float().norm()).item()
             print(f"  rel err triton vs fla (output): {err:.2e}")
