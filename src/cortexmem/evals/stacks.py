@@ -151,6 +151,21 @@ def _column_axms(d: int):
     return build(d, 1, "AXMS")
 
 
+def _hf_llama(d: int):
+    """Two decoder layers of a tiny config-built Llama as cells (rolling KV cache of 64 tokens).
+
+    For a real checkpoint: ``register_stack("my_llama", lambda d: build_hf_stack("path/or/name", mem_len=256))`` and
+    run with ``--d-hidden`` equal to the model's hidden size.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    build = _require_attr("cortexmem.stacks", "build_hf_stack")
+    heads = _heads(d)
+    cfg = LlamaConfig(hidden_size=d, intermediate_size=2 * d, num_attention_heads=heads, num_key_value_heads=heads,
+                      num_hidden_layers=2, vocab_size=8, max_position_embeddings=4096)
+    return build(AutoModelForCausalLM.from_config(cfg), mem_len=64)
+
+
 def _transformer(d: int):
     from .models import CausalTransformer
 
@@ -170,4 +185,5 @@ register_stack("gated_delta", _cell_stack("GatedDeltaCellConfig", "PreUpBlockCon
                "2 x PreUp(GatedDelta)")
 register_stack("hybrid", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(Hybrid)")
 register_stack("column_axms", _column_axms, "build_cortex_auto_stack(d, 1, 'AXMS')")
+register_stack("hf_llama", _hf_llama, "2 pretrained-style Llama decoder layers as cells (tiny config, mem_len 64)")
 register_stack("transformer", _transformer, "2-layer causal attention over the full context (non-recurrent)")
