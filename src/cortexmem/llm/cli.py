@@ -52,7 +52,7 @@ def sessions_show(session_id: str, store: Path | None = _STORE) -> None:
 
     try:
         info = _store(store).info(session_id)
-    except SessionNotFoundError as err:
+    except (SessionNotFoundError, ValueError, TypeError) as err:
         raise typer.BadParameter(str(err)) from None
     typer.echo(json.dumps(info.as_dict(), indent=2))
 
@@ -60,7 +60,11 @@ def sessions_show(session_id: str, store: Path | None = _STORE) -> None:
 @sessions_app.command("delete")
 def sessions_delete(session_id: str, store: Path | None = _STORE) -> None:
     """Delete one session."""
-    if not _store(store).delete(session_id):
+    try:
+        deleted = _store(store).delete(session_id)
+    except (ValueError, TypeError) as err:
+        raise typer.BadParameter(str(err)) from None
+    if not deleted:
         raise typer.BadParameter(f"no session {session_id!r}")
     typer.echo(f"deleted {session_id}")
 

@@ -21,6 +21,7 @@ import torch
 from tensordict import TensorDict
 
 from ..core.io import atomic_write_bytes
+from ..core.paths import safe_name
 
 _FORMAT = "cortexmem-session-1"
 _SCHEMA = """
@@ -124,6 +125,9 @@ class SessionStore:
         _check_id(session_id)
         if not isinstance(state, TensorDict):
             raise TypeError(f"state must be a TensorDict, got {type(state).__name__}")
+        dotted = [k for k in state.keys(include_nested=True) if any("." in p for p in _key_parts(k))]
+        if dotted:
+            raise ValueError(f"state keys must not contain '.' (it joins nested keys on disk), got {dotted[0]!r}")
         if not isinstance(tokens_seen, int) or tokens_seen < 0:
             raise ValueError(f"tokens_seen must be an int >= 0, got {tokens_seen!r}")
         meta = dict(meta or {})
@@ -291,10 +295,12 @@ def _info(row: tuple) -> SessionInfo:
 
 
 def _check_id(session_id: Any) -> None:
-    if not isinstance(session_id, str):
-        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
-    if not 1 <= len(session_id) <= 512 or "\x00" in session_id:
-        raise ValueError(f"session_id must be 1-512 characters without NUL, got {session_id[:40]!r}")
+    # one rule for every name that could ever reach the file system (see core/paths.py)
+    safe_name(session_id, "session_id")
+
+
+def _key_parts(key: str | tuple[str, ...]) -> tuple[str, ...]:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def _serialise(state: TensorDict, metadata: dict[str, str]) -> bytes:
