@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(help="cortex-memory: recurrent memory that updates in constant time.", no_args_is_help=True)
@@ -115,8 +117,18 @@ from .llm.cli import app as _llm_app  # noqa: E402
 app.add_typer(_llm_app, name="llm")
 
 
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
 def main() -> None:
-    app()
+    """``cortex``: bad input (``USER_ERRORS``) ends with a one-line message and exit code 1, not a traceback."""
+    try:
+        app()
+    except USER_ERRORS as err:
+        if os.environ.get("CORTEX_DEBUG"):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
