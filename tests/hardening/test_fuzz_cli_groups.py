@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from cortexmem.cli import USER_ERRORS, app
 
 ROOT = Path(__file__).resolve().parents[2]
-MISSING = "/nonexistent/cortex-fuzz"
-VALUES = st.sampled_from(["-1", "0", "1", "2", "abc", "", "nan", "1e9", "../x", MISSING, "tpu", "cpu", "auto",
+ABSENT = "absent/never-created"  # anchors only, relative to the per-run temp dir (the working directory)
+VALUES = st.sampled_from(["-1", "0", "1", "2", "abc", "", "nan", "1e9", "../x", "out/x", "tpu", "cpu", "auto",
                           "4k", "0.5", "text", "off", "lstm", "x\x00y"])
 COMMANDS = {
     ("llm", "train-niah"): ["--length", "--chunk-size", "--steps", "--batch-size", "--lr", "--mode", "--layers",
@@ -47,20 +47,20 @@ FLAGS = {"--json", "--byte"}
 def _anchor(cmd: tuple[str, ...], tmp: Path, draw_value: str) -> list[str]:
     """Arguments appended last (the last occurrence of an option wins) so the command stops early."""
     return {
-        ("llm", "train-niah"): ["--base", MISSING, "--out", str(tmp / "niah")],
-        ("llm", "eval-niah"): ["--base", MISSING, "--adapter", MISSING, "--out", str(tmp / "ev")],
+        ("llm", "train-niah"): ["--base", ABSENT, "--out", str(tmp / "niah")],
+        ("llm", "eval-niah"): ["--base", ABSENT, "--adapter", ABSENT, "--out", str(tmp / "ev")],
         ("llm", "pretrain-base"): ["--out", str(tmp / "base"), "--arch", "no-such-arch"],
         ("llm", "sessions", "list"): ["--store", str(tmp / "s.db")],
         ("llm", "sessions", "show"): [draw_value, "--store", str(tmp / "s.db")],
         ("llm", "sessions", "delete"): [draw_value, "--store", str(tmp / "s.db")],
-        ("lm", "tokenizer"): ["--input", MISSING],
+        ("lm", "tokenizer"): ["--input", ABSENT],
         ("lm", "prepare"): ["--input", str(tmp / "in.jsonl"), "--output", str(tmp / "out.bin")],
         ("lm", "demo-data"): ["--output", str(tmp / "demo.jsonl"), "--docs", draw_value],
-        ("lm", "train"): ["--train-data", MISSING, "--checkpoint-dir", str(tmp / "ck")],
-        ("lm", "generate"): ["--checkpoint", MISSING, "--prompt", "hi"],
-        ("lm", "chat"): ["--checkpoint", MISSING],
+        ("lm", "train"): ["--train-data", ABSENT, "--checkpoint-dir", str(tmp / "ck")],
+        ("lm", "generate"): ["--checkpoint", ABSENT, "--prompt", "hi"],
+        ("lm", "chat"): ["--checkpoint", ABSENT],
         ("rl", "train"): ["--env", "no-such-env-v0", "--out", str(tmp / "rl"), "--frames", "8", "--no-progress"],
-        ("rl", "eval"): ["--checkpoint", MISSING],
+        ("rl", "eval"): ["--checkpoint", ABSENT],
         ("eval",): [draw_value if draw_value in ("--help", "zz") else "--nope"],
     }[cmd]
 
@@ -96,6 +96,7 @@ def test_fuzz_cli_groups(tmp_path_factory, inv):
     finally:
         os.chdir(cwd)
     assert res.exit_code in (0, 1, 2), (argv, res.output)
+    assert not (tmp / ABSENT).exists(), argv
     exc = res.exception
     if exc is not None and not isinstance(exc, SystemExit):
         assert isinstance(exc, USER_ERRORS), (argv, repr(exc))
@@ -103,8 +104,8 @@ def test_fuzz_cli_groups(tmp_path_factory, inv):
 
 
 def test_main_turns_user_errors_into_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "cortexmem.cli", "lm", "prepare", "--input", MISSING,
+    res = subprocess.run([sys.executable, "-m", "cortexmem.cli", "lm", "prepare", "--input", ABSENT,
                           "--output", str(tmp_path / "o.bin")], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.startswith("error:") and MISSING in res.stderr
+    assert res.stderr.startswith("error:") and ABSENT in res.stderr
