@@ -116,6 +116,10 @@ from .llm.cli import app as _llm_app  # noqa: E402
 
 app.add_typer(_llm_app, name="llm")
 
+from .evals.cli import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+
 
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 

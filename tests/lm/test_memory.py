@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cortexmem.lm.memory import MemoryConfig, MemorySystem
+from cortexmem.lm.memory import MemorySystem, MemorySystemConfig
 
 
 def _mem(**kw) -> MemorySystem:
     base = dict(key_dim=16, value_dim=8, stm_capacity=32, consolidation_cycle=10_000, archive_after_idle=50)
     base.update(kw)
-    return MemorySystem(MemoryConfig(**base))
+    return MemorySystem(MemorySystemConfig(**base))
 
 
 def _rand(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -147,5 +147,5 @@ def test_bad_shapes_name_expected_and_got():
         mem.write(np.zeros((2, 16)), np.zeros((3, 8)))
     with pytest.raises(ValueError, match=r"queries must be \[n, 16\]"):
         mem.retrieve(np.zeros((1, 4)), 2)
-    with pytest.raises(TypeError, match="MemoryConfig"):
+    with pytest.raises(TypeError, match="MemorySystemConfig"):
         MemorySystem({"key_dim": 4})

@@ -22,6 +22,11 @@ class TaggedConfig(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        other = _CONFIG_CLASSES.get(cls.__name__)
+        if other is not None and other.__qualname__ == cls.__qualname__ and other.__module__ != cls.__module__:
+            # the tag is the class name, so two config classes must not share one
+            raise TypeError(f"config class name {cls.__name__!r} is already used by {other.__module__}; "
+                            f"config tags must be unique")
         _CONFIG_CLASSES[cls.__name__] = cls
 
     @model_validator(mode="wrap")

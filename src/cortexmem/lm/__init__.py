@@ -10,7 +10,7 @@ import importlib
 _EXPORTS = {
     "generate": "generate",
     "generate_ids": "generate",
-    "MemoryConfig": "memory",
+    "MemorySystemConfig": "memory",
     "MemorySystem": "memory",
     "CortexLM": "model",
     "LMConfig": "model",

@@ -27,7 +27,7 @@ MEMORY_VERSION = 1
 TIER_STM, TIER_LTM, TIER_ARCHIVE = 0, 1, 2
 
 
-class MemoryConfig(TaggedConfig):
+class MemorySystemConfig(TaggedConfig):
     """Sizes and policies of the three tiers (``key_dim``/``value_dim`` are filled in by the model)."""
 
     key_dim: int = Field(default=64, ge=1)
@@ -153,7 +153,7 @@ class ShortTermMemory:
 class FaissStore:
     """A FAISS-indexed tier with per-id metadata; ``compress=True`` (Archive) drops raw keys after PQ."""
 
-    def __init__(self, name: str, capacity: int, cfg: MemoryConfig, *, compress: bool) -> None:
+    def __init__(self, name: str, capacity: int, cfg: MemorySystemConfig, *, compress: bool) -> None:
         self.name, self.capacity, self.cfg, self.compress = name, capacity, cfg, compress
         self.values: dict[int, np.ndarray] = {}
         self.keys: dict[int, np.ndarray] = {}  # raw keys (LTM always; Archive only before PQ is trained)
@@ -294,9 +294,9 @@ class FaissStore:
 class MemorySystem:
     """STM -> LTM -> Archive: usage-driven consolidation, promotion on use, homeostatic write strength."""
 
-    def __init__(self, config: MemoryConfig) -> None:
-        if not isinstance(config, MemoryConfig):
-            raise TypeError(f"MemorySystem expects a MemoryConfig, got {type(config).__name__}")
+    def __init__(self, config: MemorySystemConfig) -> None:
+        if not isinstance(config, MemorySystemConfig):
+            raise TypeError(f"MemorySystem expects a MemorySystemConfig, got {type(config).__name__}")
         self.config = config
         self.stm = ShortTermMemory(config.stm_capacity, config.key_dim, config.value_dim)
         self.ltm = FaissStore("ltm", config.ltm_capacity, config, compress=False)
@@ -560,7 +560,7 @@ class MemorySystem:
                 f"MemorySystem.load: expected format {MEMORY_FORMAT} v{MEMORY_VERSION}, got "
                 f"{meta.get('format')!r} v{meta.get('version')!r}"
             )
-        mem = cls(MemoryConfig.model_validate(meta["config"]))
+        mem = cls(MemorySystemConfig.model_validate(meta["config"]))
         arrays = load(arr_path.read_bytes())
         s = mem.stm
         s.keys, s.values, s.ids = arrays["stm.keys"], arrays["stm.values"], arrays["stm.ids"]

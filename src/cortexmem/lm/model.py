@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
 from ..core.io import atomic_save_safetensors, atomic_write_json
-from .memory import MemoryConfig, MemorySystem
+from .memory import MemorySystem, MemorySystemConfig
 from .tokenizer import LMTokenizer, load_tokenizer
 
 MODEL_FORMAT = "cortexmem.lm.model"
@@ -50,7 +50,7 @@ class LMConfig(TaggedConfig):
     fast_rank: int = Field(default=8, ge=1)
     fast_lr: float = Field(default=0.05, gt=0)
     fast_steps: int = Field(default=0, ge=0, description="gradient steps on fast weights per learn() call")
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    memory: MemorySystemConfig = Field(default_factory=MemorySystemConfig)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> LMConfig:

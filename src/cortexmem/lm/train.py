@@ -23,7 +23,7 @@ from ..core.config import TaggedConfig, polymorphic
 from ..core.io import atomic_save_safetensors, atomic_write_json, fsync_dir
 from ..core.paths import safe_name
 from .data import TokenData
-from .memory import MemoryConfig
+from .memory import MemorySystemConfig
 from .model import CortexLM, LMConfig, load_pretrained
 from .tokenizer import load_tokenizer
 
@@ -188,7 +188,7 @@ class Trainer:
             n_heads=sizes["n_heads"],
             max_seq_len=sizes["seq_len"],
             cortex_blocks=cfg.cortex_blocks,
-            memory=MemoryConfig(stm_capacity=cfg.stm_capacity, ltm_capacity=cfg.ltm_capacity),
+            memory=MemorySystemConfig(stm_capacity=cfg.stm_capacity, ltm_capacity=cfg.ltm_capacity),
         )
         self.model = CortexLM(lm_cfg, tokenizer).to(self.device)
         self.opt = self._make_optimizer()

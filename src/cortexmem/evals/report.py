@@ -1,0 +1,193 @@
+"""Eval outputs: the rich results table, ``results.json`` / ``results.csv``, PNG plots, and run comparison."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.table import Table
+
+from ..core.io import atomic_write_bytes, atomic_write_text
+from .schema import EvalResults, RunResult
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
+CSV_FIELDS = ["stack", "task", "length", "options", "test_accuracy", "test_loss", "final_loss", "params",
+              "train_time_s", "tokens_per_s", "step_seq_max_abs_err", "step_check", "chunk_size", "steps"]
+
+
+def _opts(run: RunResult) -> str:
+    return " ".join(f"{k}={v:g}" for k, v in sorted(run.options.items()))
+
+
+def _err(run: RunResult) -> str:
+    if run.step_seq_max_abs_err is None:
+        return "n/a"
+    return f"{run.step_seq_max_abs_err:.1e}" + ("*" if run.step_check == "prefix" else "")
+
+
+def results_table(results: EvalResults) -> Table:
+    """The final table: one row per run."""
+    t = Table(title=f"cortex eval ({results.device}, world {results.world_size}, {results.wall_time_s:.0f}s)",
+              caption="step-vs-seq err: max |logits(sequence) - logits(step loop)| on test data;"
+                      " * = prefix recompute (non-recurrent model); mqar len = length/pairs")
+    for col, just in [("stack", "left"), ("task", "left"), ("len", "right"), ("test acc", "right"),
+                      ("final loss", "right"), ("params", "right"), ("train s", "right"),
+                      ("tokens/s", "right"), ("step-vs-seq err", "right")]:
+        t.add_column(col, justify=just)
+    for r in results.runs:
+        length = f"{r.length}/{int(r.options['pairs'])}" if r.task == "mqar" else str(r.length)
+        t.add_row(r.stack, r.task, length, f"{r.test_accuracy:.3f}", f"{r.final_loss:.3f}",
+                  f"{r.params:,}", f"{r.train_time_s:.1f}", f"{r.tokens_per_s:,.0f}", _err(r))
+    return t
+
+
+def to_csv(results: EvalResults) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in results.runs:
+        row = r.model_dump(include=set(CSV_FIELDS) - {"options"})
+        w.writerow({**row, "options": _opts(r)})
+    return buf.getvalue()
+
+
+def write_results(results: EvalResults, out: Path, plots: bool = True) -> list[Path]:
+    """Write ``results.json``, ``results.csv`` and (with matplotlib) the plots; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RESULTS_JSON, results.model_dump_json(indent=2) + "\n")
+    atomic_write_text(out / RESULTS_CSV, to_csv(results))
+    paths = [out / RESULTS_JSON, out / RESULTS_CSV]
+    if plots:
+        paths += write_plots(results, out)
+    return paths
+
+
+def load_results(path: str | Path) -> EvalResults:
+    """Read ``results.json`` from a run directory (or the file itself) and validate it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_JSON
+    if not p.is_file():
+        raise ValueError(f"no {RESULTS_JSON} at {p}")
+    try:
+        return EvalResults.model_validate(json.loads(p.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise ValueError(f"{p} is not a valid results file: {str(e).splitlines()[0]}") from None
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_plots(results: EvalResults, out: Path) -> list[Path]:
+    """``learning_curves.png``, ``accuracy_heatmap.png``, with ``--lengths`` ``accuracy_vs_length.png``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'cortex-memory[plot]'): plots skipped")
+        return []
+    runs = results.runs
+    if not runs:
+        return []
+    tasks = list(dict.fromkeys(r.task for r in runs))
+    stacks = list(dict.fromkeys(r.stack for r in runs))
+    written = []
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for r in runs:
+            if r.task == task:
+                ax.plot(r.curves.step, _smooth(r.curves.train_loss), label=f"{r.stack} L={r.length}", lw=1)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    written.append(_save(fig, out / "learning_curves.png"))
+    plt.close(fig)
+
+    acc = defaultdict(list)
+    for r in runs:
+        acc[(r.stack, r.task)].append(r.test_accuracy)
+    mean = lambda v: sum(v) / len(v) if v else float("nan")
+    grid = [[mean(acc[(s, t)]) for t in tasks] for s in stacks]
+    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 0.5 * len(stacks) + 1.5))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(stacks)), stacks)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+    fig.colorbar(im, ax=ax, label="test accuracy (mean over lengths)")
+    written.append(_save(fig, out / "accuracy_heatmap.png"))
+    plt.close(fig)
+
+    if results.settings.lengths or results.settings.mqar_slices:
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks, strict=True):
+            for s in stacks:
+                pts = sorted((r.length, r.test_accuracy) for r in runs if r.task == task and r.stack == s)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(task)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel("test accuracy")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        written.append(_save(fig, out / "accuracy_vs_length.png"))
+        plt.close(fig)
+    return written
+
+
+def _smooth(values: list[float], window: int = 10) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+# --- comparison ---------------------------------------------------------------------------------------------
+def compare_table(a: EvalResults, b: EvalResults, name_a: str, name_b: str) -> Table:
+    """Runs matched on (stack, task, length, options): accuracies, their difference, loss and speed."""
+    bi = {r.key: r for r in b.runs}
+    t = Table(title=f"{name_b} vs {name_a}")
+    for col in ["stack", "task", "len", "acc A", "acc B", "Δ acc", "loss A", "loss B", "tok/s B÷A"]:
+        t.add_column(col, justify="left" if col in ("stack", "task") else "right")
+    seen = set()
+    for ra in a.runs:
+        rb = bi.get(ra.key)
+        seen.add(ra.key)
+        if rb is None:
+            t.add_row(ra.stack, ra.task, str(ra.length), f"{ra.test_accuracy:.3f}", "-", "-",
+                      f"{ra.final_loss:.3f}", "-", "-")
+            continue
+        d = rb.test_accuracy - ra.test_accuracy
+        style = "green" if d > 0.005 else "red" if d < -0.005 else ""
+        t.add_row(ra.stack, ra.task, str(ra.length), f"{ra.test_accuracy:.3f}", f"{rb.test_accuracy:.3f}",
+                  f"[{style}]{d:+.3f}[/]" if style else f"{d:+.3f}", f"{ra.final_loss:.3f}",
+                  f"{rb.final_loss:.3f}", f"{rb.tokens_per_s / max(ra.tokens_per_s, 1e-9):.2f}")
+    for rb in b.runs:
+        if rb.key not in seen:
+            t.add_row(rb.stack, rb.task, str(rb.length), "-", f"{rb.test_accuracy:.3f}", "-", "-",
+                      f"{rb.final_loss:.3f}", "-")
+    return t

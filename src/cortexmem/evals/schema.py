@@ -1,0 +1,89 @@
+"""The ``results.json`` schema (pydantic): settings, one record per (stack, task, length), skipped stacks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvalSettings(_Strict):
+    """The training and data settings shared by every run of one invocation."""
+
+    tasks: list[str]
+    stacks: list[str]
+    lengths: list[int] | None = None
+    mqar_slices: list[tuple[int, int]] | None = None
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    seed: int
+    d_hidden: int = Field(ge=1)
+    train_size: int = Field(ge=1)
+    test_size: int = Field(ge=1)
+    chunk_size: int | None = Field(default=None, ge=1)
+    grad_clip: float = Field(gt=0)
+    device: str
+    quick: bool = False
+
+
+class Curves(_Strict):
+    """Learning curves: train loss per optimizer step, test accuracy after each epoch."""
+
+    step: list[int]
+    train_loss: list[float]
+    epoch: list[int]
+    test_accuracy: list[float]
+
+
+class RunResult(_Strict):
+    """One trained model: ``stack`` on ``task`` at ``length`` (``options`` are the generator's settings)."""
+
+    stack: str
+    task: str
+    length: int = Field(ge=1)
+    options: dict[str, float]
+    test_accuracy: float = Field(ge=0, le=1)
+    test_loss: float
+    final_loss: float
+    params: int = Field(ge=0)
+    train_time_s: float = Field(ge=0)
+    tokens_per_s: float = Field(ge=0)
+    step_seq_max_abs_err: float | None = None
+    step_check: Literal["step", "prefix"]
+    chunk_size: int | None = None
+    steps: int = Field(ge=0)
+    #: accuracy on named slices of the test set, e.g. ``{"depth 0.0-0.2": 1.0}`` for needle
+    slices: dict[str, float] = Field(default_factory=dict)
+    curves: Curves
+
+    @property
+    def key(self) -> tuple[str, str, int, tuple]:
+        return self.stack, self.task, self.length, tuple(sorted(self.options.items()))
+
+
+class SkippedStack(_Strict):
+    stack: str
+    reason: str
+
+
+class EvalResults(_Strict):
+    """Top level of ``results.json``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    created: str
+    cortexmem_version: str
+    torch_version: str
+    device: str
+    world_size: int = Field(ge=1)
+    wall_time_s: float = Field(ge=0)
+    settings: EvalSettings
+    runs: list[RunResult]
+    skipped: list[SkippedStack] = Field(default_factory=list)
