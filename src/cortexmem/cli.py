@@ -79,12 +79,17 @@ def bench(
     """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
     from pathlib import Path
 
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     from cortexmem.core.io import atomic_write_json
     from cortexmem.tools.bench import plot, ratios, rows_as_dicts, run_bench
 
+    try:
+        torch.device("cpu" if device == "auto" else device)
+    except RuntimeError:
+        raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     names = [c.strip() for c in cells.split(",") if c.strip()]
     rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
                      repeats=repeats)

@@ -39,9 +39,10 @@ COMMANDS = {
     ("lm", "chat"): ["--max-new-tokens", "--temperature"],
     ("rl", "train"): ["--stack", "--num-envs", "--d-hidden", "--rollout-len", "--bptt", "--memory-inputs"],
     ("rl", "eval"): ["--episodes", "--out"],
-    ("eval",): [],
+    ("eval",): ["--stack", "--epochs", "--batch-size", "--lengths", "--mqar-slices", "--chunk-size", "--d-hidden",
+                "--device", "--threads", "--log-level", "--list", "--lr", "--compare"],
 }
-FLAGS = {"--json", "--byte"}
+FLAGS = {"--json", "--byte", "--list"}
 
 
 def _anchor(cmd: tuple[str, ...], tmp: Path, draw_value: str) -> list[str]:
@@ -61,7 +62,7 @@ def _anchor(cmd: tuple[str, ...], tmp: Path, draw_value: str) -> list[str]:
         ("lm", "chat"): ["--checkpoint", ABSENT],
         ("rl", "train"): ["--env", "no-such-env-v0", "--out", str(tmp / "rl"), "--frames", "8", "--no-progress"],
         ("rl", "eval"): ["--checkpoint", ABSENT],
-        ("eval",): [draw_value if draw_value in ("--help", "zz") else "--nope"],
+        ("eval",): ["--task", "no-such-task"],
     }[cmd]
 
 
@@ -71,7 +72,10 @@ def invocations(draw):
     args: list[str] = []
     for _ in range(draw(st.integers(0, 3))):
         opt = draw(st.sampled_from([*COMMANDS[cmd], "--nope", "--help"]))
-        args += [opt] if opt in FLAGS or opt == "--help" else [opt, draw(VALUES)]
+        if opt == "--compare":
+            args += [opt, draw(VALUES), draw(VALUES)]
+        else:
+            args += [opt] if opt in FLAGS or opt == "--help" else [opt, draw(VALUES)]
     value = draw(st.one_of(VALUES, st.sampled_from(["--help", "zz", "3", "ok-1"])))
     return cmd, args, value
 
