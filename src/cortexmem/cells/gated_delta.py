@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
-from ..ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule_step
+from ..ops.gated_delta import gated_delta_rule, gated_delta_rule_step
 from .base import CellConfig, MemoryCell
 
 
@@ -137,9 +137,7 @@ class DeltaMemoryCell(MemoryCell):
                 None if resets is None else resets[:, 0],
             )
             return o[:, None].to(v.dtype), S_new
-        return chunk_gated_delta_rule(
-            q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S, resets=resets
-        )
+        return gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S, resets=resets)
 
     def output(self, x: Tensor, heads: Tensor) -> Tensor:
         """``heads [B, T, NH, Dh]`` -> ``[B, T, H]`` through the output gate and projection."""

@@ -29,6 +29,7 @@ class Backend:
     dtypes: frozenset[torch.dtype] = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
     priority: int = 0
     needs_triton: bool = False
+    forward_only: bool = False  # no autograd: callers (and ``cortex doctor``) run it without gradients
     note: str = ""
     supports: Callable[..., str | None] | None = field(default=None, compare=False)
 

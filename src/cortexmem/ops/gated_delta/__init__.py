@@ -1,15 +1,18 @@
-"""Gated delta rule: ``naive`` (specification), ``chunk`` (WY/UT chunkwise), ``step`` (decoding).
+"""Gated delta rule: ``naive`` (specification), ``chunk`` (WY/UT chunkwise), ``step`` (decoding), ``triton``.
 
-All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. The chunked op is
-registered as backend ``torch`` of op ``gated_delta`` and checked by ``cortex doctor`` against the naive loop.
+All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. Op ``gated_delta`` has
+backends ``torch`` (the chunked op, with autograd) and ``triton`` (CUDA, forward only: chosen by
+:func:`gated_delta_rule` only when no gradient is needed); ``cortex doctor`` checks both against the naive loop.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from ...core.backends import register_backend, register_reference
+from ...core.backends import register_backend, register_reference, select_backend
+from .checks import needs_grad, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .step import gated_delta_rule_step
@@ -18,6 +21,13 @@ from .step import gated_delta_rule_step
 def _chunk_positional(q, k, v, g, beta, initial_state=None, output_final_state=True, resets=None):
     return chunk_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
                                   output_final_state=output_final_state, resets=resets)
+
+
+def _triton_positional(q, k, v, g, beta, initial_state=None, output_final_state=True, resets=None):
+    from .triton import triton_gated_delta_rule
+
+    return triton_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
+                                   output_final_state=output_final_state, resets=resets)
 
 
 def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
@@ -36,6 +46,40 @@ def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
 
 register_backend("gated_delta", "torch", _chunk_positional, priority=0,
                  note="chunkwise WY/UT, log-space decay, exact in-chunk resets")
+register_backend("gated_delta", "triton", _triton_positional, devices=frozenset({"cuda"}),
+                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
+                 forward_only=True, supports=triton_rejects,
+                 note="forward only (no grad): chunk terms batched in torch, S recurrence + read-out in one kernel")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
-__all__ = ["chunk_gated_delta_rule", "gated_delta_rule_naive", "gated_delta_rule_step"]
+
+def gated_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    *,
+    chunk_size: int = 64,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = True,
+    resets: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """Chunkwise gated delta rule through the backend registry (shapes as :func:`chunk_gated_delta_rule`).
+
+    ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
+    grad), else the torch path; an explicit ``backend="triton"`` with a gradient needed is a ``ValueError``.
+    """
+    impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
+                          needs_grad=needs_grad(q, k, v, g, beta, initial_state))
+    if impl.name == "triton":
+        from .triton import triton_gated_delta_rule
+
+        return triton_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
+                                       output_final_state=output_final_state, resets=resets)
+    return chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
+                                  output_final_state=output_final_state, resets=resets)
+
+
+__all__ = ["chunk_gated_delta_rule", "gated_delta_rule", "gated_delta_rule_naive", "gated_delta_rule_step"]

@@ -51,3 +51,17 @@ def check_log_decay(g: Tensor) -> None:
             f"gated delta rule: g must be the LOG decay log(alpha) <= 0, got max(g) = {top.item():.4g}; "
             f"pass alpha.log() if you hold alpha"
         )
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd would record an op on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, **_: object) -> str | None:
+    """Why the Triton forward cannot run (None when it can); also the backend's ``supports`` constraint."""
+    if needs_grad:
+        return "forward only (no autograd): inputs require grad; use backend 'torch' or torch.no_grad()"
+    if chunk_size not in (16, 32, 64):
+        return f"chunk_size must be 16, 32 or 64, got {chunk_size!r}"
+    return None

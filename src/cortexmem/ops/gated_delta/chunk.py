@@ -48,9 +48,43 @@ def chunk_gated_delta_rule(
     Dv = v.shape[-1]
     C = min(chunk_size, T)
     N = -(-T // C)
+    q, k, decay, decay_in, U, W = chunk_terms(q, k, v, g, beta, resets, C, dt)
+    # chunk axis first and contiguous: the recurrence below reads one chunk per step without copies
+    U, W = (t.movedim(2, 0).contiguous() for t in (U, W))  # u = U - W S_0
+    decay_out = decay[..., -1, :]  # e^(gamma_C - gamma_j), (B, NH, N, C)
+    k_out = (k * decay_out[..., None]).transpose(-1, -2).movedim(2, 0).contiguous()  # (N, B, NH, Dk, C)
+    decay_chunk = decay_in[..., -1].movedim(2, 0)[..., None, None]  # e^gamma_C, (N, B, NH, 1, 1)
+
+    S = initial_state
+    S = torch.zeros(B, NH, Dk, Dv, dtype=dt, device=k.device) if S is None else S.to(dt)
+    starts, us = [], []
+    for n in range(N):
+        u = U[n] - W[n] @ S
+        starts.append(S)
+        us.append(u)
+        S = decay_chunk[n] * S + k_out[n] @ u
+    S_in = torch.stack(starts, dim=2)  # (B, NH, N, Dk, Dv): state entering each chunk
+    u = torch.stack(us, dim=2)  # (B, NH, N, C, Dv)
+    P = (q @ k.transpose(-1, -2)) * decay  # intra-chunk read-out weights, (B, NH, N, C, C)
+    o = (q * decay_in[..., None]) @ S_in + P @ u
+    o = o.reshape(B, NH, N * C, Dv)[:, :, :T].transpose(1, 2)
+    return o.to(out_dtype), (S.to(out_dtype) if output_final_state else None)
+
+
+def chunk_terms(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, resets: Tensor | None, C: int, dt: torch.dtype
+) -> tuple[Tensor, ...]:
+    """Per-chunk terms, all ``(B, NH, N, C, ...)`` in ``dt``: ``q, k, decay [.., C, C], decay_in [.., C], U, W``.
+
+    ``T`` is zero-padded to ``N * C`` (padded steps have k = v = q = 0, b = 0, g = 0: they leave S untouched);
+    ``decay`` is ``e^(gamma_i - gamma_j)`` on connected pairs (0 elsewhere), ``decay_in`` is ``e^gamma_i`` while
+    still connected to the chunk-entry state, and the chunk's pseudo-values are ``u = U - W S_0``.
+    """
+    B, T, NH, _ = k.shape
+    Dv = v.shape[-1]
+    N = -(-T // C)
     pad = N * C - T
 
-    # (B, NH, N, C, D): padded steps have k = v = q = 0, b = 0, g = 0, i.e. they leave S untouched
     def heads(x: Tensor) -> Tensor:
         x = x.to(dt).transpose(1, 2)
         x = F.pad(x, (0, 0, 0, pad)) if x.dim() == 4 else F.pad(x, (0, pad))
@@ -72,29 +106,10 @@ def chunk_gated_delta_rule(
     diff = gamma[..., :, None] - gamma[..., None, :]
     decay = torch.where(connected, diff, torch.full_like(diff, float("-inf"))).exp()  # e^(gamma_i - gamma_j)
     decay_in = torch.where(from_s0, gamma, torch.full_like(gamma, float("-inf"))).exp()  # e^gamma_i
-    decay_out = decay[..., -1, :]  # e^(gamma_C - gamma_j), (B, NH, N, C)
 
     eye = torch.eye(C, dtype=dt, device=k.device)
     A = (k @ k.transpose(-1, -2)) * decay * beta[..., :, None]
     L = A.tril(-1) + eye  # I + A, unit lower triangular
     rhs = torch.cat([beta[..., None] * v, (beta * decay_in)[..., None] * k], dim=-1)
     UW = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True)
-    # chunk axis first and contiguous: the recurrence below reads one chunk per step without copies
-    U, W = (t.movedim(2, 0).contiguous() for t in (UW[..., :Dv], UW[..., Dv:]))  # u = U - W S_0
-    k_out = (k * decay_out[..., None]).transpose(-1, -2).movedim(2, 0).contiguous()  # (N, B, NH, Dk, C)
-    decay_chunk = decay_in[..., -1].movedim(2, 0)[..., None, None]  # e^gamma_C, (N, B, NH, 1, 1)
-
-    S = initial_state
-    S = torch.zeros(B, NH, Dk, Dv, dtype=dt, device=k.device) if S is None else S.to(dt)
-    starts, us = [], []
-    for n in range(N):
-        u = U[n] - W[n] @ S
-        starts.append(S)
-        us.append(u)
-        S = decay_chunk[n] * S + k_out[n] @ u
-    S_in = torch.stack(starts, dim=2)  # (B, NH, N, Dk, Dv): state entering each chunk
-    u = torch.stack(us, dim=2)  # (B, NH, N, C, Dv)
-    P = (q @ k.transpose(-1, -2)) * decay  # intra-chunk read-out weights, (B, NH, N, C, C)
-    o = (q * decay_in[..., None]) @ S_in + P @ u
-    o = o.reshape(B, NH, N * C, Dv)[:, :, :T].transpose(1, 2)
-    return o.to(out_dtype), (S.to(out_dtype) if output_final_state else None)
+    return q, k, decay, decay_in, UW[..., :Dv], UW[..., Dv:]

@@ -1,0 +1,37 @@
+"""Backend dispatch of the gated delta rule on CPU: the torch path runs, Triton is never imported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cortexmem.core.backends import backends_for
+from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule
+from cortexmem.ops.gated_delta.checks import triton_rejects
+
+
+def _inputs(T=21):
+    g = torch.Generator().manual_seed(0)
+    B, NH, D = 2, 2, 8
+    q, k = (F.normalize(torch.randn(B, T, NH, D, generator=g), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, NH, D, generator=g)
+    return q, k, v, F.logsigmoid(torch.randn(B, T, NH, generator=g)), torch.rand(B, T, NH, generator=g)
+
+
+def test_cpu_dispatch_runs_torch_and_matches_chunk():
+    q, k, v, g, beta = _inputs()
+    r = torch.rand(2, 21, generator=torch.Generator().manual_seed(1)) < 0.2
+    o, s = gated_delta_rule(q, k, v, g, beta, chunk_size=8, resets=r)
+    o_c, s_c = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=8, resets=r)
+    assert torch.equal(o, o_c) and torch.equal(s, s_c)
+    with pytest.raises(ValueError, match="triton"):
+        gated_delta_rule(q, k, v, g, beta, backend="triton")
+
+
+def test_triton_backend_constraints():
+    backend = backends_for("gated_delta")["triton"]
+    assert backend.forward_only and backend.needs_triton and backend.devices == frozenset({"cuda"})
+    assert "forward only" in triton_rejects(needs_grad=True)
+    assert "chunk_size" in triton_rejects(chunk_size=8)
+    assert triton_rejects(needs_grad=False, chunk_size=64) is None
