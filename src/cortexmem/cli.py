@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(help="cortex-memory: recurrent memory that updates in constant time.", no_args_is_help=True)
@@ -77,12 +79,17 @@ def bench(
     """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
     from pathlib import Path
 
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     from cortexmem.core.io import atomic_write_json
     from cortexmem.tools.bench import plot, ratios, rows_as_dicts, run_bench
 
+    try:
+        torch.device("cpu" if device == "auto" else device)
+    except RuntimeError:
+        raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     names = [c.strip() for c in cells.split(",") if c.strip()]
     rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
                      repeats=repeats)
@@ -119,8 +126,18 @@ from .evals.cli import eval_command  # noqa: E402
 app.command("eval")(eval_command)
 
 
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
 def main() -> None:
-    app()
+    """``cortex``: bad input (``USER_ERRORS``) ends with a one-line message and exit code 1, not a traceback."""
+    try:
+        app()
+    except USER_ERRORS as err:
+        if os.environ.get("CORTEX_DEBUG"):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

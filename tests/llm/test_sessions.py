@@ -33,22 +33,23 @@ def _state(value: float, batch: int = 1) -> TensorDict:
 
 def test_roundtrip_list_delete_export(tmp_path):
     store = SessionStore(tmp_path / "sessions.db")
-    info = store.save("user:1", _state(1.5), fingerprint=FP, tokens_seen=42, meta={"note": "x"})
+    info = store.save("user@1", _state(1.5), fingerprint=FP, tokens_seen=42, meta={"note": "x"})
     assert info.version == 1 and info.tokens_seen == 42 and info.meta == {"note": "x"}
-    st, info2 = store.load("user:1", fingerprint=FP)
+    st, info2 = store.load("user@1", fingerprint=FP)
     assert torch.equal(st["layer_0", "S"], torch.full((1, 2, 4, 4), 1.5)) and info2.version == 1
     store.save("other", _state(2.0, batch=2), fingerprint=FP, tokens_seen=1)
-    assert {i.session_id for i in store.list()} == {"user:1", "other"}
-    path = store.export("user:1", tmp_path / "exp.safetensors")
-    assert store.delete("user:1") and not store.delete("user:1")
+    assert {i.session_id for i in store.list()} == {"user@1", "other"}
+    path = store.export("user@1", tmp_path / "exp.safetensors")
+    assert store.delete("user@1") and not store.delete("user@1")
     with pytest.raises(SessionNotFoundError):
-        store.load("user:1")
+        store.load("user@1")
     store.import_file(path)
-    assert store.info("user:1").tokens_seen == 42
-    # odd ids are data, never SQL
-    evil = "x'); DROP TABLE sessions; --"
-    store.save(evil, _state(0.0), fingerprint=FP, tokens_seen=0)
-    assert store.exists(evil) and store.exists("other")
+    assert store.info("user@1").tokens_seen == 42
+    # ids are plain names (core.paths.safe_name): SQL or path syntax is refused before it reaches either
+    for evil in ("x'); DROP TABLE sessions; --", "../x", "/etc/passwd", "a\x00b"):
+        with pytest.raises(ValueError, match="session_id"):
+            store.save(evil, _state(0.0), fingerprint=FP, tokens_seen=0)
+    assert store.exists("other")
     with pytest.raises(ValueError, match="session_id"):
         store.save("", _state(0.0), fingerprint=FP, tokens_seen=0)
     with pytest.raises(TypeError, match="session_id"):

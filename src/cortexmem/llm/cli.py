@@ -25,6 +25,19 @@ def _store(path: Path | None):
     return SessionStore(path)
 
 
+def _device(device: str) -> str:
+    """``auto`` -> cuda when available else cpu; anything torch cannot parse is a usage error (exit 2)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r} ({err})") from None
+    return device
+
+
 def _ts(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -52,7 +65,7 @@ def sessions_show(session_id: str, store: Path | None = _STORE) -> None:
 
     try:
         info = _store(store).info(session_id)
-    except SessionNotFoundError as err:
+    except (SessionNotFoundError, ValueError, TypeError) as err:
         raise typer.BadParameter(str(err)) from None
     typer.echo(json.dumps(info.as_dict(), indent=2))
 
@@ -60,7 +73,11 @@ def sessions_show(session_id: str, store: Path | None = _STORE) -> None:
 @sessions_app.command("delete")
 def sessions_delete(session_id: str, store: Path | None = _STORE) -> None:
     """Delete one session."""
-    if not _store(store).delete(session_id):
+    try:
+        deleted = _store(store).delete(session_id)
+    except (ValueError, TypeError) as err:
+        raise typer.BadParameter(str(err)) from None
+    if not deleted:
         raise typer.BadParameter(f"no session {session_id!r}")
     typer.echo(f"deleted {session_id}")
 
@@ -99,13 +116,12 @@ def train_niah_cmd(
     resume: bool = True, device: str = typer.Option("auto"), seed: int = 0,
 ) -> None:
     """Train only the memory sidecar on needle-in-a-haystack (BPTT through the memory across chunks)."""
-    import torch
 
     from .attach import load_with_memory
     from .train import TrainNiahConfig, train_niah
 
     logging.basicConfig(level=logging.INFO)
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = _device(device)
     cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor)
     adapter = out / "ckpt" / "memory" if resume and (out / "ckpt" / "trainer.json").is_file() else None
     mlm = load_with_memory(base, None if adapter else cfg, adapter=adapter).to(dev)
@@ -124,13 +140,12 @@ def eval_niah_cmd(
     device: str = typer.Option("auto"), seed: int = 1234,
 ) -> None:
     """Held-out NIAH accuracy heatmap (PNG + JSON) with peak memory per length."""
-    import torch
 
     from .attach import load_with_memory
     from .eval import eval_niah, parse_depths, parse_lengths
 
     logging.basicConfig(level=logging.INFO)
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = _device(device)
     mlm = load_with_memory(base, adapter=adapter).to(dev)
     res = eval_niah(mlm, _task(mode, mlm, digits, distractors), parse_lengths(lengths), parse_depths(depths),
                     samples=samples, batch_size=batch_size, seed=seed, memory_mode=memory_mode, out_dir=out)
@@ -154,5 +169,5 @@ def pretrain_base_cmd(
     from .pretrain import pretrain_base
 
     res = pretrain_base(out, arch=arch, hidden=hidden, layers=layers, heads=heads, seq_len=seq_len, steps=steps,
-                        batch_size=batch_size, lr=lr, seed=seed, device=None if device == "auto" else device)
+                        batch_size=batch_size, lr=lr, seed=seed, device=None if device == "auto" else _device(device))
     _console.print(f"saved to {out}; final loss {res['final_loss']:.3f} in {res['seconds']:.0f} s")

@@ -21,6 +21,7 @@ import torch
 from tensordict import TensorDict
 
 from ..core.io import atomic_write_bytes
+from ..core.paths import safe_name
 
 _FORMAT = "cortexmem-session-1"
 _SCHEMA = """
@@ -111,7 +112,6 @@ class SessionStore:
     # --- connection -----------------------------------------------------------------------------
     def _connect(self) -> _Conn:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         conn.execute("PRAGMA synchronous=NORMAL")
         return _Conn(conn)
 
@@ -124,6 +124,9 @@ class SessionStore:
         _check_id(session_id)
         if not isinstance(state, TensorDict):
             raise TypeError(f"state must be a TensorDict, got {type(state).__name__}")
+        dotted = [k for k in state.keys(include_nested=True) if any("." in p for p in _key_parts(k))]
+        if dotted:
+            raise ValueError(f"state keys must not contain '.' (it joins nested keys on disk), got {dotted[0]!r}")
         if not isinstance(tokens_seen, int) or tokens_seen < 0:
             raise ValueError(f"tokens_seen must be an int >= 0, got {tokens_seen!r}")
         meta = dict(meta or {})
@@ -168,7 +171,7 @@ class SessionStore:
         """Metadata of one session (``SessionNotFoundError`` if absent)."""
         _check_id(session_id)
         with self._connect() as conn:
-            row = conn.execute(f"SELECT {_COLS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            row = conn.execute(_SELECT_ONE, (session_id,)).fetchone()
         if row is None:
             raise SessionNotFoundError(f"no session {session_id!r} in {self.path}")
         return _info(row)
@@ -211,7 +214,7 @@ class SessionStore:
     def list(self) -> list[SessionInfo]:
         """All sessions, most recently updated first."""
         with self._connect() as conn:
-            rows = conn.execute(f"SELECT {_COLS} FROM sessions ORDER BY updated_at DESC").fetchall()
+            rows = conn.execute(_SELECT_ALL).fetchall()
         return [_info(r) for r in rows]
 
     def delete(self, session_id: str) -> bool:
@@ -263,8 +266,11 @@ class SessionStore:
         return removed
 
 
-_COLS = ("session_id, tokens_seen, fingerprint, base_fingerprint, adapter_fingerprint, batch, nbytes, "
-         "created_at, updated_at, version, meta")
+# literal SQL only (tests/hardening/test_security_scan.py): values always go through "?" placeholders
+_SELECT_ONE = ("SELECT session_id, tokens_seen, fingerprint, base_fingerprint, adapter_fingerprint, batch, nbytes, "
+               "created_at, updated_at, version, meta FROM sessions WHERE session_id = ?")
+_SELECT_ALL = ("SELECT session_id, tokens_seen, fingerprint, base_fingerprint, adapter_fingerprint, batch, nbytes, "
+               "created_at, updated_at, version, meta FROM sessions ORDER BY updated_at DESC")
 
 
 class _Conn:
@@ -291,10 +297,12 @@ def _info(row: tuple) -> SessionInfo:
 
 
 def _check_id(session_id: Any) -> None:
-    if not isinstance(session_id, str):
-        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
-    if not 1 <= len(session_id) <= 512 or "\x00" in session_id:
-        raise ValueError(f"session_id must be 1-512 characters without NUL, got {session_id[:40]!r}")
+    # one rule for every name that could ever reach the file system (see core/paths.py)
+    safe_name(session_id, "session_id")
+
+
+def _key_parts(key: str | tuple[str, ...]) -> tuple[str, ...]:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def _serialise(state: TensorDict, metadata: dict[str, str]) -> bytes:

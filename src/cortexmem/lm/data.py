@@ -205,6 +205,10 @@ def _parse_line(raw: bytes, text_field: str) -> tuple[str, str]:
     text = obj.get(text_field)
     if not isinstance(text, str):
         return "", f"field {text_field!r} must be a string, got {type(text).__name__}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON escapes like "\ud800" decode to lone surrogates no tokenizer accepts
+        return "", f"field {text_field!r} is not valid Unicode ({e.reason} at character {e.start})"
     return text, ""
 
 

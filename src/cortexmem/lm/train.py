@@ -8,6 +8,9 @@ import logging
 import math
 import os
 import random
+import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +20,8 @@ from pydantic import Field
 
 from ..blocks.base import BlockConfig
 from ..core.config import TaggedConfig, polymorphic
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.io import atomic_save_safetensors, atomic_write_json, fsync_dir
+from ..core.paths import safe_name
 from .data import TokenData
 from .memory import MemorySystemConfig
 from .model import CortexLM, LMConfig, load_pretrained
@@ -356,8 +360,16 @@ class Trainer:
 
     # ---- checkpoints
     def save_checkpoint(self, name: str) -> Path:
-        """``<checkpoint_dir>/<name>/``: model + memory, ``train_state.safetensors``, ``trainer.json``."""
-        d = Path(self.cfg.checkpoint_dir) / name
+        """``<checkpoint_dir>/<name>/``: model + memory, ``train_state.safetensors``, ``trainer.json``.
+
+        Written into a fresh hidden directory, then published by atomically swapping the symlink ``<name>``,
+        so a crash at any point leaves the previous checkpoint whole.
+        """
+        root = Path(self.cfg.checkpoint_dir)
+        name = safe_name(name, "checkpoint name")
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(root, name)
+        d = root / f".{name}.{uuid.uuid4().hex}"
         self.model.save_pretrained(d)
         opt_t, opt_meta = flatten_optimizer(self.opt.state_dict())
         rng_t, rng_meta = rng_state()
@@ -377,7 +389,7 @@ class Trainer:
                 "history": self.history[-1000:],
             },
         )
-        return d
+        return _publish_dir(d, root / name)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore model, memory, optimizer, RNGs and counters (safetensors + JSON; nothing unpickled)."""
@@ -403,6 +415,34 @@ class Trainer:
         self.best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
         self.guard.load(meta["guard"])
         self.history = list(meta["history"])
+
+
+def _publish_dir(tmp: Path, final: Path) -> Path:
+    """Point the symlink ``final`` at the finished directory ``tmp`` (one atomic rename), then drop the old one."""
+    link = final.with_name(f"{tmp.name}.link")
+    os.symlink(tmp.name, link)  # relative: the checkpoint directory can be moved as a whole
+    old = os.readlink(final) if final.is_symlink() else None
+    if final.exists() and not final.is_symlink():
+        # a plain directory (older layout): move it aside; it stays readable under the hidden name until replaced
+        old = f"{tmp.name}.legacy"
+        os.replace(final, final.with_name(old))
+    os.replace(link, final)
+    fsync_dir(final.parent)
+    if old is not None and "/" not in old and old != tmp.name:
+        shutil.rmtree(final.parent / old, ignore_errors=True)
+    return final
+
+
+def _remove_stale(root: Path, name: str) -> None:
+    """Delete hidden directories and links of ``name`` left by a writer that crashed before publishing."""
+    live = os.readlink(root / name) if (root / name).is_symlink() else None
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}(\.link|\.legacy)?")
+    for p in root.iterdir():
+        if pattern.fullmatch(p.name) and p.name != live:
+            if p.is_symlink() or p.is_file():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def resolve_resume(resume: str | None, checkpoint_dir: str) -> Path | None:

@@ -151,7 +151,10 @@ def make_env_fn(
             env = cls(**kwargs)
             env = gym.wrappers.TimeLimit(env, max_episode_steps=getattr(env, "max_episode_length", 1024) + 1)
         else:
-            env = gym.make(env_id, **kwargs)
+            try:
+                env = gym.make(env_id, **kwargs)
+            except gym.error.Error as e:  # gymnasium's own errors are not ValueErrors; callers expect one
+                raise ValueError(f"cannot make environment {env_id!r}: {e}") from e
         return FlatObservation(env, memory_inputs=wrap)
 
     return thunk
