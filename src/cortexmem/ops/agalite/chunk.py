@@ -1,10 +1,11 @@
-"""AGaLiTe over a whole call without a loop over time: chunked closed-form gated scans, resets as masks."""
+"""AGaLiTe over a whole call without a loop over time: chunked parallel (Hillis-Steele) gated scans, resets as masks."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .naive import oscillators
 
@@ -18,37 +19,86 @@ def _steps_since_reset(tau0: Tensor, resets: Tensor | None, T: int) -> Tensor:
     return torch.where(last >= 0, t - last, tau0[:, None] + t)
 
 
+def _scan(a: Tensor, b: Tensor, x0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
+    """No-graph ``x_t = a_t x_{t-1} + b_t``: ``a [B, T, 1, *C]``, ``b [B, T, K, *C]``, ``x0 [B, K, *C]``.
+
+    All chunks at once: a Hillis-Steele scan inside each chunk (``log2(chunk)`` elementwise levels, only
+    products of gates in ``[0, 1]``: it never overflows, nothing quadratic in the chunk length), then the
+    chunk-start carries (a short loop over chunks) added with the in-chunk gate products. ``reverse`` runs
+    ``x_t = a_t x_{t+1} + b_t`` from the end.
+    """
+    B, T = b.shape[:2]
+    L = max(1, min(chunk, T))
+    n = -(-T // L)
+    pad = n * L - T
+    # scratch padded with gate 1, drive 0 beyond the far end (after the last step, or before the first when
+    # reversed): the padding never reaches a real step
+    bc = b.new_empty(B, n * L, *b.shape[2:])
+    ac = a.new_empty(B, n * L, *a.shape[2:])
+    real = slice(pad, None) if reverse else slice(0, T)
+    bc[:, real], ac[:, real] = b, a
+    if pad:
+        far = slice(0, pad) if reverse else slice(T, None)
+        bc[:, far], ac[:, far] = 0.0, 1.0
+    bc, ac = bc.unflatten(1, (n, L)), ac.unflatten(1, (n, L))
+    d = 1
+    while d < L:
+        # right-hand sides are materialised before the in-place writes: reads see the previous level
+        to, frm = (slice(None, -d), slice(d, None)) if reverse else (slice(d, None), slice(None, -d))
+        bc[:, :, to] += ac[:, :, to] * bc[:, :, frm]
+        ac[:, :, to] *= ac[:, :, frm].clone()
+        d *= 2
+    carry = [x0]  # state entering each chunk, in scan order
+    order = range(n - 1, 0, -1) if reverse else range(n - 1)
+    edge = 0 if reverse else -1
+    for c in order:
+        carry.append(bc[:, c, edge] + ac[:, c, edge] * carry[-1])
+    carries = torch.stack(carry[::-1] if reverse else carry, 1)
+    bc += ac * carries[:, :, None]
+    return bc.flatten(1, 2)[:, real]
+
+
+class _GatedScan(torch.autograd.Function):
+    """Linear scan whose backward is the reversed scan: saves only the gates, the start and the outputs."""
+
+    @staticmethod
+    def forward(ctx, log_a: Tensor, b: Tensor, x0: Tensor, keep: Tensor | None, chunk: int) -> Tensor:
+        a = torch.exp(log_a)[:, :, None]  # [B, T, 1, *C], shared by the K sequences
+        if keep is not None:  # x_{t-1} := 0 at a reset: a zero gate
+            a = a * keep.view(*keep.shape, *([1] * (a.dim() - 2))).to(a.dtype)
+        x = _scan(a, b, x0, chunk)
+        ctx.save_for_backward(a, x0, x)
+        ctx.chunk = chunk
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gx: Tensor) -> tuple[Tensor | None, ...]:
+        a, x0, x = ctx.saved_tensors
+        # g_t = dL/dx_t + a_{t+1} g_{t+1}: the same scan run backwards in time
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1)
+        g = _scan(a_next, gx, torch.zeros_like(x0), ctx.chunk, reverse=True)
+        g_la = None
+        if ctx.needs_input_grad[0]:  # dL/dlog_a_t = a_t sum_k g_t x_{t-1}
+            ga = torch.empty_like(a)
+            ga[:, 0] = (g[:, 0] * x0).sum(1, keepdim=True)
+            ga[:, 1:] = (g[:, 1:] * x[:, :-1]).sum(2, keepdim=True)
+            g_la = (ga * a)[:, :, 0]
+        g_x0 = a[:, 0] * g[:, 0] if ctx.needs_input_grad[2] else None
+        return g_la, g, g_x0, None, None
+
+
 def gated_scan(log_a: Tensor, b: Tensor, x0: Tensor, resets: Tensor | None, chunk: int) -> Tensor:
     """``x_t = exp(log_a_t) * x_{t-1} + b_t`` (``x_{t-1} := 0`` at resets) for every ``t``.
 
     ``log_a`` ``[B, T, *C]`` (<= 0) is shared by the ``K`` sequences ``b`` ``[B, T, K, *C]`` (start ``x0``
-    ``[B, K, *C]``) -> ``[B, T, K, *C]``. Per chunk ``x_t = sum_s exp(A_t - A_s) b_s + exp(A_t) x0``, ``A``
-    the in-chunk cumulative ``log_a`` (only ``s <= t`` exponents: never positive), masked across resets.
+    ``[B, K, *C]``) -> ``[B, T, K, *C]``. Memory: the outputs plus ``[B, chunk, K, *C]`` scratch; the backward
+    keeps no per-chunk intermediates (a custom autograd function, see :class:`_GatedScan`).
     """
-    B, T = log_a.shape[:2]
-    outs, x = [], x0
-    for a in range(0, T, chunk):
-        la = log_a[:, a : a + chunk]
-        L = la.shape[1]
-        cum = la.cumsum(1)  # [B, L, *C]
-        diff = cum[:, :, None] - cum[:, None, :]  # [B, t, s, *C]: sum of log_a over (s, t]
-        idx = torch.arange(L, device=la.device)
-        keep = (idx[:, None] >= idx[None, :])[None].expand(B, L, L)
-        fresh = None
-        if resets is not None:
-            cnt = resets[:, a : a + chunk].long().cumsum(1)
-            keep = keep & (cnt[:, :, None] == cnt[:, None, :])
-            fresh = cnt == 0
-        kshape = (B, L, L) + (1,) * (diff.dim() - 3)
-        w = torch.where(keep.view(kshape), torch.exp(torch.where(keep.view(kshape), diff, 0.0)), 0.0)
-        xs = torch.einsum("bts...,bsk...->btk...", w, b[:, a : a + chunk])
-        carry = torch.exp(cum)
-        if fresh is not None:
-            carry = torch.where(fresh.view(B, L, *([1] * (cum.dim() - 2))), carry, 0.0)
-        xs = xs + carry[:, :, None] * x[:, None]
-        outs.append(xs)
-        x = xs[:, -1]
-    return torch.cat(outs, 1)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    keep = None if resets is None else ~resets
+    return _GatedScan.apply(log_a, b, x0, keep, chunk)
 
 
 def agalite_chunked(
