@@ -80,10 +80,11 @@ class _GatedScan(torch.autograd.Function):
         g = _scan(a_next, gx, torch.zeros_like(x0), ctx.chunk, reverse=True)
         g_la = None
         if ctx.needs_input_grad[0]:  # dL/dlog_a_t = a_t sum_k g_t x_{t-1}
-            ga = torch.empty_like(a)
-            ga[:, 0] = (g[:, 0] * x0).sum(1, keepdim=True)
-            ga[:, 1:] = (g[:, 1:] * x[:, :-1]).sum(2, keepdim=True)
-            g_la = (ga * a)[:, :, 0]
+            ga = torch.zeros_like(a[:, :, 0])
+            for k in range(x.shape[2]):  # one sequence at a time: no [B, T, K, *C] product
+                ga[:, 0] += g[:, 0, k] * x0[:, k]
+                ga[:, 1:] += g[:, 1:, k] * x[:, :-1, k]
+            g_la = ga * a[:, :, 0]
         g_x0 = a[:, 0] * g[:, 0] if ctx.needs_input_grad[2] else None
         return g_la, g, g_x0, None, None
 
@@ -125,7 +126,8 @@ def agalite_chunked(
     la_v, la_k = -F.softplus(beta_logit), -F.softplus(gamma_logit)
     bv = osc[:, :, :, None, None] * (beta * v)[:, :, None]  # [B, T, r, nh, dv]
     gk = gamma * phi_k
-    bk = torch.cat([gk[:, :, None], osc[:, :, :, None, None] * gk[:, :, None]], 2)  # [B, T, 1 + r, nh, F]
+    coef = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # drive weights of s, kt_1..kt_r
+    bk = coef[:, :, :, None, None] * gk[:, :, None]  # [B, T, 1 + r, nh, F], built in one pass
     xv = gated_scan(la_v, bv, vt0.transpose(1, 2), resets, chunk)  # [B, T, r, nh, dv]
     xk = gated_scan(la_k, bk, torch.cat([s0[:, None], kt0.transpose(1, 2)], 1), resets, chunk)
     s_all, kt_all = xk[:, :, 0], xk[:, :, 1:]
