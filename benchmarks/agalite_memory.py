@@ -26,9 +26,10 @@ from cortexmem import AGaLiTeCell, AGaLiTeCellConfig
 from cortexmem.ops.agalite import chunk as chunk_mod
 
 
-def closed_form_scan(log_a, b, x0, resets, chunk):
+def closed_form_scan(log_a, coef, u, x0, resets, chunk):
     """The previous ``gated_scan``: per chunk ``x_t = sum_s exp(A_t - A_s) b_s + exp(A_t) x0`` via autograd."""
     B, T = log_a.shape[:2]
+    b = coef.view(*coef.shape, *([1] * (u.dim() - 2))) * u[:, :, None]
     outs, x = [], x0
     for a in range(0, T, chunk):
         la = log_a[:, a : a + chunk]

@@ -82,12 +82,13 @@ def test_cell_tau_counts_steps_and_resets():
     assert s["tau"].tolist() == [7, 3]
 
 
-def _scan_loop(log_a, b, x0, resets):
+def _scan_loop(log_a, coef, u, x0, resets):
     x, outs = x0, []
-    for t in range(b.shape[1]):
+    for t in range(u.shape[1]):
         if resets is not None:
             x = torch.where(resets[:, t].view(-1, *([1] * (x.dim() - 1))), 0.0, x)
-        x = log_a[:, t, None].exp() * x + b[:, t]
+        b = coef[:, t].view(*coef.shape[::2], *([1] * (u.dim() - 2))) * u[:, t, None]
+        x = log_a[:, t, None].exp() * x + b
         outs.append(x)
     return torch.stack(outs, 1)
 
@@ -98,19 +99,23 @@ def test_gated_scan_matches_loop(chunk, with_resets):
     g = torch.Generator().manual_seed(chunk)
     B, T, K, C = 2, 21, 3, (2, 5)
     log_a = (-torch.rand(B, T, *C, generator=g, dtype=D) * 3).requires_grad_(True)
-    b = torch.randn(B, T, K, *C, generator=g, dtype=D, requires_grad=True)
+    coef = torch.randn(B, T, K, generator=g, dtype=D, requires_grad=True)
+    u = torch.randn(B, T, *C, generator=g, dtype=D, requires_grad=True)
     x0 = torch.randn(B, K, *C, generator=g, dtype=D, requires_grad=True)
     res = (torch.rand(B, T, generator=g) < 0.2) if with_resets else None
-    fast, ref = gated_scan(log_a, b, x0, res, chunk), _scan_loop(log_a, b, x0, res)
+    fast, ref = gated_scan(log_a, coef, u, x0, res, chunk), _scan_loop(log_a, coef, u, x0, res)
     torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-10)
     w = torch.randn(fast.shape, generator=g, dtype=D)
-    gf = torch.autograd.grad((fast * w).sum(), (log_a, b, x0))
-    gr = torch.autograd.grad((ref * w).sum(), (log_a, b, x0))
+    leaves = (log_a, coef, u, x0)
+    gf = torch.autograd.grad((fast * w).sum(), leaves)
+    gr = torch.autograd.grad((ref * w).sum(), leaves)
     for a_, b_ in zip(gf, gr, strict=True):
         torch.testing.assert_close(a_, b_, atol=1e-12, rtol=1e-10)
 
 
-def test_gated_scan_rejects_bad_chunk():
+def test_gated_scan_rejects_bad_input():
     z = torch.zeros(1, 2, 1)
     with pytest.raises(ValueError, match="chunk"):
-        gated_scan(z, z[:, :, None], z[:, 0, None], None, 0)
+        gated_scan(z, z, z, z[:, :1], None, 0)
+    with pytest.raises(ValueError, match="coef"):
+        gated_scan(z, torch.zeros(1, 2, 3), z, z[:, :1], None, 4)

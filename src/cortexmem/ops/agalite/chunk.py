@@ -19,24 +19,32 @@ def _steps_since_reset(tau0: Tensor, resets: Tensor | None, T: int) -> Tensor:
     return torch.where(last >= 0, t - last, tau0[:, None] + t)
 
 
-def _scan(a: Tensor, b: Tensor, x0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
+def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
     """No-graph ``x_t = a_t x_{t-1} + b_t``: ``a [B, T, 1, *C]``, ``b [B, T, K, *C]``, ``x0 [B, K, *C]``.
+
+    ``b`` may be given as ``(coef [B, T, K], u [B, T, *C])`` (``b = coef u``), written straight into the
+    scratch that becomes the output.
 
     All chunks at once: a Hillis-Steele scan inside each chunk (``log2(chunk)`` elementwise levels, only
     products of gates in ``[0, 1]``: it never overflows, nothing quadratic in the chunk length), then the
     chunk-start carries (a short loop over chunks) added with the in-chunk gate products. ``reverse`` runs
     ``x_t = a_t x_{t+1} + b_t`` from the end.
     """
-    B, T = b.shape[:2]
+    B, T, K = x0.shape[0], a.shape[1], x0.shape[1]
     L = max(1, min(chunk, T))
     n = -(-T // L)
     pad = n * L - T
     # scratch padded with gate 1, drive 0 beyond the far end (after the last step, or before the first when
     # reversed): the padding never reaches a real step
-    bc = b.new_empty(B, n * L, *b.shape[2:])
+    bc = x0.new_empty(B, n * L, *x0.shape[1:])
     ac = a.new_empty(B, n * L, *a.shape[2:])
     real = slice(pad, None) if reverse else slice(0, T)
-    bc[:, real], ac[:, real] = b, a
+    if isinstance(b, tuple):
+        coef, u = b
+        torch.mul(coef.view(B, T, K, *([1] * (u.dim() - 2))), u[:, :, None], out=bc[:, real])
+    else:
+        bc[:, real] = b
+    ac[:, real] = a
     if pad:
         far = slice(0, pad) if reverse else slice(T, None)
         bc[:, far], ac[:, far] = 0.0, 1.0
@@ -59,47 +67,62 @@ def _scan(a: Tensor, b: Tensor, x0: Tensor, chunk: int, reverse: bool = False) -
 
 
 class _GatedScan(torch.autograd.Function):
-    """Linear scan whose backward is the reversed scan: saves only the gates, the start and the outputs."""
+    """Linear scan whose backward is the reversed scan: saves the gates, the drive factors, start and outputs."""
 
     @staticmethod
-    def forward(ctx, log_a: Tensor, b: Tensor, x0: Tensor, keep: Tensor | None, chunk: int) -> Tensor:
+    def forward(ctx, log_a, coef, u, x0, keep, chunk):  # type: ignore[override]
         a = torch.exp(log_a)[:, :, None]  # [B, T, 1, *C], shared by the K sequences
         if keep is not None:  # x_{t-1} := 0 at a reset: a zero gate
             a = a * keep.view(*keep.shape, *([1] * (a.dim() - 2))).to(a.dtype)
-        x = _scan(a, b, x0, chunk)
-        ctx.save_for_backward(a, x0, x)
+        x = _scan(a, (coef, u), x0, chunk)
+        ctx.save_for_backward(a, coef, u, x0, x)
         ctx.chunk = chunk
         return x
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gx: Tensor) -> tuple[Tensor | None, ...]:
-        a, x0, x = ctx.saved_tensors
+        a, coef, u, x0, x = ctx.saved_tensors
         # g_t = dL/dx_t + a_{t+1} g_{t+1}: the same scan run backwards in time
         a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1)
         g = _scan(a_next, gx, torch.zeros_like(x0), ctx.chunk, reverse=True)
-        g_la = None
-        if ctx.needs_input_grad[0]:  # dL/dlog_a_t = a_t sum_k g_t x_{t-1}
-            ga = torch.zeros_like(a[:, :, 0])
-            for k in range(x.shape[2]):  # one sequence at a time: no [B, T, K, *C] product
+        need = ctx.needs_input_grad
+        g_la = g_coef = g_u = None
+        csum = tuple(range(2, u.dim()))
+        # one sequence at a time: no [B, T, K, *C] products besides g
+        if need[0]:  # dL/dlog_a_t = a_t sum_k g_t x_{t-1}
+            ga = torch.zeros_like(u)
+            for k in range(x.shape[2]):
                 ga[:, 0] += g[:, 0, k] * x0[:, k]
                 ga[:, 1:] += g[:, 1:, k] * x[:, :-1, k]
             g_la = ga * a[:, :, 0]
-        g_x0 = a[:, 0] * g[:, 0] if ctx.needs_input_grad[2] else None
-        return g_la, g, g_x0, None, None
+        if need[1]:  # dL/dcoef_tk = sum_c g_tkc u_tc
+            g_coef = torch.stack([(g[:, :, k] * u).sum(csum) for k in range(x.shape[2])], 2)
+        if need[2]:  # dL/du_t = sum_k coef_tk g_tk
+            g_u = torch.zeros_like(u)
+            for k in range(x.shape[2]):
+                g_u += coef[:, :, k].view(*coef.shape[:2], *([1] * (u.dim() - 2))) * g[:, :, k]
+        g_x0 = a[:, 0] * g[:, 0] if need[3] else None
+        return g_la, g_coef, g_u, g_x0, None, None
 
 
-def gated_scan(log_a: Tensor, b: Tensor, x0: Tensor, resets: Tensor | None, chunk: int) -> Tensor:
-    """``x_t = exp(log_a_t) * x_{t-1} + b_t`` (``x_{t-1} := 0`` at resets) for every ``t``.
+def gated_scan(log_a: Tensor, coef: Tensor, u: Tensor, x0: Tensor, resets: Tensor | None, chunk: int) -> Tensor:
+    """``x_t = exp(log_a_t) * x_{t-1} + coef_t u_t`` (``x_{t-1} := 0`` at resets) for every ``t``.
 
-    ``log_a`` ``[B, T, *C]`` (<= 0) is shared by the ``K`` sequences ``b`` ``[B, T, K, *C]`` (start ``x0``
-    ``[B, K, *C]``) -> ``[B, T, K, *C]``. Memory: the outputs plus ``[B, chunk, K, *C]`` scratch; the backward
-    keeps no per-chunk intermediates (a custom autograd function, see :class:`_GatedScan`).
+    ``log_a`` and ``u`` ``[B, T, *C]`` (``log_a <= 0``) are shared by ``K`` sequences with drive weights
+    ``coef [B, T, K]`` (start ``x0 [B, K, *C]``) -> ``[B, T, K, *C]``. Memory: the output (built in place of
+    the drive) plus one ``[B, T, K, *C]`` temporary; the backward (a custom autograd function, see
+    :class:`_GatedScan`) keeps only the inputs and the output, no per-chunk intermediates.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if coef.shape != (*u.shape[:2], x0.shape[1]) or log_a.shape != u.shape or x0.shape[2:] != u.shape[2:]:
+        raise ValueError(
+            f"expected log_a, u [B, T, *C], coef [B, T, K], x0 [B, K, *C]; got log_a {tuple(log_a.shape)}, "
+            f"coef {tuple(coef.shape)}, u {tuple(u.shape)}, x0 {tuple(x0.shape)}"
+        )
     keep = None if resets is None else ~resets
-    return _GatedScan.apply(log_a, b, x0, keep, chunk)
+    return _GatedScan.apply(log_a, coef, u, x0, keep, chunk)
 
 
 def agalite_chunked(
@@ -124,14 +147,11 @@ def agalite_chunked(
     beta, gamma = torch.sigmoid(beta_logit), torch.sigmoid(gamma_logit)
     # log(1 - sigmoid(z)) = -softplus(z): stable for saturated gates
     la_v, la_k = -F.softplus(beta_logit), -F.softplus(gamma_logit)
-    bv = osc[:, :, :, None, None] * (beta * v)[:, :, None]  # [B, T, r, nh, dv]
-    gk = gamma * phi_k
-    coef = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # drive weights of s, kt_1..kt_r
-    bk = coef[:, :, :, None, None] * gk[:, :, None]  # [B, T, 1 + r, nh, F], built in one pass
-    xv = gated_scan(la_v, bv, vt0.transpose(1, 2), resets, chunk)  # [B, T, r, nh, dv]
-    xk = gated_scan(la_k, bk, torch.cat([s0[:, None], kt0.transpose(1, 2)], 1), resets, chunk)
-    s_all, kt_all = xk[:, :, 0], xk[:, :, 1:]
-    score = torch.einsum("btjhf,bthf->btjh", kt_all, phi_q)
-    num = torch.einsum("btjhd,btjh->bthd", xv, score) * (2 / r)
-    o = num / ((s_all * phi_q).sum(-1, keepdim=True) + eps)
-    return o, xv[:, -1].transpose(1, 2), kt_all[:, -1].transpose(1, 2), s_all[:, -1], tau[:, -1] + 1
+    coef_k = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # drive weights of s, kt_1..kt_r
+    xv = gated_scan(la_v, osc, beta * v, vt0.transpose(1, 2), resets, chunk)  # [B, T, r, nh, dv]
+    xk = gated_scan(la_k, coef_k, gamma * phi_k, torch.cat([s0[:, None], kt0.transpose(1, 2)], 1), resets, chunk)
+    # (s, kt_j) . phi(q) as product + sum: an einsum would keep a permuted copy of kt for its backward
+    dots = (xk * phi_q[:, :, None]).sum(-1)  # [B, T, 1 + r, nh]
+    num = torch.einsum("btjhd,btjh->bthd", xv, dots[:, :, 1:]) * (2 / r)
+    o = num / (dots[:, :, :1].transpose(2, 3) + eps)
+    return o, xv[:, -1].transpose(1, 2), xk[:, -1, 1:].transpose(1, 2), xk[:, -1, 0], tau[:, -1] + 1
