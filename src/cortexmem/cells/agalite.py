@@ -4,7 +4,7 @@ Per head: keys/queries ``[d_k]`` expanded with a learned ``eta``-dim projection 
 ``phi(z) = relu(z) (x) relu(p)`` (``F = d_k * eta`` features), values ``[d_v]``, sigmoid gates ``beta``
 (values) and ``gamma`` (key features). State: ``vt [B, nh, r, d_v]``, ``kt [B, nh, r, F]``,
 ``s [B, nh, F]`` and ``tau`` (int ``[B]``, steps since the episode start: the oscillator phases).
-Sequences run the chunked form (:func:`~cortexmem.ops.agalite.agalite_chunked`); reference: ``agalite_naive``.
+Sequences run the chunked parallel scan (:func:`~cortexmem.ops.agalite.agalite_chunked`); reference: ``agalite_naive``.
 """
 
 from __future__ import annotations
