@@ -49,13 +49,20 @@ def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, 
         far = slice(0, pad) if reverse else slice(T, None)
         bc[:, far], ac[:, far] = 0.0, 1.0
     bc, ac = bc.unflatten(1, (n, L)), ac.unflatten(1, (n, L))
-    d = 1
+    # ping-pong buffers: each level reads the previous one (a fused addcmul per level, no aliasing)
+    bn, an, d = torch.empty_like(bc), torch.empty_like(ac), 1
     while d < L:
-        # right-hand sides are materialised before the in-place writes: reads see the previous level
-        to, frm = (slice(None, -d), slice(d, None)) if reverse else (slice(d, None), slice(None, -d))
-        bc[:, :, to] += ac[:, :, to] * bc[:, :, frm]
-        ac[:, :, to] *= ac[:, :, frm].clone()
+        to, frm, rest = (
+            (slice(None, -d), slice(d, None), slice(L - d, None))
+            if reverse
+            else (slice(d, None), slice(None, -d), slice(None, d))
+        )
+        torch.addcmul(bc[:, :, to], ac[:, :, to], bc[:, :, frm], out=bn[:, :, to])
+        torch.mul(ac[:, :, to], ac[:, :, frm], out=an[:, :, to])
+        bn[:, :, rest], an[:, :, rest] = bc[:, :, rest], ac[:, :, rest]
+        bc, bn, ac, an = bn, bc, an, ac
         d *= 2
+    del bn, an
     carry = [x0]  # state entering each chunk, in scan order
     order = range(n - 1, 0, -1) if reverse else range(n - 1)
     edge = 0 if reverse else -1
