@@ -93,3 +93,28 @@ def test_cli_bad_arguments_are_one_line_exit_2(args, msg):
     assert r.exit_code == 2
     err = r.stderr.strip()
     assert "\n" not in err and err.startswith("cortex eval: error: ") and msg in err
+
+
+def test_quick_suite_per_task_settings():
+    from cortexmem.evals.cli import DEFAULT_TRAINING, QUICK_TASK_SETTINGS, _settings, plan_runs
+
+    args = dict(task=None, stack=None, epochs=None, batch_size=None, lr=3e-3, weight_decay=0.01, seed=0,
+                lengths=None, mqar_slices=None, chunk_size=None, d_hidden=32, train_size=None, test_size=256,
+                grad_clip=1.0, device="cpu")
+    quick = _settings(**args)
+    assert quick.quick and quick.epochs == DEFAULT_TRAINING["epochs"]
+    for task, kv in QUICK_TASK_SETTINGS.items():
+        per_task = quick.for_task(task)
+        assert {k: getattr(per_task, k) for k in kv} == kv
+    assert quick.for_task("dyck") == quick
+    opts = {(t, tuple(sorted(o.items()))) for _, t, _, o in plan_runs(quick)}
+    assert ("mqar", (("vocab_size", 66),)) in opts and ("needle", ()) in opts
+    # the quick MQAR vocabulary keeps Zoology's constraint V > L at the quick length
+    spec = make_task("mqar", None, vocab_size=66)
+    assert spec.vocab_size > spec.length
+    # a flag given explicitly applies to every task; outside the quick suite nothing is replaced
+    given = _settings(**{**args, "epochs": 2})
+    assert all(given.for_task(t).epochs == 2 for t in given.tasks)
+    assert given.for_task("mqar").train_size == QUICK_TASK_SETTINGS["mqar"]["train_size"]
+    named = _settings(**{**args, "task": "mqar,needle"})
+    assert not named.quick and named.for_task("mqar") == named and not named.task_options

@@ -32,6 +32,14 @@ class EvalSettings(_Strict):
     grad_clip: float = Field(gt=0)
     device: str
     quick: bool = False
+    #: per-task replacements of ``epochs`` / ``batch_size`` / ``train_size`` (the quick suite's recall tasks)
+    task_settings: dict[str, dict[str, int]] = Field(default_factory=dict)
+    #: per-task generator options (e.g. the quick suite's MQAR ``vocab_size``)
+    task_options: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+    def for_task(self, task: str) -> EvalSettings:
+        """These settings with ``task``'s entries of ``task_settings`` applied."""
+        return self.model_copy(update=self.task_settings.get(task, {}))
 
 
 class Curves(_Strict):
