@@ -15,13 +15,3 @@ def settings():
 
     return make
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared: intra-op threads only add contention for these tiny models.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
