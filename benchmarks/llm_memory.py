@@ -20,16 +20,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
 import torch
 
 from cortexmem.llm import MemoryConfig, TextNiah, attach_memory, load_with_memory
-from cortexmem.llm.eval import _peak_mb, _peak_reset, eval_niah, lm_loss_ratio, parse_depths, parse_lengths
+from cortexmem.llm.eval import (
+    _peak_mb,
+    _peak_reset,
+    eval_niah,
+    lm_loss_ratio,
+    parse_depths,
+    parse_lengths,
+    write_stats,
+)
 from cortexmem.llm.pretrain import build_base_config, pretrain_base, pretrain_document
 from cortexmem.llm.tokenizer import CharTokenizer
-from cortexmem.llm.train import TrainNiahConfig, train_niah
+from cortexmem.llm.train import TrainNiahConfig, niah_accuracy, train_niah
 
 log = logging.getLogger("llm_memory")
 
@@ -101,116 +110,206 @@ def bench_throughput(mlm, tokens: int, batch: int, device: torch.device, repeats
     return res
 
 
+def memory_config(args) -> MemoryConfig:
+    return MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid, num_heads=args.mem_heads,
+                        head_dim=args.mem_head_dim, window=args.window, memory_chunk=args.memory_chunk,
+                        alpha_max=args.alpha_max, decay_init=args.decay_init or None,
+                        write_init=args.write_init or None)
+
+
+def heldout_texts(tok, n: int, chars: int, device: torch.device) -> list[torch.Tensor]:
+    """Plain text the base never trained on (pretrain-base seeds its documents from ``seed * 1_000_003 + step``)."""
+    return [torch.tensor(tok.encode(pretrain_document(random.Random(987_654_321 + i), chars), add_special_tokens=True),
+                         device=device) for i in range(n)]
+
+
+def _curve(xs: list[float], points: int = 12) -> list[float]:
+    """``points`` window means of a loss curve, for the printed report."""
+    if not xs:
+        return []
+    w = max(1, len(xs) // points)
+    return [round(sum(xs[i:i + w]) / len(xs[i:i + w]), 4) for i in range(0, len(xs), w)]
+
+
 def bench_niah(args, device: torch.device, out: Path) -> dict:
+    res: dict = {"seconds": {}}
+    t0 = time.perf_counter()
     if args.base:
         base_dir = args.base
     else:
         base_dir = str(out / "base")
         if not (out / "base" / "config.json").is_file():
-            pretrain_base(base_dir, arch=args.arch, hidden=args.base_hidden, layers=args.base_layers,
-                          heads=args.base_heads, seq_len=args.chunk_size, steps=args.pretrain_steps,
-                          batch_size=args.pretrain_batch, lr=args.pretrain_lr, device=str(device))
-    cfg = MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid, num_heads=args.mem_heads,
-                       head_dim=args.mem_head_dim, window=args.window, memory_chunk=args.memory_chunk)
+            pre = pretrain_base(base_dir, arch=args.arch, hidden=args.base_hidden, layers=args.base_layers,
+                                heads=args.base_heads, seq_len=args.chunk_size, steps=args.pretrain_steps,
+                                batch_size=args.pretrain_batch, lr=args.pretrain_lr, device=str(device),
+                                progress=not args.quiet)
+            res["pretrain"] = {"final_loss": pre["final_loss"], "curve": _curve(pre["losses"])}
+            print(f"pretrain-base: {args.pretrain_steps} steps, loss curve {res['pretrain']['curve']}", flush=True)
+    res["seconds"]["pretrain"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     adapter = out / "niah" / "memory" if (out / "niah" / "memory" / "memory.safetensors").is_file() else None
-    mlm = load_with_memory(base_dir, None if adapter else cfg, adapter=adapter).to(device)
+    mlm = load_with_memory(base_dir, None if adapter else memory_config(args), adapter=adapter).to(device)
     task = TextNiah(mlm.tokenizer, digits=args.digits, n_distractors=args.distractors)
+    res["memory_config"] = mlm.config.model_dump()
+    # can the frozen base answer when the needle sits in its own window (one chunk, needle last)?
+    res["base_in_window_acc"] = niah_accuracy(mlm, task, length=args.chunk_size, n=32, batch_size=32, seed=3,
+                                              depth=1.0, memory_mode="off")
+    print(f"base alone, needle in its window: {res['base_in_window_acc']:.3f}", flush=True)
     if adapter is None or args.train_steps > 0:
         tc = TrainNiahConfig(length=args.train_length, steps=args.train_steps, batch_size=args.train_batch,
-                             lr=args.train_lr, eval_every=max(1, args.train_steps // 5), eval_samples=32,
-                             save_every=max(1, args.train_steps // 2))
-        train_niah(mlm, task, tc, out / "niah", progress=not args.quiet)
+                             lr=args.train_lr, warmup=min(100, max(1, args.train_steps // 10)),
+                             eval_every=max(1, args.train_steps // 6), eval_samples=32,
+                             save_every=args.train_steps, lm_weight=args.lm_weight)
+        hist = train_niah(mlm, task, tc, out / "niah", progress=not args.quiet)
+        res["train"] = {"answer_loss_curve": _curve(hist.loss), "lm_loss_curve": _curve(hist.lm_loss),
+                        "eval_step": hist.eval_step, "eval_acc_at_train_length": hist.eval_acc}
+        print(f"train-niah: answer loss {res['train']['answer_loss_curve']}\n  haystack lm loss "
+              f"{res['train']['lm_loss_curve']}\n  held-out acc at {args.train_length}: "
+              f"{list(zip(hist.eval_step, hist.eval_acc, strict=True))}", flush=True)
+    res["seconds"]["train"] = time.perf_counter() - t0
+    res["write_stats"] = write_stats(mlm, task, length=args.train_length, n=8)
+    print(f"write gates at {args.train_length}: {res['write_stats']}", flush=True)
+    t0 = time.perf_counter()
     lengths, depths = parse_lengths(args.niah_lengths), parse_depths(args.depths)
-    with_mem = eval_niah(mlm, task, lengths, depths, samples=args.samples, batch_size=args.eval_batch,
-                         out_dir=out / "niah_eval")
-    no_mem = eval_niah(mlm, task, lengths[:1], depths, samples=args.samples, batch_size=args.eval_batch,
-                       memory_mode="off")
-    tok = mlm.tokenizer
-    import random
-
-    texts = [torch.tensor(tok.encode(pretrain_document(random.Random(99 + i), 4 * args.chunk_size)),
-                          device=device) for i in range(4)]
-    return {"with_memory": with_mem, "base_only_first_length": no_mem, "no_harm": lm_loss_ratio(mlm, texts)}
+    res["with_memory"] = eval_niah(mlm, task, lengths, depths, samples=args.samples, batch_size=args.eval_batch,
+                                   out_dir=out / "niah_eval")
+    res["seconds"]["eval"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res["base_only_first_length"] = eval_niah(mlm, task, lengths[:1], depths, samples=args.baseline_samples,
+                                              batch_size=args.eval_batch, memory_mode="off")
+    res["no_harm"] = lm_loss_ratio(mlm, heldout_texts(mlm.tokenizer, args.no_harm_texts, args.no_harm_chars,
+                                                      device))
+    res["seconds"]["baselines"] = time.perf_counter() - t0
+    return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke sizes")
-    p.add_argument("--out", type=Path, default=Path("runs/llm_bench"))
+    p.add_argument("--out", type=Path, default=Path("runs/llm_bench"), help="work folder (base, checkpoints)")
+    p.add_argument("--summary", type=Path, default=None, help="also write the JSON summary here")
     p.add_argument("--stages", default="memory,throughput,niah")
     p.add_argument("--device", default="auto")
     p.add_argument("--arch", default="llama")
     p.add_argument("--base", default=None, help="HF name/folder with a tokenizer (skips pretrain-base)")
-    p.add_argument("--base-hidden", type=int, default=512)
-    p.add_argument("--base-layers", type=int, default=8)
-    p.add_argument("--base-heads", type=int, default=8)
+    p.add_argument("--base-hidden", type=int, default=256, help="NIAH base (pretrained on generated text)")
+    p.add_argument("--base-layers", type=int, default=4)
+    p.add_argument("--base-heads", type=int, default=4)
+    p.add_argument("--stream-hidden", type=int, default=512, help="random base of the memory/throughput stages")
+    p.add_argument("--stream-layers", type=int, default=8)
+    p.add_argument("--stream-heads", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--no-hybrid", action="store_true")
     p.add_argument("--mem-heads", type=int, default=4)
     p.add_argument("--mem-head-dim", type=int, default=64)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--memory-chunk", type=int, default=64)
+    p.add_argument("--alpha-max", type=float, default=1.0, help="decay cap per token (long contexts need 1.0)")
+    p.add_argument("--decay-init", type=float, default=1e-6, help="per-token forgetting at init (0: cell default)")
+    p.add_argument("--write-init", type=float, default=0.05, help="write strength at init (0: cell default)")
     p.add_argument("--stream-lengths", default="8k,128k,1M")
     p.add_argument("--throughput-tokens", type=int, default=16384)
     p.add_argument("--throughput-batch", type=int, default=4)
-    p.add_argument("--pretrain-steps", type=int, default=3000)
+    p.add_argument("--pretrain-steps", type=int, default=1500)
     p.add_argument("--pretrain-batch", type=int, default=32)
-    p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--train-length", type=int, default=4096)
-    p.add_argument("--train-steps", type=int, default=1500)
-    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--train-length", type=int, default=2048)
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-lr", type=float, default=3e-3)
+    p.add_argument("--lm-weight", type=float, default=1.0, help="next-token loss on the haystack (no-harm term)")
     p.add_argument("--niah-lengths", default="32k,128k")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
-    p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--samples", type=int, default=20, help="held-out samples per (length, depth) cell")
+    p.add_argument("--baseline-samples", type=int, default=4, help="per depth, base-only run at the first length")
+    p.add_argument("--eval-batch", type=int, default=50)
+    p.add_argument("--no-harm-texts", type=int, default=8)
+    p.add_argument("--no-harm-chars", type=int, default=8192)
     p.add_argument("--digits", type=int, default=6)
     p.add_argument("--distractors", type=int, default=4)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (logs only)")
     args = p.parse_args()
     if args.tiny:
         args.base_hidden, args.base_layers, args.base_heads, args.chunk_size = 64, 2, 4, 64
+        args.stream_hidden, args.stream_layers, args.stream_heads = 64, 2, 4
         args.mem_heads, args.mem_head_dim, args.window, args.memory_chunk = 2, 16, 16, 32
         args.stream_lengths, args.throughput_tokens, args.throughput_batch = "1k,4k,16k", 1024, 2
         args.pretrain_steps, args.pretrain_batch, args.train_length, args.train_steps = 30, 8, 256, 20
         args.train_batch, args.niah_lengths, args.depths, args.samples = 4, "256,1k", "0,0.5,1", 4
-        args.digits, args.distractors = 3, 2
+        args.digits, args.distractors, args.eval_batch, args.baseline_samples = 3, 2, 6, 2
+        args.no_harm_texts, args.no_harm_chars = 2, 256
         torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args.out.mkdir(parents=True, exist_ok=True)
     stages = set(args.stages.split(","))
+    t_start = time.perf_counter()
     report: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "seconds": {}}
     if stages & {"memory", "throughput"}:
-        base = random_base(args.arch, args.base_hidden, args.base_layers, args.base_heads, CharTokenizer().vocab_size
-                           if args.tiny else 32000, device, dtype)
-        mlm = attach_memory(base, MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid,
-                                               num_heads=args.mem_heads, head_dim=args.mem_head_dim,
-                                               window=args.window, memory_chunk=args.memory_chunk))
+        t0 = time.perf_counter()
+        base = random_base(args.arch, args.stream_hidden, args.stream_layers, args.stream_heads,
+                           CharTokenizer().vocab_size if args.tiny else 32000, device, dtype)
+        mlm = attach_memory(base, memory_config(args))
         if "memory" in stages:
             report["memory"] = bench_memory(mlm, parse_lengths(args.stream_lengths), device)
             print(f"peak memory {dict(zip(report['memory']['lengths'], report['memory']['peak_mb'], strict=True))}"
-                  f" MB; ratio largest/smallest = {report['memory']['ratio_largest_over_smallest']:.3f}")
+                  f" MB; ratio largest/smallest = {report['memory']['ratio_largest_over_smallest']:.3f}", flush=True)
         if "throughput" in stages:
             report["throughput"] = bench_throughput(mlm, args.throughput_tokens, args.throughput_batch, device)
             t = report["throughput"]
             print(f"ingestion tokens/s: base {t['base_tokens_per_s']:.0f}, memory ingest "
                   f"{t['memory_ingest_tokens_per_s']:.0f} (overhead {t['overhead_ingest']:.2f}x), memory full "
-                  f"forward {t['memory_full_forward_tokens_per_s']:.0f} (overhead {t['overhead_full_forward']:.2f}x)")
+                  f"forward {t['memory_full_forward_tokens_per_s']:.0f} (overhead {t['overhead_full_forward']:.2f}x)",
+                  flush=True)
         mlm.detach()
+        del mlm, base
+        report["seconds"]["memory_throughput"] = time.perf_counter() - t0
     if "niah" in stages:
         report["niah"] = bench_niah(args, device, args.out)
+        report["seconds"].update(report["niah"]["seconds"])
+    report["seconds"]["total"] = time.perf_counter() - t_start
+    report["summary"] = summarize(report)
+    text = json.dumps(report, indent=2) + "\n"
+    (args.out / "report.json").write_text(text)
+    if args.summary is not None:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(text)
+    print("SUMMARY " + json.dumps(report["summary"]))
+
+
+def summarize(report: dict) -> dict:
+    """Every goal figure in one flat dict."""
+    out: dict = {"device": report["device"], "seconds": {k: round(v, 1) for k, v in report["seconds"].items()}}
+    if "memory" in report:
+        m = report["memory"]
+        out["peak_mb"] = dict(zip(map(str, m["lengths"]), (round(x, 1) for x in m["peak_mb"]), strict=True))
+        out["peak_ratio"] = round(m["ratio_largest_over_smallest"], 4)
+    if "throughput" in report:
+        out["ingest_overhead"] = round(report["throughput"]["overhead_ingest"], 3)
+        out["full_forward_overhead"] = round(report["throughput"]["overhead_full_forward"], 3)
+    if "niah" in report:
         r = report["niah"]
-        for n, a in zip(r["with_memory"]["lengths"], r["with_memory"]["mean_accuracy_per_length"], strict=True):
-            print(f"NIAH {n} tokens: exact match {a:.3f} (peak "
-                  f"{r['with_memory']['peak_memory_mb'][r['with_memory']['lengths'].index(n)]:.0f} MB)")
-        print(f"NIAH base only at {r['base_only_first_length']['lengths'][0]}: "
-              f"{r['base_only_first_length']['mean_accuracy_per_length'][0]:.3f}")
-        print(f"no-harm LM loss ratio (memory / base): {r['no_harm']['ratio']:.4f}")
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"report: {args.out / 'report.json'}")
+        w = r["with_memory"]
+        out["niah_accuracy"] = dict(zip(map(str, w["lengths"]), w["mean_accuracy_per_length"], strict=True))
+        out["niah_accuracy_by_depth"] = {str(n): dict(zip(map(str, w["depths"]), row, strict=True))
+                                         for n, row in zip(w["lengths"], w["accuracy"], strict=True)}
+        out["niah_samples_per_cell"] = w["samples_per_cell"]
+        out["niah_peak_mb"] = dict(zip(map(str, w["lengths"]), (round(x, 1) for x in w["peak_memory_mb"]),
+                                       strict=True))
+        b = r["base_only_first_length"]
+        out["niah_base_only"] = {str(b["lengths"][0]): b["mean_accuracy_per_length"][0]}
+        out["no_harm_ratio"] = round(r["no_harm"]["ratio"], 4)
+        out["no_harm"] = r["no_harm"]
+        out["write_stats"] = r["write_stats"]
+        if "train" in r:
+            out["train_eval_acc"] = r["train"]["eval_acc_at_train_length"]
+    return out
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_text_niah_sample_layout():
     rng = random.Random(0)
     for depth in (0.0, 0.5, 1.0):
         s = task.sample(rng, 600, depth, "eval")
-        assert len(s.context) == 600
+        assert len(s.context) + len(s.answer) == 600  # length counts the answer
         text = tok.decode(s.context)
         code = tok.decode(s.answer).strip()
         name = text.rsplit("secret code of ", 1)[1].split(" ")[0]
@@ -33,7 +33,7 @@ def test_text_niah_sample_layout():
 
 def test_token_niah_batch_labels():
     task = TokenNiah(64, n_keys=8, n_values=8, n_distractors=1)
-    ids, labels, samples = task.batch(random.Random(1), 4, 23, 0.0, "train")
+    ids, labels, samples = task.batch(random.Random(1), 4, 24, 0.0, "train")
     assert ids.shape == (4, 24)
     assert (labels[:, :23] == -100).all() and torch.equal(labels[:, 23], ids[:, 23])
     for row, s in zip(ids, samples, strict=True):
@@ -62,14 +62,14 @@ def test_niah_memory_learns_needle_across_chunks(tmp_path):
     torch.nn.init.normal_(base.lm_head.weight, std=0.5)
     mlm = attach_memory(base, small_memory(8, num_heads=2, head_dim=16, memory_chunk=8, layers=[1]))
     task = TokenNiah(64, n_keys=8, n_values=8, n_distractors=1)
-    _, _, samples = task.batch(random.Random(0), 64, 23, 0.0, "train")
+    _, _, samples = task.batch(random.Random(0), 64, 24, 0.0, "train")
     assert all(s.needle_pos + 4 <= 8 and len(s.context) - 3 >= 16 for s in samples)
-    cfg = TrainNiahConfig(length=23, steps=360, batch_size=32, lr=2e-2, warmup=20, eval_every=120, eval_samples=64,
+    cfg = TrainNiahConfig(length=24, steps=360, batch_size=32, lr=2e-2, warmup=20, eval_every=120, eval_samples=64,
                           save_every=360, checkpoint=False, max_depth=0.0)
     t0 = time.perf_counter()
     hist = train_niah(mlm, task, cfg, tmp_path, progress=False)
     elapsed = time.perf_counter() - t0
-    acc = {mode: niah_accuracy(mlm, task, length=23, n=256, batch_size=128, seed=5, depth=0.0, memory_mode=mode)
+    acc = {mode: niah_accuracy(mlm, task, length=24, n=256, batch_size=128, seed=5, depth=0.0, memory_mode=mode)
            for mode in ("carry", "reset", "off")}
     print(f"NIAH held-out accuracy {acc} (chance {task.chance}), {elapsed:.1f} s training")
     assert acc["carry"] >= 0.85

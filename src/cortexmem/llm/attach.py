@@ -1,9 +1,10 @@
 """Attach a trainable memory sidecar to a frozen Hugging Face causal LM through forward hooks.
 
 Each chosen decoder layer gets a forward hook that replaces its output hidden states ``h`` by
-``h + gate * up(cell(down(norm(h))))`` where ``cell`` is a registered cortexmem cell carrying state across calls
-and ``gate`` starts at zero, so the wrapped model's logits equal the base model's at init. The decoder layers'
-own forward code is never copied: any architecture whose decoder layers sit in one ``nn.ModuleList`` works.
+``h + gate * rms(h) * up(norm(cell(down(norm(h)))))`` where ``cell`` is a registered cortexmem cell carrying
+state across calls and ``gate`` starts at zero, so the wrapped model's logits equal the base model's at init.
+The decoder layers' own forward code is never copied: any architecture whose decoder layers sit in one
+``nn.ModuleList`` works.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,7 +81,7 @@ def base_fingerprint(model: nn.Module) -> str:
 
 
 class MemoryAdapter(nn.Module):
-    """Reads and writes one layer's residual stream: ``h + gate * up(cell(down(rmsnorm(h))))``."""
+    """Reads and writes one layer's residual stream: ``h + gate * rms(h) * up(rmsnorm(cell(down(rmsnorm(h)))))``."""
 
     def __init__(self, d_model: int, cfg: MemoryConfig) -> None:
         super().__init__()
@@ -88,18 +90,41 @@ class MemoryAdapter(nn.Module):
         self.norm = nn.RMSNorm(d_model, eps=cfg.norm_eps)
         self.down = nn.Linear(d_model, width, bias=False)
         self.cell = build_cell(cell_cfg)
+        self.out_norm = nn.RMSNorm(width, eps=cfg.norm_eps)
         self.up = nn.Linear(width, d_model, bias=False)
         # zero gate: exactly the base model at init, yet the gate itself gets gradient from the first step
         self.gate = nn.Parameter(torch.zeros(d_model))
+        self._init_gates(cfg)
+
+    @torch.no_grad()
+    def _init_gates(self, cfg: MemoryConfig) -> None:
+        """Optional decay / write-strength init of gated-delta cells (``a = alpha_max exp(-e^A softplus(.))``)."""
+        cell = self.cell
+        if cfg.decay_init is not None and hasattr(cell, "dt_bias"):
+            # A = 1 for every head and softplus(dt_bias) = decay_init: 1 - a ~ decay_init on an average token
+            cell.A_log.zero_()
+            cell.dt_bias.fill_(math.log(math.expm1(cfg.decay_init)))
+            cell.a_proj.weight.mul_(0.1)  # keep the token-dependent part from swamping the tiny bias
+        if cfg.write_init is not None and hasattr(cell, "beta_proj"):
+            b = cfg.write_init
+            strength = getattr(cell, "strength", None)
+            if strength is not None:
+                strength.bias.fill_(4.0)  # compressor nearly open: write_init alone sets the strength
+                b = min(b / torch.sigmoid(torch.tensor(4.0)).item(), 0.999)
+            cell.beta_proj.bias.fill_(math.log(b / (1 - b)))
 
     def init_state(self, batch: int, device: Any = None) -> TensorDict:
         return self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
 
     def forward(self, h: Tensor, state: TensorDict) -> tuple[Tensor, TensorDict]:
         """``h`` ``[B, T, D]`` -> ``(h', new_state)``."""
-        x = self.down(self.norm(h.to(self.gate.dtype)))
+        hf = h.to(self.gate.dtype)
+        x = self.down(self.norm(hf))
         y, new_state = self.cell.forward_sequence(x, state, None)
-        return h + (self.gate * self.up(y)).to(h.dtype), new_state
+        # write back in units of the residual's own scale (RMS per token): pretrained residual streams are far
+        # larger than a fresh cell's output, and a gate that must grow 20x first stalls training for 1000s of steps
+        scale = hf.detach().pow(2).mean(-1, keepdim=True).add(self.norm.eps or 1e-6).sqrt()
+        return h + (self.gate * self.up(self.out_norm(y)) * scale).to(h.dtype), new_state
 
 
 class SidecarMemory(nn.Module):
@@ -135,6 +160,8 @@ class MemoryLMOutput:
     num_label_tokens: int = 0
     exact_match: Tensor | None = None  # [B] bool: every labelled token predicted by argmax
     token_correct: int = 0
+    lm_loss: Tensor | None = None  # mean next-token loss on ``lm_labels`` when given
+    num_lm_tokens: int = 0
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -326,7 +353,7 @@ class MemoryLM(nn.Module):
         self, input_ids: Tensor, labels: Tensor | None = None, attention_mask: Tensor | None = None, *,
         session_id: str | None = None, state: TensorDict | None = None, reset_session: bool = False,
         checkpoint: bool = False, bptt_chunks: int | None = None, return_logits: bool = True,
-        memory_mode: str = "carry",
+        memory_mode: str = "carry", lm_labels: Tensor | None = None,
     ) -> MemoryLMOutput:
         """Chunked forward with loss; gradient flows through the memory state across chunks.
 
@@ -334,7 +361,9 @@ class MemoryLM(nn.Module):
         ``labels[t + 1]``, also across chunk boundaries. ``checkpoint`` recomputes each chunk in backward
         (bounded activation memory); ``bptt_chunks=k`` detaches the state every ``k`` chunks.
         ``memory_mode``: ``"carry"`` (default), ``"reset"`` (fresh memory every chunk) or ``"off"`` (base only,
-        same chunking) -- the last two are the no-memory baselines.
+        same chunking) -- the last two are the no-memory baselines. ``lm_labels`` (unshifted, ``-100`` =
+        ignored, shifted like ``labels``) adds a second next-token loss, returned as ``lm_loss``: training uses
+        it on the haystack text so the sidecar keeps the base model's language modelling intact.
         """
         if memory_mode not in ("carry", "reset", "off"):
             raise ValueError(f"memory_mode must be 'carry', 'reset' or 'off', got {memory_mode!r}")
@@ -348,6 +377,13 @@ class MemoryLM(nn.Module):
                                  f"{tuple(labels.shape)}")
             labels = labels.to(ids.device)
             targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), -100)], dim=1)
+        lm_targets = None
+        if lm_labels is not None:
+            if lm_labels.shape != ids.shape:
+                raise ValueError(f"lm_labels must have the shape of input_ids {tuple(ids.shape)}, got "
+                                 f"{tuple(lm_labels.shape)}")
+            lm_labels = lm_labels.to(ids.device)
+            lm_targets = torch.cat([lm_labels[:, 1:], lm_labels.new_full((B, 1), -100)], dim=1)
         if attention_mask is not None and attention_mask.shape != ids.shape:
             raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
         keys = sorted(st.flatten_keys(".").keys())
@@ -355,28 +391,34 @@ class MemoryLM(nn.Module):
         fresh = list(flat)
         C = self.config.chunk_size
         loss_sum = ids.new_zeros((), dtype=torch.float32)
-        n_tok, n_correct = 0, 0
+        lm_sum = ids.new_zeros((), dtype=torch.float32)
+        # counts stay on the device until the end: no host sync per chunk
+        n_tok = n_correct = n_lm = torch.zeros((), dtype=torch.long, device=ids.device)
         ok = torch.ones(B, dtype=torch.bool, device=ids.device)
         logits_out = []
         for c, s in enumerate(range(0, T, C)):
             chunk = ids[:, s:s + C]
             tgt = targets[:, s:s + C] if targets is not None else None
+            lm_tgt = lm_targets[:, s:s + C] if lm_targets is not None else None
             mask = attention_mask[:, s:s + C] if attention_mask is not None else None
 
             if memory_mode == "reset":
                 flat = fresh
 
-            def run(chunk: Tensor, tgt: Tensor | None, mask: Tensor | None, *flat_in: Tensor):
-                return self._chunk(chunk, tgt, mask, keys, B, list(flat_in), return_logits, memory_mode != "off")
+            def run(chunk: Tensor, tgt: Tensor | None, lm_tgt: Tensor | None, mask: Tensor | None,
+                    *flat_in: Tensor):
+                return self._chunk(chunk, tgt, lm_tgt, mask, keys, B, list(flat_in), return_logits,
+                                   memory_mode != "off")
 
             if checkpoint and torch.is_grad_enabled():
-                res = _checkpoint(run, chunk, tgt, mask, *flat, use_reentrant=False)
+                res = _checkpoint(run, chunk, tgt, lm_tgt, mask, *flat, use_reentrant=False)
             else:
-                res = run(chunk, tgt, mask, *flat)
-            l_sum, cnt, corr, chunk_ok, logits, flat = res[0], res[1], res[2], res[3], res[4], list(res[5:])
+                res = run(chunk, tgt, lm_tgt, mask, *flat)
+            l_sum, cnt, corr, chunk_ok, lm_s, lm_c, logits = res[:7]
+            flat = list(res[7:])
             loss_sum = loss_sum + l_sum
-            n_tok += int(cnt)
-            n_correct += int(corr)
+            lm_sum = lm_sum + lm_s
+            n_lm, n_tok, n_correct = n_lm + lm_c, n_tok + cnt, n_correct + corr
             ok = ok & chunk_ok
             if return_logits:
                 logits_out.append(logits)
@@ -384,14 +426,17 @@ class MemoryLM(nn.Module):
                 flat = [t.detach() for t in flat]
         final = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
         self._finish(session_id, final, seen + T, version)
-        loss = loss_sum / max(n_tok, 1) if targets is not None else None
+        loss = loss_sum / n_tok.clamp(min=1) if targets is not None else None
         return MemoryLMOutput(
             loss=loss, logits=torch.cat(logits_out, dim=1) if return_logits else None, memory_state=final,
-            num_label_tokens=n_tok, exact_match=ok if targets is not None else None, token_correct=n_correct,
+            num_label_tokens=int(n_tok), exact_match=ok if targets is not None else None,
+            token_correct=int(n_correct), lm_loss=lm_sum / n_lm.clamp(min=1) if lm_targets is not None else None,
+            num_lm_tokens=int(n_lm),
         )
 
-    def _chunk(self, ids: Tensor, tgt: Tensor | None, mask: Tensor | None, keys: list[str], B: int,
-               flat: list[Tensor], return_logits: bool, use_memory: bool = True) -> tuple[Tensor, ...]:
+    def _chunk(self, ids: Tensor, tgt: Tensor | None, lm_tgt: Tensor | None, mask: Tensor | None,
+               keys: list[str], B: int, flat: list[Tensor], return_logits: bool,
+               use_memory: bool = True) -> tuple[Tensor, ...]:
         state = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
         if use_memory:
             with self._running(state) as run:
@@ -403,7 +448,7 @@ class MemoryLM(nn.Module):
         logits = out.logits
         zero = logits.new_zeros((), dtype=torch.float32)
         if tgt is None:
-            l_sum, cnt, corr = zero, torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
+            l_sum, cnt, corr = zero, zero.long(), zero.long()
             chunk_ok = torch.ones(B, dtype=torch.bool, device=ids.device)
         else:
             valid = tgt != -100
@@ -412,8 +457,13 @@ class MemoryLM(nn.Module):
             hit = (lf.argmax(-1) == tgt) & valid
             cnt, corr = valid.sum(), hit.sum()
             chunk_ok = (hit | ~valid).all(dim=1)
+        lm_s, lm_c = zero, zero.long()
+        if lm_tgt is not None:
+            lm_s = F.cross_entropy(logits.float().flatten(0, 1), lm_tgt.flatten(), ignore_index=-100,
+                                   reduction="sum")
+            lm_c = (lm_tgt != -100).sum()
         kept = logits if return_logits else zero
-        return (l_sum, cnt, corr, chunk_ok, kept, *[new[k] for k in keys])
+        return (l_sum, cnt, corr, chunk_ok, lm_s, lm_c, kept, *[new[k] for k in keys])
 
     # --- generation -----------------------------------------------------------------------------
     @torch.no_grad()

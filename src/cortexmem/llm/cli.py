@@ -83,12 +83,19 @@ def sessions_delete(session_id: str, store: Path | None = _STORE) -> None:
 
 
 def _memory_cfg(chunk_size: int, use_hybrid: bool, num_heads: int, head_dim: int, rank: int, layers: str,
-                compressor: str):
+                compressor: str, alpha_max: float = 1.0, decay_init: float | None = None,
+                write_init: float | None = None, window: int | None = None):
+    from pydantic import ValidationError
+
     from .config import MemoryConfig
 
     lay = "auto" if layers == "auto" else [int(x) for x in layers.split(",")]
-    return MemoryConfig(chunk_size=chunk_size, use_hybrid=use_hybrid, num_heads=num_heads, head_dim=head_dim,
-                        rank_fast=rank, layers=lay, compressor=compressor)
+    try:
+        return MemoryConfig(chunk_size=chunk_size, use_hybrid=use_hybrid, num_heads=num_heads, head_dim=head_dim,
+                            rank_fast=rank, layers=lay, compressor=compressor, alpha_max=alpha_max,
+                            decay_init=decay_init, write_init=write_init, window=window)
+    except ValidationError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def _task(mode: str, mlm, digits: int, distractors: int):
@@ -114,6 +121,11 @@ def train_niah_cmd(
     digits: int = 6, distractors: int = 4, use_hybrid: bool = True, num_heads: int = 4, head_dim: int = 32,
     rank: int = 32, compressor: str = "linear", layers: str = "auto", eval_every: int = 100, save_every: int = 200,
     resume: bool = True, device: str = typer.Option("auto"), seed: int = 0,
+    lm_weight: float = typer.Option(1.0, help="weight of the next-token loss on the haystack (no-harm term)"),
+    alpha_max: float = typer.Option(1.0, help="decay cap per token (long contexts need 1.0)"),
+    decay_init: float = typer.Option(1e-6, help="per-token forgetting at init (0: the cell's own init)"),
+    write_init: float = typer.Option(0.0, help="write strength at init (0: the cell's own init)"),
+    window: int = typer.Option(64, help="hybrid local window"),
 ) -> None:
     """Train only the memory sidecar on needle-in-a-haystack (BPTT through the memory across chunks)."""
 
@@ -122,11 +134,12 @@ def train_niah_cmd(
 
     logging.basicConfig(level=logging.INFO)
     dev = _device(device)
-    cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor)
+    cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor, alpha_max,
+                      decay_init or None, write_init or None, window)
     adapter = out / "ckpt" / "memory" if resume and (out / "ckpt" / "trainer.json").is_file() else None
     mlm = load_with_memory(base, None if adapter else cfg, adapter=adapter).to(dev)
     tc = TrainNiahConfig(length=length, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                         save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed)
+                         save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed, lm_weight=lm_weight)
     hist = train_niah(mlm, _task(mode, mlm, digits, distractors), tc, out, resume=resume)
     _console.print(f"final held-out accuracy {hist.eval_acc[-1]:.3f}; adapter in {out / 'memory'}")
 

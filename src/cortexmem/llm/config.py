@@ -26,6 +26,14 @@ class MemoryConfig(TaggedConfig):
     use_short_conv: bool = True
     cell: polymorphic(CellConfig) | None = Field(default=None, description="explicit cell (overrides the above)")
     norm_eps: float = Field(default=1e-6, gt=0.0)
+    decay_init: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="per-token forgetting 1 - a/alpha_max at init (None: the cell's own init); long-context "
+                    "recall wants alpha_max=1.0 and a tiny value such as 1e-6 so filler barely decays")
+    write_init: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="write strength b at init (None: the cell's own init, about 0.5); small values keep filler "
+                    "from overwriting the memory before the write gate has learned to pick what to store")
 
     @field_validator("layers")
     @classmethod

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from ..core.io import atomic_write_json
 from .attach import MemoryLM
-from .niah import NiahTask
+from .niah import NiahTask, stack_samples
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +72,19 @@ def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[fl
         for i, length in enumerate(lengths):
             _peak_reset(mlm.device)
             tokens, t0 = 0, time.perf_counter()
+            # every (depth, sample) cell of this length, run in batches that may mix depths
+            todo = [(j, s) for j in range(len(depths)) for s in range(samples)]
+            hits = [0] * len(depths)
+            for start in range(0, len(todo), batch_size):
+                part = todo[start:start + batch_size]
+                ids, labels = stack_samples([task.sample(random.Random(seed * 7_919 + 1_000_003 * i + 1_009 * j + s),
+                                                  length, depths[j], "eval") for j, s in part])
+                out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode)
+                for (j, _), ok in zip(part, out.exact_match.tolist(), strict=True):
+                    hits[j] += int(ok)
+                tokens += ids.numel()
             for j, depth in enumerate(depths):
-                rng = random.Random(seed * 7_919 + 31 * i + j)
-                hits, n = 0, 0
-                while n < samples:
-                    b = min(batch_size, samples - n)
-                    ids, labels, _ = task.batch(rng, b, length, depth, "eval")
-                    out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode)
-                    hits += int(out.exact_match.sum())
-                    n += b
-                    tokens += ids.numel()
-                acc[i][j] = hits / n
+                acc[i][j] = hits[j] / samples
                 log.info("length %d depth %.2f acc %.3f", length, depth, acc[i][j])
             tps.append(tokens / (time.perf_counter() - t0))
             peak.append(_peak_mb(mlm.device))
@@ -143,3 +147,53 @@ def lm_loss_ratio(mlm: MemoryLM, texts: list[torch.Tensor]) -> dict[str, float]:
                 cnt[mode] += out.num_label_tokens
     with_mem, base = tot["carry"] / cnt["carry"], tot["off"] / cnt["off"]
     return {"loss_with_memory": with_mem, "loss_base": base, "ratio": with_mem / base}
+
+
+def write_stats(mlm: MemoryLM, task: NiahTask, *, length: int, n: int = 8, seed: int = 77) -> dict[str, float]:
+    """Where the memory writes: mean write strength ``b`` on needle tokens vs the rest, and the decay ``-log a``.
+
+    A needle survives ``N`` filler tokens roughly when ``N * mean_decay << 1`` and the filler's summed write
+    strength ``N * b_rest`` stays small against the key dimension (each write erases along its key).
+    Measured through forward hooks on the gated-delta cells' gate projections (other cells: empty dict).
+    """
+    cells = [a.cell for a in mlm.memory.adapters.values() if hasattr(a.cell, "beta_proj")]
+    if not cells:
+        return {}
+    rec: dict[str, list[Tensor]] = {"beta": [], "strength": [], "a": []}
+    hooks = []
+    for cell in cells:
+        hooks.append(cell.beta_proj.register_forward_hook(lambda m, i, o: rec["beta"].append(o.detach())))
+        hooks.append(cell.a_proj.register_forward_hook(lambda m, i, o: rec["a"].append(o.detach())))
+        if getattr(cell, "strength", None) is not None:
+            hooks.append(cell.strength.register_forward_hook(lambda m, i, o: rec["strength"].append(o.detach())))
+    rng = random.Random(seed)
+    ids, labels, samples = task.batch(rng, n, length, None, "eval")
+    try:
+        with torch.no_grad():
+            mlm(ids, return_logits=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return _gate_summary(cells[0], rec, ids, samples)
+
+
+@torch.no_grad()
+def _gate_summary(cell: Any, rec: dict[str, list[Tensor]], ids: Tensor, samples: list[Any]) -> dict[str, float]:
+    beta = torch.sigmoid(torch.cat(rec["beta"], 1).float())  # [B, T, NH] (first layer's cell when several)
+    beta = beta[:, : ids.shape[1]]
+    if rec["strength"]:
+        beta = beta * torch.sigmoid(torch.cat(rec["strength"], 1).float()[:, : ids.shape[1]])
+    decay = -(cell.log_alpha_max - cell.A_log.exp().float() * F.softplus(
+        torch.cat(rec["a"], 1).float()[:, : ids.shape[1]] + cell.dt_bias.float()))
+    needle = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        needle[i, s.needle_pos: s.needle_pos + s.needle_len] = True
+    needle = needle.to(beta.device)
+    rest = ~needle
+    return {
+        "b_needle": float(beta[needle].mean()), "b_rest": float(beta[rest].mean()),
+        "b_rest_p99": float(beta[rest].flatten().quantile(0.99)),
+        "b_rest_sum_per_1k": float(beta[rest].mean() * 1000), "decay_mean": float(decay.mean()),
+        "decay_max": float(decay.max()), "survival_128k": float(torch.exp(-decay.mean() * 131072)),
+    }
+

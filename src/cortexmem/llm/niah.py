@@ -85,12 +85,13 @@ def question_text(name: str) -> str:
 
 @dataclass
 class NiahSample:
-    """``context`` ids (ends with the question), ``answer`` ids, where the needle starts, requested depth."""
+    """``context`` ids (ends with the question), ``answer`` ids, where the needle starts and its length, depth."""
 
     context: list[int]
     answer: list[int]
     needle_pos: int
     depth: float
+    needle_len: int = 0
 
 
 class NiahTask(ABC):
@@ -100,7 +101,11 @@ class NiahTask(ABC):
 
     @abstractmethod
     def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
-        """One sample whose context is exactly ``length`` tokens (text mode: at most a few more)."""
+        """One sample whose context + answer is exactly ``length`` tokens.
+
+        Counting the answer in ``length`` keeps question and answer in the same base-model chunk when ``length``
+        is a multiple of the chunk size, as in generation (where the prompt's last chunk is continued).
+        """
 
     def batch(self, rng: random.Random, batch: int, length: int, depth: float | tuple[float, float] | None,
               split: Split, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[NiahSample]]:
@@ -110,18 +115,26 @@ class NiahTask(ABC):
         """
         lo, hi = (0.0, 1.0) if depth is None else (depth, depth) if isinstance(depth, float | int) else depth
         samples = [self.sample(rng, length, rng.uniform(lo, hi), split) for _ in range(batch)]
-        width = max(len(s.context) + len(s.answer) for s in samples)
-        ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        labels = torch.full((batch, width), -100, dtype=torch.long)
-        for i, s in enumerate(samples):
-            seq = s.context + s.answer
-            ids[i, :len(seq)] = torch.tensor(seq)
-            labels[i, len(s.context):len(seq)] = torch.tensor(s.answer)
-        return ids, labels, samples
+        return (*stack_samples(samples, pad_id), samples)
+
+
+def stack_samples(samples: list[NiahSample], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` of context + answer, labels on the answer tokens only, right-padded."""
+    width = max(len(s.context) + len(s.answer) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), -100, dtype=torch.long)
+    for i, s in enumerate(samples):
+        seq = s.context + s.answer
+        ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, len(s.context):len(seq)] = torch.tensor(s.answer)
+    return ids, labels
 
 
 class TextNiah(NiahTask):
-    """Needle sentence in generated filler with ``n_distractors`` same-form sentences for other names."""
+    """Needle sentence in generated filler with ``n_distractors`` same-form sentences for other names.
+
+    The number of distractors is fixed per sample, whatever the length: longer contexts add filler only.
+    """
 
     def __init__(self, tokenizer: Any, *, digits: int = 6, n_distractors: int = 4) -> None:
         if digits < 1:
@@ -141,7 +154,7 @@ class TextNiah(NiahTask):
         answer = enc(" " + codes[0])
         needle = enc(" " + needle_sentence(names[0], codes[0]))
         distract = [enc(" " + needle_sentence(n, c)) for n, c in zip(names[1:], codes[1:], strict=True)]
-        budget = length - len(question) - len(needle) - sum(map(len, distract))
+        budget = length - len(answer) - len(question) - len(needle) - sum(map(len, distract))
         if budget < 0:
             raise ValueError(f"length {length} is too short for the needle, distractors and question")
         filler: list[list[int]] = []
@@ -157,7 +170,7 @@ class TextNiah(NiahTask):
         pieces = filler[:at] + [needle] + filler[at:]
         pos = sum(map(len, filler[:at]))
         context = [t for p in pieces for t in p] + question
-        return NiahSample(context, answer, pos, depth)
+        return NiahSample(context, answer, pos, depth, len(needle))
 
 
 class TokenNiah(NiahTask):
@@ -183,7 +196,7 @@ class TokenNiah(NiahTask):
         vals = [rng.randrange(self.n_values) for _ in keys]
         pairs = [[self.KEY, self.key0 + k, self.VAL, self.val0 + v] for k, v in zip(keys, vals, strict=True)]
         question = [self.QUERY, self.key0 + keys[0], self.VAL]
-        n_fill = length - len(question) - 4 * len(pairs)
+        n_fill = length - 1 - len(question) - 4 * len(pairs)
         if n_fill < 0:
             raise ValueError(f"length {length} too short for {len(pairs)} pairs and the question")
         fill = [rng.randrange(self.fill0, self.vocab_size) for _ in range(n_fill)]
@@ -200,4 +213,4 @@ class TokenNiah(NiahTask):
             seq += pairs[which]
             prev = pos
         seq += fill[prev:] + question
-        return NiahSample(seq, [self.val0 + vals[0]], needle_pos, depth)
+        return NiahSample(seq, [self.val0 + vals[0]], needle_pos, depth, 4)

@@ -44,11 +44,26 @@ class TrainNiahConfig:
     seed: int = 0
     min_depth: float = 0.0
     max_depth: float = 1.0
+    # weight of the next-token loss on the haystack text (memory attached): keeps the sidecar harmless to the
+    # base model's language modelling ("no harm" figure); 0 trains on the answer alone
+    lm_weight: float = 0.0
+    # length curriculum: ramp the training length from min_length to length over curriculum_steps (rounded to
+    # whole base-model chunks once past one chunk); short haystacks make the first retrievals easy to find
+    min_length: int | None = None
+    curriculum_steps: int = 0
+    # stop early (checkpoint and adapter still written) after this many seconds of training
+    time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("length", "steps", "batch_size", "eval_every", "eval_samples", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_length is not None and not 1 <= self.min_length <= self.length:
+            raise ValueError(f"min_length must be in [1, length={self.length}], got {self.min_length}")
+        if self.curriculum_steps < 0:
+            raise ValueError(f"curriculum_steps must be >= 0, got {self.curriculum_steps}")
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if not 0.0 <= self.min_depth <= self.max_depth <= 1.0:
             raise ValueError(f"need 0 <= min_depth <= max_depth <= 1, got {self.min_depth}, {self.max_depth}")
 
@@ -57,6 +72,7 @@ class TrainNiahConfig:
 class TrainHistory:
     step: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    lm_loss: list[float] = field(default_factory=list)
     eval_step: list[int] = field(default_factory=list)
     eval_acc: list[float] = field(default_factory=list)
 
@@ -78,6 +94,19 @@ def niah_accuracy(mlm: MemoryLM, task: NiahTask, *, length: int, n: int, batch_s
             total += b
     mlm.train(was)
     return hits / total
+
+
+def length_at(step: int, cfg: TrainNiahConfig, chunk_size: int) -> int:
+    """Training length of ``step`` under the curriculum (``cfg.length`` without one)."""
+    if cfg.min_length is None or cfg.curriculum_steps == 0 or step >= cfg.curriculum_steps:
+        return cfg.length
+    n = cfg.min_length + (cfg.length - cfg.min_length) * step / cfg.curriculum_steps
+    return int(n) if n < chunk_size else max(chunk_size, int(n) // chunk_size * chunk_size)
+
+
+def haystack_labels(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token labels on the context (every token that is not an answer token); ``-100`` elsewhere."""
+    return torch.where(labels == -100, ids, torch.full_like(ids, -100))
 
 
 def _lr_at(step: int, cfg: TrainNiahConfig) -> float:
@@ -103,17 +132,23 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step seed: resume reproduces the same batches
-        ids, labels, _ = task.batch(rng, cfg.batch_size, cfg.length, (cfg.min_depth, cfg.max_depth), "train")
+        length = length_at(step, cfg, mlm.config.chunk_size)
+        ids, labels, _ = task.batch(rng, cfg.batch_size, length, (cfg.min_depth, cfg.max_depth), "train")
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
-        res = mlm(ids, labels=labels, checkpoint=cfg.checkpoint, bptt_chunks=cfg.bptt_chunks, return_logits=False)
+        lm_labels = haystack_labels(ids, labels) if cfg.lm_weight > 0 else None
+        res = mlm(ids, labels=labels, checkpoint=cfg.checkpoint, bptt_chunks=cfg.bptt_chunks, return_logits=False,
+                  lm_labels=lm_labels)
+        loss = res.loss if lm_labels is None else res.loss + cfg.lm_weight * res.lm_loss
         opt.zero_grad(set_to_none=True)
-        res.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         hist.step.append(step + 1)
         hist.loss.append(float(res.loss.detach()))
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        hist.lm_loss.append(float(res.lm_loss.detach()) if res.lm_loss is not None else float("nan"))
+        over_time = cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or over_time:
             acc = niah_accuracy(mlm, task, length=cfg.length, n=cfg.eval_samples, batch_size=cfg.batch_size,
                                 seed=cfg.seed, depth=(cfg.min_depth, cfg.max_depth))
             hist.eval_step.append(step + 1)
@@ -122,11 +157,14 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
         if bar:
             acc_s = f" acc {hist.eval_acc[-1]:.2f}" if hist.eval_acc else ""
             bar.update(task_id, advance=1, description=f"train-niah loss {hist.loss[-1]:.3f}{acc_s}")
-        if out is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
+        if out is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or over_time):
             _save_checkpoint(mlm, opt, out / "ckpt", step + 1, hist, cfg)
+        if over_time:
+            log.info("time limit %.0f s reached after step %d", cfg.time_limit_s, step + 1)
+            break
     if bar:
         bar.stop()
-    log.info("trained %d steps in %.1f s", cfg.steps - start, time.perf_counter() - t0)
+    log.info("trained %d steps in %.1f s", hist.step[-1] - start if hist.step else 0, time.perf_counter() - t0)
     if out is not None:
         mlm.save_memory(out / "memory")
         atomic_write_json(out / "history.json", {"config": asdict(cfg), **asdict(hist)})
