@@ -114,7 +114,8 @@ def memory_config(args) -> MemoryConfig:
     return MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid, num_heads=args.mem_heads,
                         head_dim=args.mem_head_dim, window=args.window, memory_chunk=args.memory_chunk,
                         alpha_max=args.alpha_max, decay_init=args.decay_init or None,
-                        write_init=args.write_init or None)
+                        write_init=args.write_init or None, compressor=args.compressor,
+                        layers="auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")])
 
 
 def heldout_texts(tok, n: int, chars: int, device: torch.device) -> list[torch.Tensor]:
@@ -131,8 +132,8 @@ def _curve(xs: list[float], points: int = 12) -> list[float]:
     return [round(sum(xs[i:i + w]) / len(xs[i:i + w]), 4) for i in range(0, len(xs), w)]
 
 
-def bench_niah(args, device: torch.device, out: Path) -> dict:
-    res: dict = {"seconds": {}}
+def ensure_base(args, device: torch.device, out: Path, res: dict) -> str:
+    """``--base`` if given, else the base pretrained on generated text under ``out/base`` (trained once)."""
     t0 = time.perf_counter()
     if args.base:
         base_dir = args.base
@@ -142,28 +143,41 @@ def bench_niah(args, device: torch.device, out: Path) -> dict:
             pre = pretrain_base(base_dir, arch=args.arch, hidden=args.base_hidden, layers=args.base_layers,
                                 heads=args.base_heads, seq_len=args.chunk_size, steps=args.pretrain_steps,
                                 batch_size=args.pretrain_batch, lr=args.pretrain_lr, device=str(device),
-                                progress=not args.quiet)
-            res["pretrain"] = {"final_loss": pre["final_loss"], "curve": _curve(pre["losses"])}
-            print(f"pretrain-base: {args.pretrain_steps} steps, loss curve {res['pretrain']['curve']}", flush=True)
+                                progress=not args.quiet, time_limit_s=args.pretrain_seconds or None)
+            res["pretrain"] = {"final_loss": pre["final_loss"], "curve": _curve(pre["losses"]),
+                               "steps_done": pre["steps_done"], "seconds": pre["seconds"]}
+            print(f"pretrain-base: {pre['steps_done']} steps in {pre['seconds']:.0f} s, loss curve "
+                  f"{res['pretrain']['curve']}", flush=True)
     res["seconds"]["pretrain"] = time.perf_counter() - t0
+    return base_dir
+
+
+def bench_niah(args, device: torch.device, out: Path) -> dict:
+    res: dict = {"seconds": {}}
+    base_dir = ensure_base(args, device, out, res)
     t0 = time.perf_counter()
     adapter = out / "niah" / "memory" if (out / "niah" / "memory" / "memory.safetensors").is_file() else None
     mlm = load_with_memory(base_dir, None if adapter else memory_config(args), adapter=adapter).to(device)
     task = TextNiah(mlm.tokenizer, digits=args.digits, n_distractors=args.distractors)
     res["memory_config"] = mlm.config.model_dump()
     # can the frozen base answer when the needle sits in its own window (one chunk, needle last)?
-    res["base_in_window_acc"] = niah_accuracy(mlm, task, length=args.chunk_size, n=32, batch_size=32, seed=3,
-                                              depth=1.0, memory_mode="off")
-    print(f"base alone, needle in its window: {res['base_in_window_acc']:.3f}", flush=True)
+    if args.chunk_size >= 256:  # room for needle, distractors and question in one chunk
+        res["base_in_window_acc"] = niah_accuracy(mlm, task, length=args.chunk_size, n=32, batch_size=32, seed=3,
+                                                  depth=1.0, memory_mode="off")
+        print(f"base alone, needle in its window: {res['base_in_window_acc']:.3f}", flush=True)
     if adapter is None or args.train_steps > 0:
         tc = TrainNiahConfig(length=args.train_length, steps=args.train_steps, batch_size=args.train_batch,
                              lr=args.train_lr, warmup=min(100, max(1, args.train_steps // 10)),
                              eval_every=max(1, args.train_steps // 6), eval_samples=32,
-                             save_every=args.train_steps, lm_weight=args.lm_weight)
+                             save_every=args.train_steps, lm_weight=args.lm_weight,
+                             min_length=args.min_train_length or None, curriculum_steps=args.curriculum_steps,
+                             time_limit_s=args.train_seconds or None)
         hist = train_niah(mlm, task, tc, out / "niah", progress=not args.quiet)
-        res["train"] = {"answer_loss_curve": _curve(hist.loss), "lm_loss_curve": _curve(hist.lm_loss),
+        res["train"] = {"steps_done": hist.step[-1] if hist.step else 0,
+                        "answer_loss_curve": _curve(hist.loss), "lm_loss_curve": _curve(hist.lm_loss),
                         "eval_step": hist.eval_step, "eval_acc_at_train_length": hist.eval_acc}
-        print(f"train-niah: answer loss {res['train']['answer_loss_curve']}\n  haystack lm loss "
+        print(f"train-niah: {res['train']['steps_done']} steps in {time.perf_counter() - t0:.0f} s; "
+              f"answer loss {res['train']['answer_loss_curve']}\n  haystack lm loss "
               f"{res['train']['lm_loss_curve']}\n  held-out acc at {args.train_length}: "
               f"{list(zip(hist.eval_step, hist.eval_acc, strict=True))}", flush=True)
     res["seconds"]["train"] = time.perf_counter() - t0
@@ -188,7 +202,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="CPU smoke sizes")
     p.add_argument("--out", type=Path, default=Path("runs/llm_bench"), help="work folder (base, checkpoints)")
     p.add_argument("--summary", type=Path, default=None, help="also write the JSON summary here")
-    p.add_argument("--stages", default="memory,throughput,niah")
+    p.add_argument("--stages", default="memory,throughput,niah", help="memory,throughput,niah (or pretrain alone)")
     p.add_argument("--device", default="auto")
     p.add_argument("--arch", default="llama")
     p.add_argument("--base", default=None, help="HF name/folder with a tokenizer (skips pretrain-base)")
@@ -218,6 +232,12 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-lr", type=float, default=3e-3)
     p.add_argument("--lm-weight", type=float, default=1.0, help="next-token loss on the haystack (no-harm term)")
+    p.add_argument("--min-train-length", type=int, default=0, help="length curriculum start (0: none)")
+    p.add_argument("--curriculum-steps", type=int, default=0)
+    p.add_argument("--train-seconds", type=float, default=0, help="stop NIAH training after this long (0: no limit)")
+    p.add_argument("--pretrain-seconds", type=float, default=0, help="stop pretraining after this long (0: no limit)")
+    p.add_argument("--layers", default="auto", help="decoder layers to wrap: auto or a comma list")
+    p.add_argument("--compressor", default="linear")
     p.add_argument("--niah-lengths", default="32k,128k")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     p.add_argument("--samples", type=int, default=20, help="held-out samples per (length, depth) cell")
@@ -273,6 +293,10 @@ def main() -> None:
     if "niah" in stages:
         report["niah"] = bench_niah(args, device, args.out)
         report["seconds"].update(report["niah"]["seconds"])
+    elif "pretrain" in stages:  # only the base (later runs pass it with --base)
+        report["niah"] = {"seconds": {}}
+        ensure_base(args, device, args.out, report["niah"])
+        report["seconds"].update(report["niah"]["seconds"])
     report["seconds"]["total"] = time.perf_counter() - t_start
     report["summary"] = summarize(report)
     text = json.dumps(report, indent=2) + "\n"
@@ -293,7 +317,9 @@ def summarize(report: dict) -> dict:
     if "throughput" in report:
         out["ingest_overhead"] = round(report["throughput"]["overhead_ingest"], 3)
         out["full_forward_overhead"] = round(report["throughput"]["overhead_full_forward"], 3)
-    if "niah" in report:
+    if "niah" in report and "pretrain" in report["niah"]:
+        out["pretrain"] = {k: report["niah"]["pretrain"][k] for k in ("final_loss", "steps_done", "seconds")}
+    if "niah" in report and "with_memory" in report["niah"]:
         r = report["niah"]
         w = r["with_memory"]
         out["niah_accuracy"] = dict(zip(map(str, w["lengths"]), w["mean_accuracy_per_length"], strict=True))

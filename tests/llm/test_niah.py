@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from cortexmem.llm import CharTokenizer, TextNiah, TokenNiah, attach_memory
-from cortexmem.llm.eval import eval_niah, parse_depths, parse_lengths
+from cortexmem.llm.eval import eval_niah, parse_depths, parse_lengths, write_stats
 from cortexmem.llm.niah import filler_sentence, name_pool
-from cortexmem.llm.train import TrainNiahConfig, niah_accuracy, train_niah
+from cortexmem.llm.train import TrainNiahConfig, haystack_labels, length_at, niah_accuracy, train_niah
 
 from .helpers import small_memory, tiny_base
 
@@ -94,3 +94,37 @@ def test_train_resume_and_eval_outputs(tmp_path):
     assert len(res["accuracy"]) == 2 and len(res["accuracy"][0]) == 2 and len(res["peak_memory_mb"]) == 2
     assert (tmp_path / "niah.json").is_file()
     assert Image.open(tmp_path / "niah.png").size[0] > 100
+
+
+def test_lm_labels_loss_and_haystack_labels():
+    torch.manual_seed(0)
+    tok = CharTokenizer()
+    mlm = attach_memory(tiny_base("llama", vocab=tok.vocab_size), small_memory(32))
+    task = TextNiah(tok, digits=2, n_distractors=1)
+    ids, labels, _ = task.batch(random.Random(0), 2, 160, 0.5, "train")
+    lm = haystack_labels(ids, labels)
+    assert ((lm == -100) == (labels != -100)).all()
+    out = mlm(ids, labels=labels, lm_labels=lm)
+    # lm_loss is the base's shifted next-token loss on the context (the zero gate makes the sidecar a no-op)
+    ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), lm[:, 1:].flatten())
+    assert torch.allclose(out.lm_loss, ref, atol=1e-5) and out.num_lm_tokens == int((lm[:, 1:] != -100).sum())
+
+
+def test_memory_init_options_set_decay_and_write_strength():
+    tok = CharTokenizer()
+    mlm = attach_memory(tiny_base("qwen2", vocab=tok.vocab_size),
+                        small_memory(32, use_hybrid=True, window=8, compressor="linear", rank_fast=4,
+                                     alpha_max=1.0, decay_init=1e-6, write_init=0.05))
+    stats = write_stats(mlm, TextNiah(tok, digits=2, n_distractors=1), length=160, n=2)
+    assert abs(stats["b_rest"] - 0.05) < 0.02 and stats["decay_mean"] < 1e-5 and stats["survival_128k"] > 0.5
+    default = attach_memory(tiny_base("llama", vocab=tok.vocab_size), small_memory(32, alpha_max=1.0))
+    assert write_stats(default, TextNiah(tok, digits=2, n_distractors=1), length=160, n=2)["decay_mean"] > 1e-3
+
+
+def test_length_curriculum():
+    cfg = TrainNiahConfig(length=2048, min_length=256, curriculum_steps=100)
+    assert length_at(0, cfg, 512) == 256 and length_at(50, cfg, 512) == 1024 and length_at(100, cfg, 512) == 2048
+    assert all(length_at(s, cfg, 512) % 512 == 0 for s in range(20, 100))
+    assert length_at(5, TrainNiahConfig(length=2048), 512) == 2048
+    with pytest.raises(ValueError, match="min_length"):
+        TrainNiahConfig(length=100, min_length=200)

@@ -73,8 +73,12 @@ def build_base_config(arch: str, vocab_size: int, hidden: int, layers: int, head
 
 def pretrain_base(out_dir: str | Path, *, arch: str = "llama", hidden: int = 256, layers: int = 4, heads: int = 4,
                   seq_len: int = 512, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-                  device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train and save (``save_pretrained`` + tokenizer) a small base LM; returns the loss history."""
+                  device: str | None = None, progress: bool = True,
+                  time_limit_s: float | None = None) -> dict[str, Any]:
+    """Train and save (``save_pretrained`` + tokenizer) a small base LM; returns the loss history.
+
+    ``time_limit_s`` stops early (the model is still saved; ``steps_done`` says how far it got).
+    """
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -110,6 +114,9 @@ def pretrain_base(out_dir: str | Path, *, arch: str = "llama", hidden: int = 256
         losses.append(float(loss.detach()))
         if bar:
             bar.update(tid, advance=1, description=f"pretrain-base loss {losses[-1]:.3f}")
+        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+            log.info("pretrain-base: time limit %.0f s reached after step %d", time_limit_s, step + 1)
+            break
     if bar:
         bar.stop()
     model.eval()
@@ -118,6 +125,7 @@ def pretrain_base(out_dir: str | Path, *, arch: str = "llama", hidden: int = 256
     model.save_pretrained(out, safe_serialization=True)
     tok.save(out)
     summary = {"arch": arch, "hidden": hidden, "layers": layers, "heads": heads, "seq_len": seq_len, "steps": steps,
+               "steps_done": len(losses),
                "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": time.perf_counter() - t0,
                "losses": losses}
     atomic_write_json(out / "pretrain.json", summary)
