@@ -58,8 +58,7 @@ def mlstm_chunkwise(
         # nothing before a reset reaches later steps, not even through rounding
         Fc = (same.to(log_f.dtype) @ log_f[..., None]).squeeze(-1)
 
-    neg_inf = torch.tensor(float("-inf"), dtype=q.dtype, device=q.device)
-    D = torch.where(same, Fc[..., :, None] - Fc[..., None, :] + log_i[..., None, :], neg_inf)  # (.., L, L)
+    D = torch.where(same, Fc[..., :, None] - (Fc - log_i)[..., None, :], float("-inf"))  # (.., L, L)
     D_max = D.amax(-1)  # (B, NH, Nc, L)
 
     # chunk summaries: contribution of the chunk's own inputs to its end state, stabilised by D_max[L-1]; the
@@ -80,13 +79,13 @@ def mlstm_chunkwise(
     for c in range(Nc):
         Cn_in.append(Cn), m_in.append(m)
         a = _initial_logw(ends[c], m, end_keeps[c])
-        m_new = torch.maximum(a, locs[c])
+        m_new = _max(a, locs[c])
         Cn = torch.addcmul(_masked_exp(a - m_new, end_keeps[c]) * Cn, torch.exp(locs[c] - m_new), Cn_locs[c])
         m = m_new
     Cn_in, m_in = torch.stack(Cn_in, 2), torch.stack(m_in, 2).view(B, NH, Nc, 1)
 
     a = _initial_logw(Fc, m_in, keep)  # (B, NH, Nc, L)
-    m_t = torch.maximum(a, D_max)
+    m_t = _max(a, D_max)
     S = (q @ k.transpose(-1, -2)) * torch.exp(D - m_t[..., None])  # (B, NH, Nc, L, L)
     inter = _masked_exp(a - m_t, keep)
     # [S v | S 1] + inter * q (C | n): numerator and normaliser in the same products
@@ -95,6 +94,14 @@ def mlstm_chunkwise(
     ).view(B, NH, Nc, L, dv + 1)
     h = num[..., :dv] / normaliser(num[..., dv], m_t)[..., None]
     return h.reshape(B, NH, Nc * L, dv)[:, :, :T], (Cn[..., :dv], Cn[..., dv], m.view(B, NH))
+
+
+def _max(a: Tensor, b: Tensor) -> Tensor:
+    """``max(a, b)`` whose backward is two ``where`` (``torch.maximum``'s splits ties: ten ops per call).
+
+    At a tie both branches hold the same value; the gradient then goes to ``a``, a valid subgradient.
+    """
+    return torch.where(a >= b, a, b)
 
 
 def _initial_logw(Fc: Tensor, m0: Tensor, keep: Tensor | None) -> Tensor:
