@@ -34,11 +34,11 @@ class GRUGate(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         # few launches: the U_r/U_z and U_g products accumulate onto slices of W y (addmm), r and z share
-        # one sigmoid (the z bias padded with zeros for r), and (1 - z) x + z h is one lerp
+        # one sigmoid (the z bias padded with zeros for r), and (1 - z) x + z h = x + z (h - x) is one addcmul
         d = x.shape[-1]
         x2, y2 = x.reshape(-1, d), y.reshape(-1, d)
         wy = y2 @ self.w.weight.t()
         rz = torch.addmm(wy[:, : 2 * d], x2, self.u_rz.weight.t())
         r, z = torch.sigmoid(rz - nn.functional.pad(self.bias, (d, 0))).chunk(2, dim=-1)
         h = torch.tanh(torch.addmm(wy[:, 2 * d :], r * x2, self.u_g.weight.t()))
-        return torch.lerp(x2, h, z).view(x.shape)
+        return torch.addcmul(x2, z, h - x2).view(x.shape)

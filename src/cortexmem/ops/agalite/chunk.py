@@ -47,7 +47,7 @@ def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, 
 
     All chunks at once: a Hillis-Steele scan inside each chunk (``log2(chunk)`` elementwise levels, only
     products of gates in ``[0, 1]``: it never overflows, nothing quadratic in the chunk length), then the
-    chunk-start carries (the same scan over the chunk ends) added with the in-chunk gate products.
+    chunk-start carries (a short loop over chunks, one fused op each) added with the in-chunk gate products.
     ``reverse`` runs ``x_t = a_t x_{t+1} + b_t`` from the end.
     """
     B, T, K = x0.shape[0], a.shape[1], x0.shape[1]
@@ -72,24 +72,13 @@ def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, 
         bufs_b[0].narrow(2, off, L).copy_((F.pad(b, tpad) if pad else b).view(B, n, L, K, *C))
     bufs_a[0].narrow(2, off, L).copy_((F.pad(a, tpad, value=1.0) if pad else a).view(B, n, L, 1, *C))
     x, A = _levels(bufs_b, bufs_a, L, H, reverse)
-    if n > 1:
-        # carry entering chunk c (from the left; from the right when reversed): a zero-start scan over the
-        # chunk ends whose first drive is x0
-        e = 0 if reverse else -1
-        ca, cb = A.select(2, e), x.select(2, e)  # [B, n, 1, *C], [B, n, K, *C]
-        Hn = 1 << ((n - 1).bit_length() - 1)
-        cbufs_b = (x0.new_zeros(B, 1, n + Hn, K, *C), x0.new_zeros(B, 1, n + Hn, K, *C))
-        cbufs_a = (a.new_ones(B, 1, n + Hn, 1, *C), a.new_ones(B, 1, n + Hn, 1, *C))
-        coff = 0 if reverse else Hn
-        mb, ma = cbufs_b[0][:, 0].narrow(1, coff, n), cbufs_a[0][:, 0].narrow(1, coff, n)
-        if reverse:
-            mb[:, :-1], mb[:, -1], ma[:, :-1] = cb[:, 1:], x0, ca[:, 1:]
-        else:
-            mb[:, 1:], mb[:, 0], ma[:, 1:] = cb[:, :-1], x0, ca[:, :-1]
-        carries, _ = _levels(cbufs_b, cbufs_a, n, Hn, reverse)
-        x.addcmul_(A, carries.transpose(1, 2))
-    else:
-        x.addcmul_(A, x0[:, None, None])
+    # carry entering each chunk (from the left; from the right when reversed): one fused op per chunk
+    e = 0 if reverse else -1
+    ca, cb = A.select(2, e).unbind(1), x.select(2, e).unbind(1)  # [B, 1, *C], [B, K, *C] per chunk
+    carry = [x0]
+    for c in range(n - 1, 0, -1) if reverse else range(n - 1):
+        carry.append(torch.addcmul(cb[c], ca[c], carry[-1]))
+    x.addcmul_(A, torch.stack(carry[::-1] if reverse else carry, 1)[:, :, None])
     x = x.reshape(B, n * L, K, *C)  # a compact copy: the padded scratch is freed
     return x[:, pad:] if reverse else x[:, :T]
 
@@ -171,11 +160,18 @@ def agalite_chunked(
     beta, gamma = torch.sigmoid(beta_logit), torch.sigmoid(gamma_logit)
     # log(1 - sigmoid(z)) = -softplus(z): stable for saturated gates
     la_v, la_k = -F.softplus(beta_logit), -F.softplus(gamma_logit)
-    coef_k = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # drive weights of s, kt_1..kt_r
-    xv = gated_scan(la_v, osc, beta * v, vt0.transpose(1, 2), resets, chunk)  # [B, T, r, nh, dv]
-    xk = gated_scan(la_k, coef_k, gamma * phi_k, torch.cat([s0[:, None], kt0.transpose(1, 2)], 1), resets, chunk)
+    # one scan for both memories, side by side on the feature axis: values [.., :dv] with sequences
+    # (unused, vt_1..vt_r), key features [.., dv:] with (s, kt_1..kt_r); drive weights (1, c_1..c_r) for both
+    dv = v.shape[-1]
+    coef = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # [B, T, 1 + r]
+    x0 = torch.cat([torch.cat([torch.zeros_like(vt0[:, :, :1]), vt0], 2), torch.cat([s0[:, :, None], kt0], 2)], -1)
+    x = gated_scan(
+        torch.cat([la_v, la_k], -1), coef, torch.cat([beta * v, gamma * phi_k], -1), x0.transpose(1, 2), resets, chunk
+    )  # [B, T, 1 + r, nh, dv + F]
+    xv, xk = x[:, :, 1:, :, :dv], x[..., dv:]
     # (s, kt_j) . phi(q) as product + sum: an einsum would keep a permuted copy of kt for its backward
     dots = (xk * phi_q[:, :, None]).sum(-1)  # [B, T, 1 + r, nh]
     num = torch.einsum("btjhd,btjh->bthd", xv, dots[:, :, 1:]) * (2 / r)
     o = num / (dots[:, :, :1].transpose(2, 3) + eps)
-    return o, xv[:, -1].transpose(1, 2), xk[:, -1, 1:].transpose(1, 2), xk[:, -1, 0], tau[:, -1] + 1
+    last = x[:, -1].transpose(1, 2)  # [B, nh, 1 + r, dv + F]
+    return o, last[:, :, 1:, :dv], last[:, :, 1:, dv:], last[:, :, 0, dv:], tau[:, -1] + 1
