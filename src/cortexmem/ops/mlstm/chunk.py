@@ -42,8 +42,10 @@ def mlstm_chunkwise(
         log_i = F.pad(log_i, (0, pad), value=float("-inf"))
         if resets is not None:
             resets = F.pad(resets, (0, pad))
-    q, k = q.reshape(B, NH, Nc, L, dk), k.reshape(B, NH, Nc, L, dk)
-    v = v.reshape(B, NH, Nc, L, dv)
+    # chunks flattened into one batch axis (G = B * NH * Nc): every product below is a plain bmm
+    G = B * NH * Nc
+    q, k = q.reshape(G, L, dk), k.reshape(G, L, dk)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1).view(G, L, dv + 1)  # n rides along as a ones column
     log_i, log_f = log_i.reshape(B, NH, Nc, L), log_f.reshape(B, NH, Nc, L)
 
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
@@ -65,8 +67,7 @@ def mlstm_chunkwise(
     # normaliser n rides along as an extra value column of ones, so C and n share every product below
     m_loc = D_max[..., -1]  # (B, NH, Nc)
     w = torch.exp(D[..., -1, :] - m_loc[..., None])  # (B, NH, Nc, L)
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # (B, NH, Nc, L, dv + 1)
-    Cn_loc = torch.einsum("bhcs,bhcsd,bhcse->bhcde", w, k, v1)  # (B, NH, Nc, dk, dv + 1)
+    Cn_loc = torch.bmm((k * w.view(G, L, 1)).transpose(1, 2), v1).view(B, NH, Nc, dk, dv + 1)
 
     # the carry loop on [B, NH, 1, 1]-shaped scalars and the stacked (C | n): a few ops per chunk
     Cn = torch.cat([C0, n0[..., None]], -1)
@@ -86,12 +87,11 @@ def mlstm_chunkwise(
 
     a = _initial_logw(Fc, m_in, keep)  # (B, NH, Nc, L)
     m_t = _max(a, D_max)
-    S = (q @ k.transpose(-1, -2)) * torch.exp(D - m_t[..., None])  # (B, NH, Nc, L, L)
+    S = torch.bmm(q, k.transpose(1, 2)).view(B, NH, Nc, L, L) * torch.exp(D - m_t[..., None])
     inter = _masked_exp(a - m_t, keep)
     # [S v | S 1] + inter * q (C | n): numerator and normaliser in the same products
-    num = torch.baddbmm(
-        (S @ v1).flatten(0, 2), (inter[..., None] * q).flatten(0, 2), Cn_in.flatten(0, 2)
-    ).view(B, NH, Nc, L, dv + 1)
+    num = torch.baddbmm(torch.bmm(S.view(G, L, L), v1), q * inter.view(G, L, 1), Cn_in.view(G, dk, dv + 1))
+    num = num.view(B, NH, Nc, L, dv + 1)
     h = num[..., :dv] / normaliser(num[..., dv], m_t)[..., None]
     return h.reshape(B, NH, Nc * L, dv)[:, :, :T], (Cn[..., :dv], Cn[..., dv], m.view(B, NH))
 
