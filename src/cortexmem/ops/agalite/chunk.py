@@ -58,8 +58,13 @@ def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, 
     off = 0 if reverse else H
     C = x0.shape[2:]
     ones = [1] * len(C)
-    bufs_b = (x0.new_zeros(B, n, L + H, K, *C), x0.new_zeros(B, n, L + H, K, *C))
-    bufs_a = (a.new_ones(B, n, L + H, 1, *C), a.new_ones(B, n, L + H, 1, *C))
+    # ping-pong pairs allocated together so one fill sets both pads (the rest is always written before read)
+    pad_at = L if reverse else 0
+    pair_b = x0.new_empty(2, B, n, L + H, K, *C)
+    pair_a = a.new_empty(2, B, n, L + H, 1, *C)
+    pair_b.narrow(3, pad_at, H).fill_(0.0)
+    pair_a.narrow(3, pad_at, H).fill_(1.0)
+    bufs_b, bufs_a = pair_b.unbind(0), pair_a.unbind(0)
     # time padding: gate 1, drive 0 beyond the far end (after the last step, or before the first when
     # reversed), so it never reaches a real step
     tpad = (0, 0) * (len(C) + 1) + ((pad, 0) if reverse else (0, pad))
