@@ -248,7 +248,8 @@ def test_step_traces_match_one_naive_step(dense):
     _, el, ew = rtu_naive(u, lam, c0, reset[:, None], drive, e_lam0, e_w0)
     real = lambda z: torch.stack([z.real, z.imag], 1)  # noqa: E731
     prev = torch.where(reset[:, None], torch.zeros_like(c0), c0)
-    el2, ew2 = rtu_step_traces(prev, lam, reset, drive[:, 0], real(e_lam0), real(e_w0))
+    el2, ew2 = rtu_step_traces(prev.real, prev.imag, lam.real, lam.imag, reset, drive[:, 0], real(e_lam0),
+                               real(e_w0))
     torch.testing.assert_close(el2, real(el), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ew2, real(ew), rtol=1e-5, atol=1e-6)
 

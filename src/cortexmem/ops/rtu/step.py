@@ -13,21 +13,22 @@ from torch import Tensor
 
 
 def rtu_step_traces(
-    prev: Tensor, lam: Tensor, reset: Tensor | None, drive: Tensor, e_lam0: Tensor, e_w0: Tensor
+    prev_re: Tensor, prev_im: Tensor, lam_re: Tensor, lam_im: Tensor, reset: Tensor | None, drive: Tensor,
+    e_lam0: Tensor, e_w0: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """``prev`` complex ``[B, H]`` (the hidden before this step, already reset), ``lam`` complex ``[H]``,
-    ``reset [B]`` bool, ``drive`` real ``[B, Z]`` (dense, ``e_w0 [B, 2, H, Z]``) or ``[B, H]`` (``e_w0
-    [B, 2, H]``), ``e_lam0 [B, 2, H]`` real. Returns the new ``(e_lam, e_w)`` as real ``[B, 2, ...]``."""
-    dt = e_w0.dtype
-    lr, li = lam.real.to(dt), lam.imag.to(dt)
+    """``prev`` ``[B, H]`` (real, imaginary parts of the hidden before this step, already reset), ``lam`` ``[H]``
+    (parts), ``reset [B]`` bool, ``drive`` real ``[B, Z]`` (dense, ``e_w0 [B, 2, H, Z]``) or ``[B, H]`` (``e_w0
+    [B, 2, H]``), ``e_lam0 [B, 2, H]``. Returns the new ``(e_lam, e_w)`` as real ``[B, 2, ...]``."""
+    dt = torch.promote_types(e_w0.dtype, lam_re.dtype)
+    lr, li = lam_re.to(dt), lam_im.to(dt)
     if reset is not None:
         keep = (~reset).to(dt)[:, None]
         lr, li = lr * keep, li * keep  # [B, H]: the carried trace decays to nothing on a reset
     else:
         lr, li = lr.expand(e_lam0.shape[0], -1), li.expand(e_lam0.shape[0], -1)
     el_re, el_im = e_lam0[:, 0], e_lam0[:, 1]
-    e_lam = torch.stack([torch.addcmul(prev.real.to(dt), lr, el_re) - li * el_im,
-                         torch.addcmul(prev.imag.to(dt), lr, el_im) + li * el_re], 1)
+    e_lam = torch.stack([torch.addcmul(prev_re.to(dt), lr, el_re) - li * el_im,
+                         torch.addcmul(prev_im.to(dt), lr, el_im) + li * el_re], 1)
     d = drive.to(dt)
     if e_w0.dim() == 4:
         lr, li, d = lr[..., None], li[..., None], d[:, None, :]
