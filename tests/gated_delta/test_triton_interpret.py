@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -66,29 +67,31 @@ def _inputs(T, Dk, Dv, seed, resets):
     return q, k, v, g, beta, s0, r
 
 
-# (T, Dk, Dv, chunk, dtype, initial state, resets): odd T, padded Dk/Dv, every chunk size, both product precisions
+# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out): odd T, padded Dk/Dv, every chunk size, both
+# product precisions, both read-outs (in the sequential kernel, or parallel over chunks from stored states)
 CASES = [
-    (37, 16, 24, 16, torch.float32, False, False),
-    (130, 32, 32, 64, torch.float32, True, True),
-    (77, 8, 16, 32, torch.float32, True, True),
-    (77, 16, 16, 32, torch.bfloat16, True, True),
+    (37, 16, 24, 16, torch.float32, False, False, True),
+    (130, 32, 32, 64, torch.float32, True, True, False),
+    (77, 8, 16, 32, torch.float32, True, True, True),
+    (77, 16, 16, 32, torch.bfloat16, True, True, False),
 ]
 
 
 def _run_cases() -> dict:
     """In the child process (interpreter on): relative RMS errors and dtype checks of every case."""
     _patch_interpreter()
-    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton import gated_delta_forward, triton_gated_delta_rule
 
     out = {}
-    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets) in enumerate(CASES):
+    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused) in enumerate(CASES):
         q, k, v, g, beta, s0, r = _inputs(T, Dk, Dv, T + Dk, with_resets)
         s0 = s0 if with_s0 else None
         o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)),
                                               initial_state=None if s0 is None else s0.double(), resets=r)
         with torch.no_grad():
-            o, s = triton_gated_delta_rule(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk,
-                                           initial_state=s0, resets=r)
+            fn = triton_gated_delta_rule if fused else partial(gated_delta_forward, fused=False, out_block_v=16,
+                                                                               output_final_state=True)
+            o, s = fn(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk, initial_state=s0, resets=r)
         same = o.shape == o_ref.shape and s.shape == s_ref.shape and o.dtype == dtype and s.dtype == dtype
         out[i] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), same]
     q, k, v, g, beta, _, _ = _inputs(20, 16, 16, 3, False)

@@ -111,9 +111,19 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
 
 
 @triton.jit
-def _state_kernel(Q, K, G, R, W, U, S0, O, SF, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
+def _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
+    """Chunk outputs ``o = (e^gamma q) S + P u`` with ``P_ij = e^(gamma_i - gamma_j) q_i.k_j`` on joined j <= i."""
+    link = (rc[None, :] <= rc[:, None]) & (seg[:, None] == seg[None, :])
+    dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
+    d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)  # e^gamma_i while joined to S_0
+    p = _dot(q, kT, BF16_DOT) * dec
+    return _dot(q.to(tl.float32) * d_in[:, None], S, BF16_DOT) + _dot(p, u, BF16_DOT)
+
+
+@triton.jit
+def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
                   C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, HAS_S0: tl.constexpr,
-                  BF16_DOT: tl.constexpr):
+                  FUSED: tl.constexpr, BF16_DOT: tl.constexpr):
     bv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // NH
@@ -127,31 +137,58 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, T, N, NH, DKR, DVR, DK: tl.conste
         S = tl.load(S0 + s_off, mask=s_mask, other=0.0).to(tl.float32)
     else:
         S = tl.zeros((DK, BV), dtype=tl.float32)
-    causal = rc[None, :] <= rc[:, None]
     for n in range(N):
         gamma, seg = _chunk_gates(G, R, b, bh, n, T, NH, rc, C, HAS_R)
         gam_c = tl.sum(tl.where(rc == C - 1, gamma, 0.0), 0)
         seg_c = tl.max(seg, 0)
-        d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)  # e^gamma_i while joined to S_0
         d_out = tl.where(seg == seg_c, tl.exp(gam_c - gamma), 0.0)  # e^(gamma_C - gamma_j) while joined to the end
         d_c = tl.where(seg_c == 0, tl.exp(gam_c), 0.0)
-        link = causal & (seg[:, None] == seg[None, :])
-        dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
         tc = n * C + rc
         ok = tc < T
-        q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
-                    mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
         kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
                      mask=ok[None, :] & (rk[:, None] < DKR), other=0.0)
         chunk = bh * N + n
         w = tl.load(W + chunk * C * DK + rc[:, None] * DK + rk[None, :])
-        u = tl.load(U + chunk * C * DV + rc[:, None] * DV + rv[None, :]).to(tl.float32) - _dot(w, S, BF16_DOT)
-        p = _dot(q, kT, BF16_DOT) * dec
-        o = _dot(q.to(tl.float32) * d_in[:, None], S, BF16_DOT) + _dot(p, u, BF16_DOT)
-        tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
-                 mask=ok[:, None] & (rv[None, :] < DVR))
+        u_ptr = U + chunk * C * DV + rc[:, None] * DV + rv[None, :]
+        u = tl.load(u_ptr).to(tl.float32) - _dot(w, S, BF16_DOT)
+        if FUSED:
+            q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
+                        mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
+            o = _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT)
+            tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
+                     mask=ok[:, None] & (rv[None, :] < DVR))
+        else:
+            # chunk-entry state and pseudo-values for the parallel read-out; u overwrites U (this program's columns)
+            tl.store(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :], S.to(H.dtype.element_ty))
+            tl.store(u_ptr, u.to(U.dtype.element_ty))
         S = S * d_c + _dot(kT.to(tl.float32) * d_out[None, :], u, BF16_DOT)
     tl.store(SF + s_off, S, mask=s_mask)
+
+
+@triton.jit
+def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+                BV: tl.constexpr, HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
+    bv = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    rc = tl.arange(0, C)
+    rk = tl.arange(0, DK)
+    rv = bv * BV + tl.arange(0, BV)
+    gamma, seg = _chunk_gates(G, R, b, bh, n, T, NH, rc, C, HAS_R)
+    tc = n * C + rc
+    ok = tc < T
+    q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
+                mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
+    kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
+                 mask=ok[None, :] & (rk[:, None] < DKR), other=0.0)
+    chunk = bh * N + n
+    S = tl.load(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :])
+    u = tl.load(U + chunk * C * DV + rc[:, None] * DV + rv[None, :])
+    o = _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT)
+    tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
+             mask=ok[:, None] & (rv[None, :] < DVR))
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -167,8 +204,13 @@ def _default_block_v(n_bh: int, DV: int) -> int:
 
 
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
-                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None):
-    """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep."""
+                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
+                        out_block_v=None, out_num_warps=None):
+    """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
+
+    ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
+    pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
+    """
     out_dtype = v.dtype
     B, T, NH, Dk = k.shape
     Dv = v.shape[-1]
@@ -185,15 +227,22 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     _wy_kernel[(N, B * NH)](k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C,
                             HAS_R=r is not None, BF16_DOT=bf16_dot, num_warps=wy_num_warps or 4, num_stages=1)
     BV = block_v or _default_block_v(B * NH, DV)
-    if BV not in (16, 32, 64, 128) or BV > DV:
-        raise ValueError(f"gated delta rule, triton backend: block_v must be a power of two in [16, {DV}], got {BV}")
+    for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
+        if bv not in (16, 32, 64, 128) or bv > DV:
+            raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
     o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
     SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
     S0 = initial_state.contiguous() if initial_state is not None else None
-    _state_kernel[(DV // BV, B * NH)](q, k, g, r if r is not None else g, W, U, S0 if S0 is not None else SF, o,
-                                      SF, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=BV, HAS_R=r is not None,
-                                      HAS_S0=S0 is not None, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
+    Hs = SF if fused else torch.empty(B, NH, N, DK, DV, dtype=op_dtype, device=v.device)
+    rr = r if r is not None else g
+    _state_kernel[(DV // BV, B * NH)](q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH, Dk, Dv,
+                                      DK=DK, DV=DV, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
+                                      FUSED=fused, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
                                       num_stages=num_stages or 2)
+    if not fused:
+        OBV = out_block_v or min(DV, 64)
+        _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=OBV,
+                                            HAS_R=r is not None, BF16_DOT=bf16_dot, num_warps=out_num_warps or 4)
     return o, (SF.to(out_dtype) if output_final_state else None)
 
 
