@@ -203,6 +203,18 @@ def _default_block_v(n_bh: int, DV: int) -> int:
     return bv
 
 
+def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None):
+    """Contiguous inputs (``r`` int8 resets or None) -> ``W (B, NH, N*C, DK)``, ``U (B, NH, N*C, DV)``."""
+    B, T, NH, Dk = k.shape
+    N = triton.cdiv(T, C)
+    W = torch.empty(B, NH, N * C, DK, dtype=op_dtype, device=k.device)
+    U = torch.empty(B, NH, N * C, DV, dtype=op_dtype, device=k.device)
+    _wy_kernel[(N, B * NH)](k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, v.shape[-1], DK=DK,
+                            DV=DV, C=C, HAS_R=r is not None, BF16_DOT=op_dtype != torch.float32,
+                            num_warps=num_warps or 4, num_stages=1)
+    return W, U
+
+
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
                         block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
                         out_block_v=None, out_num_warps=None):
@@ -217,19 +229,16 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
+    BV = block_v or _default_block_v(B * NH, DV)
+    for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
+        if bv not in (16, 32, 64, 128) or bv > DV:
+            raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
     bf16_dot = out_dtype != torch.float32
     # the kernels round product operands to bf16 anyway: storing W and U in bf16 halves their traffic
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     r = resets.to(torch.int8).contiguous() if resets is not None else None
-    W = torch.empty(B, NH, N * C, DK, dtype=op_dtype, device=k.device)
-    U = torch.empty(B, NH, N * C, DV, dtype=op_dtype, device=k.device)
-    _wy_kernel[(N, B * NH)](k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C,
-                            HAS_R=r is not None, BF16_DOT=bf16_dot, num_warps=wy_num_warps or 4, num_stages=1)
-    BV = block_v or _default_block_v(B * NH, DV)
-    for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
-        if bv not in (16, 32, 64, 128) or bv > DV:
-            raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
+    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps)
     o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
     SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
     S0 = initial_state.contiguous() if initial_state is not None else None
