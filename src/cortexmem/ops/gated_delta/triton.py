@@ -246,8 +246,10 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     rr = r if r is not None else g
     _state_kernel[(DV // BV, B * NH)](q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH, Dk, Dv,
                                       DK=DK, DV=DV, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
-                                      FUSED=fused, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
-                                      num_stages=num_stages or 2)
+                                      FUSED=fused, BF16_DOT=bf16_dot,
+                                      num_warps=num_warps or (8 if fused and DK >= 128 else 4),
+                                      # prefetching the next chunk's fp32 tiles would not fit in shared memory
+                                      num_stages=num_stages or (2 if bf16_dot else 1))
     if not fused:
         OBV = out_block_v or min(DV, 64)
         _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=OBV,
