@@ -38,14 +38,16 @@ def _rel(a, b):
 
 
 def _configs(D: int):
-    """The sweep: fused read-out over (block_v, warps, stages); split read-out over (block_v, warps, out block_v)."""
+    """The sweep: fused read-out over (block_v, warps) and stages at block_v 32; split read-out over block_v."""
     for bv in (16, 32, 64):
         if bv > D:
             continue
         for nw in (4, 8):
-            for st in (1, 2):
-                yield dict(fused=True, block_v=bv, num_warps=nw, num_stages=st)
-            yield dict(fused=False, block_v=bv, num_warps=nw, num_stages=2, out_block_v=min(D, 64), out_num_warps=4)
+            yield dict(fused=True, block_v=bv, num_warps=nw, num_stages=2)
+        if bv == 32:
+            for nw in (4, 8):
+                yield dict(fused=True, block_v=bv, num_warps=nw, num_stages=1)
+        yield dict(fused=False, block_v=bv, num_warps=4, num_stages=2, out_block_v=min(D, 64), out_num_warps=4)
     for wy in (2, 8):
         yield dict(wy_num_warps=wy)
 
