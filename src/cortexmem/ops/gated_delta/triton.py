@@ -237,7 +237,7 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     # the kernels round product operands to bf16 anyway: storing W and U in bf16 halves their traffic
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
-    r = resets.to(torch.int8).contiguous() if resets is not None else None
+    r = (resets != 0).to(torch.int8).contiguous() if resets is not None else None
     W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps)
     o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
     SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
