@@ -30,22 +30,41 @@ def _dot(a, b, BF16_DOT: tl.constexpr):
     if BF16_DOT:
         r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     else:
-        r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
     return r
 
 
 @triton.jit
-def _chunk_gates(G, R, b, bh, n, T, NH, rc, C: tl.constexpr, HAS_R: tl.constexpr):
-    """Per chunk: log decay since the chunk start ``gamma [C]`` and segment id ``seg [C]`` (0 = joined to S_0)."""
-    t = n * C + rc
+def _gates(G, R, b, h, t, T, NH, HAS_R: tl.constexpr):
+    """Log decays with resets zeroed, and reset flags (int32), at the time steps ``t`` (0 past ``T``)."""
     ok = t < T
-    g = tl.load(G + (b * T + t) * NH + bh % NH, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(G + (b * T + t) * NH + h, mask=ok, other=0.0).to(tl.float32)
     if HAS_R:
         r = tl.load(R + b * T + t, mask=ok, other=0).to(tl.int32)
         g = tl.where(r != 0, 0.0, g)  # the reset step's own decay acts on a zeroed state: irrelevant
     else:
-        r = tl.zeros([C], dtype=tl.int32)
+        r = t.to(tl.int32) * 0
+    return g, r
+
+
+@triton.jit
+def _chunk_gates(G, R, b, h, n, T, NH, rc, C: tl.constexpr, HAS_R: tl.constexpr):
+    """Per chunk: log decay since the chunk start ``gamma [C]`` and segment id ``seg [C]`` (0 = joined to S_0)."""
+    g, r = _gates(G, R, b, h, n * C + rc, T, NH, HAS_R)
     return tl.cumsum(g, 0), tl.cumsum(r, 0)
+
+
+@triton.jit
+def _block_gates(G, R, b, h, t0, j0, g_c, r_c, rc, rb, T, NH, HAS_R: tl.constexpr):
+    """``gamma`` and segment id of the 16 chunk rows ``j0 + rb`` (chunk starts at step ``t0``; ``g_c, r_c`` its gates).
+
+    The rows before ``j0`` enter as one sum, so no ``[16, C]`` selection from the chunk's cumulative sums.
+    """
+    g, r = _gates(G, R, b, h, t0 + j0 + rb, T, NH, HAS_R)
+    before = rc < j0
+    gam = tl.sum(tl.where(before, g_c, 0.0), 0) + tl.cumsum(g, 0)
+    seg = tl.sum(tl.where(before, r_c, 0), 0) + tl.cumsum(r, 0)
+    return gam, seg
 
 
 @triton.jit
@@ -60,20 +79,15 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
     rb = tl.arange(0, 16)
     rk = tl.arange(0, DK)
     rv = tl.arange(0, DV)
-    gamma, seg = _chunk_gates(G, R, b, bh, n, T, NH, rc, C, HAS_R)
-    tc = n * C + rc
-    kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
-                 mask=(tc[None, :] < T) & (rk[:, None] < DKR), other=0.0)  # (DK, C)
+    g_c, r_c = _gates(G, R, b, h, n * C + rc, T, NH, HAS_R)
     w_base = W + bh * NC * DK + n * C * DK
     u_base = U + bh * NC * DV + n * C * DV
-    for ib in tl.static_range(C // 16):
+    eye = (rb[:, None] == rb[None, :]).to(tl.float32)
+    for ib in range(C // 16):  # a runtime loop: unrolling it (and the one below) multiplies compile time
         ri = ib * 16 + rb  # rows of this block, in the chunk
         ti = n * C + ri
         oki = ti < T
-        # gamma and segment id of the block rows, picked out of the chunk vectors
-        pick = rc[None, :] == ri[:, None]
-        gam_i = tl.sum(tl.where(pick, gamma[None, :], 0.0), 1)
-        seg_i = tl.sum(tl.where(pick, seg[None, :], 0), 1)
+        gam_i, seg_i = _block_gates(G, R, b, h, n * C, ib * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
         beta_i = tl.load(BETA + (b * T + ti) * NH + h, mask=oki, other=0.0).to(tl.float32)
         k_i = tl.load(K + ((b * T + ti[:, None]) * NH + h) * DKR + rk[None, :],
                       mask=oki[:, None] & (rk[None, :] < DKR), other=0.0)
@@ -82,27 +96,28 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
         d_in = tl.where(seg_i == 0, tl.exp(gam_i), 0.0)  # e^gamma_i while joined to S_0
         rhs_w = (beta_i * d_in)[:, None] * k_i.to(tl.float32)
         rhs_u = beta_i[:, None] * v_i.to(tl.float32)
-        if ib > 0:
-            # A_ij = b_i e^(gamma_i - gamma_j) k_i.k_j for the already solved rows j of earlier blocks
-            link = (seg[None, :] == seg_i[:, None]) & (rc[None, :] < ib * 16)
-            dec = tl.exp(tl.where(link, gam_i[:, None] - gamma[None, :], float("-inf")))
-            a_off = _dot(k_i, kT, BF16_DOT) * dec * beta_i[:, None]  # (16, C)
-            prev = (rc < ib * 16)[:, None]
-            w_prev = tl.load(w_base + rc[:, None] * DK + rk[None, :], mask=prev, other=0.0)
-            u_prev = tl.load(u_base + rc[:, None] * DV + rv[None, :], mask=prev, other=0.0)
-            rhs_w -= _dot(a_off, w_prev, BF16_DOT)
-            rhs_u -= _dot(a_off, u_prev, BF16_DOT)
+        for jb in range(ib):
+            # the already solved rows of block jb enter through A_ij = b_i e^(gamma_i - gamma_j) k_i.k_j
+            rj = jb * 16 + rb
+            gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
+            tj = n * C + rj
+            kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
+                           mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
+            dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
+            a_ij = _dot(k_i, kT_j, BF16_DOT) * dec * beta_i[:, None]
+            rhs_w -= _dot(a_ij, tl.load(w_base + rj[:, None] * DK + rk[None, :]), BF16_DOT)
+            rhs_u -= _dot(a_ij, tl.load(u_base + rj[:, None] * DV + rv[None, :]), BF16_DOT)
         # diagonal block: M = -A_ii (strictly lower), then forward substitution turns M into (I + A_ii)^-1 - I
         kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
                        mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
         link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
         dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
         m = -_dot(k_i, kT_i, BF16_DOT) * dec_d * beta_i[:, None]
-        for i in tl.static_range(1, 16):
+        for i in range(1, 16):
             row = tl.sum(tl.where(rb[:, None] == i, m, 0.0), 0)  # -A_i (entries j < i)
             row = row + tl.sum(row[:, None] * m, 0)  # + sum_j -A_ij ((I + A)^-1 - I)_j
             m = tl.where(rb[:, None] == i, row[None, :], m)
-        t_inv = m + (rb[:, None] == rb[None, :]).to(tl.float32)
+        t_inv = m + eye
         w_i = _dot(t_inv, rhs_w, BF16_DOT)
         u_i = _dot(t_inv, rhs_u, BF16_DOT)
         tl.store(w_base + ri[:, None] * DK + rk[None, :], w_i.to(W.dtype.element_ty))
@@ -117,7 +132,8 @@ def _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
     dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
     d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)  # e^gamma_i while joined to S_0
     p = _dot(q, kT, BF16_DOT) * dec
-    return _dot(q.to(tl.float32) * d_in[:, None], S, BF16_DOT) + _dot(p, u, BF16_DOT)
+    # diag(d_in) (q S) rather than (diag(d_in) q) S: scales a (C, BV) tile instead of a (C, DK) one
+    return _dot(q, S, BF16_DOT) * d_in[:, None] + _dot(p, u, BF16_DOT)
 
 
 @triton.jit
@@ -138,7 +154,7 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
     else:
         S = tl.zeros((DK, BV), dtype=tl.float32)
     for n in range(N):
-        gamma, seg = _chunk_gates(G, R, b, bh, n, T, NH, rc, C, HAS_R)
+        gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
         gam_c = tl.sum(tl.where(rc == C - 1, gamma, 0.0), 0)
         seg_c = tl.max(seg, 0)
         d_out = tl.where(seg == seg_c, tl.exp(gam_c - gamma), 0.0)  # e^(gamma_C - gamma_j) while joined to the end
@@ -161,7 +177,7 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
             # chunk-entry state and pseudo-values for the parallel read-out; u overwrites U (this program's columns)
             tl.store(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :], S.to(H.dtype.element_ty))
             tl.store(u_ptr, u.to(U.dtype.element_ty))
-        S = S * d_c + _dot(kT.to(tl.float32) * d_out[None, :], u, BF16_DOT)
+        S = S * d_c + _dot(kT, u * d_out[:, None], BF16_DOT)  # the decay scales u's rows, not kT's columns
     tl.store(SF + s_off, S, mask=s_mask)
 
 
@@ -176,7 +192,7 @@ def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: t
     rc = tl.arange(0, C)
     rk = tl.arange(0, DK)
     rv = bv * BV + tl.arange(0, BV)
-    gamma, seg = _chunk_gates(G, R, b, bh, n, T, NH, rc, C, HAS_R)
+    gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
     tc = n * C + rc
     ok = tc < T
     q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
@@ -193,6 +209,12 @@ def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: t
 
 def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+def _default_stages(fused: bool, DK: int, bf16_dot: bool) -> int:
+    # prefetching the next chunk (2 stages) doubles shared memory: for fused Dk = 128 (~127 KB at BV = 32) that
+    # leaves one program per SM, so the usual 2-programs-per-SM grid would run in two waves
+    return 2 if bf16_dot and (not fused or DK < 128) else 1
 
 
 def _default_block_v(n_bh: int, DV: int) -> int:
@@ -246,10 +268,8 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     rr = r if r is not None else g
     _state_kernel[(DV // BV, B * NH)](q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH, Dk, Dv,
                                       DK=DK, DV=DV, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
-                                      FUSED=fused, BF16_DOT=bf16_dot,
-                                      num_warps=num_warps or (8 if fused and DK >= 128 else 4),
-                                      # prefetching the next chunk's fp32 tiles would not fit in shared memory
-                                      num_stages=num_stages or (2 if bf16_dot else 1))
+                                      FUSED=fused, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
+                                      num_stages=num_stages or _default_stages(fused, DK, bf16_dot))
     if not fused:
         OBV = out_block_v or min(DV, 64)
         _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=OBV,
@@ -273,7 +293,8 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use IEEE fp32 products; bf16/fp16 inputs use bf16 products with fp32 accumulation and state.
+    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16/fp16 inputs use bf16 products with fp32
+    accumulation and state.
     ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels.
     """
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
