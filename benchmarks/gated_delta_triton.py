@@ -43,11 +43,11 @@ def _configs(D: int):
         if bv > D:
             continue
         for nw in (4, 8):
-            yield dict(fused=True, block_v=bv, num_warps=nw, num_stages=2)
+            yield dict(fused=True, block_v=bv, num_warps=nw)
         if bv == 32:
-            for nw in (4, 8):
-                yield dict(fused=True, block_v=bv, num_warps=nw, num_stages=1)
-        yield dict(fused=False, block_v=bv, num_warps=4, num_stages=2, out_block_v=min(D, 64), out_num_warps=4)
+            for st in (1, 2):
+                yield dict(fused=True, block_v=bv, num_warps=4, num_stages=st)
+        yield dict(fused=False, block_v=bv, num_warps=4, out_block_v=min(D, 64), out_num_warps=4)
     for wy in (2, 8):
         yield dict(wy_num_warps=wy)
 
