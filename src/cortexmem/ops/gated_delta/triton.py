@@ -217,9 +217,10 @@ def _default_stages(fused: bool, DK: int, bf16_dot: bool) -> int:
     return 2 if bf16_dot and (not fused or DK < 128) else 1
 
 
-def _default_block_v(n_bh: int, DV: int) -> int:
-    # enough (batch*head, V-block) programs to fill the GPU's ~132 SMs, without splitting V below 16
-    bv = min(DV, 64)
+def _default_block_v(n_bh: int, DK: int, DV: int, bf16_dot: bool) -> int:
+    # enough (batch*head, V-block) programs to fill the GPU's ~132 SMs, without splitting V below 16; wide keys
+    # take narrower V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory
+    bv = min(DV, 64, max(16, (8192 if bf16_dot else 4096) // DK))
     while bv > 16 and n_bh * (DV // bv) < 256:
         bv //= 2
     return bv
@@ -251,7 +252,7 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
-    BV = block_v or _default_block_v(B * NH, DV)
+    BV = block_v or _default_block_v(B * NH, DK, DV, out_dtype != torch.float32)
     for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
         if bv not in (16, 32, 64, 128) or bv > DV:
             raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
