@@ -101,3 +101,22 @@ def test_graphed_module_eager_fallback_and_errors():
     r = torch.zeros(3, 11, dtype=torch.bool)
     r[1, 5] = True
     torch.testing.assert_close(gr(x, resets=r)[0], stack(x, None, resets=r)[0])
+
+
+def test_step_runner_compiled_matches_step_on_cpu():
+    import cortexmem
+    from cortexmem import StepRunner
+
+    torch.manual_seed(0)
+    stack = cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=8, blocks=[
+        cortexmem.PassThroughBlockConfig(cell=cortexmem.LSTMCellConfig()),  # nn.LSTM: a graph break, run eagerly
+        cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig())])).eval()
+    runner = StepRunner(stack, batch=2, device="cpu", compile=True)
+    state = None
+    for t in range(3):
+        x = torch.randn(2, 8)
+        r = torch.tensor([t == 1, False])
+        with torch.no_grad():
+            ref, state = stack.step(x, state, resets=r)
+        torch.testing.assert_close(runner.step(x, resets=r), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runner.state.get(runner.keys[0]), state.get(runner.keys[0]), atol=1e-5, rtol=1e-5)

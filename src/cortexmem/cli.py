@@ -95,13 +95,13 @@ def bench(
                      repeats=repeats)
     table = Table(title=f"cortex bench  B={batch} T={seq} d={d}")
     for col in ("name", "fwd+bwd ms", "fwd+bwd (graph) ms",
-                "step ms", "step (graph) ms", "first call s", "peak MB", "status"):
+                "step ms", "step (graph) ms", "step (compiled graph) ms", "first call s", "peak MB", "status"):
         table.add_column(col)
     fmt = lambda v, p=3: "" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
         status = r.status if not r.extra else f"{r.status} {r.extra}"
         table.add_row(r.name, fmt(r.fwd_bwd_ms), fmt(r.fwd_bwd_graph_ms), fmt(r.step_ms), fmt(r.step_graph_ms),
-                      fmt(r.first_call_s, 2), fmt(r.peak_mem_mb, 1), status)
+                      fmt(r.step_graph_compiled_ms), fmt(r.first_call_s, 2), fmt(r.peak_mem_mb, 1), status)
     console = Console(width=200)
     console.print(table)
     for k, v in ratios(rows).items():

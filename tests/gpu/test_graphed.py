@@ -43,3 +43,18 @@ def test_graphed_refuses_attached_state():
     _, s = stack(x, None)
     with pytest.raises(ValueError, match="constant"):
         g(x, s)
+
+
+def test_compiled_step_runner_matches_step_on_cuda():
+    from cortexmem import StepRunner
+
+    torch.manual_seed(0)
+    stack = cortexmem.build_cortex_auto_stack(64, 1, "AXMS").cuda().eval()
+    runner = StepRunner(stack, batch=5, device="cuda", compile=True)
+    state = None
+    for _ in range(6):
+        x = torch.randn(5, 64, device="cuda")
+        r = torch.rand(5, device="cuda") < 0.3
+        with torch.no_grad():
+            ref, state = stack.step(x, state, resets=r)
+        torch.testing.assert_close(runner.step(x, resets=r).clone(), ref, atol=1e-4, rtol=1e-4)

@@ -31,6 +31,7 @@ class BenchRow:
     fwd_bwd_graph_ms: float | None = None  # forward+backward replayed from CUDA graphs (GraphedModule)
     step_ms: float | None = None
     step_graph_ms: float | None = None
+    step_graph_compiled_ms: float | None = None  # StepRunner(compile=True): torch.compile, then a CUDA graph
     first_call_s: float | None = None
     peak_mem_mb: float | None = None
     status: str = "ok"
@@ -73,7 +74,8 @@ def _stack_for(cell: str, d: int, layers: int):
 
 
 def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, batch: int, seq: int, d: int,
-                    device: torch.device, repeats: int, step_api: str = "cortex") -> BenchRow:
+                    device: torch.device, repeats: int, step_api: str = "cortex",
+                    compile_step: bool = False) -> BenchRow:
     row = BenchRow(name, kind)
     try:
         t0 = time.perf_counter()
@@ -125,6 +127,14 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
                 row.step_graph_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
             except RuntimeError as e:
                 row.extra["step_graph"] = f"failed: {e}"[:200]
+            if compile_step:
+                try:
+                    t1 = time.perf_counter()
+                    runner = StepRunner(module, batch, device, compile=True)
+                    row.extra["step_compile_s"] = round(time.perf_counter() - t1, 1)
+                    row.step_graph_compiled_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
+                except Exception as e:  # noqa: BLE001 - compile failures are reported, not fatal
+                    row.extra["step_graph_compiled"] = f"failed: {type(e).__name__}: {e}"[:200]
     except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
         row.status = f"failed: {type(e).__name__}: {e}"[:300]
     return row
@@ -149,13 +159,14 @@ def _peer_cortexcore(pattern: str, layers: int, d: int):
 
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
-              gated_delta_shapes: bool = True) -> list[BenchRow]:
+              gated_delta_shapes: bool = True, compile_step: bool = True) -> list[BenchRow]:
     """All measurements of one run (ours first, then peers)."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
     rows = [_measure_module(f"cell:{c}", "ours", lambda c=c: _stack_for(c, d, 1), **kw) for c in cells]
-    rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers), **kw))
+    rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers),
+                                compile_step=compile_step and dev.type == "cuda", **kw))
     rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers), **kw))
     rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers), step_api="lstm",
                                 **kw))
@@ -244,6 +255,7 @@ def ratios(rows: list[BenchRow]) -> dict[str, float]:
             ratio(f"peer:cortexcore-{pat}", r.name, "fwd_bwd_ms", "fwd_bwd_graph_ms")
             ratio(f"peer:cortexcore-{pat}", r.name, "step_ms")
             ratio(f"peer:cortexcore-{pat}", r.name, "step_ms", "step_graph_ms")
+            ratio(f"peer:cortexcore-{pat}", r.name, "step_ms", "step_graph_compiled_ms")
             for peer in [n for n in by if n.startswith("peer:cudnn-lstm-") and not n.endswith("-1")]:
                 ratio(peer, r.name, "fwd_bwd_ms")
                 ratio(peer, r.name, "fwd_bwd_ms", "fwd_bwd_graph_ms")
