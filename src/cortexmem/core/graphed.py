@@ -54,6 +54,8 @@ class GraphedModule(nn.Module):
             raise ValueError(f"batch and seq must be >= 1, got batch={batch}, seq={seq}")
         self.module = module
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         if self.use_graph and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")

@@ -58,7 +58,7 @@ def mlstm_chunkwise(
         # nothing before a reset reaches later steps, not even through rounding
         Fc = (same.to(log_f.dtype) @ log_f[..., None]).squeeze(-1)
 
-    neg_inf = torch.tensor(float("-inf"), dtype=q.dtype, device=q.device)
+    neg_inf = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)  # no host copy (CUDA graphs)
     D = torch.where(same, Fc[..., :, None] - Fc[..., None, :] + log_i[..., None, :], neg_inf)  # (.., L, L)
     D_max = D.amax(-1)  # (B, NH, Nc, L)
 
