@@ -60,6 +60,7 @@ def mlstm_chunkwise(
         # nothing before a reset reaches later steps, not even through rounding
         Fc = (same.to(log_f.dtype) @ log_f[..., None]).squeeze(-1)
 
+    # a Python -inf: where fills it on the device (no host copy, CUDA-graph safe)
     D = torch.where(same, Fc[..., :, None] - (Fc - log_i)[..., None, :], float("-inf"))  # (.., L, L)
     D_max = D.amax(-1)  # (B, NH, Nc, L)
 
