@@ -83,8 +83,9 @@ def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, 
     carry = [x0]
     for c in range(n - 1, 0, -1) if reverse else range(n - 1):
         carry.append(torch.addcmul(cb[c], ca[c], carry[-1]))
-    x.addcmul_(A, torch.stack(carry[::-1] if reverse else carry, 1)[:, :, None])
-    x = x.reshape(B, n * L, K, *C)  # a compact copy: the padded scratch is freed
+    # out of place: the carry update also writes the compact result (the padded scratch is then freed)
+    x = torch.addcmul(x, A, torch.stack(carry[::-1] if reverse else carry, 1)[:, :, None])
+    x = x.view(B, n * L, K, *C)
     return x[:, pad:] if reverse else x[:, :T]
 
 
@@ -173,10 +174,11 @@ def agalite_chunked(
     x = gated_scan(
         torch.cat([la_v, la_k], -1), coef, torch.cat([beta * v, gamma * phi_k], -1), x0.transpose(1, 2), resets, chunk
     )  # [B, T, 1 + r, nh, dv + F]
-    xv, xk = x[:, :, 1:, :, :dv], x[..., dv:]
-    # (s, kt_j) . phi(q) as product + sum: an einsum would keep a permuted copy of kt for its backward
-    dots = (xk * phi_q[:, :, None]).sum(-1)  # [B, T, 1 + r, nh]
-    num = torch.einsum("btjhd,btjh->bthd", xv, dots[:, :, 1:]) * (2 / r)
+    # both reads span the whole feature axis with zero weights where they do not apply: slicing the scan's
+    # output instead would cost two zero-filled full-size gradients (slice backward) plus their sum
+    dots = (x * F.pad(phi_q, (dv, 0))[:, :, None]).sum(-1)  # [B, T, 1 + r, nh]: (s, kt_j) . phi(q)
+    w = F.pad(dots[:, :, 1:], (0, 0, 1, 0))  # [B, T, 1 + r, nh], slot 0 (the unused value sum) weighted 0
+    num = (x * w[..., None]).sum(2)[..., :dv] * (2 / r)
     o = num / (dots[:, :, :1].transpose(2, 3) + eps)
     last = x[:, -1].transpose(1, 2)  # [B, nh, 1 + r, dv + F]
     return o, last[:, :, 1:, :dv], last[:, :, 1:, dv:], last[:, :, 0, dv:], tau[:, -1] + 1
