@@ -42,7 +42,16 @@ class StepRunner:
         self._compiled = None
         if compile:
             flat = _Flat(module, self.keys, batch, with_resets=True)
-            self._compiled = torch.compile(flat, dynamic=False)  # graph breaks (e.g. nn.LSTM) run eagerly
+
+            def step_in_place(x: Tensor, resets: Tensor, *leaves: Tensor) -> Tensor:
+                # writing the new state inside the compiled region lets inductor fuse the copies into the
+                # kernels that produce them instead of launching one copy per state leaf
+                out = flat(x, resets, *leaves)
+                for leaf, new in zip(leaves, out[1:], strict=True):
+                    leaf.copy_(new)
+                return out[0]
+
+            self._compiled = torch.compile(step_in_place, dynamic=False)  # graph breaks (nn.LSTM) run eagerly
         self.graph = None
         if self.use_graph:
             self._capture(warmup)
@@ -53,10 +62,7 @@ class StepRunner:
                 y, new = self.module.step(self.x, self.state, resets=self.resets)
                 self.state.update_(new)
                 return y
-            out = self._compiled(self.x, self.resets, *(self.state.get(k) for k in self.keys))
-            for k, v in zip(self.keys, out[1:], strict=True):
-                self.state.get(k).copy_(v)
-            return out[0]
+            return self._compiled(self.x, self.resets, *(self.state.get(k) for k in self.keys))
 
     def _capture(self, warmup: int) -> None:
         side = torch.cuda.Stream(device=self.device)
