@@ -1,6 +1,7 @@
-"""Time to build a pattern-language stack and run its first forward on CPU (target: 4-layer "AXMS" < 5 s).
+"""Time to build a pattern-language stack and run its first forward (+ backward) (target: 4-layer "AXMS" < 5 s).
 
-Usage: ``python benchmarks/auto_stack_first_call.py [--pattern AXMS] [--layers 4] [--d-hidden 256]``.
+Usage: ``python benchmarks/auto_stack_first_call.py [--pattern AXMS] [--layers 4] [--d-hidden 256] [--device cuda]
+[--backward]``. On CUDA, point ``TRITON_CACHE_DIR`` at an empty folder to include every kernel compile.
 """
 
 from __future__ import annotations
@@ -24,14 +25,20 @@ def missing_cells(pattern: str) -> list[str]:
     return out
 
 
-def time_first_call(pattern: str, layers: int, d_hidden: int, batch: int, steps: int) -> tuple[float, float]:
-    """``(build seconds, first forward seconds)`` for a fresh stack."""
+def time_first_call(pattern: str, layers: int, d_hidden: int, batch: int, steps: int, device: str = "cpu",
+                    backward: bool = False) -> tuple[float, float]:
+    """``(build seconds, first forward (+ backward) seconds)`` for a fresh stack."""
     t0 = time.perf_counter()
-    stack = build_cortex_auto_stack(d_hidden, layers, pattern)
+    stack = build_cortex_auto_stack(d_hidden, layers, pattern).to(device)
     t1 = time.perf_counter()
-    x = torch.randn(batch, steps, d_hidden)
-    with torch.no_grad():
-        stack(x)
+    x = torch.randn(batch, steps, d_hidden, device=device)
+    if backward:
+        stack(x)[0].square().mean().backward()
+    else:
+        with torch.no_grad():
+            stack(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
 
@@ -44,6 +51,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--budget", type=float, default=5.0, help="seconds allowed for build + first forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,11 +62,12 @@ def main() -> None:
     if missing:
         print(f"pattern {args.pattern!r}: cannot build yet; " + "; ".join(missing))
         raise SystemExit(1)
-    build_s, fwd_s = time_first_call(args.pattern, args.layers, args.d_hidden, args.batch, args.steps)
+    build_s, fwd_s = time_first_call(args.pattern, args.layers, args.d_hidden, args.batch, args.steps, args.device,
+                                     args.backward)
     total = build_s + fwd_s
     print(f"pattern={args.pattern!r} layers={args.layers} d_hidden={args.d_hidden} x=[{args.batch}, "
-          f"{args.steps}, {args.d_hidden}] threads={args.threads}")
-    print(f"build {build_s:.3f} s  first forward {fwd_s:.3f} s  total {total:.3f} s  "
+          f"{args.steps}, {args.d_hidden}] threads={args.threads} device={args.device} backward={args.backward}")
+    print(f"build {build_s:.3f} s  first call {fwd_s:.3f} s  total {total:.3f} s  "
           f"budget {args.budget:.1f} s  ratio total/budget {total / args.budget:.3f}  "
           f"{'OK' if total < args.budget else 'OVER BUDGET'}")
 

@@ -70,3 +70,53 @@ def test_doctor_and_bench_cli(tmp_path):
     names = {r["name"]: r for r in data["rows"]}
     assert names["cell:lstm"]["fwd_bwd_ms"] > 0 and names["peer:cudnn-lstm-1"]["fwd_bwd_ms"] > 0
     assert "not installed" in names["peer:cortexcore-1xL"]["status"] or names["peer:cortexcore-1xL"]["fwd_bwd_ms"]
+
+
+def test_graphed_module_eager_fallback_and_errors():
+    import cortexmem
+    from cortexmem import GraphedModule
+
+    torch.manual_seed(0)
+    stack = cortexmem.build_cortex_auto_stack(16, 2, "AXMS")
+    g = GraphedModule(stack, batch=3, seq=11, device="cpu")
+    assert not g.use_graph
+    x = torch.randn(3, 11, 16)
+    y, s = g(x)
+    y_ref, s_ref = stack(x, None)
+    torch.testing.assert_close(y, y_ref)
+    y2, _ = g(x, s.detach())
+    y2_ref, _ = stack(x, s_ref.detach())
+    torch.testing.assert_close(y2, y2_ref)
+    with pytest.raises(ValueError, match="shape"):
+        g(torch.randn(3, 12, 16))
+    with pytest.raises(ValueError, match="without resets"):
+        g(x, resets=torch.zeros(3, 11, dtype=torch.bool))
+    with pytest.raises(ValueError, match="constant"):
+        g(x, s)
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedModule(stack, batch=3, seq=11, device="cpu", use_graph=True)
+    with pytest.raises(TypeError, match="MemoryModule"):
+        GraphedModule(torch.nn.Linear(3, 3), batch=3, seq=11, device="cpu")
+    gr = GraphedModule(stack, batch=3, seq=11, device="cpu", resets=True)
+    r = torch.zeros(3, 11, dtype=torch.bool)
+    r[1, 5] = True
+    torch.testing.assert_close(gr(x, resets=r)[0], stack(x, None, resets=r)[0])
+
+
+def test_step_runner_compiled_matches_step_on_cpu():
+    import cortexmem
+    from cortexmem import StepRunner
+
+    torch.manual_seed(0)
+    stack = cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=8, blocks=[
+        cortexmem.PassThroughBlockConfig(cell=cortexmem.LSTMCellConfig()),  # nn.LSTM: a graph break, run eagerly
+        cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig())])).eval()
+    runner = StepRunner(stack, batch=2, device="cpu", compile=True)
+    state = None
+    for t in range(3):
+        x = torch.randn(2, 8)
+        r = torch.tensor([t == 1, False])
+        with torch.no_grad():
+            ref, state = stack.step(x, state, resets=r)
+        torch.testing.assert_close(runner.step(x, resets=r), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runner.state.get(runner.keys[0]), state.get(runner.keys[0]), atol=1e-5, rtol=1e-5)

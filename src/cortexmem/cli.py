@@ -70,7 +70,7 @@ def doctor(json_out: str = typer.Option(None, "--json", help="also write the tab
 
 @app.command()
 def bench(
-    cells: str = typer.Option("lstm,conv,mlstm,slstm,axon,xl,gated_delta", help="comma-separated cell names"),
+    cells: str = typer.Option("lstm,conv,mlstm,slstm,axon,xl,agalite,gated_delta", help="comma-separated cell names"),
     batch: int = typer.Option(32, min=1), seq: int = typer.Option(256, min=1), d: int = typer.Option(256, min=1),
     layers: int = typer.Option(4, min=1), pattern: str = typer.Option("AXMS"),
     device: str = typer.Option("auto", help="auto|cpu|cuda"), repeats: int = typer.Option(10, min=1),
@@ -94,13 +94,14 @@ def bench(
     rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
                      repeats=repeats)
     table = Table(title=f"cortex bench  B={batch} T={seq} d={d}")
-    for col in ("name", "fwd+bwd ms", "step ms", "step (graph) ms", "first call s", "peak MB", "status"):
+    for col in ("name", "fwd+bwd ms", "fwd+bwd (graph) ms",
+                "step ms", "step (graph) ms", "step (compiled graph) ms", "first call s", "peak MB", "status"):
         table.add_column(col)
     fmt = lambda v, p=3: "" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
         status = r.status if not r.extra else f"{r.status} {r.extra}"
-        table.add_row(r.name, fmt(r.fwd_bwd_ms), fmt(r.step_ms), fmt(r.step_graph_ms), fmt(r.first_call_s, 2),
-                      fmt(r.peak_mem_mb, 1), status)
+        table.add_row(r.name, fmt(r.fwd_bwd_ms), fmt(r.fwd_bwd_graph_ms), fmt(r.step_ms), fmt(r.step_graph_ms),
+                      fmt(r.step_graph_compiled_ms), fmt(r.first_call_s, 2), fmt(r.peak_mem_mb, 1), status)
     console = Console(width=200)
     console.print(table)
     for k, v in ratios(rows).items():

@@ -231,3 +231,40 @@ def test_scan_stable_for_fast_and_slow_decays_long_odd_T():
     u, c0 = _c(B, T, H, requires_grad=False), _c(B, H, requires_grad=False)
     r = _resets(B, T, 3, p=0.02)
     torch.testing.assert_close(rtu_scan(u, lam, c0, r), rtu_naive(u, lam, c0, r)[0], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_step_traces_match_one_naive_step(dense):
+    from cortexmem.ops.rtu.step import rtu_step_traces
+
+    g = torch.Generator().manual_seed(3)
+    B, H, Z = 5, 7, 4
+    cplx = lambda *s: torch.complex(torch.randn(*s, generator=g), torch.randn(*s, generator=g))  # noqa: E731
+    lam = torch.polar(0.5 + 0.5 * torch.rand(H, generator=g), torch.rand(H, generator=g))
+    c0, u = cplx(B, H), cplx(B, 1, H)
+    drive = torch.randn(B, 1, Z if dense else H, generator=g)
+    e_lam0, e_w0 = cplx(B, H), cplx(B, H, Z) if dense else cplx(B, H)
+    reset = torch.tensor([True, False, False, True, False])
+    _, el, ew = rtu_naive(u, lam, c0, reset[:, None], drive, e_lam0, e_w0)
+    real = lambda z: torch.stack([z.real, z.imag], 1)  # noqa: E731
+    prev = torch.where(reset[:, None], torch.zeros_like(c0), c0)
+    el2, ew2 = rtu_step_traces(prev.real, prev.imag, lam.real, lam.imag, reset, drive[:, 0], real(e_lam0),
+                               real(e_w0))
+    torch.testing.assert_close(el2, real(el), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ew2, real(ew), rtol=1e-5, atol=1e-6)
+
+
+def test_cell_step_equals_sequence_with_traces():
+    cell = AxonCell(AxonCellConfig(hidden_size=12, activation="tanh"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 12, generator=g)
+    resets = torch.zeros(3, 9, dtype=torch.bool)
+    resets[1, 4] = True
+    y, s = cell(x, None, resets=resets)
+    st, ys = None, []
+    for t in range(9):
+        yt, st = cell(x[:, t], st, resets=resets[:, t])
+        ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-5, atol=1e-5)
+    for k in ("h", "trace_lam", "trace_w"):
+        torch.testing.assert_close(st[k], s[k], rtol=1e-4, atol=1e-5)

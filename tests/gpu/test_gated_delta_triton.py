@@ -84,3 +84,34 @@ def test_dispatch_picks_triton_only_without_grad():
         o_auto, _ = gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
     assert torch.equal(o_nt, o_auto)  # auto chose the triton kernel
     assert _rel_rms(o_auto, o_ref) <= 1e-4
+
+
+@pytest.mark.parametrize("fused,block_v,num_warps,num_stages,dtype", [
+    (True, 16, 4, 1, torch.float32), (False, 32, 8, 1, torch.float32), (True, 32, 8, 2, torch.bfloat16),
+    (True, 64, 4, 2, torch.bfloat16), (False, 16, 4, 2, torch.bfloat16), (False, 64, 8, 2, torch.bfloat16),
+])
+def test_triton_launch_configs_match_naive(fused, block_v, num_warps, num_stages, dtype):
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton import gated_delta_forward
+
+    inputs, r, o_ref, s_ref = _case(300, 64, True)
+    q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
+    with torch.no_grad():
+        o, s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=s0, output_final_state=True,
+                                   resets=r, block_v=block_v, num_warps=num_warps, num_stages=num_stages,
+                                   fused=fused, out_block_v=block_v)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert _rel_rms(o, o_ref) <= tol and _rel_rms(s, s_ref) <= tol
+
+
+def test_triton_half_inputs_and_chunk_sizes_with_resets():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
+
+    inputs, r, o_ref, s_ref = _case(129, 64, True)
+    q, k, v, g, beta, s0 = (t.half() for t in inputs)
+    for cs in (16, 32, 64):
+        with torch.no_grad():
+            o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, initial_state=s0, resets=r)
+        assert o.dtype == torch.float16 and s.dtype == torch.float16
+        assert _rel_rms(o, o_ref) <= 2e-2 and _rel_rms(s, s_ref) <= 2e-2

@@ -83,8 +83,9 @@ class ExpertMixer(nn.Module):
         nn.init.zeros_(self.o.weight)
 
     def forward(self, delta: Tensor) -> Tensor:
-        att = torch.einsum("btek,btfk->btef", self.q(delta), self.k(delta)) * self.scale
-        return self.o(torch.einsum("btef,btfd->bted", att.softmax(-1), self.v(delta)))
+        # batched matmuls over (b, t): an einsum here permutes and copies around each bmm
+        att = torch.matmul(self.q(delta), self.k(delta).transpose(-1, -2)) * self.scale
+        return self.o(torch.matmul(att.softmax(-1), self.v(delta)))
 
 
 class Router(nn.Module):
@@ -111,7 +112,7 @@ class Router(nn.Module):
         """Pre-softmax routing logits ``[B, T, E]`` (temperature applied, before top-k)."""
         logits = torch.log_softmax(self.global_logits, dim=-1).to(u.dtype).expand(*u.shape[:-1], -1)
         if self.config.use_token_refinement:
-            p_hat = torch.einsum("btk,btek->bte", self.query(u), self.key(delta)) * self.key_scale
+            p_hat = torch.matmul(self.key(delta), self.query(u)[..., None]).squeeze(-1) * self.key_scale
             logits = logits + self.refinement_scale.to(u.dtype) * p_hat
         return logits / self.config.temperature
 
@@ -161,11 +162,12 @@ class ColumnBlock(MemoryBlock):
 
     def expert_deltas(self, u: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
         """``Delta [B, T, E, H]`` (expert output minus ``u``) and the experts' new state."""
-        deltas, new = [], {}
+        ys, new = [], {}
         for key, expert in zip(self.expert_keys, self.experts, strict=True):
             y, new[key] = expert.forward_sequence(u, state[key], resets)
-            deltas.append(y - u)
-        return torch.stack(deltas, dim=2), TensorDict(new, batch_size=state.batch_size, device=state.device)
+            ys.append(y)
+        delta = torch.stack(ys, dim=2) - u[:, :, None]  # one subtraction for every expert
+        return delta, TensorDict(new, batch_size=state.batch_size, device=state.device)
 
     def forward_sequence(
         self, x: Tensor, state: TensorDict, resets: Tensor | None
@@ -176,7 +178,7 @@ class ColumnBlock(MemoryBlock):
             delta = delta + self.mixer(delta)
         alpha = self.router(u, delta)
         self.routing_weights = alpha.detach().float().mean(dim=(0, 1))
-        r = torch.einsum("bte,bteh->bth", alpha, delta) + (u - x)
+        r = torch.matmul(alpha[:, :, None], delta).squeeze(2) + (u - x)
         out = x + r + self.alpha_col.to(x.dtype) * self.rho(self.rho_norm(r))
         return out, new_state
 

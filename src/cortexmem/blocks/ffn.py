@@ -33,9 +33,12 @@ class GRUGate(nn.Module):
         self.bias = nn.Parameter(torch.full((d,), float(bias)))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        wr, wz, wg = self.w(y).chunk(3, dim=-1)
-        ur, uz = self.u_rz(x).chunk(2, dim=-1)
-        r = torch.sigmoid(wr + ur)
-        z = torch.sigmoid(wz + uz - self.bias)
-        h = torch.tanh(wg + self.u_g(r * x))
-        return (1 - z) * x + z * h
+        # few launches: the U_r/U_z and U_g products accumulate onto slices of W y (addmm), r and z share
+        # one sigmoid (the z bias padded with zeros for r), and (1 - z) x + z h = x + z (h - x) is one addcmul
+        d = x.shape[-1]
+        x2, y2 = x.reshape(-1, d), y.reshape(-1, d)
+        wy = y2 @ self.w.weight.t()
+        rz = torch.addmm(wy[:, : 2 * d], x2, self.u_rz.weight.t())
+        r, z = torch.sigmoid(rz - nn.functional.pad(self.bias, (d, 0))).chunk(2, dim=-1)
+        h = torch.tanh(torch.addmm(wy[:, 2 * d :], r * x2, self.u_g.weight.t()))
+        return torch.addcmul(x2, z, h - x2).view(x.shape)

@@ -31,6 +31,7 @@ from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.hadamard import srht
 from ..ops.rtu import inject_traces, rtu_diag_scan, rtu_final_traces, rtu_full_chunked
+from ..ops.rtu.step import rtu_step_traces
 from .base import CellConfig, MemoryCell
 
 
@@ -143,6 +144,8 @@ class AxonCell(MemoryCell):
 
     # --- forward ----------------------------------------------------------------------------
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
+        if x.shape[1] == 1 and self.diag and not self._injects(state):
+            return self._step_real(x, state, resets)
         cdt = _compute_dtype(x.dtype)
         xc = x.to(cdt)
         h_in = state["h"].to(cdt)
@@ -151,14 +154,16 @@ class AxonCell(MemoryCell):
         new: dict[str, Tensor] = {}
         if self.diag:
             log_lam = self.log_lambda(cdt)
+            if self._injects(state):
+                lam, w = torch.exp(log_lam), self.input_weight(cdt)
+                el0c, ew0c = _as_complex(state["trace_lam"].to(cdt)), _as_complex(state["trace_w"].to(cdt))
+                c0 = inject_traces(c0, el0c, ew0c, lam, w)
+            if x.shape[1] == 1:
+                return self._step(x, u, drive, log_lam, c0, state, resets)
+            c = rtu_diag_scan(u, torch.exp(log_lam), c0, resets, backend=self.backend)
             if self.carry_traces:
                 el0 = _as_complex(state["trace_lam"].to(torch.float64))
                 ew0 = _as_complex(state["trace_w"].to(torch.float64))
-                if self.config.trace_grad and torch.is_grad_enabled() and not state["h"].requires_grad:
-                    lam, w = torch.exp(log_lam), self.input_weight(cdt)
-                    c0 = inject_traces(c0, el0.to(c0.dtype), ew0.to(c0.dtype), lam, w)
-            c = rtu_diag_scan(u, torch.exp(log_lam), c0, resets, backend=self.backend)
-            if self.carry_traces:
                 # traces grow like 1 / (1 - |lam|)^2: accumulate them in float64 whatever the input dtype
                 c64, c0_64 = c.to(torch.complex128), c0.to(torch.complex128)
                 el, ew = rtu_final_traces(c64, c0_64, log_lam.to(torch.complex128), resets, drive.double(), el0, ew0)
@@ -171,6 +176,64 @@ class AxonCell(MemoryCell):
         y = nn.functional.linear(feats, self.out.weight.to(cdt), self.out.bias.to(cdt)).to(x.dtype)
         sd = state["h"].dtype
         return y, TensorDict({k: v.to(sd) for k, v in new.items()}, batch_size=state.batch_size, device=state.device)
+
+
+    def _step(self, x: Tensor, u: Tensor, drive: Tensor, log_lam: Tensor, c0: Tensor, state: TensorDict,
+              resets: Tensor | None) -> tuple[Tensor, TensorDict]:
+        """``T = 1``: the recurrence and the traces as a few real multiply-adds (no scan, no float64)."""
+        lam = torch.exp(log_lam)
+        reset = None if resets is None else resets[:, 0]
+        prev = c0 if reset is None else torch.where(reset[:, None], torch.zeros_like(c0), c0)
+        c = lam * prev + u[:, 0]
+        sd = state["h"].dtype
+        new = {"h": _as_real(c).to(sd)}
+        if self.carry_traces:
+            new["trace_lam"], new["trace_w"] = rtu_step_traces(prev.real, prev.imag, lam.real, lam.imag, reset,
+                                                               drive[:, 0], state["trace_lam"], state["trace_w"])
+        feats = torch.cat([self.act(c.real), self.act(c.imag)], -1)
+        cdt = c.real.dtype
+        y = nn.functional.linear(feats, self.out.weight.to(cdt), self.out.bias.to(cdt)).to(x.dtype)
+        return y[:, None], TensorDict({k: v.to(sd) for k, v in new.items()}, batch_size=state.batch_size,
+                                      device=state.device)
+
+
+    def _injects(self, state: TensorDict) -> bool:
+        """Whether this call adds the carried traces to autograd (detached incoming state, gradients wanted)."""
+        return (self.carry_traces and self.config.trace_grad and torch.is_grad_enabled()
+                and not state["h"].requires_grad)
+
+    def _step_real(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
+        """``T = 1`` without complex tensors: real multiply-adds that ``torch.compile`` can fuse (the step path)."""
+        cdt = _compute_dtype(x.dtype)
+        xc = x[:, 0].to(cdt)
+        mag, theta = torch.exp(-torch.exp(self.nu_log.to(cdt))), torch.exp(self.theta_log.to(cdt))
+        lr, li = mag * torch.cos(theta), mag * torch.sin(theta)  # lam = exp(-e^nu + i e^theta)
+        w_re, w_im = self.w_re.to(cdt), self.w_im.to(cdt)
+        if self.config.use_srht:
+            drive = srht(xc, self.srht_signs, self.srht_index).to(cdt)
+            u_re, u_im = w_re * drive, w_im * drive
+        else:
+            drive = xc
+            u_re, u_im = xc @ w_re.T, xc @ w_im.T
+        h = state["h"].to(cdt)
+        p_re, p_im = h[:, 0], h[:, 1]
+        reset = None if resets is None else resets[:, 0]
+        if reset is not None:
+            keep = (~reset).to(cdt)[:, None]
+            p_re, p_im = p_re * keep, p_im * keep
+        c_re = lr * p_re - li * p_im + u_re
+        c_im = lr * p_im + li * p_re + u_im
+        sd = state["h"].dtype
+        new = {"h": torch.stack([c_re, c_im], 1).to(sd)}
+        if self.carry_traces:
+            # the decay in float64 (cheap, [H]): traces sum ~1 / (1 - |lam|) terms, so its rounding would add up
+            lam64 = torch.exp(-torch.exp(self.nu_log.double())), torch.exp(self.theta_log.double())
+            el, ew = rtu_step_traces(p_re, p_im, lam64[0] * torch.cos(lam64[1]), lam64[0] * torch.sin(lam64[1]),
+                                     reset, drive, state["trace_lam"], state["trace_w"])
+            new["trace_lam"], new["trace_w"] = el.to(sd), ew.to(sd)
+        feats = torch.cat([self.act(c_re), self.act(c_im)], -1)
+        y = nn.functional.linear(feats, self.out.weight.to(cdt), self.out.bias.to(cdt)).to(x.dtype)
+        return y[:, None], TensorDict(new, batch_size=state.batch_size, device=state.device)
 
 
 def _as_complex(v: Tensor) -> Tensor:

@@ -83,6 +83,17 @@ class HeadNorm(nn.Module):
         return y * self.weight
 
 
+def _fused(x: Tensor, projs: tuple[nn.Linear, ...]) -> list[Tensor]:
+    """``[p(x) for p in projs]`` as one product: weights stacked, missing biases padded with zeros."""
+    w = torch.cat([p.weight for p in projs])
+    sizes = [p.out_features for p in projs]
+    first = next(i for i, p in enumerate(projs) if p.bias is not None)
+    if any(p.bias is None for p in projs[first:]):
+        raise ValueError("_fused expects the biased projections last")
+    b = F.pad(torch.cat([p.bias for p in projs[first:]]), (sum(sizes[:first]), 0))
+    return list(F.linear(x, w, b).split(sizes, dim=-1))
+
+
 @register_cell(mLSTMCellConfig)
 class mLSTMCell(MemoryCell):  # noqa: N801
     """State ``C [B, NH, dk, dv]``, ``n [B, NH, dk]``, ``m [B, NH]`` (+ ``conv [B, K-1, H]``); fresh = zeros.
@@ -150,11 +161,19 @@ class mLSTMCell(MemoryCell):  # noqa: N801
             return t.to(cdt).unflatten(-1, (NH, -1)).transpose(1, 2)
 
         lin = LayerCalls(state, resets)  # nn.Linear or AxonLayer (which also returns its next sub-state)
-        q = heads(lin(self.q_proj, xc))
-        k = heads(lin(self.k_proj, xc)) * self.dk**-0.5
-        v = heads(lin(self.v_proj, x))
-        log_i = lin(self.igate, xc).to(cdt).transpose(1, 2)  # (B, NH, T)
-        f_raw = lin(self.fgate, xc).to(cdt).transpose(1, 2)
+        plain = all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj, self.igate, self.fgate,
+                                                   self.ogate))
+        if plain:  # two products instead of six: (q, k, i, f) read xc, (v, o) read x
+            q_, k_, i_, f_ = _fused(xc, (self.q_proj, self.k_proj, self.igate, self.fgate))
+            v_, o_ = _fused(x, (self.v_proj, self.ogate))
+        else:
+            q_, k_, i_, f_ = (lin(p, xc) for p in (self.q_proj, self.k_proj, self.igate, self.fgate))
+            v_, o_ = lin(self.v_proj, x), None
+        q = heads(q_)
+        k = heads(k_) * self.dk**-0.5
+        v = heads(v_)
+        log_i = i_.to(cdt).transpose(1, 2)  # (B, NH, T)
+        f_raw = f_.to(cdt).transpose(1, 2)
         log_f = F.logsigmoid(f_raw) if self.config.forget_gate == "sigmoid" else f_raw
         args = (q, k, v, log_i, log_f, state["C"].to(cdt), state["n"].to(cdt), state["m"].to(cdt), resets)
         if T == 1:  # one recurrent step is ~2.5x cheaper than a one-step chunk (step mode of agents)
@@ -162,7 +181,7 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         else:
             h, (C, n, m) = mlstm_chunkwise(*args, chunk_size=self.chunk_size)
         h = self.out_norm(h.transpose(1, 2).flatten(-2).to(x.dtype))  # (B, T, NH*dv)
-        y = self.out_proj(torch.sigmoid(lin(self.ogate, x)) * h)
+        y = self.out_proj(torch.sigmoid(lin(self.ogate, x) if o_ is None else o_) * h)
         m, (C, n) = store_stabilised(m, (C, n), state["C"].dtype)
         new.update(C=C, n=n, m=m)
         new.update(lin.new_groups())

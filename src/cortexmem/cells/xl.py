@@ -80,13 +80,30 @@ class XLCell(MemoryCell):
     def rel_embeddings(self, dtype: torch.dtype, device: Any) -> Tensor:
         """``R [mem_len + 1, n_heads, head_dim]``: projected sinusoids of the distances ``0 .. mem_len``."""
         inner = self.n_heads * self.head_dim
-        emb = sinusoid(torch.arange(self.mem_len + 1, device=device), inner).to(dtype)
+        key = (dtype, str(device))
+        emb = self._sinusoid_cache.get(key)
+        if emb is None:  # a constant table: build it once per dtype and device, not on every call
+            emb = sinusoid(torch.arange(self.mem_len + 1, device=device), inner).to(dtype)
+            if not torch.is_inference_mode_enabled():  # an inference tensor could not be saved for backward
+                self._sinusoid_cache[key] = emb
         return self.r_proj(emb).view(self.mem_len + 1, self.n_heads, self.head_dim)
+
+    @property
+    def _sinusoid_cache(self) -> dict[tuple[torch.dtype, str], Tensor]:
+        cache = self.__dict__.get("_sin_cache")
+        if cache is None:
+            cache = self.__dict__["_sin_cache"] = {}
+        return cache
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
         calls = LayerCalls(state, resets)
         shape = (*x.shape[:2], self.n_heads, self.head_dim)
-        q, k, v = (calls(p, x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj))
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if all(type(p) is nn.Linear for p in projs):  # one product for q, k, v instead of three
+            w = torch.cat([p.weight for p in projs])
+            q, k, v = (t.view(shape) for t in torch.nn.functional.linear(x, w).chunk(3, dim=-1))
+        else:
+            q, k, v = (calls(p, x).view(shape) for p in projs)
         dt = q.dtype
         rel = self.rel_embeddings(dt, x.device)
         out, k_mem, v_mem, n_valid = xl_attention(

@@ -7,7 +7,6 @@ every Triton backend from consideration. The choice is logged at DEBUG level and
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -82,9 +81,12 @@ def triton_disabled() -> bool:
     return any(os.environ.get(v, "0") not in ("", "0") for v in ("CORTEX_FORCE_PYTORCH", "CORTEX_DISABLE_TRITON"))
 
 
-@functools.cache
+# looked up once: the answer cannot change in a process, and torch.compile cannot trace find_spec
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def check_requested(op: str, requested: str) -> None:
@@ -114,7 +116,8 @@ def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtyp
     for backend in sorted(table.values(), key=lambda b: -b.priority):
         reason = backend.rejects(device, dtype, **shape)
         if reason is None:
-            log.debug("%s: using backend %s (device=%s, dtype=%s)", op, backend.name, device, dtype)
+            if not torch.compiler.is_compiling():  # dynamo cannot trace logging calls
+                log.debug("%s: using backend %s (device=%s, dtype=%s)", op, backend.name, device, dtype)
             return backend
         reasons[backend.name] = reason
     raise ValueError(f"{op}: no backend can run device={device}, dtype={dtype}: {reasons}")

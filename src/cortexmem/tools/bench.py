@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.graphed import GraphedModule
 from ..core.step_runner import StepRunner
 
 CELL_TOKENS = {"lstm": "L", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X", "agalite": "Ag",
@@ -27,8 +28,10 @@ class BenchRow:
     name: str
     kind: str  # "ours" or "peer"
     fwd_bwd_ms: float | None = None
+    fwd_bwd_graph_ms: float | None = None  # forward+backward replayed from CUDA graphs (GraphedModule)
     step_ms: float | None = None
     step_graph_ms: float | None = None
+    step_graph_compiled_ms: float | None = None  # StepRunner(compile=True): torch.compile, then a CUDA graph
     first_call_s: float | None = None
     peak_mem_mb: float | None = None
     status: str = "ok"
@@ -71,7 +74,8 @@ def _stack_for(cell: str, d: int, layers: int):
 
 
 def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, batch: int, seq: int, d: int,
-                    device: torch.device, repeats: int, step_api: str = "cortex") -> BenchRow:
+                    device: torch.device, repeats: int, step_api: str = "cortex",
+                    compile_step: bool = False) -> BenchRow:
     row = BenchRow(name, kind)
     try:
         t0 = time.perf_counter()
@@ -108,10 +112,29 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
             row.step_ms = _time(one_step, device, max(20, repeats))
         if step_api == "cortex" and device.type == "cuda" and hasattr(module, "forward_sequence"):
             try:
+                graphed = GraphedModule(module, batch, seq, device=device)
+
+                def graph_fwd_bwd():
+                    module.zero_grad(set_to_none=False)
+                    graphed(x)[0].square().mean().backward()
+
+                row.fwd_bwd_graph_ms = _time(graph_fwd_bwd, device, repeats)
+                del graphed
+            except RuntimeError as e:
+                row.extra["fwd_bwd_graph"] = f"failed: {e}"[:200]
+            try:
                 runner = StepRunner(module, batch, device)
                 row.step_graph_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
             except RuntimeError as e:
                 row.extra["step_graph"] = f"failed: {e}"[:200]
+            if compile_step:
+                try:
+                    t1 = time.perf_counter()
+                    runner = StepRunner(module, batch, device, compile=True)
+                    row.extra["step_compile_s"] = round(time.perf_counter() - t1, 1)
+                    row.step_graph_compiled_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
+                except Exception as e:  # noqa: BLE001 - compile failures are reported, not fatal
+                    row.extra["step_graph_compiled"] = f"failed: {type(e).__name__}: {e}"[:200]
     except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
         row.status = f"failed: {type(e).__name__}: {e}"[:300]
     return row
@@ -136,13 +159,14 @@ def _peer_cortexcore(pattern: str, layers: int, d: int):
 
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
-              gated_delta_shapes: bool = True) -> list[BenchRow]:
+              gated_delta_shapes: bool = True, compile_step: bool = True) -> list[BenchRow]:
     """All measurements of one run (ours first, then peers)."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
     rows = [_measure_module(f"cell:{c}", "ours", lambda c=c: _stack_for(c, d, 1), **kw) for c in cells]
-    rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers), **kw))
+    rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers),
+                                compile_step=compile_step and dev.type == "cuda", **kw))
     rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers), **kw))
     rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers), step_api="lstm",
                                 **kw))
@@ -163,7 +187,7 @@ def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256
 def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
     rows = []
     try:
-        ours = importlib.import_module("cortexmem.ops.gated_delta").chunk_gated_delta_rule
+        ours = importlib.import_module("cortexmem.ops.gated_delta").gated_delta_rule  # backend by the registry
     except Exception as e:  # noqa: BLE001
         return [BenchRow("gated_delta:ours", "ours", status=f"not available ({type(e).__name__}: {e})")]
     try:
@@ -219,21 +243,27 @@ def ratios(rows: list[BenchRow]) -> dict[str, float]:
     by = {r.name: r for r in rows}
     out: dict[str, float] = {}
 
-    def ratio(peer: str, ours: str, attr: str) -> None:
-        p, o = by.get(peer), by.get(ours)
-        if p and o and getattr(p, attr) and getattr(o, attr):
-            out[f"{peer} / {ours} ({attr})"] = getattr(p, attr) / getattr(o, attr)
+    def ratio(peer: str, ours: str, attr: str, ours_attr: str | None = None) -> None:
+        p, o, oa = by.get(peer), by.get(ours), ours_attr or attr
+        if p and o and getattr(p, attr) and getattr(o, oa):
+            out[f"{peer} {attr} / {ours} {oa}"] = getattr(p, attr) / getattr(o, oa)
 
     for r in rows:
         if r.name.startswith("stack:") and "x" in r.name and "LSTM" not in r.name:
             pat = r.name.split(":", 1)[1]
             ratio(f"peer:cortexcore-{pat}", r.name, "fwd_bwd_ms")
+            ratio(f"peer:cortexcore-{pat}", r.name, "fwd_bwd_ms", "fwd_bwd_graph_ms")
             ratio(f"peer:cortexcore-{pat}", r.name, "step_ms")
+            ratio(f"peer:cortexcore-{pat}", r.name, "step_ms", "step_graph_ms")
+            ratio(f"peer:cortexcore-{pat}", r.name, "step_ms", "step_graph_compiled_ms")
             for peer in [n for n in by if n.startswith("peer:cudnn-lstm-") and not n.endswith("-1")]:
                 ratio(peer, r.name, "fwd_bwd_ms")
+                ratio(peer, r.name, "fwd_bwd_ms", "fwd_bwd_graph_ms")
         if r.name.startswith("cell:"):
             ratio(f"peer:cortexcore-{r.name}", r.name, "fwd_bwd_ms")
+            ratio(f"peer:cortexcore-{r.name}", r.name, "fwd_bwd_ms", "fwd_bwd_graph_ms")
     ratio("peer:cudnn-lstm-1", "cell:lstm", "fwd_bwd_ms")
+    ratio("peer:cudnn-lstm-1", "cell:lstm", "fwd_bwd_ms", "fwd_bwd_graph_ms")
     for r in rows:
         if r.name.startswith("gated_delta:ours") and r.extra.get("fwd_ms"):
             p = by.get(r.name.replace("ours", "fla"))
@@ -255,10 +285,10 @@ def plot(rows: list[BenchRow], path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    done = [r for r in rows if r.fwd_bwd_ms]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(done) + 1.5))
-    ax.barh([r.name for r in done], [r.fwd_bwd_ms for r in done],
-            color=["tab:blue" if r.kind == "ours" else "tab:gray" for r in done])
+    bars = [(r.name, r.fwd_bwd_ms, "tab:blue" if r.kind == "ours" else "tab:gray") for r in rows if r.fwd_bwd_ms]
+    bars += [(f"{r.name} (CUDA graph)", r.fwd_bwd_graph_ms, "tab:cyan") for r in rows if r.fwd_bwd_graph_ms]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.5))
+    ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
     ax.set_xlabel("forward + backward (ms)")
     ax.invert_yaxis()
     fig.tight_layout()

@@ -19,6 +19,26 @@ def _steps_since_reset(tau0: Tensor, resets: Tensor | None, T: int) -> Tensor:
     return torch.where(last >= 0, t - last, tau0[:, None] + t)
 
 
+def _levels(bufs_b: tuple[Tensor, Tensor], bufs_a: tuple[Tensor, Tensor], L: int, H: int, reverse: bool):
+    """Zero-start Hillis-Steele scan inside every chunk of the chunk-layout buffers ``[B, N, L + H, ...]``.
+
+    The data sit in the first buffer of each pair at ``[H, H + L)`` (``[0, L)`` when ``reverse``); the ``H``
+    pad slots hold gate 1 and drive 0, so a level is one shifted read (``log2(L)`` levels of two fused
+    elementwise ops, no edge copies). Returns ``(x, A)``: chunk-local results and gate products, views.
+    """
+    off = 0 if reverse else H
+    (b, bn), (a, an) = bufs_b, bufs_a
+    mb, mbn, ma, man = (t.narrow(2, off, L) for t in (b, bn, a, an))
+    d = 1
+    while d < L:
+        sh = off + d if reverse else off - d
+        torch.addcmul(mb, ma, b.narrow(2, sh, L), out=mbn)
+        torch.mul(ma, a.narrow(2, sh, L), out=man)
+        b, bn, a, an, mb, mbn, ma, man = bn, b, an, a, mbn, mb, man, ma
+        d *= 2
+    return mb, ma
+
+
 def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
     """No-graph ``x_t = a_t x_{t-1} + b_t``: ``a [B, T, 1, *C]``, ``b [B, T, K, *C]``, ``x0 [B, K, *C]``.
 
@@ -27,50 +47,46 @@ def _scan(a: Tensor, b: Tensor | tuple[Tensor, Tensor], x0: Tensor, chunk: int, 
 
     All chunks at once: a Hillis-Steele scan inside each chunk (``log2(chunk)`` elementwise levels, only
     products of gates in ``[0, 1]``: it never overflows, nothing quadratic in the chunk length), then the
-    chunk-start carries (a short loop over chunks) added with the in-chunk gate products. ``reverse`` runs
-    ``x_t = a_t x_{t+1} + b_t`` from the end.
+    chunk-start carries (a short loop over chunks, one fused op each) added with the in-chunk gate products.
+    ``reverse`` runs ``x_t = a_t x_{t+1} + b_t`` from the end.
     """
     B, T, K = x0.shape[0], a.shape[1], x0.shape[1]
     L = max(1, min(chunk, T))
     n = -(-T // L)
     pad = n * L - T
-    # scratch padded with gate 1, drive 0 beyond the far end (after the last step, or before the first when
-    # reversed): the padding never reaches a real step
-    bc = x0.new_empty(B, n * L, *x0.shape[1:])
-    ac = a.new_empty(B, n * L, *a.shape[2:])
-    real = slice(pad, None) if reverse else slice(0, T)
+    H = 1 << ((L - 1).bit_length() - 1) if L > 1 else 0  # the largest shift, a power of two below L
+    off = 0 if reverse else H
+    C = x0.shape[2:]
+    ones = [1] * len(C)
+    # ping-pong pairs allocated together so one fill sets both pads (the rest is always written before read)
+    pad_at = L if reverse else 0
+    pair_b = x0.new_empty(2, B, n, L + H, K, *C)
+    pair_a = a.new_empty(2, B, n, L + H, 1, *C)
+    pair_b.narrow(3, pad_at, H).fill_(0.0)
+    pair_a.narrow(3, pad_at, H).fill_(1.0)
+    bufs_b, bufs_a = pair_b.unbind(0), pair_a.unbind(0)
+    # time padding: gate 1, drive 0 beyond the far end (after the last step, or before the first when
+    # reversed), so it never reaches a real step
+    tpad = (0, 0) * (len(C) + 1) + ((pad, 0) if reverse else (0, pad))
     if isinstance(b, tuple):
         coef, u = b
-        torch.mul(coef.view(B, T, K, *([1] * (u.dim() - 2))), u[:, :, None], out=bc[:, real])
+        if pad:
+            coef, u = F.pad(coef, tpad[2 * len(C) :]), F.pad(u, tpad[2:])
+        torch.mul(coef.view(B, n, L, K, *ones), u.view(B, n, L, 1, *C), out=bufs_b[0].narrow(2, off, L))
     else:
-        bc[:, real] = b
-    ac[:, real] = a
-    if pad:
-        far = slice(0, pad) if reverse else slice(T, None)
-        bc[:, far], ac[:, far] = 0.0, 1.0
-    bc, ac = bc.unflatten(1, (n, L)), ac.unflatten(1, (n, L))
-    # ping-pong buffers: each level reads the previous one (a fused addcmul per level, no aliasing)
-    bn, an, d = torch.empty_like(bc), torch.empty_like(ac), 1
-    while d < L:
-        to, frm, rest = (
-            (slice(None, -d), slice(d, None), slice(L - d, None))
-            if reverse
-            else (slice(d, None), slice(None, -d), slice(None, d))
-        )
-        torch.addcmul(bc[:, :, to], ac[:, :, to], bc[:, :, frm], out=bn[:, :, to])
-        torch.mul(ac[:, :, to], ac[:, :, frm], out=an[:, :, to])
-        bn[:, :, rest], an[:, :, rest] = bc[:, :, rest], ac[:, :, rest]
-        bc, bn, ac, an = bn, bc, an, ac
-        d *= 2
-    del bn, an
-    carry = [x0]  # state entering each chunk, in scan order
-    order = range(n - 1, 0, -1) if reverse else range(n - 1)
-    edge = 0 if reverse else -1
-    for c in order:
-        carry.append(bc[:, c, edge] + ac[:, c, edge] * carry[-1])
-    carries = torch.stack(carry[::-1] if reverse else carry, 1)
-    bc += ac * carries[:, :, None]
-    return bc.flatten(1, 2)[:, real]
+        bufs_b[0].narrow(2, off, L).copy_((F.pad(b, tpad) if pad else b).view(B, n, L, K, *C))
+    bufs_a[0].narrow(2, off, L).copy_((F.pad(a, tpad, value=1.0) if pad else a).view(B, n, L, 1, *C))
+    x, A = _levels(bufs_b, bufs_a, L, H, reverse)
+    # carry entering each chunk (from the left; from the right when reversed): one fused op per chunk
+    e = 0 if reverse else -1
+    ca, cb = A.select(2, e).unbind(1), x.select(2, e).unbind(1)  # [B, 1, *C], [B, K, *C] per chunk
+    carry = [x0]
+    for c in range(n - 1, 0, -1) if reverse else range(n - 1):
+        carry.append(torch.addcmul(cb[c], ca[c], carry[-1]))
+    # out of place: the carry update also writes the compact result (the padded scratch is then freed)
+    x = torch.addcmul(x, A, torch.stack(carry[::-1] if reverse else carry, 1)[:, :, None])
+    x = x.view(B, n * L, K, *C)
+    return x[:, pad:] if reverse else x[:, :T]
 
 
 class _GatedScan(torch.autograd.Function):
@@ -90,25 +106,21 @@ class _GatedScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gx: Tensor) -> tuple[Tensor | None, ...]:
         a, coef, u, x0, x = ctx.saved_tensors
+        B, T, K = coef.shape
         # g_t = dL/dx_t + a_{t+1} g_{t+1}: the same scan run backwards in time
-        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1)
+        a_next = F.pad(a[:, 1:], (0, 0) * (a.dim() - 2) + (0, 1))
         g = _scan(a_next, gx, torch.zeros_like(x0), ctx.chunk, reverse=True)
         need = ctx.needs_input_grad
         g_la = g_coef = g_u = None
-        csum = tuple(range(2, u.dim()))
-        # one sequence at a time: no [B, T, K, *C] products besides g
+        # K-contractions as batched products over (b, t): no [B, T, K, *C] temporaries
+        g3 = g.reshape(B * T, K, -1)
         if need[0]:  # dL/dlog_a_t = a_t sum_k g_t x_{t-1}
-            ga = torch.zeros_like(u)
-            for k in range(x.shape[2]):
-                ga[:, 0] += g[:, 0, k] * x0[:, k]
-                ga[:, 1:] += g[:, 1:, k] * x[:, :-1, k]
-            g_la = ga * a[:, :, 0]
+            x_prev = torch.cat([x0[:, None], x[:, :-1]], 1)
+            g_la = x_prev.mul_(g).sum(2).mul_(a[:, :, 0])
         if need[1]:  # dL/dcoef_tk = sum_c g_tkc u_tc
-            g_coef = torch.stack([(g[:, :, k] * u).sum(csum) for k in range(x.shape[2])], 2)
+            g_coef = torch.bmm(g3, u.reshape(B * T, -1, 1)).view(B, T, K)
         if need[2]:  # dL/du_t = sum_k coef_tk g_tk
-            g_u = torch.zeros_like(u)
-            for k in range(x.shape[2]):
-                g_u += coef[:, :, k].view(*coef.shape[:2], *([1] * (u.dim() - 2))) * g[:, :, k]
+            g_u = torch.bmm(coef.reshape(B * T, 1, K), g3).view(u.shape)
         g_x0 = a[:, 0] * g[:, 0] if need[3] else None
         return g_la, g_coef, g_u, g_x0, None, None
 
@@ -154,11 +166,19 @@ def agalite_chunked(
     beta, gamma = torch.sigmoid(beta_logit), torch.sigmoid(gamma_logit)
     # log(1 - sigmoid(z)) = -softplus(z): stable for saturated gates
     la_v, la_k = -F.softplus(beta_logit), -F.softplus(gamma_logit)
-    coef_k = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # drive weights of s, kt_1..kt_r
-    xv = gated_scan(la_v, osc, beta * v, vt0.transpose(1, 2), resets, chunk)  # [B, T, r, nh, dv]
-    xk = gated_scan(la_k, coef_k, gamma * phi_k, torch.cat([s0[:, None], kt0.transpose(1, 2)], 1), resets, chunk)
-    # (s, kt_j) . phi(q) as product + sum: an einsum would keep a permuted copy of kt for its backward
-    dots = (xk * phi_q[:, :, None]).sum(-1)  # [B, T, 1 + r, nh]
-    num = torch.einsum("btjhd,btjh->bthd", xv, dots[:, :, 1:]) * (2 / r)
+    # one scan for both memories, side by side on the feature axis: values [.., :dv] with sequences
+    # (unused, vt_1..vt_r), key features [.., dv:] with (s, kt_1..kt_r); drive weights (1, c_1..c_r) for both
+    dv = v.shape[-1]
+    coef = torch.cat([torch.ones_like(osc[:, :, :1]), osc], 2)  # [B, T, 1 + r]
+    x0 = torch.cat([torch.cat([torch.zeros_like(vt0[:, :, :1]), vt0], 2), torch.cat([s0[:, :, None], kt0], 2)], -1)
+    x = gated_scan(
+        torch.cat([la_v, la_k], -1), coef, torch.cat([beta * v, gamma * phi_k], -1), x0.transpose(1, 2), resets, chunk
+    )  # [B, T, 1 + r, nh, dv + F]
+    # both reads span the whole feature axis with zero weights where they do not apply: slicing the scan's
+    # output instead would cost two zero-filled full-size gradients (slice backward) plus their sum
+    dots = (x * F.pad(phi_q, (dv, 0))[:, :, None]).sum(-1)  # [B, T, 1 + r, nh]: (s, kt_j) . phi(q)
+    w = F.pad(dots[:, :, 1:], (0, 0, 1, 0))  # [B, T, 1 + r, nh], slot 0 (the unused value sum) weighted 0
+    num = (x * w[..., None]).sum(2)[..., :dv] * (2 / r)
     o = num / (dots[:, :, :1].transpose(2, 3) + eps)
-    return o, xv[:, -1].transpose(1, 2), xk[:, -1, 1:].transpose(1, 2), xk[:, -1, 0], tau[:, -1] + 1
+    last = x[:, -1].transpose(1, 2)  # [B, nh, 1 + r, dv + F]
+    return o, last[:, :, 1:, :dv], last[:, :, 1:, dv:], last[:, :, 0, dv:], tau[:, -1] + 1

@@ -49,7 +49,7 @@ register_backend("gated_delta", "torch", _chunk_positional, priority=0,
 register_backend("gated_delta", "triton", _triton_positional, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
                  forward_only=True, supports=triton_rejects,
-                 note="forward only (no grad): chunk terms batched in torch, S recurrence + read-out in one kernel")
+                 note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
 

@@ -1,22 +1,29 @@
-"""Triton forward (no autograd) of the chunkwise gated delta rule: kernel -> launcher -> public fn.
+"""Triton forward (no autograd) of the chunkwise gated delta rule: kernels -> launcher -> public fn.
 
-The intra-chunk terms (UT transform, decays, read-out weights; resets as exact ``-inf`` log-decay masks) come
-from :func:`.chunk.chunk_terms`, batched over every chunk at once. One kernel then runs the only sequential
-part: per (batch, head, block of ``Dv``) it keeps ``S [Dk, BV]`` in registers across chunks, forms the
-pseudo-values ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates ``S <- e^gamma_C S + K_out^T u``.
-Same contract as :func:`gated_delta_rule_naive`; used only when no gradient is needed (the selector checks).
+Two kernels, both reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no padding copies):
+
+* ``_wy_kernel``, parallel over (chunk, batch*head): the UT transform of :mod:`.chunk` per chunk. The unit lower
+  triangular ``I + A`` is solved in blocks of 16 rows: the 16x16 diagonal block is inverted in registers
+  (forward substitution for fp32; repeated squaring for bf16), the rows of earlier blocks (already solved and
+  stored) enter through 16x16 products. Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
+* ``_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks: keeps ``S [Dk, BV]``
+  in registers, forms ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates
+  ``S <- e^gamma_C S + K_out^T u``; decays and ``P`` are rebuilt from g and the keys (cheaper than reading them).
+  Unfused, it stores each chunk-entry ``S`` and ``u`` instead, and ``_out_kernel`` (parallel over chunks) reads
+  the outputs out.
+
+Resets are exact: the in-chunk segment id (a cumulative count of resets) masks every decay whose path crosses a
+reset, as in :func:`.chunk.chunk_terms`. Same contract as :func:`gated_delta_rule_naive`; no-grad use only.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from .checks import check_gated_delta_inputs, needs_grad, triton_rejects
-from .chunk import chunk_terms
 
 
 @triton.jit
@@ -25,53 +32,263 @@ def _dot(a, b, BF16_DOT: tl.constexpr):
     if BF16_DOT:
         r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     else:
-        r = tl.dot(a, b, input_precision="ieee")
+        r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
     return r
 
 
 @triton.jit
-def _fwd_kernel(W, U, KO, QD, P, DC, S0, O, SF, N, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
-                BV: tl.constexpr, HAS_S0: tl.constexpr, BF16_DOT: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    rv = tl.program_id(1) * BV + tl.arange(0, BV)
+def _gates(G, R, b, h, t, T, NH, HAS_R: tl.constexpr):
+    """Log decays with resets zeroed, and reset flags (int32), at the time steps ``t`` (0 past ``T``)."""
+    ok = t < T
+    g = tl.load(G + (b * T + t) * NH + h, mask=ok, other=0.0).to(tl.float32)
+    if HAS_R:
+        r = tl.load(R + b * T + t, mask=ok, other=0).to(tl.int32)
+        g = tl.where(r != 0, 0.0, g)  # the reset step's own decay acts on a zeroed state: irrelevant
+    else:
+        r = t.to(tl.int32) * 0
+    return g, r
+
+
+@triton.jit
+def _chunk_gates(G, R, b, h, n, T, NH, rc, C: tl.constexpr, HAS_R: tl.constexpr):
+    """Per chunk: log decay since the chunk start ``gamma [C]`` and segment id ``seg [C]`` (0 = joined to S_0)."""
+    g, r = _gates(G, R, b, h, n * C + rc, T, NH, HAS_R)
+    return tl.cumsum(g, 0), tl.cumsum(r, 0)
+
+
+@triton.jit
+def _block_gates(G, R, b, h, t0, j0, g_c, r_c, rc, rb, T, NH, HAS_R: tl.constexpr):
+    """``gamma`` and segment id of the 16 chunk rows ``j0 + rb`` (chunk starts at step ``t0``; ``g_c, r_c`` its gates).
+
+    The rows before ``j0`` enter as one sum, so no ``[16, C]`` selection from the chunk's cumulative sums.
+    """
+    g, r = _gates(G, R, b, h, t0 + j0 + rb, T, NH, HAS_R)
+    before = rc < j0
+    gam = tl.sum(tl.where(before, g_c, 0.0), 0) + tl.cumsum(g, 0)
+    seg = tl.sum(tl.where(before, r_c, 0), 0) + tl.cumsum(r, 0)
+    return gam, seg
+
+
+@triton.jit
+def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+               HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    NC = N * C
+    rc = tl.arange(0, C)
+    rb = tl.arange(0, 16)
+    rk = tl.arange(0, DK)
+    rv = tl.arange(0, DV)
+    g_c, r_c = _gates(G, R, b, h, n * C + rc, T, NH, HAS_R)
+    w_base = W + bh * NC * DK + n * C * DK
+    u_base = U + bh * NC * DV + n * C * DV
+    eye = (rb[:, None] == rb[None, :]).to(tl.float32)
+    for ib in range(C // 16):  # a runtime loop: unrolling it (and the one below) multiplies compile time
+        ri = ib * 16 + rb  # rows of this block, in the chunk
+        ti = n * C + ri
+        oki = ti < T
+        gam_i, seg_i = _block_gates(G, R, b, h, n * C, ib * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
+        beta_i = tl.load(BETA + (b * T + ti) * NH + h, mask=oki, other=0.0).to(tl.float32)
+        k_i = tl.load(K + ((b * T + ti[:, None]) * NH + h) * DKR + rk[None, :],
+                      mask=oki[:, None] & (rk[None, :] < DKR), other=0.0)
+        v_i = tl.load(V + ((b * T + ti[:, None]) * NH + h) * DVR + rv[None, :],
+                      mask=oki[:, None] & (rv[None, :] < DVR), other=0.0)
+        d_in = tl.where(seg_i == 0, tl.exp(gam_i), 0.0)  # e^gamma_i while joined to S_0
+        rhs_w = (beta_i * d_in)[:, None] * k_i.to(tl.float32)
+        rhs_u = beta_i[:, None] * v_i.to(tl.float32)
+        for jb in range(ib):
+            # the already solved rows of block jb enter through A_ij = b_i e^(gamma_i - gamma_j) k_i.k_j
+            rj = jb * 16 + rb
+            gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
+            tj = n * C + rj
+            kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
+                           mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
+            dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
+            a_ij = _dot(k_i, kT_j, BF16_DOT) * dec * beta_i[:, None]
+            rhs_w -= _dot(a_ij, tl.load(w_base + rj[:, None] * DK + rk[None, :]), BF16_DOT)
+            rhs_u -= _dot(a_ij, tl.load(u_base + rj[:, None] * DV + rv[None, :]), BF16_DOT)
+        # diagonal block: M = -A_ii (strictly lower), inverted below
+        kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
+                       mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
+        link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
+        dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
+        m = -_dot(k_i, kT_i, BF16_DOT) * dec_d * beta_i[:, None]
+        if BF16_DOT:
+            # A^16 = 0, so (I + A)^-1 = sum_{n<16} (-A)^n = (I + M)(I + M^2)(I + M^4)(I + M^8) with M = -A: six
+            # tiny fp32 products instead of 15 dependent row steps. Intermediate powers can exceed the result
+            # (keys all alike: ~1e4), costing up to ~1e-3 absolute in fp32, below the bf16 rounding of the use.
+            m2 = tl.dot(m, m, input_precision="ieee")
+            m4 = tl.dot(m2, m2, input_precision="ieee")
+            t_inv = m + eye
+            t_inv += tl.dot(t_inv, m2, input_precision="ieee")
+            t_inv += tl.dot(t_inv, m4, input_precision="ieee")
+            t_inv += tl.dot(t_inv, tl.dot(m4, m4, input_precision="ieee"), input_precision="ieee")
+        else:
+            for i in range(1, 16):  # forward substitution, row by row: exact to fp32 rounding for any keys
+                row = tl.sum(tl.where(rb[:, None] == i, m, 0.0), 0)  # -A_i (entries j < i)
+                row = row + tl.sum(row[:, None] * m, 0)  # + sum_j -A_ij ((I + A)^-1 - I)_j
+                m = tl.where(rb[:, None] == i, row[None, :], m)
+            t_inv = m + eye
+        w_i = _dot(t_inv, rhs_w, BF16_DOT)
+        u_i = _dot(t_inv, rhs_u, BF16_DOT)
+        tl.store(w_base + ri[:, None] * DK + rk[None, :], w_i.to(W.dtype.element_ty))
+        tl.store(u_base + ri[:, None] * DV + rv[None, :], u_i.to(U.dtype.element_ty))
+        tl.debug_barrier()  # the next block re-reads these rows, written by other threads of this program
+
+
+@triton.jit
+def _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
+    """Chunk outputs ``o = (e^gamma q) S + P u`` with ``P_ij = e^(gamma_i - gamma_j) q_i.k_j`` on joined j <= i."""
+    link = (rc[None, :] <= rc[:, None]) & (seg[:, None] == seg[None, :])
+    dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
+    d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)  # e^gamma_i while joined to S_0
+    p = _dot(q, kT, BF16_DOT) * dec
+    # diag(d_in) (q S) rather than (diag(d_in) q) S: scales a (C, BV) tile instead of a (C, DK) one
+    return _dot(q, S, BF16_DOT) * d_in[:, None] + _dot(p, u, BF16_DOT)
+
+
+@triton.jit
+def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
+                  C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, HAS_S0: tl.constexpr,
+                  FUSED: tl.constexpr, BF16_DOT: tl.constexpr):
+    bv = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
     rc = tl.arange(0, C)
     rk = tl.arange(0, DK)
-    s_off = bh * DK * DV + rk[:, None] * DV + rv[None, :]
+    rv = bv * BV + tl.arange(0, BV)
+    s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
+    s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
     if HAS_S0:
-        S = tl.load(S0 + s_off).to(tl.float32)
+        S = tl.load(S0 + s_off, mask=s_mask, other=0.0).to(tl.float32)
     else:
         S = tl.zeros((DK, BV), dtype=tl.float32)
     for n in range(N):
+        gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
+        gam_c = tl.sum(tl.where(rc == C - 1, gamma, 0.0), 0)
+        seg_c = tl.max(seg, 0)
+        d_out = tl.where(seg == seg_c, tl.exp(gam_c - gamma), 0.0)  # e^(gamma_C - gamma_j) while joined to the end
+        d_c = tl.where(seg_c == 0, tl.exp(gam_c), 0.0)
+        tc = n * C + rc
+        ok = tc < T
+        kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
+                     mask=ok[None, :] & (rk[:, None] < DKR), other=0.0)
         chunk = bh * N + n
-        ck = chunk * C * DK
-        cv = chunk * C * DV
-        w = tl.load(W + ck + rc[:, None] * DK + rk[None, :])
-        u = tl.load(U + cv + rc[:, None] * DV + rv[None, :]) - _dot(w, S, BF16_DOT)
-        qd = tl.load(QD + ck + rc[:, None] * DK + rk[None, :])
-        p = tl.load(P + chunk * C * C + rc[:, None] * C + rc[None, :])
-        o = _dot(qd, S, BF16_DOT) + _dot(p, u, BF16_DOT)
-        tl.store(O + cv + rc[:, None] * DV + rv[None, :], o)
-        ko_t = tl.load(KO + ck + rk[:, None] * C + rc[None, :])  # (DK, C): k_j e^(gamma_C - gamma_j), per column
-        S = S * tl.load(DC + chunk) + _dot(ko_t, u, BF16_DOT)
-    tl.store(SF + s_off, S)
+        w = tl.load(W + chunk * C * DK + rc[:, None] * DK + rk[None, :])
+        u_ptr = U + chunk * C * DV + rc[:, None] * DV + rv[None, :]
+        u = tl.load(u_ptr).to(tl.float32) - _dot(w, S, BF16_DOT)
+        if FUSED:
+            q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
+                        mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
+            o = _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT)
+            tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
+                     mask=ok[:, None] & (rv[None, :] < DVR))
+        else:
+            # chunk-entry state and pseudo-values for the parallel read-out; u overwrites U (this program's columns)
+            tl.store(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :], S.to(H.dtype.element_ty))
+            tl.store(u_ptr, u.to(U.dtype.element_ty))
+        S = S * d_c + _dot(kT, u * d_out[:, None], BF16_DOT)  # the decay scales u's rows, not kT's columns
+    tl.store(SF + s_off, S, mask=s_mask)
+
+
+@triton.jit
+def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+                BV: tl.constexpr, HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
+    bv = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    rc = tl.arange(0, C)
+    rk = tl.arange(0, DK)
+    rv = bv * BV + tl.arange(0, BV)
+    gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
+    tc = n * C + rc
+    ok = tc < T
+    q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
+                mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
+    kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
+                 mask=ok[None, :] & (rk[:, None] < DKR), other=0.0)
+    chunk = bh * N + n
+    S = tl.load(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :])
+    u = tl.load(U + chunk * C * DV + rc[:, None] * DV + rv[None, :])
+    o = _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT)
+    tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
+             mask=ok[:, None] & (rv[None, :] < DVR))
 
 
 def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _launch(W, U, KO, QD, P, DC, S0, *, block_v: int | None, num_warps: int | None, bf16_dot: bool):
-    """Contiguous ``(B, NH, N, C, .)`` inputs (KO ``(.., DK, C)``) -> ``O (B, NH, N, C, DV)``, ``S (B, NH, DK, DV)``."""
-    B, NH, N, C, DK = W.shape
-    DV = U.shape[-1]
-    BV = block_v or min(DV, 32 if DK >= 128 else 64)
-    O = torch.empty(U.shape, dtype=torch.float32, device=U.device)
-    SF = torch.empty(B, NH, DK, DV, dtype=torch.float32, device=W.device)
-    grid = (B * NH, DV // BV)
-    _fwd_kernel[grid](W, U, KO, QD, P, DC, S0 if S0 is not None else SF, O, SF, N, DK=DK, DV=DV, C=C, BV=BV,
-                      HAS_S0=S0 is not None, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
-                      num_stages=1)  # S is loop-carried; 3-stage prefetch of fp32 tiles exceeds shared memory
-    return O, SF
+def _default_stages(fused: bool, DK: int, bf16_dot: bool) -> int:
+    # prefetching the next chunk (2 stages) doubles shared memory: for fused Dk = 128 (~127 KB at BV = 32) that
+    # leaves one program per SM, so the usual 2-programs-per-SM grid would run in two waves
+    return 2 if bf16_dot and (not fused or DK < 128) else 1
+
+
+def _default_block_v(n_bh: int, DK: int, DV: int, bf16_dot: bool) -> int:
+    # enough (batch*head, V-block) programs to fill the GPU's ~132 SMs, without splitting V below 16; wide keys
+    # take narrower V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory
+    bv = min(DV, 64, max(16, (8192 if bf16_dot else 4096) // DK))
+    while bv > 16 and n_bh * (DV // bv) < 256:
+        bv //= 2
+    return bv
+
+
+def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None):
+    """Contiguous inputs (``r`` int8 resets or None) -> ``W (B, NH, N*C, DK)``, ``U (B, NH, N*C, DV)``."""
+    B, T, NH, Dk = k.shape
+    N = triton.cdiv(T, C)
+    W = torch.empty(B, NH, N * C, DK, dtype=op_dtype, device=k.device)
+    U = torch.empty(B, NH, N * C, DV, dtype=op_dtype, device=k.device)
+    _wy_kernel[(N, B * NH)](k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, v.shape[-1], DK=DK,
+                            DV=DV, C=C, HAS_R=r is not None, BF16_DOT=op_dtype != torch.float32,
+                            num_warps=num_warps or 4, num_stages=1)
+    return W, U
+
+
+def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
+                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
+                        out_block_v=None, out_num_warps=None):
+    """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
+
+    ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
+    pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
+    """
+    out_dtype = v.dtype
+    B, T, NH, Dk = k.shape
+    Dv = v.shape[-1]
+    DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
+    C = chunk_size
+    N = triton.cdiv(T, C)
+    BV = block_v or _default_block_v(B * NH, DK, DV, out_dtype != torch.float32)
+    for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
+        if bv not in (16, 32, 64, 128) or bv > DV:
+            raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
+    bf16_dot = out_dtype != torch.float32
+    # the kernels round product operands to bf16 anyway: storing W and U in bf16 halves their traffic
+    op_dtype = torch.bfloat16 if bf16_dot else torch.float32
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    r = (resets != 0).to(torch.int8).contiguous() if resets is not None else None
+    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps)
+    o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
+    SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
+    S0 = initial_state.contiguous() if initial_state is not None else None
+    Hs = SF if fused else torch.empty(B, NH, N, DK, DV, dtype=op_dtype, device=v.device)
+    rr = r if r is not None else g
+    _state_kernel[(DV // BV, B * NH)](q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH, Dk, Dv,
+                                      DK=DK, DV=DV, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
+                                      FUSED=fused, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
+                                      num_stages=num_stages or _default_stages(fused, DK, bf16_dot))
+    if not fused:
+        OBV = out_block_v or min(DV, 64)
+        _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=OBV,
+                                            HAS_R=r is not None, BF16_DOT=bf16_dot, num_warps=out_num_warps or 4)
+    return o, (SF.to(out_dtype) if output_final_state else None)
 
 
 def triton_gated_delta_rule(
@@ -90,32 +307,14 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use IEEE fp32 products; bf16/fp16 inputs use bf16 products with an fp32
-    state. ``Dk`` and ``Dv`` are zero-padded to powers of two >= 16 (exact: padded rows and columns stay 0).
+    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16/fp16 inputs use bf16 products with fp32
+    accumulation and state.
+    ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels.
     """
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
     reason = triton_rejects(needs_grad=needs_grad(q, k, v, g, beta, initial_state), chunk_size=chunk_size)
     if reason:
         raise ValueError(f"gated delta rule, triton backend: {reason}")
-    out_dtype = v.dtype
-    B, T, NH, Dk = k.shape
-    Dv = v.shape[-1]
-    DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
-    q, k = (F.pad(x, (0, DK - Dk)) for x in (q, k))
-    v = F.pad(v, (0, DV - Dv))
-    C = chunk_size
-    q, k, decay, decay_in, U, W = chunk_terms(q, k, v, g, beta, resets, C, torch.float32)
-    KO = (k * decay[..., -1, :, None]).transpose(-1, -2)  # (B, NH, N, DK, C): k_j e^(gamma_C - gamma_j)
-    QD = q * decay_in[..., None]
-    P = (q @ k.transpose(-1, -2)) * decay
-    DC = decay_in[..., -1].contiguous()
-    S0 = None
-    if initial_state is not None:
-        S0 = F.pad(initial_state.to(torch.float32), (0, DV - Dv, 0, DK - Dk)).contiguous()
-    bf16_dot = out_dtype != torch.float32
-    # the kernel rounds these product operands to bf16 anyway: storing them so halves its reads, same result
-    op_dtype = torch.bfloat16 if bf16_dot else torch.float32
-    W, KO, QD, P = (x.to(op_dtype).contiguous() for x in (W, KO, QD, P))
-    O, SF = _launch(W, U.contiguous(), KO, QD, P, DC, S0, block_v=block_v, num_warps=num_warps, bf16_dot=bf16_dot)
-    o = O.reshape(B, NH, -1, DV)[:, :, :T, :Dv].transpose(1, 2).to(out_dtype)
-    return o, (SF[..., :Dk, :Dv].to(out_dtype) if output_final_state else None)
+    return gated_delta_forward(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
+                               output_final_state=output_final_state, resets=resets, block_v=block_v,
+                               num_warps=num_warps)

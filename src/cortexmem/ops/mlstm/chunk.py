@@ -42,8 +42,10 @@ def mlstm_chunkwise(
         log_i = F.pad(log_i, (0, pad), value=float("-inf"))
         if resets is not None:
             resets = F.pad(resets, (0, pad))
-    q, k = q.reshape(B, NH, Nc, L, dk), k.reshape(B, NH, Nc, L, dk)
-    v = v.reshape(B, NH, Nc, L, dv)
+    # chunks flattened into one batch axis (G = B * NH * Nc): every product below is a plain bmm
+    G = B * NH * Nc
+    q, k = q.reshape(G, L, dk), k.reshape(G, L, dk)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1).view(G, L, dv + 1)  # n rides along as a ones column
     log_i, log_f = log_i.reshape(B, NH, Nc, L), log_f.reshape(B, NH, Nc, L)
 
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
@@ -58,51 +60,62 @@ def mlstm_chunkwise(
         # nothing before a reset reaches later steps, not even through rounding
         Fc = (same.to(log_f.dtype) @ log_f[..., None]).squeeze(-1)
 
-    neg_inf = torch.tensor(float("-inf"), dtype=q.dtype, device=q.device)
-    D = torch.where(same, Fc[..., :, None] - Fc[..., None, :] + log_i[..., None, :], neg_inf)  # (.., L, L)
+    # a Python -inf: where fills it on the device (no host copy, CUDA-graph safe)
+    D = torch.where(same, Fc[..., :, None] - (Fc - log_i)[..., None, :], float("-inf"))  # (.., L, L)
     D_max = D.amax(-1)  # (B, NH, Nc, L)
 
-    # chunk summaries: contribution of the chunk's own inputs to its end state, stabilised by D_max[L-1]
+    # chunk summaries: contribution of the chunk's own inputs to its end state, stabilised by D_max[L-1]; the
+    # normaliser n rides along as an extra value column of ones, so C and n share every product below
     m_loc = D_max[..., -1]  # (B, NH, Nc)
     w = torch.exp(D[..., -1, :] - m_loc[..., None])  # (B, NH, Nc, L)
-    C_loc = torch.einsum("bhcs,bhcsd,bhcse->bhcde", w, k, v)
-    n_loc = torch.einsum("bhcs,bhcsd->bhcd", w, k)
-    end_keep = None if keep is None else keep[..., -1]
+    Cn_loc = torch.bmm((k * w.view(G, L, 1)).transpose(1, 2), v1).view(B, NH, Nc, dk, dv + 1)
 
-    C, n, m = C0, n0, m0
-    C_in, n_in, m_in = [], [], []
+    # the carry loop on [B, NH, 1, 1]-shaped scalars and the stacked (C | n): a few ops per chunk
+    Cn = torch.cat([C0, n0[..., None]], -1)
+    m = m0[..., None, None]
+    ends = Fc[..., -1, None, None].unbind(2)
+    locs = m_loc[..., None, None].unbind(2)
+    Cn_locs = Cn_loc.unbind(2)
+    end_keeps = [None] * Nc if keep is None else keep[..., -1, None, None].unbind(2)
+    Cn_in, m_in = [], []
     for c in range(Nc):
-        C_in.append(C), n_in.append(n), m_in.append(m)
-        a = _initial_logw(Fc[..., c, -1], m, None if end_keep is None else end_keep[..., c])
-        m_new = torch.maximum(a, m_loc[..., c])
-        f = _masked_exp(a - m_new, None if end_keep is None else end_keep[..., c])
-        g = torch.exp(m_loc[..., c] - m_new)
-        C = f[..., None, None] * C + g[..., None, None] * C_loc[:, :, c]
-        n = f[..., None] * n + g[..., None] * n_loc[:, :, c]
+        Cn_in.append(Cn), m_in.append(m)
+        a = _initial_logw(ends[c], m, end_keeps[c])
+        m_new = _max(a, locs[c])
+        Cn = torch.addcmul(_masked_exp(a - m_new, end_keeps[c]) * Cn, torch.exp(locs[c] - m_new), Cn_locs[c])
         m = m_new
-    C_in, n_in, m_in = torch.stack(C_in, 2), torch.stack(n_in, 2), torch.stack(m_in, 2)
+    Cn_in, m_in = torch.stack(Cn_in, 2), torch.stack(m_in, 2).view(B, NH, Nc, 1)
 
-    a = _initial_logw(Fc, m_in[..., None], keep)  # (B, NH, Nc, L)
-    m_t = torch.maximum(a, D_max)
-    S = (q @ k.transpose(-1, -2)) * torch.exp(D - m_t[..., None])  # (B, NH, Nc, L, L)
+    a = _initial_logw(Fc, m_in, keep)  # (B, NH, Nc, L)
+    m_t = _max(a, D_max)
+    S = torch.bmm(q, k.transpose(1, 2)).view(B, NH, Nc, L, L) * torch.exp(D - m_t[..., None])
     inter = _masked_exp(a - m_t, keep)
-    num = S @ v + inter[..., None] * (q @ C_in)
-    qn = S.sum(-1) + inter * (q @ n_in[..., None]).squeeze(-1)
-    h = num / normaliser(qn, m_t)[..., None]
-    return h.reshape(B, NH, Nc * L, dv)[:, :, :T], (C, n, m)
+    # [S v | S 1] + inter * q (C | n): numerator and normaliser in the same products
+    num = torch.baddbmm(torch.bmm(S.view(G, L, L), v1), q * inter.view(G, L, 1), Cn_in.view(G, dk, dv + 1))
+    num = num.view(B, NH, Nc, L, dv + 1)
+    h = num[..., :dv] / normaliser(num[..., dv], m_t)[..., None]
+    return h.reshape(B, NH, Nc * L, dv)[:, :, :T], (Cn[..., :dv], Cn[..., dv], m.view(B, NH))
+
+
+def _max(a: Tensor, b: Tensor) -> Tensor:
+    """``max(a, b)`` whose backward is two ``where`` (``torch.maximum``'s splits ties: ten ops per call).
+
+    At a tie both branches hold the same value; the gradient then goes to ``a``, a valid subgradient.
+    """
+    return torch.where(a >= b, a, b)
 
 
 def _initial_logw(Fc: Tensor, m0: Tensor, keep: Tensor | None) -> Tensor:
     """Log-weight of the initial-state path: ``F + m0`` before any reset, ``F + 0`` (fresh ``m``) after one."""
     if keep is None:
         return Fc + m0
-    return Fc + torch.where(keep, m0, torch.zeros_like(m0))
+    return Fc + torch.where(keep, m0, 0.0)
 
 
 def _masked_exp(x: Tensor, keep: Tensor | None) -> Tensor:
     """``exp(x)``, zero where a reset has replaced the initial state by the (zero) fresh state."""
     e = torch.exp(x)
-    return e if keep is None else torch.where(keep, e, torch.zeros_like(e))
+    return e if keep is None else torch.where(keep, e, 0.0)
 
 
 def _check_shapes(q, k, v, log_i, log_f, C0, n0, m0, resets, chunk_size) -> None:

@@ -43,7 +43,7 @@ class _SLSTMScan(torch.autograd.Function):
         B, T, _, H = wx.shape
         W = _dense(R)
         keepf = keep.to(wx.dtype)[..., None]  # (B, T, 1)
-        neg_inf = torch.tensor(float("-inf"), dtype=wx.dtype, device=wx.device)
+        neg_inf = torch.full((), float("-inf"), dtype=wx.dtype, device=wx.device)  # no host copy (CUDA graphs)
         h, c, n, m = h0, c0, n0, m0
         saved = {k: [] for k in ("h_in", "c_in", "n_in", "ig", "fg", "z", "o", "use_prev", "sig_f", "fresh")}
         hs = []

@@ -1,0 +1,76 @@
+"""Compile the gated-delta Triton kernels for an H100 (sm_90) without a GPU; print shared memory, registers, spills.
+
+Runs on CPU (Triton ships ptxas): a register spill or a shared-memory need that leaves one program per SM shows
+here before any GPU time is spent. Integer arguments get the divisibility-by-16 hint a real launch gives them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from cortexmem.ops.gated_delta import triton as kernels
+
+TARGET = GPUTarget("cuda", 90, 32)
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def _signature(fn, dtype: str) -> dict:
+    ptrs = {"Q", "K", "V", "G", "BETA", "R", "W", "U", "O", "H"}
+    sig = {}
+    for name in fn.arg_names:
+        if name in ptrs:
+            sig[name] = f"*{dtype}"
+        elif name in ("S0", "SF"):
+            sig[name] = "*fp32"
+        elif name.isupper() and name not in ("T", "N", "NH", "DKR", "DVR"):
+            sig[name] = "constexpr"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> str:
+    """One line: the kernel, its constants and launch options, shared bytes, registers, spill bytes, compile s."""
+    sig = _signature(fn, dtype)
+    div16 = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] != "constexpr"
+             and n != "NH"}
+    start = time.time()
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=div16), target=TARGET,
+                       options={"num_warps": num_warps, "num_stages": num_stages})
+    took = time.time() - start
+    with tempfile.TemporaryDirectory() as d:
+        ptx = os.path.join(d, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(k.asm["ptx"])
+        log = subprocess.run([PTXAS, "-v", "-arch=sm_90a", ptx, "-o", os.path.join(d, "k.o")],
+                             capture_output=True, text=True).stderr
+    regs = re.findall(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill stores", log)
+    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "BF16_DOT")}
+    return (f"{fn.__name__:14s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
+            f"registers {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
+            f"compile {took:.1f} s")
+
+
+def main() -> None:
+    for dtype, bf16 in (("bf16", True), ("fp32", False)):
+        for DK in (64, 128):
+            base = dict(DK=DK, DV=DK, C=64, HAS_R=True, BF16_DOT=bf16)
+            print(compile_stats(kernels._wy_kernel, dtype, base, 4, 1))
+            for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 32, 4)):
+                stages = kernels._default_stages(fused, DK, bf16)
+                consts = dict(base, BV=bv, HAS_S0=True, FUSED=fused)
+                print(compile_stats(kernels._state_kernel, dtype, consts, nw, stages))
+            print(compile_stats(kernels._out_kernel, dtype, dict(base, BV=64), 4, 1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The Triton forward of the gated delta rule on CPU, through Triton's interpreter, vs the naive fp64 loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from cortexmem.ops.gated_delta import gated_delta_rule_naive  # noqa: E402
+
+
+def _patch_interpreter() -> None:
+    """Work around two interpreter bugs (Triton 3.6, numpy >= 2.3) that compiled kernels do not have.
+
+    Scalar kernel arguments are 1-element arrays, which numpy no longer turns into an index (``range(N)``); and
+    ``tl.dot`` multiplies bf16 operands as their raw uint16 storage.
+    """
+    import numpy as np
+    import triton.language as tl
+    import triton.runtime.interpreter as ti
+
+    patch_tensor = ti._patch_lang_tensor
+
+    def patched_tensor(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    create_dot = ti.InterpreterBuilder.create_dot
+
+    def f32(x):
+        if x.dtype.scalar != tl.bfloat16:
+            return x
+        return ti.TensorHandle(ti._convert_float(x.data, tl.bfloat16, tl.float32, None).view(np.float32), tl.float32)
+
+    def patched_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return create_dot(self, f32(a), f32(b), d, input_precision, max_num_imprecise_acc)
+
+    ti._patch_lang_tensor = patched_tensor
+    ti.InterpreterBuilder.create_dot = patched_dot
+
+
+def _rel_rms(a, b):
+    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
+
+
+def _inputs(T, Dk, Dv, seed, resets):
+    gen = torch.Generator().manual_seed(seed)
+    B, NH = 2, 2
+    q, k = (F.normalize(torch.randn(B, T, NH, Dk, generator=gen), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, NH, Dv, generator=gen)
+    g = F.logsigmoid(torch.randn(B, T, NH, generator=gen) + 2)
+    beta = torch.rand(B, T, NH, generator=gen)
+    s0 = torch.randn(B, NH, Dk, Dv, generator=gen)
+    r = None
+    if resets:
+        r = torch.rand(B, T, generator=gen) < 0.05
+        r[0, 0] = r[1, 5] = r[1, 16] = r[0, T - 1] = True  # first step, inside a chunk, a chunk start, last step
+    return q, k, v, g, beta, s0, r
+
+
+# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out): odd T, padded Dk/Dv, every chunk size, both
+# product precisions, both read-outs (in the sequential kernel, or parallel over chunks from stored states)
+CASES = [
+    (37, 16, 24, 16, torch.float32, False, False, True),
+    (130, 32, 32, 64, torch.float32, True, True, False),
+    (77, 8, 16, 32, torch.float32, True, True, True),
+    (77, 16, 16, 32, torch.bfloat16, True, True, False),
+]
+
+
+def _run_cases() -> dict:
+    """In the child process (interpreter on): relative RMS errors and dtype checks of every case."""
+    _patch_interpreter()
+    from cortexmem.ops.gated_delta.triton import gated_delta_forward, triton_gated_delta_rule
+
+    out = {}
+    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused) in enumerate(CASES):
+        q, k, v, g, beta, s0, r = _inputs(T, Dk, Dv, T + Dk, with_resets)
+        s0 = s0 if with_s0 else None
+        o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)),
+                                              initial_state=None if s0 is None else s0.double(), resets=r)
+        with torch.no_grad():
+            fn = triton_gated_delta_rule if fused else partial(gated_delta_forward, fused=False, out_block_v=16,
+                                                                               output_final_state=True)
+            o, s = fn(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk, initial_state=s0, resets=r)
+        same = o.shape == o_ref.shape and s.shape == s_ref.shape and o.dtype == dtype and s.dtype == dtype
+        out[i] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), same]
+    q, k, v, g, beta, _, _ = _inputs(20, 16, 16, 3, False)
+    with torch.no_grad():
+        o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=16, output_final_state=False)
+        o_ref, _ = gated_delta_rule_naive(q.double(), k.double(), v.double(), g.double(), beta.double())
+        out["no_final"] = [_rel_rms(o, o_ref), s is None]
+        try:
+            triton_gated_delta_rule(q, k, v, g, beta, chunk_size=16, block_v=32)
+            out["bad_block"] = "accepted"
+        except ValueError as e:
+            out["bad_block"] = str(e)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    """Run the cases in a child process: the interpreter must be on before triton is first imported."""
+    here = Path(__file__).parent
+    code = f"import json, sys; sys.path.insert(0, {str(here)!r}); import {Path(__file__).stem} as t; " \
+           "print('RESULT' + json.dumps(t._run_cases()))"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT"):])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_interpreted_triton_matches_naive(results, case):
+    err_o, err_s, same = results[str(case)]
+    tol = 1e-5 if CASES[case][4] == torch.float32 else 2e-2
+    assert same
+    assert err_o <= tol
+    assert err_s <= tol
+
+
+def test_interpreted_triton_no_final_state_and_bad_block(results):
+    err_o, no_state = results["no_final"]
+    assert no_state and err_o <= 1e-5
+    assert "block_v must be" in results["bad_block"]
