@@ -218,3 +218,48 @@ def test_default_memory_is_the_gated_delta_hybrid():
              for n in (3, 40)}
     assert len(sizes) == 1
     assert mlm.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 11)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_read_from_embeddings(arch):
+    """``read_from="embeddings"``: logits equal the base at init; the memory input is the token embedding."""
+    base = tiny_base(arch)
+    ids = torch.randint(3, 96, (2, 21))
+    with torch.no_grad():
+        ref = torch.cat([base(ids[:, s:s + 8]).logits for s in range(0, 21, 8)], dim=1)
+    mlm = attach_memory(base, small_memory(8, read_from="embeddings", layers=[1]))
+    with torch.no_grad():
+        assert torch.equal(mlm(ids).logits, ref)
+    adapter = mlm.memory.adapters["1"]
+    seen = []
+    handle = adapter.down.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        mlm(ids[:, :8])
+    handle.remove()
+    emb = base.get_input_embeddings()(ids[:, :8])
+    torch.testing.assert_close(seen[0], adapter.norm(emb))
+    # gradient reaches the write path through the embeddings read, and ingest agrees with forward
+    open_gates(mlm)
+    labels = torch.full_like(ids, -100)
+    labels[:, 20:] = ids[:, 20:]
+    mlm(ids, labels=labels, return_logits=False).loss.backward()
+    assert adapter.cell.k_proj.weight.grad.abs().sum() > 0 and base.get_input_embeddings().weight.grad is None
+    with torch.no_grad():
+        a, b = mlm.ingest(ids).flatten_keys("."), mlm(ids).memory_state.flatten_keys(".")
+    for k in b.keys():
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_induction_init_shifts_keys_one_token_behind_queries():
+    mlm = attach_memory(tiny_base("llama"), small_memory(8, conv_kernel=5, induction_init=True, layers=[1]))
+    cell = mlm.memory.adapters["1"].cell
+    x = torch.randn(2, 13, cell.q_proj.weight.shape[1])
+    with torch.no_grad():
+        q, k, v, _ = cell.qkv(x, cell.init_state(2)["conv"], None)
+        v_alone = torch.nn.functional.silu(cell.v_proj(x)).view_as(v)
+    # the key written at t is the query of t - 1: a query ending in a context seen before finds its continuation
+    torch.testing.assert_close(k[:, 1:], q[:, :-1])
+    torch.testing.assert_close(v, v_alone)
+    with pytest.raises(ValueError, match="induction_init"):
+        attach_memory(tiny_base("llama"), small_memory(8, compressor="linear", use_hybrid=False, rank_fast=4,
+                                                       induction_init=True))

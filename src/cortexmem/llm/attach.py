@@ -112,14 +112,33 @@ class MemoryAdapter(nn.Module):
                 strength.bias.fill_(4.0)  # compressor nearly open: write_init alone sets the strength
                 b = min(b / torch.sigmoid(torch.tensor(4.0)).item(), 0.999)
             cell.beta_proj.bias.fill_(math.log(b / (1 - b)))
+        if cfg.induction_init:
+            self._induction_init(cell)
+
+    @torch.no_grad()
+    def _induction_init(self, cell: nn.Module) -> None:
+        """Shifted q/k conv (``k_t`` from tokens before ``t``, ``q_t`` ending at ``t``), value = token ``t``."""
+        w = getattr(cell, "conv_weight", None)
+        if w is None or getattr(cell, "down", None) is not None or cell.q_proj.weight.shape != cell.k_proj.weight.shape:
+            raise ValueError("induction_init needs a gated-delta cell with use_short_conv=True and compressor='none'")
+        width, K = cell.q_proj.weight.shape[0], w.shape[1]
+        if K < 2:
+            raise ValueError(f"induction_init needs conv_kernel >= 2, got {K}")
+        cell.k_proj.weight.copy_(cell.q_proj.weight)
+        wq, wk, wv = w[:width], w[width:2 * width], w[2 * width:]
+        wq[:, 0] = 0.0  # the query sees K-1 tokens ending at t
+        wk[:, :-1] = wq[:, 1:]  # the key sees the same K-1 taps one token earlier
+        wk[:, -1] = 0.0
+        wv.zero_()
+        wv[:, -1] = 1.0
 
     def init_state(self, batch: int, device: Any = None) -> TensorDict:
         return self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
 
-    def forward(self, h: Tensor, state: TensorDict) -> tuple[Tensor, TensorDict]:
-        """``h`` ``[B, T, D]`` -> ``(h', new_state)``."""
+    def forward(self, h: Tensor, state: TensorDict, src: Tensor | None = None) -> tuple[Tensor, TensorDict]:
+        """``h`` ``[B, T, D]`` (read from ``src`` ``[B, T, D]`` when given) -> ``(h', new_state)``."""
         hf = h.to(self.gate.dtype)
-        x = self.down(self.norm(hf))
+        x = self.down(self.norm(hf if src is None else src.to(self.gate.dtype)))
         y, new_state = self.cell.forward_sequence(x, state, None)
         # write back in units of the residual's own scale (RMS per token): pretrained residual streams are far
         # larger than a fresh cell's output, and a gate that must grow 20x first stalls training for 1000s of steps
@@ -148,6 +167,7 @@ class _Run:
 
     state: dict[str, TensorDict]
     stop_after: int | None = None
+    embeds: Tensor | None = None  # token embeddings of the current call (``read_from="embeddings"``)
 
 
 @dataclass
@@ -194,6 +214,8 @@ class MemoryLM(nn.Module):
         self._sessions = sessions if isinstance(sessions, SessionStore) or sessions is None else SessionStore(sessions)
         self._run: _Run | None = None
         self._hooks = [layers[i].register_forward_hook(self._hook(i), with_kwargs=True) for i in self.layer_ids]
+        if cfg.read_from == "embeddings":
+            self._hooks.append(base.get_input_embeddings().register_forward_hook(self._embed_hook))
         object.__setattr__(base, "_cortexmem_attached", True)
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -213,12 +235,21 @@ class MemoryLM(nn.Module):
                 if rows % have:
                     raise ValueError(f"memory state has batch {have}, the model is running batch {rows}")
                 state = state.apply(lambda t: t.repeat_interleave(rows // have, dim=0), batch_size=[rows])
-            h_new, run.state[key] = adapter(h, state)
+            src = None
+            if self.config.read_from == "embeddings":
+                if run.embeds is None or run.embeds.shape[:2] != h.shape[:2]:
+                    raise RuntimeError("read_from='embeddings' needs the base to embed input_ids in this call")
+                src = run.embeds
+            h_new, run.state[key] = adapter(h, state, src)
             if run.stop_after == idx:
                 raise _StopForward
             return (h_new, *output[1:]) if isinstance(output, tuple) else h_new
 
         return hook
+
+    def _embed_hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self._run is not None:
+            self._run.embeds = output
 
     @contextmanager
     def _running(self, state: TensorDict, stop_after: int | None = None) -> Iterator[_Run]:

@@ -35,6 +35,19 @@ class MemoryConfig(TaggedConfig):
         description="write strength b at init (None: the cell's own init, about 0.5); small values keep filler "
                     "from overwriting the memory before the write gate has learned to pick what to store")
 
+    read_from: Literal["residual", "embeddings"] = Field(
+        default="residual",
+        description="what the memory reads and writes from: the wrapped layer's residual stream, or the token "
+                    "embeddings (input of layer 0; identical for the same token in the needle and the question, "
+                    "so keys need not be context-invariant); the output always goes into the wrapped layer")
+
+    conv_kernel: int = Field(default=4, ge=1, description="taps of the cell's short q/k/v conv (its local context)")
+    induction_init: bool = Field(
+        default=False,
+        description="init the short conv as an induction pair: the key of token t sees tokens t-K+1..t-1, the "
+                    "query of token t sees t-K+2..t with the same weights, the value is token t alone; so the "
+                    "query right before a repeated context matches the key written at its continuation from step 0")
+
     @field_validator("layers")
     @classmethod
     def _check_layers(cls, v):
@@ -79,6 +92,7 @@ class MemoryConfig(TaggedConfig):
             "hidden_size": width, "num_heads": self.num_heads, "head_dim": self.head_dim,
             "chunk_size": self.memory_chunk, "alpha_max": self.alpha_max, "compressor": self.compressor,
             "rank": self.rank_fast, "window": self.window or 64, "use_short_conv": self.use_short_conv,
+            "conv_kernel_size": self.conv_kernel,
         }
         return cls(**{k: v for k, v in wanted.items() if k in cls.model_fields})
 
