@@ -111,11 +111,13 @@ def bench_throughput(mlm, tokens: int, batch: int, device: torch.device, repeats
 
 
 def memory_config(args) -> MemoryConfig:
-    return MemoryConfig(chunk_size=args.chunk_size, use_hybrid=not args.no_hybrid, num_heads=args.mem_heads,
+    return MemoryConfig(chunk_size=args.chunk_size, use_hybrid=args.hybrid, num_heads=args.mem_heads,
                         head_dim=args.mem_head_dim, window=args.window, memory_chunk=args.memory_chunk,
                         alpha_max=args.alpha_max, decay_init=args.decay_init or None,
                         write_init=args.write_init or None, compressor=args.compressor,
-                        layers="auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")])
+                        layers="auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")],
+                        read_from=args.read_from, conv_kernel=args.conv_kernel,
+                        induction_init=not args.no_induction, zero_init=args.zero_init)
 
 
 def heldout_texts(tok, n: int, chars: int, device: torch.device) -> list[torch.Tensor]:
@@ -213,9 +215,16 @@ def main() -> None:
     p.add_argument("--stream-layers", type=int, default=8)
     p.add_argument("--stream-heads", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=512)
-    p.add_argument("--no-hybrid", action="store_true")
-    p.add_argument("--mem-heads", type=int, default=4)
-    p.add_argument("--mem-head-dim", type=int, default=64)
+    p.add_argument("--hybrid", action="store_true", help="HybridCell (local window + delta memory) instead of "
+                   "the plain gated-delta cell")
+    p.add_argument("--mem-heads", type=int, default=1)
+    p.add_argument("--mem-head-dim", type=int, default=128)
+    p.add_argument("--read-from", default="embeddings", choices=["embeddings", "residual"],
+                   help="memory input: token embeddings (same code for a name in needle and question) or residual")
+    p.add_argument("--conv-kernel", type=int, default=16, help="short-conv taps: the local context of keys (chars)")
+    p.add_argument("--no-induction", action="store_true", help="random conv init instead of the induction pair")
+    p.add_argument("--zero-init", default="up", choices=["up", "gate"],
+                   help="zero read-out 'up' (gate 1; learns at once) or zero 'gate' (logits equal the base either way)")
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--memory-chunk", type=int, default=64)
     p.add_argument("--alpha-max", type=float, default=1.0, help="decay cap per token (long contexts need 1.0)")
@@ -231,13 +240,14 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=1000)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-lr", type=float, default=3e-3)
-    p.add_argument("--lm-weight", type=float, default=1.0, help="next-token loss on the haystack (no-harm term)")
+    p.add_argument("--lm-weight", type=float, default=0.3, help="next-token loss on the haystack (no-harm term)")
     p.add_argument("--min-train-length", type=int, default=0, help="length curriculum start (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=0)
     p.add_argument("--train-seconds", type=float, default=0, help="stop NIAH training after this long (0: no limit)")
     p.add_argument("--pretrain-seconds", type=float, default=0, help="stop pretraining after this long (0: no limit)")
-    p.add_argument("--layers", default="auto", help="decoder layers to wrap: auto or a comma list")
-    p.add_argument("--compressor", default="linear")
+    p.add_argument("--layers", default="-1", help="decoder layers to wrap: auto or a comma list (-1: the last, "
+                   "whose output feeds the LM head directly)")
+    p.add_argument("--compressor", default="none", help="'none' (needed by the induction init) or 'linear'")
     p.add_argument("--niah-lengths", default="32k,128k")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     p.add_argument("--samples", type=int, default=20, help="held-out samples per (length, depth) cell")

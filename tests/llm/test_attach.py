@@ -263,3 +263,18 @@ def test_induction_init_shifts_keys_one_token_behind_queries():
     with pytest.raises(ValueError, match="induction_init"):
         attach_memory(tiny_base("llama"), small_memory(8, compressor="linear", use_hybrid=False, rank_fast=4,
                                                        induction_init=True))
+
+
+def test_zero_init_up_keeps_logits_and_trains_the_readout_first():
+    base = tiny_base("qwen2")
+    ids = torch.randint(3, 96, (2, 16))
+    with torch.no_grad():
+        ref = torch.cat([base(ids[:, s:s + 8]).logits for s in range(0, 16, 8)], dim=1)
+    mlm = attach_memory(base, small_memory(8, zero_init="up", layers=[1]))
+    adapter = mlm.memory.adapters["1"]
+    assert torch.equal(adapter.gate, torch.ones_like(adapter.gate)) and not adapter.up.weight.any()
+    out = mlm(ids, labels=ids)
+    assert torch.equal(out.logits, ref)
+    out.loss.backward()
+    # the zero read-out gets gradient at once; the gate and everything upstream start once `up` has moved
+    assert adapter.up.weight.grad.abs().sum() > 0 and not adapter.gate.grad.any()

@@ -94,6 +94,11 @@ class MemoryAdapter(nn.Module):
         self.up = nn.Linear(width, d_model, bias=False)
         # zero gate: exactly the base model at init, yet the gate itself gets gradient from the first step
         self.gate = nn.Parameter(torch.zeros(d_model))
+        if cfg.zero_init == "up":
+            # zero read-out instead of zero gate: `up` gets gradient from step 0 (a linear probe of the memory read)
+            with torch.no_grad():
+                self.gate.fill_(1.0)
+                self.up.weight.zero_()
         self._init_gates(cfg)
 
     @torch.no_grad()

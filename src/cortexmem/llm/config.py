@@ -48,6 +48,12 @@ class MemoryConfig(TaggedConfig):
                     "query of token t sees t-K+2..t with the same weights, the value is token t alone; so the "
                     "query right before a repeated context matches the key written at its continuation from step 0")
 
+    zero_init: Literal["gate", "up"] = Field(
+        default="gate",
+        description="what starts at zero so the logits equal the base model's at init: the output 'gate' "
+                    "(gate grows first, everything upstream waits for it) or the output projection 'up' with the "
+                    "gate at 1 (up learns at once as a linear read-out of the memory: much faster to train)")
+
     @field_validator("layers")
     @classmethod
     def _check_layers(cls, v):
