@@ -260,6 +260,13 @@ def test_induction_init_shifts_keys_one_token_behind_queries():
     # the key written at t is the query of t - 1: a query ending in a context seen before finds its continuation
     torch.testing.assert_close(k[:, 1:], q[:, :-1])
     torch.testing.assert_close(v, v_alone)
+    # no key is the zero vector at the start of a stream (its normalisation would have a 1e12 gradient)
+    open_gates(mlm)
+    ids = torch.randint(3, 96, (2, 24))
+    labels = torch.full_like(ids, -100)
+    labels[:, 20:] = ids[:, 20:]
+    mlm(ids, labels=labels, return_logits=False).loss.backward()
+    assert 0 < cell.conv_weight.grad.norm() < 1e3
     with pytest.raises(ValueError, match="induction_init"):
         attach_memory(tiny_base("llama"), small_memory(8, compressor="linear", use_hybrid=False, rank_fast=4,
                                                        induction_init=True))

@@ -94,6 +94,7 @@ class MemoryAdapter(nn.Module):
         self.up = nn.Linear(width, d_model, bias=False)
         # zero gate: exactly the base model at init, yet the gate itself gets gradient from the first step
         self.gate = nn.Parameter(torch.zeros(d_model))
+        self._conv_fill = cfg.induction_init
         if cfg.zero_init == "up":
             # zero read-out instead of zero gate: `up` gets gradient from step 0 (a linear probe of the memory read)
             with torch.no_grad():
@@ -138,7 +139,12 @@ class MemoryAdapter(nn.Module):
         wv[:, -1] = 1.0
 
     def init_state(self, batch: int, device: Any = None) -> TensorDict:
-        return self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
+        st = self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
+        if self._conv_fill and "conv" in st.keys():
+            # with the induction conv the first key sees only the carried buffer: a zero buffer gives a zero key,
+            # whose L2 normalisation has a 1e12 gradient that swamps every other one under clipping
+            st["conv"] = torch.full_like(st["conv"], 0.1)
+        return st
 
     def forward(self, h: Tensor, state: TensorDict, src: Tensor | None = None) -> tuple[Tensor, TensorDict]:
         """``h`` ``[B, T, D]`` (read from ``src`` ``[B, T, D]`` when given) -> ``(h', new_state)``."""
