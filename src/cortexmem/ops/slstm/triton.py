@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 _BB = 16  # batch rows per program: tl.dot needs at least 16
+# products on tensor cores in three TF32 passes: fp32-level accuracy, and far faster to compile and run than "ieee"
 MAX_HEAD_DIM = 64  # four dh x dh fp32 blocks stay in registers up to here
 
 
@@ -87,10 +88,10 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
             n = tl.where(r, 0.0, n)
             m = tl.where(r, 0.0, m)
         xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
-        pi = tl.load(wx + xo, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ri, input_precision="ieee")
-        pf = tl.load(wx + xo + H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rf, input_precision="ieee")
-        pz = tl.load(wx + xo + 2 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rz, input_precision="ieee")
-        po = tl.load(wx + xo + 3 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ro, input_precision="ieee")
+        pi = tl.load(wx + xo, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ri, input_precision="tf32x3")
+        pf = tl.load(wx + xo + H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rf, input_precision="tf32x3")
+        pz = tl.load(wx + xo + 2 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rz, input_precision="tf32x3")
+        po = tl.load(wx + xo + 3 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ro, input_precision="tf32x3")
         ig, fg, zt, og, prev, m, dlogf, empty = _gates(pi, pf, pz, po, n, m, EXP_FORGET)
         c = fg * c + ig * zt
         n = fg * n + ig
@@ -166,8 +167,8 @@ def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, d
         tl.store(dpre + xo + H, d_f, mask=m2)
         tl.store(dpre + xo + 2 * H, d_z, mask=m2)
         tl.store(dpre + xo + 3 * H, d_o, mask=m2)
-        dh = (tl.dot(d_i, RiT, input_precision="ieee") + tl.dot(d_f, RfT, input_precision="ieee")
-              + tl.dot(d_z, RzT, input_precision="ieee") + tl.dot(d_o, RoT, input_precision="ieee"))
+        dh = (tl.dot(d_i, RiT, input_precision="tf32x3") + tl.dot(d_f, RfT, input_precision="tf32x3")
+              + tl.dot(d_z, RzT, input_precision="tf32x3") + tl.dot(d_o, RoT, input_precision="tf32x3"))
         dc = dcn * fg
         dn = dnn * fg
         dm_ = dprev
