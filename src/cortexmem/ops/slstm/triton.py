@@ -80,6 +80,13 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
         tl.store(cs + sq, c, mask=m2)
         tl.store(ns + sq, n, mask=m2)
         tl.store(ms + sq, m, mask=m2)
+    # the input projections of step t + 1 are loaded during step t: they do not depend on h, so their memory
+    # latency hides behind the recurrence instead of stalling every step
+    xo = (rows[:, None] * T * 4) * H + cols[None, :]
+    xi = tl.load(wx + xo, mask=m2 & (T > 0), other=0.0).to(tl.float32)
+    xf = tl.load(wx + xo + H, mask=m2 & (T > 0), other=0.0).to(tl.float32)
+    xz = tl.load(wx + xo + 2 * H, mask=m2 & (T > 0), other=0.0).to(tl.float32)
+    xq = tl.load(wx + xo + 3 * H, mask=m2 & (T > 0), other=0.0).to(tl.float32)
     for t in range(T):
         if HAS_RESETS:
             r = (tl.load(rst + rows * T + t, mask=rm, other=0) != 0)[:, None]
@@ -88,10 +95,16 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
             n = tl.where(r, 0.0, n)
             m = tl.where(r, 0.0, m)
         xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
-        pi = tl.load(wx + xo, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ri, input_precision="tf32x3")
-        pf = tl.load(wx + xo + H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rf, input_precision="tf32x3")
-        pz = tl.load(wx + xo + 2 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rz, input_precision="tf32x3")
-        po = tl.load(wx + xo + 3 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ro, input_precision="tf32x3")
+        mn = m2 & (t + 1 < T)
+        xi_n = tl.load(wx + xo + 4 * H, mask=mn, other=0.0).to(tl.float32)
+        xf_n = tl.load(wx + xo + 5 * H, mask=mn, other=0.0).to(tl.float32)
+        xz_n = tl.load(wx + xo + 6 * H, mask=mn, other=0.0).to(tl.float32)
+        xq_n = tl.load(wx + xo + 7 * H, mask=mn, other=0.0).to(tl.float32)
+        pi = xi + tl.dot(h, Ri, input_precision="tf32x3")
+        pf = xf + tl.dot(h, Rf, input_precision="tf32x3")
+        pz = xz + tl.dot(h, Rz, input_precision="tf32x3")
+        po = xq + tl.dot(h, Ro, input_precision="tf32x3")
+        xi, xf, xz, xq = xi_n, xf_n, xz_n, xq_n
         ig, fg, zt, og, prev, m, dlogf, empty = _gates(pi, pf, pz, po, n, m, EXP_FORGET)
         c = fg * c + ig * zt
         n = fg * n + ig
