@@ -17,13 +17,10 @@ CONFIGS = [
     {"wy": True},
     {"split": True, "fused": True, "block_v": 16, "num_stages": 2},
     {"split": True, "fused": True, "block_v": 32, "num_stages": 2},
-    {"split": True, "fused": True, "block_v": 32, "num_stages": 2, "num_warps": 8},
-    {"split": True, "fused": True, "block_v": 64, "num_stages": 2},
     {"split": True, "fused": True, "block_v": 32, "num_stages": 1},
     {"split": True, "fused": False, "block_v": 32, "num_stages": 2, "out_block_v": 64},
     {"split": False, "fused": True, "block_v": 32, "num_stages": 2},
     {"split": False, "fused": True, "block_v": 16, "num_stages": 1},
-    {"split": False, "fused": False, "block_v": 32, "num_stages": 2, "out_block_v": 64},
     {"dtype": "float32", "fused": True, "block_v": 32},
 ]
 
