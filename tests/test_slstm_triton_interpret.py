@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,15 +50,10 @@ def _run_cases() -> dict:
 
 @pytest.fixture(scope="module")
 def results():
-    """A child process: the interpreter must be switched on before triton is first imported."""
-    here = Path(__file__).parent
-    code = (f"import json, sys; sys.path.insert(0, {str(here)!r}); import {Path(__file__).stem} as t; "
-            "print('RESULT' + json.dumps(t._run_cases()))")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT"):])
+    sys.path.insert(0, str(Path(__file__).parent / "gated_delta"))
+    from test_triton_interpret import interpreted_results
+
+    return interpreted_results(__file__)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

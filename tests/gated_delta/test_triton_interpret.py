@@ -167,17 +167,22 @@ def _bounds_check_catches_overrun() -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def results():
-    """Run the cases in a child process: the interpreter must be on before triton is first imported."""
-    here = Path(__file__).parent
-    code = f"import json, sys; sys.path.insert(0, {str(here)!r}); import {Path(__file__).stem} as t; " \
+def interpreted_results(test_file: str) -> dict:
+    """``_run_cases()`` of the module at ``test_file``, run in a child process with Triton's interpreter on (it must
+    be on before triton is first imported)."""
+    here, stem = Path(test_file).parent, Path(test_file).stem
+    code = f"import json, sys; sys.path.insert(0, {str(here)!r}); import {stem} as t; " \
            "print('RESULT' + json.dumps(t._run_cases()))"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT"):])
+
+
+@pytest.fixture(scope="module")
+def results():
+    return interpreted_results(__file__)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

@@ -127,6 +127,22 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
 
 
 @triton.jit
+def _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, t, T, H, mask):
+    """What backward step ``t`` reads: saved ``c, n, m`` before the step, the 4 pre-activations, ``dL/dh_t``."""
+    sq = (rows[:, None] * (T + 1) + t) * H + cols[None, :]
+    xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
+    c = tl.load(cs + sq, mask=mask, other=0.0)
+    n = tl.load(ns + sq, mask=mask, other=0.0)
+    m = tl.load(ms + sq, mask=mask, other=0.0)
+    pi = tl.load(pre_s + xo, mask=mask, other=0.0)
+    pf = tl.load(pre_s + xo + H, mask=mask, other=0.0)
+    pz = tl.load(pre_s + xo + 2 * H, mask=mask, other=0.0)
+    po = tl.load(pre_s + xo + 3 * H, mask=mask, other=0.0)
+    dy = tl.load(dhs + (rows[:, None] * T + t) * H + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return c, n, m, pi, pf, pz, po, dy
+
+
+@triton.jit
 def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, dc0, dn0, dm0, B, T, H,
                 NH: tl.constexpr, DH: tl.constexpr, HAS_RESETS: tl.constexpr, EXP_FORGET: tl.constexpr,
                 BB: tl.constexpr, BD: tl.constexpr):
@@ -146,32 +162,13 @@ def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, d
     RzT = _load_block(R, 2, head, d, dm, NH, DH, True)
     RoT = _load_block(R, 3, head, d, dm, NH, DH, True)
     # everything step t reads except the carried gradients is loaded during step t + 1 (latency off the chain)
-    t0 = T - 1
-    sq = (rows[:, None] * (T + 1) + t0) * H + cols[None, :]
-    xo = ((rows[:, None] * T + t0) * 4) * H + cols[None, :]
-    mt = m2 & (t0 >= 0)
-    c_l = tl.load(cs + sq, mask=mt, other=0.0)
-    n_l = tl.load(ns + sq, mask=mt, other=0.0)
-    m_l = tl.load(ms + sq, mask=mt, other=0.0)
-    pi_l = tl.load(pre_s + xo, mask=mt, other=0.0)
-    pf_l = tl.load(pre_s + xo + H, mask=mt, other=0.0)
-    pz_l = tl.load(pre_s + xo + 2 * H, mask=mt, other=0.0)
-    po_l = tl.load(pre_s + xo + 3 * H, mask=mt, other=0.0)
-    dy_l = tl.load(dhs + (rows[:, None] * T + t0) * H + cols[None, :], mask=mt, other=0.0).to(tl.float32)
+    c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, T - 1, T, H,
+                                                              m2 & (T >= 1))
     for tt in range(T):
         t = T - 1 - tt
         c, n, m, pi, pf, pz, po, dy = c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l
-        sq_p = (rows[:, None] * (T + 1) + t - 1) * H + cols[None, :]
-        xo_p = ((rows[:, None] * T + t - 1) * 4) * H + cols[None, :]
-        mp = m2 & (t >= 1)
-        c_l = tl.load(cs + sq_p, mask=mp, other=0.0)
-        n_l = tl.load(ns + sq_p, mask=mp, other=0.0)
-        m_l = tl.load(ms + sq_p, mask=mp, other=0.0)
-        pi_l = tl.load(pre_s + xo_p, mask=mp, other=0.0)
-        pf_l = tl.load(pre_s + xo_p + H, mask=mp, other=0.0)
-        pz_l = tl.load(pre_s + xo_p + 2 * H, mask=mp, other=0.0)
-        po_l = tl.load(pre_s + xo_p + 3 * H, mask=mp, other=0.0)
-        dy_l = tl.load(dhs + (rows[:, None] * T + t - 1) * H + cols[None, :], mask=mp, other=0.0).to(tl.float32)
+        c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, t - 1, T, H,
+                                                                  m2 & (t >= 1))
         if HAS_RESETS:
             r = (tl.load(rst + rows * T + t, mask=rm, other=0) != 0)[:, None]
             c = tl.where(r, 0.0, c)
