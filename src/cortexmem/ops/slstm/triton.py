@@ -83,10 +83,10 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
     # the input projections of step t + 1 are loaded during step t: they do not depend on h, so their memory
     # latency hides behind the recurrence instead of stalling every step
     xo = (rows[:, None] * T * 4) * H + cols[None, :]
-    xi = tl.load(wx + xo, mask=m2 & (T > 0), other=0.0).to(tl.float32)
-    xf = tl.load(wx + xo + H, mask=m2 & (T > 0), other=0.0).to(tl.float32)
-    xz = tl.load(wx + xo + 2 * H, mask=m2 & (T > 0), other=0.0).to(tl.float32)
-    xq = tl.load(wx + xo + 3 * H, mask=m2 & (T > 0), other=0.0).to(tl.float32)
+    xi = tl.load(wx + xo, mask=m2, other=0.0).to(tl.float32)  # T >= 1: the launcher never runs empty sequences
+    xf = tl.load(wx + xo + H, mask=m2, other=0.0).to(tl.float32)
+    xz = tl.load(wx + xo + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    xq = tl.load(wx + xo + 3 * H, mask=m2, other=0.0).to(tl.float32)
     for t in range(T):
         if HAS_RESETS:
             r = (tl.load(rst + rows * T + t, mask=rm, other=0) != 0)[:, None]
@@ -95,7 +95,7 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
             n = tl.where(r, 0.0, n)
             m = tl.where(r, 0.0, m)
         xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
-        mn = m2 & (t + 1 < T)
+        mn = m2 & ((rows * 0 + t + 1) < T)[:, None]  # a block mask, not a scalar one (portable across versions)
         xi_n = tl.load(wx + xo + 4 * H, mask=mn, other=0.0).to(tl.float32)
         xf_n = tl.load(wx + xo + 5 * H, mask=mn, other=0.0).to(tl.float32)
         xz_n = tl.load(wx + xo + 6 * H, mask=mn, other=0.0).to(tl.float32)
@@ -163,12 +163,12 @@ def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, d
     RoT = _load_block(R, 3, head, d, dm, NH, DH, True)
     # everything step t reads except the carried gradients is loaded during step t + 1 (latency off the chain)
     c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, T - 1, T, H,
-                                                              m2 & (T >= 1))
+                                                              m2)
     for tt in range(T):
         t = T - 1 - tt
         c, n, m, pi, pf, pz, po, dy = c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l
         c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, t - 1, T, H,
-                                                                  m2 & (t >= 1))
+                                                                  m2 & ((rows * 0 + t) >= 1)[:, None])
         if HAS_RESETS:
             r = (tl.load(rst + rows * T + t, mask=rm, other=0) != 0)[:, None]
             c = tl.where(r, 0.0, c)
