@@ -3,10 +3,15 @@
 Per shape: a small sweep of launch configs (read-out fused in the sequential kernel or parallel over chunks,
 V-block, warps, pipeline stages), the default config, the WY kernel alone, fla and the torch path; relative
 errors of ours vs fla and vs the torch path (and fla vs torch, for scale); the ratio to fla's time (goal <= 1.3x).
+
+``--shape B,T,H,D`` picks shapes (default: both below), ``--max-configs N`` caps the sweep (0: defaults only). A
+CUDA error kills the process's context, so run shapes you doubt in their own process.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import traceback
 
 import torch
@@ -56,7 +61,7 @@ def _configs(D: int):
         yield dict(wy_num_warps=wy)
 
 
-def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str) -> None:
+def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_configs: int | None) -> None:
     """Time every path on one shape and print the table."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k = (F.normalize(torch.randn(B, T, H, D, device="cuda", generator=gen), dim=-1).bfloat16()
@@ -68,7 +73,7 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str) -> None:
     with torch.no_grad():
         times = {}
         best = None
-        for cfg in _configs(D):
+        for cfg in itertools.islice(_configs(D), max_configs):
             name = " ".join(f"{key}={val}" for key, val in cfg.items())
             try:
                 t = _time(lambda cfg=cfg: gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=None,
@@ -111,6 +116,11 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", action="append", help="B,T,H,D (repeatable)")
+    parser.add_argument("--max-configs", type=int, default=None, help="cap on the launch-config sweep per shape")
+    args = parser.parse_args()
+    shapes = [tuple(int(x) for x in sh.split(",")) for sh in args.shape] if args.shape else SHAPES
     fla_gdr, fla_why = None, ""
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_gdr
@@ -119,13 +129,13 @@ def main() -> None:
     import triton
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    for B, T, H, D in SHAPES:
+    for B, T, H, D in shapes:
         DP = _pow2_at_least_16(D)
         bv = _default_block_v(B * H, DP, DP, True)
         print(f"B={B} T={T} H={H} D={D}: default fused read-out, block_v={bv}, num_warps=4, "
-              f"num_stages={_default_stages(True, DP, True)}")
+              f"num_stages={_default_stages(True, DP, True)}, key halves (split)={DP > 64}")
         try:
-            bench_shape(B, T, H, D, fla_gdr, fla_why)
+            bench_shape(B, T, H, D, fla_gdr, fla_why, args.max_configs)
         except Exception:  # noqa: BLE001 - print the failure, go on with the next shape
             traceback.print_exc()
 

@@ -54,7 +54,7 @@ def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int)
                              capture_output=True, text=True).stderr
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "BF16_DOT")}
+    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "SPLIT", "BF16_DOT")}
     return (f"{fn.__name__:14s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
             f"registers {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
             f"compile {took:.1f} s")
@@ -65,11 +65,13 @@ def main() -> None:
         for DK in (64, 128):
             base = dict(DK=DK, DV=DK, C=64, HAS_R=True, BF16_DOT=bf16)
             print(compile_stats(kernels._wy_kernel, dtype, base, 4, 1))
+            wide = DK > 64 and bf16  # the launcher's default split
+            split = dict(DH=DK // 2 if wide else DK, SPLIT=wide)
             for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 32, 4)):
                 stages = kernels._default_stages(fused, DK, bf16)
-                consts = dict(base, BV=bv, HAS_S0=True, FUSED=fused)
+                consts = dict(base, **split, BV=bv, HAS_S0=True, FUSED=fused)
                 print(compile_stats(kernels._state_kernel, dtype, consts, nw, stages))
-            print(compile_stats(kernels._out_kernel, dtype, dict(base, BV=64), 4, 1))
+            print(compile_stats(kernels._out_kernel, dtype, dict(base, **split, BV=64), 4, 1))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,6 @@ def test_triton_backend_constraints():
     assert "forward only" in triton_rejects(needs_grad=True)
     assert "chunk_size" in triton_rejects(chunk_size=8)
     assert triton_rejects(needs_grad=False, chunk_size=64) is None
+    assert "Dk <= 64" in triton_rejects(dk=128, input_dtype=torch.bfloat16)
+    assert triton_rejects(dk=64, input_dtype=torch.bfloat16) is None
+    assert triton_rejects(dk=128, input_dtype=torch.float32) is None

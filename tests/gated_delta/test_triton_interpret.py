@@ -19,10 +19,11 @@ from cortexmem.ops.gated_delta import gated_delta_rule_naive  # noqa: E402
 
 
 def _patch_interpreter() -> None:
-    """Work around two interpreter bugs (Triton 3.6, numpy >= 2.3) that compiled kernels do not have.
+    """Work around two interpreter bugs (Triton 3.6, numpy >= 2.3) that compiled kernels do not have; check bounds.
 
     Scalar kernel arguments are 1-element arrays, which numpy no longer turns into an index (``range(N)``); and
-    ``tl.dot`` multiplies bf16 operands as their raw uint16 storage.
+    ``tl.dot`` multiplies bf16 operands as their raw uint16 storage. Every load and store must stay inside one
+    tensor argument of the launch (its unmasked addresses): a GPU would read or write out of bounds otherwise.
     """
     import numpy as np
     import triton.language as tl
@@ -46,6 +47,40 @@ def _patch_interpreter() -> None:
 
     ti._patch_lang_tensor = patched_tensor
     ti.InterpreterBuilder.create_dot = patched_dot
+    _check_bounds(ti, np)
+
+
+def _check_bounds(ti, np) -> None:
+    """Raise on any load or store whose active addresses leave every tensor argument of the running launch."""
+    regions = []
+    init_args = ti.GridExecutor._init_args_hst
+
+    def recorded_init(self, args_dev, kwargs):
+        args, kw = init_args(self, args_dev, kwargs)
+        regions[:] = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+                      for t in (*args, *kw.values()) if isinstance(t, torch.Tensor)]
+        return args, kw
+
+    def check(ptrs, mask):
+        addr = ptrs.data[np.broadcast_to(mask.data, ptrs.data.shape).astype(bool)]
+        if addr.size:
+            lo, hi = int(addr.min()), int(addr.max()) + np.dtype(ti._get_np_dtype(ptrs.get_element_ty())).itemsize
+            if not any(a <= lo and hi <= b for a, b in regions):
+                raise IndexError(f"access [{lo}, {hi}) outside every tensor argument {regions}")
+
+    load, store = ti.InterpreterBuilder.create_masked_load, ti.InterpreterBuilder.create_masked_store
+
+    def checked_load(self, ptrs, mask, *rest):
+        check(ptrs, mask)
+        return load(self, ptrs, mask, *rest)
+
+    def checked_store(self, ptrs, value, mask, *rest):
+        check(ptrs, mask)
+        return store(self, ptrs, value, mask, *rest)
+
+    ti.GridExecutor._init_args_hst = recorded_init
+    ti.InterpreterBuilder.create_masked_load = checked_load
+    ti.InterpreterBuilder.create_masked_store = checked_store
 
 
 def _rel_rms(a, b):
@@ -67,13 +102,19 @@ def _inputs(T, Dk, Dv, seed, resets):
     return q, k, v, g, beta, s0, r
 
 
-# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out): odd T, padded Dk/Dv, every chunk size, both
-# product precisions, both read-outs (in the sequential kernel, or parallel over chunks from stored states)
+# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state): odd T, padded Dk/Dv, every chunk
+# size, both product precisions, both read-outs (in the sequential kernel, or parallel over chunks from stored
+# states), the state kept in two key halves (forced at small Dk; the bf16 default at Dk = 128)
 CASES = [
-    (37, 16, 24, 16, torch.float32, False, False, True),
-    (130, 32, 32, 64, torch.float32, True, True, False),
-    (77, 8, 16, 32, torch.float32, True, True, True),
-    (77, 16, 16, 32, torch.bfloat16, True, True, False),
+    (37, 16, 24, 16, torch.float32, False, False, True, None),
+    (130, 32, 32, 64, torch.float32, True, True, False, None),
+    (77, 8, 16, 32, torch.float32, True, True, True, None),
+    (77, 16, 16, 32, torch.bfloat16, True, True, False, None),
+    (77, 24, 16, 32, torch.float32, True, True, False, True),
+    (70, 32, 48, 16, torch.float32, False, True, True, True),
+    (63, 128, 128, 64, torch.bfloat16, True, False, True, None),
+    (67, 128, 128, 64, torch.bfloat16, False, True, False, None),
+    (65, 128, 128, 64, torch.float32, True, True, True, None),
 ]
 
 
@@ -83,14 +124,13 @@ def _run_cases() -> dict:
     from cortexmem.ops.gated_delta.triton import gated_delta_forward, triton_gated_delta_rule
 
     out = {}
-    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused) in enumerate(CASES):
+    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused, split) in enumerate(CASES):
         q, k, v, g, beta, s0, r = _inputs(T, Dk, Dv, T + Dk, with_resets)
         s0 = s0 if with_s0 else None
         o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)),
                                               initial_state=None if s0 is None else s0.double(), resets=r)
         with torch.no_grad():
-            fn = triton_gated_delta_rule if fused else partial(gated_delta_forward, fused=False, out_block_v=16,
-                                                                               output_final_state=True)
+            fn = partial(gated_delta_forward, fused=fused, out_block_v=16, output_final_state=True, split=split)
             o, s = fn(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk, initial_state=s0, resets=r)
         same = o.shape == o_ref.shape and s.shape == s_ref.shape and o.dtype == dtype and s.dtype == dtype
         out[i] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), same]
@@ -104,20 +144,45 @@ def _run_cases() -> dict:
             out["bad_block"] = "accepted"
         except ValueError as e:
             out["bad_block"] = str(e)
+    out["oob_caught"] = _bounds_check_catches_overrun()
     return out
 
 
-@pytest.fixture(scope="module")
-def results():
-    """Run the cases in a child process: the interpreter must be on before triton is first imported."""
-    here = Path(__file__).parent
-    code = f"import json, sys; sys.path.insert(0, {str(here)!r}); import {Path(__file__).stem} as t; " \
+def _bounds_check_catches_overrun() -> bool:
+    """The bounds check itself: a load one element past a tensor must raise."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def copy(X, Y, n):
+        i = tl.arange(0, 16)
+        tl.store(Y + i, tl.load(X + i, mask=i < n, other=0.0))
+
+    x, y = torch.zeros(8), torch.zeros(16)
+    copy[(1,)](x, y, 8)
+    try:
+        copy[(1,)](x, y, 9)
+    except Exception as e:  # noqa: BLE001 - the interpreter wraps the IndexError
+        return "outside every tensor argument" in str(e)
+    return False
+
+
+def interpreted_results(test_file: str) -> dict:
+    """``_run_cases()`` of the module at ``test_file``, run in a child process with Triton's interpreter on (it must
+    be on before triton is first imported)."""
+    here, stem = Path(test_file).parent, Path(test_file).stem
+    code = f"import json, sys; sys.path.insert(0, {str(here)!r}); import {stem} as t; " \
            "print('RESULT' + json.dumps(t._run_cases()))"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT"):])
+
+
+@pytest.fixture(scope="module")
+def results():
+    return interpreted_results(__file__)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -133,3 +198,4 @@ def test_interpreted_triton_no_final_state_and_bad_block(results):
     err_o, no_state = results["no_final"]
     assert no_state and err_o <= 1e-5
     assert "block_v must be" in results["bad_block"]
+    assert results["oob_caught"]

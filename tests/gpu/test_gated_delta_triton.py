@@ -86,22 +86,49 @@ def test_dispatch_picks_triton_only_without_grad():
     assert _rel_rms(o_auto, o_ref) <= 1e-4
 
 
-@pytest.mark.parametrize("fused,block_v,num_warps,num_stages,dtype", [
-    (True, 16, 4, 1, torch.float32), (False, 32, 8, 1, torch.float32), (True, 32, 8, 2, torch.bfloat16),
-    (True, 64, 4, 2, torch.bfloat16), (False, 16, 4, 2, torch.bfloat16), (False, 64, 8, 2, torch.bfloat16),
-])
-def test_triton_launch_configs_match_naive(fused, block_v, num_warps, num_stages, dtype):
+def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton import gated_delta_forward
 
-    inputs, r, o_ref, s_ref = _case(300, 64, True)
+    inputs, r, o_ref, s_ref = _case(300, D, True)
     q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
     with torch.no_grad():
         o, s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=s0, output_final_state=True,
                                    resets=r, block_v=block_v, num_warps=num_warps, num_stages=num_stages,
-                                   fused=fused, out_block_v=block_v)
+                                   fused=fused, out_block_v=block_v, split=split)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert _rel_rms(o, o_ref) <= tol and _rel_rms(s, s_ref) <= tol
+
+
+@pytest.mark.parametrize("fused,block_v,num_warps,num_stages,dtype,split", [
+    (True, 16, 4, 1, torch.float32, None), (False, 32, 8, 1, torch.float32, None),
+    (True, 32, 8, 2, torch.bfloat16, None), (True, 64, 4, 2, torch.bfloat16, None),
+    (False, 16, 4, 2, torch.bfloat16, None), (False, 64, 8, 2, torch.bfloat16, None),
+    (True, 32, 4, 2, torch.bfloat16, True), (False, 32, 4, 2, torch.bfloat16, True),
+])
+def test_triton_launch_configs_match_naive(fused, block_v, num_warps, num_stages, dtype, split):
+    _check_launch(64, fused, block_v, num_warps, num_stages, dtype, split)
+
+
+# Dk = 128 with bf16 products keeps the state in two 64-row halves (a 128-row state tile once hit an illegal
+# memory access on sm_90); run these in their own process: such an error leaves the CUDA context unusable
+@pytest.mark.parametrize("fused,block_v,num_warps,num_stages", [
+    (True, 16, 4, 2), (True, 32, 4, 2), (True, 32, 8, 2), (True, 64, 4, 2), (True, 32, 4, 1), (False, 32, 4, 2),
+])
+def test_triton_d128_bf16_launch_configs_match_naive(fused, block_v, num_warps, num_stages):
+    _check_launch(128, fused, block_v, num_warps, num_stages, torch.bfloat16, None)
+
+
+def test_auto_dispatch_keeps_wide_16bit_keys_on_torch():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule
+
+    inputs, r, _, _ = _case(63, 128, True)
+    q, k, v, g, beta, s0 = (t.bfloat16() for t in inputs)
+    with torch.no_grad():
+        o, s = gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
+        o_t, s_t = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
+    assert torch.equal(o, o_t) and torch.equal(s, s_t)
 
 
 def test_triton_half_inputs_and_chunk_sizes_with_resets():

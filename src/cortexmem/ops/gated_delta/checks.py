@@ -58,10 +58,20 @@ def needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, **_: object) -> str | None:
+# Widest key dimension that auto dispatch sends to the Triton forward with 16-bit inputs. Wider keys with 16-bit
+# products once hit an illegal memory access on sm_90 (Triton 3.6, a 128-row state tile); the kernel now keeps
+# such states in two 64-row halves, which stays off auto dispatch until the GPU tests pass at Dk = 128.
+TRITON_16BIT_MAX_DK = 64
+
+
+def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | None = None,
+                   input_dtype: torch.dtype | None = None, **_: object) -> str | None:
     """Why the Triton forward cannot run (None when it can); also the backend's ``supports`` constraint."""
     if needs_grad:
         return "forward only (no autograd): inputs require grad; use backend 'torch' or torch.no_grad()"
     if chunk_size not in (16, 32, 64):
         return f"chunk_size must be 16, 32 or 64, got {chunk_size!r}"
+    if dk is not None and dk > TRITON_16BIT_MAX_DK and input_dtype in (torch.bfloat16, torch.float16):
+        return (f"16-bit inputs need Dk <= {TRITON_16BIT_MAX_DK} (wider keys not yet proven on the GPU), "
+                f"got Dk={dk} {input_dtype}")
     return None

@@ -139,33 +139,55 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
 
 
 @triton.jit
-def _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
-    """Chunk outputs ``o = (e^gamma q) S + P u`` with ``P_ij = e^(gamma_i - gamma_j) q_i.k_j`` on joined j <= i."""
+def _keys_t(K, b, h, tc, ok, T, NH, DKR, rk):
+    """Features ``rk`` of the keys (or queries) at the chunk steps ``tc``, transposed: ``[len(rk), C]``."""
+    return tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None], mask=ok[None, :] & (rk[:, None] < DKR),
+                   other=0.0)
+
+
+@triton.jit
+def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
+    """Features ``rk`` of the queries (or keys) at the chunk steps ``tc``: ``[C, len(rk)]``."""
+    return tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], mask=ok[:, None] & (rk[None, :] < DKR),
+                   other=0.0)
+
+
+@triton.jit
+def _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
+    """Chunk outputs ``o = (e^gamma q) S + P u`` with ``P_ij = e^(gamma_i - gamma_j) q_i.k_j`` on joined j <= i.
+
+    Takes the products ``qk = q K^T`` and ``qs = q S`` (summed over the key halves when the keys are split).
+    """
     link = (rc[None, :] <= rc[:, None]) & (seg[:, None] == seg[None, :])
     dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
     d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)  # e^gamma_i while joined to S_0
-    p = _dot(q, kT, BF16_DOT) * dec
     # diag(d_in) (q S) rather than (diag(d_in) q) S: scales a (C, BV) tile instead of a (C, DK) one
-    return _dot(q, S, BF16_DOT) * d_in[:, None] + _dot(p, u, BF16_DOT)
+    return qs * d_in[:, None] + _dot(qk * dec, u, BF16_DOT)
 
 
 @triton.jit
 def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
-                  C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, HAS_S0: tl.constexpr,
-                  FUSED: tl.constexpr, BF16_DOT: tl.constexpr):
+                  DH: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
+                  HAS_S0: tl.constexpr, FUSED: tl.constexpr, BF16_DOT: tl.constexpr):
+    # SPLIT: the state is kept as two key halves S, S2 of DH = DK / 2 rows, so that every product has the shapes
+    # of the DK = 64 kernel (a 128-row state tile hits an illegal shared-memory access on sm_90 with Triton 3.6)
     bv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // NH
     h = bh % NH
     rc = tl.arange(0, C)
-    rk = tl.arange(0, DK)
+    rk = tl.arange(0, DH)
+    rk2 = DH + rk
     rv = bv * BV + tl.arange(0, BV)
     s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
     s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
+    s_mask2 = (rk2[:, None] < DKR) & (rv[None, :] < DVR)
+    S = tl.zeros((DH, BV), dtype=tl.float32)
+    S2 = tl.zeros((DH, BV), dtype=tl.float32)  # the second key half (SPLIT only)
     if HAS_S0:
         S = tl.load(S0 + s_off, mask=s_mask, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros((DK, BV), dtype=tl.float32)
+        if SPLIT:
+            S2 = tl.load(S0 + s_off + DH * DVR, mask=s_mask2, other=0.0).to(tl.float32)
     for n in range(N):
         gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
         gam_c = tl.sum(tl.where(rc == C - 1, gamma, 0.0), 0)
@@ -174,48 +196,67 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
         d_c = tl.where(seg_c == 0, tl.exp(gam_c), 0.0)
         tc = n * C + rc
         ok = tc < T
-        kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
-                     mask=ok[None, :] & (rk[:, None] < DKR), other=0.0)
         chunk = bh * N + n
-        w = tl.load(W + chunk * C * DK + rc[:, None] * DK + rk[None, :])
+        w_ptr = W + chunk * C * DK + rc[:, None] * DK + rk[None, :]
+        kT = _keys_t(K, b, h, tc, ok, T, NH, DKR, rk)
+        ws = _dot(tl.load(w_ptr), S, BF16_DOT)
+        if SPLIT:
+            kT2 = _keys_t(K, b, h, tc, ok, T, NH, DKR, rk2)
+            ws += _dot(tl.load(w_ptr + DH), S2, BF16_DOT)
         u_ptr = U + chunk * C * DV + rc[:, None] * DV + rv[None, :]
-        u = tl.load(u_ptr).to(tl.float32) - _dot(w, S, BF16_DOT)
+        u = tl.load(u_ptr).to(tl.float32) - ws
         if FUSED:
-            q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
-                        mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
-            o = _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT)
+            q = _rows(Q, b, h, tc, ok, T, NH, DKR, rk)
+            qk = _dot(q, kT, BF16_DOT)
+            qs = _dot(q, S, BF16_DOT)
+            if SPLIT:
+                q2 = _rows(Q, b, h, tc, ok, T, NH, DKR, rk2)
+                qk += _dot(q2, kT2, BF16_DOT)
+                qs += _dot(q2, S2, BF16_DOT)
+            o = _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT)
             tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
                      mask=ok[:, None] & (rv[None, :] < DVR))
         else:
             # chunk-entry state and pseudo-values for the parallel read-out; u overwrites U (this program's columns)
-            tl.store(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :], S.to(H.dtype.element_ty))
+            h_ptr = H + chunk * DK * DV + rk[:, None] * DV + rv[None, :]
+            tl.store(h_ptr, S.to(H.dtype.element_ty))
+            if SPLIT:
+                tl.store(h_ptr + DH * DV, S2.to(H.dtype.element_ty))
             tl.store(u_ptr, u.to(U.dtype.element_ty))
-        S = S * d_c + _dot(kT, u * d_out[:, None], BF16_DOT)  # the decay scales u's rows, not kT's columns
+        ud = u * d_out[:, None]  # the decay scales u's rows, not kT's columns
+        S = S * d_c + _dot(kT, ud, BF16_DOT)
+        if SPLIT:
+            S2 = S2 * d_c + _dot(kT2, ud, BF16_DOT)
     tl.store(SF + s_off, S, mask=s_mask)
+    if SPLIT:
+        tl.store(SF + s_off + DH * DVR, S2, mask=s_mask2)
 
 
 @triton.jit
-def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
-                BV: tl.constexpr, HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
+def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, DH: tl.constexpr,
+                SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
     bv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
     b = bh // NH
     h = bh % NH
     rc = tl.arange(0, C)
-    rk = tl.arange(0, DK)
+    rk = tl.arange(0, DH)
     rv = bv * BV + tl.arange(0, BV)
     gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
     tc = n * C + rc
     ok = tc < T
-    q = tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :],
-                mask=ok[:, None] & (rk[None, :] < DKR), other=0.0)
-    kT = tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None],
-                 mask=ok[None, :] & (rk[:, None] < DKR), other=0.0)
     chunk = bh * N + n
-    S = tl.load(H + chunk * DK * DV + rk[:, None] * DV + rv[None, :])
+    h_ptr = H + chunk * DK * DV + rk[:, None] * DV + rv[None, :]
+    q = _rows(Q, b, h, tc, ok, T, NH, DKR, rk)
+    qk = _dot(q, _keys_t(K, b, h, tc, ok, T, NH, DKR, rk), BF16_DOT)
+    qs = _dot(q, tl.load(h_ptr), BF16_DOT)
+    if SPLIT:
+        q2 = _rows(Q, b, h, tc, ok, T, NH, DKR, DH + rk)
+        qk += _dot(q2, _keys_t(K, b, h, tc, ok, T, NH, DKR, DH + rk), BF16_DOT)
+        qs += _dot(q2, tl.load(h_ptr + DH * DV), BF16_DOT)
     u = tl.load(U + chunk * C * DV + rc[:, None] * DV + rv[None, :])
-    o = _read_out(q, kT, S, u, gamma, seg, rc, BF16_DOT)
+    o = _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT)
     tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
              mask=ok[:, None] & (rv[None, :] < DVR))
 
@@ -225,9 +266,9 @@ def _pow2_at_least_16(n: int) -> int:
 
 
 def _default_stages(fused: bool, DK: int, bf16_dot: bool) -> int:
-    # prefetching the next chunk (2 stages) doubles shared memory: for fused Dk = 128 (~127 KB at BV = 32) that
-    # leaves one program per SM, so the usual 2-programs-per-SM grid would run in two waves
-    return 2 if bf16_dot and (not fused or DK < 128) else 1
+    # bf16: prefetch the next chunk (2 stages), the setting the GPU tests cover; fp32 products keep one stage (the
+    # fp32 tiles double the shared memory)
+    return 2 if bf16_dot else 1
 
 
 def _default_block_v(n_bh: int, DK: int, DV: int, bf16_dot: bool) -> int:
@@ -253,11 +294,12 @@ def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None):
 
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
                         block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
-                        out_block_v=None, out_num_warps=None):
+                        out_block_v=None, out_num_warps=None, split=None):
     """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
     pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
+    ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 products with ``DK > 64``).
     """
     out_dtype = v.dtype
     B, T, NH, Dk = k.shape
@@ -265,11 +307,16 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
+    bf16_dot = out_dtype != torch.float32
+    # the fp32 path keeps the full-width state (proven on sm_90 at DK = 128; the split would spill more there)
+    split = DK > 64 and bf16_dot if split is None else split
+    if split and DK < 32:
+        raise ValueError(f"gated delta rule, triton backend: split needs padded Dk >= 32, got {DK}")
+    DH = DK // 2 if split else DK
     BV = block_v or _default_block_v(B * NH, DK, DV, out_dtype != torch.float32)
     for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
         if bv not in (16, 32, 64, 128) or bv > DV:
             raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
-    bf16_dot = out_dtype != torch.float32
     # the kernels round product operands to bf16 anyway: storing W and U in bf16 halves their traffic
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
@@ -281,12 +328,14 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     Hs = SF if fused else torch.empty(B, NH, N, DK, DV, dtype=op_dtype, device=v.device)
     rr = r if r is not None else g
     _state_kernel[(DV // BV, B * NH)](q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH, Dk, Dv,
-                                      DK=DK, DV=DV, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
+                                      DK=DK, DV=DV, DH=DH, SPLIT=split, C=C, BV=BV, HAS_R=r is not None,
+                                      HAS_S0=S0 is not None,
                                       FUSED=fused, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
                                       num_stages=num_stages or _default_stages(fused, DK, bf16_dot))
     if not fused:
         OBV = out_block_v or min(DV, 64)
-        _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=OBV,
+        _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split,
+                                            C=C, BV=OBV,
                                             HAS_R=r is not None, BF16_DOT=bf16_dot, num_warps=out_num_warps or 4)
     return o, (SF.to(out_dtype) if output_final_state else None)
 

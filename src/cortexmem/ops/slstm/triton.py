@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 _BB = 16  # batch rows per program: tl.dot needs at least 16
+# products on tensor cores in three TF32 passes: fp32-level accuracy, and far faster to compile and run than "ieee"
 MAX_HEAD_DIM = 64  # four dh x dh fp32 blocks stay in registers up to here
 
 
@@ -79,6 +80,13 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
         tl.store(cs + sq, c, mask=m2)
         tl.store(ns + sq, n, mask=m2)
         tl.store(ms + sq, m, mask=m2)
+    # the input projections of step t + 1 are loaded during step t: they do not depend on h, so their memory
+    # latency hides behind the recurrence instead of stalling every step
+    xo = (rows[:, None] * T * 4) * H + cols[None, :]
+    xi = tl.load(wx + xo, mask=m2, other=0.0).to(tl.float32)  # T >= 1: the launcher never runs empty sequences
+    xf = tl.load(wx + xo + H, mask=m2, other=0.0).to(tl.float32)
+    xz = tl.load(wx + xo + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    xq = tl.load(wx + xo + 3 * H, mask=m2, other=0.0).to(tl.float32)
     for t in range(T):
         if HAS_RESETS:
             r = (tl.load(rst + rows * T + t, mask=rm, other=0) != 0)[:, None]
@@ -87,10 +95,16 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
             n = tl.where(r, 0.0, n)
             m = tl.where(r, 0.0, m)
         xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
-        pi = tl.load(wx + xo, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ri, input_precision="ieee")
-        pf = tl.load(wx + xo + H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rf, input_precision="ieee")
-        pz = tl.load(wx + xo + 2 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Rz, input_precision="ieee")
-        po = tl.load(wx + xo + 3 * H, mask=m2, other=0.0).to(tl.float32) + tl.dot(h, Ro, input_precision="ieee")
+        mn = m2 & ((rows * 0 + t + 1) < T)[:, None]  # a block mask, not a scalar one (portable across versions)
+        xi_n = tl.load(wx + xo + 4 * H, mask=mn, other=0.0).to(tl.float32)
+        xf_n = tl.load(wx + xo + 5 * H, mask=mn, other=0.0).to(tl.float32)
+        xz_n = tl.load(wx + xo + 6 * H, mask=mn, other=0.0).to(tl.float32)
+        xq_n = tl.load(wx + xo + 7 * H, mask=mn, other=0.0).to(tl.float32)
+        pi = xi + tl.dot(h, Ri, input_precision="tf32x3")
+        pf = xf + tl.dot(h, Rf, input_precision="tf32x3")
+        pz = xz + tl.dot(h, Rz, input_precision="tf32x3")
+        po = xq + tl.dot(h, Ro, input_precision="tf32x3")
+        xi, xf, xz, xq = xi_n, xf_n, xz_n, xq_n
         ig, fg, zt, og, prev, m, dlogf, empty = _gates(pi, pf, pz, po, n, m, EXP_FORGET)
         c = fg * c + ig * zt
         n = fg * n + ig
@@ -113,6 +127,22 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
 
 
 @triton.jit
+def _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, t, T, H, mask):
+    """What backward step ``t`` reads: saved ``c, n, m`` before the step, the 4 pre-activations, ``dL/dh_t``."""
+    sq = (rows[:, None] * (T + 1) + t) * H + cols[None, :]
+    xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
+    c = tl.load(cs + sq, mask=mask, other=0.0)
+    n = tl.load(ns + sq, mask=mask, other=0.0)
+    m = tl.load(ms + sq, mask=mask, other=0.0)
+    pi = tl.load(pre_s + xo, mask=mask, other=0.0)
+    pf = tl.load(pre_s + xo + H, mask=mask, other=0.0)
+    pz = tl.load(pre_s + xo + 2 * H, mask=mask, other=0.0)
+    po = tl.load(pre_s + xo + 3 * H, mask=mask, other=0.0)
+    dy = tl.load(dhs + (rows[:, None] * T + t) * H + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return c, n, m, pi, pf, pz, po, dy
+
+
+@triton.jit
 def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, dc0, dn0, dm0, B, T, H,
                 NH: tl.constexpr, DH: tl.constexpr, HAS_RESETS: tl.constexpr, EXP_FORGET: tl.constexpr,
                 BB: tl.constexpr, BD: tl.constexpr):
@@ -131,26 +161,24 @@ def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, d
     RfT = _load_block(R, 1, head, d, dm, NH, DH, True)
     RzT = _load_block(R, 2, head, d, dm, NH, DH, True)
     RoT = _load_block(R, 3, head, d, dm, NH, DH, True)
+    # everything step t reads except the carried gradients is loaded during step t + 1 (latency off the chain)
+    c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, T - 1, T, H,
+                                                              m2)
     for tt in range(T):
         t = T - 1 - tt
-        sq = (rows[:, None] * (T + 1) + t) * H + cols[None, :]
-        c = tl.load(cs + sq, mask=m2, other=0.0)
-        n = tl.load(ns + sq, mask=m2, other=0.0)
-        m = tl.load(ms + sq, mask=m2, other=0.0)
+        c, n, m, pi, pf, pz, po, dy = c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l
+        c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, t - 1, T, H,
+                                                                  m2 & ((rows * 0 + t) >= 1)[:, None])
         if HAS_RESETS:
             r = (tl.load(rst + rows * T + t, mask=rm, other=0) != 0)[:, None]
             c = tl.where(r, 0.0, c)
             n = tl.where(r, 0.0, n)
             m = tl.where(r, 0.0, m)
         xo = ((rows[:, None] * T + t) * 4) * H + cols[None, :]
-        pi = tl.load(pre_s + xo, mask=m2, other=0.0)
-        pf = tl.load(pre_s + xo + H, mask=m2, other=0.0)
-        pz = tl.load(pre_s + xo + 2 * H, mask=m2, other=0.0)
-        po = tl.load(pre_s + xo + 3 * H, mask=m2, other=0.0)
         ig, fg, zt, og, prev, m_new, dlogf, empty = _gates(pi, pf, pz, po, n, m, EXP_FORGET)
         c_new = fg * c + ig * zt
         n_new = fg * n + ig
-        dh += tl.load(dhs + (rows[:, None] * T + t) * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        dh += dy
         d_o = dh * (c_new / n_new) * og * (1.0 - og)
         dcn = dc + dh * og / n_new
         dnn = dn - dh * og * c_new / (n_new * n_new)
@@ -166,8 +194,8 @@ def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, d
         tl.store(dpre + xo + H, d_f, mask=m2)
         tl.store(dpre + xo + 2 * H, d_z, mask=m2)
         tl.store(dpre + xo + 3 * H, d_o, mask=m2)
-        dh = (tl.dot(d_i, RiT, input_precision="ieee") + tl.dot(d_f, RfT, input_precision="ieee")
-              + tl.dot(d_z, RzT, input_precision="ieee") + tl.dot(d_o, RoT, input_precision="ieee"))
+        dh = (tl.dot(d_i, RiT, input_precision="tf32x3") + tl.dot(d_f, RfT, input_precision="tf32x3")
+              + tl.dot(d_z, RzT, input_precision="tf32x3") + tl.dot(d_o, RoT, input_precision="tf32x3"))
         dc = dcn * fg
         dn = dnn * fg
         dm_ = dprev
