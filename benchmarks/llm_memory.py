@@ -239,7 +239,7 @@ def main() -> None:
     p.add_argument("--train-length", type=int, default=2048)
     p.add_argument("--train-steps", type=int, default=1000)
     p.add_argument("--train-batch", type=int, default=16)
-    p.add_argument("--train-lr", type=float, default=3e-3)
+    p.add_argument("--train-lr", type=float, default=1e-3)
     p.add_argument("--lm-weight", type=float, default=1.0, help="next-token loss on the haystack (no-harm term)")
     p.add_argument("--min-train-length", type=int, default=0, help="length curriculum start (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=0)
