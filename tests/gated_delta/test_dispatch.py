@@ -1,4 +1,4 @@
-"""Backend dispatch of the gated delta rule on CPU: the torch path runs, Triton is never imported."""
+"""Backend dispatch of the gated delta rule on CPU: the torch path runs; the Triton launcher checks its arguments."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ def test_triton_backend_constraints():
     assert "Dk <= 64" in triton_rejects(dk=128, input_dtype=torch.bfloat16)
     assert triton_rejects(dk=64, input_dtype=torch.bfloat16) is None
     assert triton_rejects(dk=128, input_dtype=torch.float32) is None
+
+
+def test_triton_refuses_one_stage_for_16bit_inputs():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton import gated_delta_forward
+
+    q = k = torch.randn(1, 8, 1, 16).bfloat16()
+    v = torch.randn(1, 8, 1, 16).bfloat16()
+    g, beta = torch.full((1, 8, 1), -0.1).bfloat16(), torch.rand(1, 8, 1).bfloat16()
+    with pytest.raises(ValueError, match="num_stages=1"):
+        gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
+                            resets=None, num_stages=1)

@@ -317,6 +317,11 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
         if bv not in (16, 32, 64, 128) or bv > DV:
             raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
+    if bf16_dot and num_stages == 1:
+        # measured on an H100 with Triton 3.6: one stage with 16-bit products gave an illegal memory access (full
+        # state) or wrong outputs (split state, relative error 0.8); two stages are correct on both
+        raise ValueError("gated delta rule, triton backend: num_stages=1 is refused for 16-bit inputs (wrong results "
+                         "on sm_90 with Triton 3.6); use num_stages >= 2")
     # the kernels round product operands to bf16 anyway: storing W and U in bf16 halves their traffic
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
