@@ -412,20 +412,8 @@ class MemoryLM(nn.Module):
         ids = self._ids(input_ids)
         B, T = ids.shape
         st, seen, version = self._start(session_id, state, reset_session, B)
-        targets = None
-        if labels is not None:
-            if labels.shape != ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(ids.shape)}, got "
-                                 f"{tuple(labels.shape)}")
-            labels = labels.to(ids.device)
-            targets = torch.cat([labels[:, 1:], labels.new_full((B, 1), -100)], dim=1)
-        lm_targets = None
-        if lm_labels is not None:
-            if lm_labels.shape != ids.shape:
-                raise ValueError(f"lm_labels must have the shape of input_ids {tuple(ids.shape)}, got "
-                                 f"{tuple(lm_labels.shape)}")
-            lm_labels = lm_labels.to(ids.device)
-            lm_targets = torch.cat([lm_labels[:, 1:], lm_labels.new_full((B, 1), -100)], dim=1)
+        targets = _shifted_targets("labels", labels, ids)
+        lm_targets = _shifted_targets("lm_labels", lm_labels, ids)
         if attention_mask is not None and attention_mask.shape != ids.shape:
             raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
         keys = sorted(st.flatten_keys(".").keys())
@@ -621,3 +609,13 @@ def load_with_memory(name_or_path: str, cfg: MemoryConfig | None = None, adapter
 def load_qwen_with_cortex(name: str, cortex_cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
     """Compatibility alias of the original Cortex sidecar release (works for any causal LM)."""
     return load_with_memory(name, cortex_cfg, **kwargs)
+
+
+def _shifted_targets(name: str, labels: Tensor | None, ids: Tensor) -> Tensor | None:
+    """Next-token targets: position ``t`` predicts ``labels[t + 1]`` (``-100`` after the last position)."""
+    if labels is None:
+        return None
+    if labels.shape != ids.shape:
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(labels.shape)}")
+    labels = labels.to(ids.device)
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
