@@ -142,3 +142,18 @@ def test_cli_info():
     res = CliRunner().invoke(app, ["info"])
     assert res.exit_code == 0, res.output
     assert "LSTMCell" in res.output and cortexmem.__version__ in res.output
+
+
+def test_atomic_save_figure_writes_a_png_and_no_temp_file(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cortexmem.core.io import atomic_save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    atomic_save_figure(fig, tmp_path / "f.png")
+    plt.close(fig)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]

@@ -146,13 +146,7 @@ class mLSTMCell(MemoryCell):  # noqa: N801
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
         B, T, _ = x.shape
         new: dict[str, Tensor] = {}
-        if self.kernel_size > 0:
-            xc, buf = causal_conv1d(x, self.conv_weight.to(x.dtype), self.conv_bias.to(x.dtype),
-                                    state["conv"].to(x.dtype), resets)
-            xc = F.silu(xc)
-            new["conv"] = buf.to(state["conv"].dtype)
-        else:
-            xc = x
+        xc = short_conv_silu(self, x, state, resets, new)
         NH = self.num_heads
         # the recurrence runs in at least fp32: exp-gated sums lose too much in bf16
         cdt = torch.promote_types(x.dtype, torch.float32)
@@ -189,3 +183,15 @@ class mLSTMCell(MemoryCell):  # noqa: N801
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, dk={self.dk}, dv={self.dv}"
+
+
+def short_conv_silu(cell: MemoryCell, x: Tensor, state: TensorDict, resets: Tensor | None,
+                    new: dict[str, Tensor]) -> Tensor:
+    """The xLSTM cells' input path: ``silu(causal_conv(x))`` with the carried buffer (stored in ``new["conv"]``),
+    or ``x`` itself when the cell has no conv (``kernel_size == 0``)."""
+    if cell.kernel_size == 0:
+        return x
+    xc, buf = causal_conv1d(x, cell.conv_weight.to(x.dtype), cell.conv_bias.to(x.dtype), state["conv"].to(x.dtype),
+                            resets)
+    new["conv"] = buf.to(state["conv"].dtype)
+    return F.silu(xc)

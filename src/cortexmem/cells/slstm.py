@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
@@ -13,12 +12,11 @@ from torch import Tensor, nn
 from ..core.backends import check_requested
 from ..core.config import polymorphic
 from ..core.registry import register_cell
-from ..ops.causal_conv1d import causal_conv1d
 from ..ops.slstm import slstm_sequence
 from .axon import AxonCellConfig
 from .axon_layer import AxonLayer, LayerCalls, axon_groups
 from .base import CellConfig, MemoryCell
-from .mlstm import HeadNorm, forget_bias_init, head_sizes, store_stabilised
+from .mlstm import HeadNorm, forget_bias_init, head_sizes, short_conv_silu, store_stabilised
 
 
 class sLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
@@ -89,13 +87,7 @@ class sLSTMCell(MemoryCell):  # noqa: N801
 
     def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
         new: dict[str, Tensor] = {}
-        if self.kernel_size > 0:
-            xc, buf = causal_conv1d(x, self.conv_weight.to(x.dtype), self.conv_bias.to(x.dtype),
-                                    state["conv"].to(x.dtype), resets)
-            xc = F.silu(xc)
-            new["conv"] = buf.to(state["conv"].dtype)
-        else:
-            xc = x
+        xc = short_conv_silu(self, x, state, resets, new)
         # the recurrence runs in at least fp32: exp-gated sums lose too much in bf16
         cdt = torch.promote_types(x.dtype, torch.float32)
         if self.config.use_axon_layer:

@@ -36,6 +36,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, mode: int = 0o644) -
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", mode=mode)
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110, **savefig_kwargs: Any) -> None:
+    """A matplotlib figure as PNG, rendered in memory and written with :func:`atomic_write_bytes`."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None,
                             *, mode: int = 0o644) -> None:
     """Save a flat ``{name: tensor}`` dict as safetensors, atomically."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.table import Table
 
-from ..core.io import atomic_write_bytes, atomic_write_text
+from ..core.io import atomic_save_figure, atomic_write_text
 from .schema import EvalResults, RunResult
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ def load_results(path: str | Path) -> EvalResults:
 
 # --- plots --------------------------------------------------------------------------------------------------
 def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_figure(fig, path, bbox_inches="tight")
     return path
 
 

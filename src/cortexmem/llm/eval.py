@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.io import atomic_write_json
+from ..core.io import atomic_save_figure, atomic_write_json
 from .attach import MemoryLM
 from .niah import NiahTask, stack_samples
 
@@ -121,11 +121,8 @@ def plot_heatmap(result: dict[str, Any], path: str | Path) -> None:
         ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _fmt_len(n: int) -> str:

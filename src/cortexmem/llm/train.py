@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.io import atomic_save_figure, atomic_save_safetensors, atomic_write_json
 from .attach import MemoryLM
 from .niah import NiahTask
 
@@ -220,8 +220,5 @@ def plot_curves(hist: TrainHistory, path: str | Path) -> None:
     ax[1].plot(hist.eval_step, hist.eval_acc, marker="o")
     ax[1].set(xlabel="step", ylabel="held-out exact match", ylim=(0, 1.02), title="NIAH accuracy")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)

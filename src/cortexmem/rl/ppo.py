@@ -429,14 +429,13 @@ def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
 
 def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: str = "") -> None:
     """Mean episodic return against frames, one line per run (needs matplotlib)."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..core.io import atomic_write_bytes
+    from ..core.io import atomic_save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, hist in curves.items():
@@ -448,10 +447,8 @@ def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_save_figure(fig, path, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _json_safe(obj: Any) -> Any:

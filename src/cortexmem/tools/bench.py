@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..core.graphed import GraphedModule
+from ..core.io import atomic_save_figure
 from ..core.step_runner import StepRunner
 
 CELL_TOKENS = {"lstm": "L", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X", "agalite": "Ag",
@@ -305,6 +306,6 @@ def plot(rows: list[BenchRow], path) -> bool:
     ax.set_xlabel("forward + backward (ms)")
     ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True

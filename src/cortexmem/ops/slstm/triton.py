@@ -57,9 +57,8 @@ def _load_block(R, gate, head, d, dm, NH: tl.constexpr, DH: tl.constexpr, TRANSP
 
 
 @triton.jit
-def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, ms, B, T, H,
-                NH: tl.constexpr, DH: tl.constexpr, HAS_RESETS: tl.constexpr, EXP_FORGET: tl.constexpr,
-                SAVE: tl.constexpr, BB: tl.constexpr, BD: tl.constexpr):
+def _program_tile(B, H, DH: tl.constexpr, BB: tl.constexpr, BD: tl.constexpr):
+    """This program's (batch block, head): row and column indices, masks, offsets into ``[B, H]`` states."""
     pb, head = tl.program_id(0), tl.program_id(1)
     rows = pb * BB + tl.arange(0, BB)
     d = tl.arange(0, BD)
@@ -67,14 +66,30 @@ def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, m
     m2 = rm[:, None] & dm[None, :]
     cols = head * DH + d
     sidx = rows[:, None] * H + cols[None, :]
-    h = tl.load(h0 + sidx, mask=m2, other=0.0).to(tl.float32)
-    c = tl.load(c0 + sidx, mask=m2, other=0.0).to(tl.float32)
-    n = tl.load(n0 + sidx, mask=m2, other=0.0).to(tl.float32)
-    m = tl.load(m0 + sidx, mask=m2, other=0.0).to(tl.float32)
-    Ri = _load_block(R, 0, head, d, dm, NH, DH, False)
-    Rf = _load_block(R, 1, head, d, dm, NH, DH, False)
-    Rz = _load_block(R, 2, head, d, dm, NH, DH, False)
-    Ro = _load_block(R, 3, head, d, dm, NH, DH, False)
+    return head, rows, d, rm, dm, m2, cols, sidx
+
+
+@triton.jit
+def _load_four(a, b, c, e, sidx, m2):
+    """Four ``[B, H]`` tiles (the state or its gradient) in fp32."""
+    return (tl.load(a + sidx, mask=m2, other=0.0).to(tl.float32), tl.load(b + sidx, mask=m2, other=0.0).to(tl.float32),
+            tl.load(c + sidx, mask=m2, other=0.0).to(tl.float32), tl.load(e + sidx, mask=m2, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _load_gate_blocks(R, head, d, dm, NH: tl.constexpr, DH: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """The head's recurrent blocks of the four gates (i, f, z, o), transposed for the backward."""
+    return (_load_block(R, 0, head, d, dm, NH, DH, TRANSPOSE), _load_block(R, 1, head, d, dm, NH, DH, TRANSPOSE),
+            _load_block(R, 2, head, d, dm, NH, DH, TRANSPOSE), _load_block(R, 3, head, d, dm, NH, DH, TRANSPOSE))
+
+
+@triton.jit
+def _fwd_kernel(wx, R, h0, c0, n0, m0, rst, hs, hT, cT, nT, mT, pre_s, cs, ns, ms, B, T, H,
+                NH: tl.constexpr, DH: tl.constexpr, HAS_RESETS: tl.constexpr, EXP_FORGET: tl.constexpr,
+                SAVE: tl.constexpr, BB: tl.constexpr, BD: tl.constexpr):
+    head, rows, d, rm, dm, m2, cols, sidx = _program_tile(B, H, DH, BB, BD)
+    h, c, n, m = _load_four(h0, c0, n0, m0, sidx, m2)
+    Ri, Rf, Rz, Ro = _load_gate_blocks(R, head, d, dm, NH, DH, False)
     if SAVE:  # slot 0 of the saved (c, n, m) sequence is the incoming state
         sq = (rows[:, None] * (T + 1)) * H + cols[None, :]
         tl.store(cs + sq, c, mask=m2)
@@ -146,21 +161,9 @@ def _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, t, T, H, mask):
 def _bwd_kernel(R, rst, pre_s, cs, ns, ms, dhs, dhT, dcT, dnT, dmT, dpre, dh0, dc0, dn0, dm0, B, T, H,
                 NH: tl.constexpr, DH: tl.constexpr, HAS_RESETS: tl.constexpr, EXP_FORGET: tl.constexpr,
                 BB: tl.constexpr, BD: tl.constexpr):
-    pb, head = tl.program_id(0), tl.program_id(1)
-    rows = pb * BB + tl.arange(0, BB)
-    d = tl.arange(0, BD)
-    rm, dm = rows < B, d < DH
-    m2 = rm[:, None] & dm[None, :]
-    cols = head * DH + d
-    sidx = rows[:, None] * H + cols[None, :]
-    dh = tl.load(dhT + sidx, mask=m2, other=0.0).to(tl.float32)
-    dc = tl.load(dcT + sidx, mask=m2, other=0.0).to(tl.float32)
-    dn = tl.load(dnT + sidx, mask=m2, other=0.0).to(tl.float32)
-    dm_ = tl.load(dmT + sidx, mask=m2, other=0.0).to(tl.float32)
-    RiT = _load_block(R, 0, head, d, dm, NH, DH, True)
-    RfT = _load_block(R, 1, head, d, dm, NH, DH, True)
-    RzT = _load_block(R, 2, head, d, dm, NH, DH, True)
-    RoT = _load_block(R, 3, head, d, dm, NH, DH, True)
+    head, rows, d, rm, dm, m2, cols, sidx = _program_tile(B, H, DH, BB, BD)
+    dh, dc, dn, dm_ = _load_four(dhT, dcT, dnT, dmT, sidx, m2)
+    RiT, RfT, RzT, RoT = _load_gate_blocks(R, head, d, dm, NH, DH, True)
     # everything step t reads except the carried gradients is loaded during step t + 1 (latency off the chain)
     c_l, n_l, m_l, pi_l, pf_l, pz_l, po_l, dy_l = _load_saved(cs, ns, ms, pre_s, dhs, rows, cols, T - 1, T, H,
                                                               m2)
