@@ -58,3 +58,5 @@ def test_compiled_step_runner_matches_step_on_cuda():
         with torch.no_grad():
             ref, state = stack.step(x, state, resets=r)
         torch.testing.assert_close(runner.step(x, resets=r).clone(), ref, atol=1e-4, rtol=1e-4)
+    for k in runner.keys:  # the state too, RTRL traces included (their step update is a Triton kernel on CUDA)
+        torch.testing.assert_close(runner.state[k], state[k], atol=1e-4, rtol=1e-4)

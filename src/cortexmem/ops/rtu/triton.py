@@ -115,3 +115,45 @@ def rtu_scan_triton(u: Tensor, lam: Tensor, c0: Tensor, resets: Tensor | None = 
                          f"lam {tuple(lam.shape)}, c0 {tuple(c0.shape)}")
     rst = resets.to(torch.uint8).contiguous() if resets is not None else None
     return _RTUScanTriton.apply(u.contiguous(), lam.contiguous(), c0.contiguous(), rst)
+
+
+_TRACE_BH, _TRACE_BZ = 8, 128
+
+
+@triton.jit
+def _trace_w_kernel(ew0, drive, lam_re, lam_im, keep, out, H, Z, HAS_KEEP: tl.constexpr, BH: tl.constexpr,
+                    BZ: tl.constexpr):
+    # e_w <- lam e_w + drive for one (row, H-block, Z-block) tile, in lam's precision (float64 for the step)
+    b, ph, pz = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    h = ph * BH + tl.arange(0, BH)
+    z = pz * BZ + tl.arange(0, BZ)
+    hm, zm = h < H, z < Z
+    m = hm[:, None] & zm[None, :]
+    lr = tl.load(lam_re + h, mask=hm, other=0.0)
+    li = tl.load(lam_im + h, mask=hm, other=0.0)
+    if HAS_KEEP:
+        k = tl.load(keep + b + 0 * h).to(lr.dtype)
+        lr, li = lr * k, li * k
+    d = tl.load(drive + b * Z + z, mask=zm, other=0.0).to(lr.dtype)
+    off = (b * 2 * H + h[:, None]) * Z + z[None, :]
+    re = tl.load(ew0 + off, mask=m, other=0.0).to(lr.dtype)
+    im = tl.load(ew0 + off + H * Z, mask=m, other=0.0).to(lr.dtype)
+    new_re = d[None, :] + lr[:, None] * re - li[:, None] * im
+    new_im = lr[:, None] * im + li[:, None] * re
+    tl.store(out + off, new_re.to(out.dtype.element_ty), mask=m)
+    tl.store(out + off + H * Z, new_im.to(out.dtype.element_ty), mask=m)
+
+
+def trace_w_step_triton(ew0: Tensor, drive: Tensor, lam_re: Tensor, lam_im: Tensor, keep: Tensor | None) -> Tensor:
+    """Same as :func:`~cortexmem.ops.rtu.step.trace_w_step_torch` (result in ``ew0``'s dtype), no autograd."""
+    B, two, H, Z = ew0.shape
+    if two != 2 or drive.shape != (B, Z) or lam_re.shape != (H,) or lam_im.shape != (H,):
+        raise ValueError(f"expected ew0 [B, 2, H, Z], drive [B, Z], lam parts [H], got ew0 {tuple(ew0.shape)}, "
+                         f"drive {tuple(drive.shape)}, lam {tuple(lam_re.shape)} / {tuple(lam_im.shape)}")
+    ew0 = ew0.contiguous()
+    out = torch.empty_like(ew0)
+    grid = (B, triton.cdiv(H, _TRACE_BH), triton.cdiv(Z, _TRACE_BZ))
+    _trace_w_kernel[grid](ew0, drive.contiguous(), lam_re.contiguous(), lam_im.contiguous(),
+                          keep.contiguous() if keep is not None else ew0, out, H, Z, HAS_KEEP=keep is not None,
+                          BH=_TRACE_BH, BZ=_TRACE_BZ)
+    return out
