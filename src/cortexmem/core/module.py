@@ -6,7 +6,8 @@ value *before* ``x[b, t]`` is read. A ``[B]`` mask in sequence mode means "reset
 
 Subclasses implement ``init_state`` and ``forward_sequence`` (always ``[B, T, H]`` and ``[B, T]``-or-None
 resets); this base class validates the call once at the entry point, so composite modules call their children's
-``forward_sequence`` directly.
+``forward_sequence`` directly. The first CUDA call of a module compiles the Triton kernels it needs in parallel
+first (:mod:`cortexmem.core.precompile`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
+
+from . import precompile
 
 
 class MemoryModule(nn.Module, ABC):
@@ -47,6 +50,9 @@ class MemoryModule(nn.Module, ABC):
             state = self.init_state(batch, device=x.device, dtype=_state_dtype(x.dtype))
         else:
             self._check_state(state, batch)
+        if precompile.enabled(x.device) and not self.__dict__.get("_cortex_precompiled", False):
+            self.__dict__["_cortex_precompiled"] = True
+            precompile.precompile(lambda: self.forward_sequence(x, state, resets), x.device)
         y, new_state = self.forward_sequence(x, state, resets)
         return (y[:, 0] if is_step else y), new_state
 

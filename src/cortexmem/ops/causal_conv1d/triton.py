@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ...core.precompile import dry_run_active, launch
 from .parallel import final_buffer, reset_counts
 
 
@@ -88,9 +89,22 @@ def _launch_fwd(ext: Tensor, w: Tensor, bias: Tensor | None, count: Tensor | Non
     B, L, H = ext.shape
     y = torch.empty(B, T, H, device=ext.device, dtype=ext.dtype)
     grid = (B, triton.cdiv(T, _BT), triton.cdiv(H, _BH))
-    _fwd_kernel[grid](ext, w, bias if bias is not None else w, count if count is not None else ext, y, T, H, L,
-                      K=w.shape[1], HAS_BIAS=bias is not None, HAS_RESETS=count is not None, BT=_BT, BH=_BH)
+    launch(_fwd_kernel, grid, ext, w, bias if bias is not None else w, count if count is not None else ext, y, T, H,
+           L, K=w.shape[1], HAS_BIAS=bias is not None, HAS_RESETS=count is not None, BT=_BT, BH=_BH)
     return y
+
+
+def _launch_bwd(dy: Tensor, ext: Tensor, w: Tensor, count: Tensor | None, T: int) -> tuple[Tensor, Tensor]:
+    B, L, H = ext.shape
+    K = w.shape[1]
+    dext = torch.empty(B, L, H, device=dy.device, dtype=torch.float32)
+    launch(_bwd_input_kernel, (B, triton.cdiv(L, _BT), triton.cdiv(H, _BH)), dy, w,
+           count if count is not None else dy, dext, T, H, L, K=K, HAS_RESETS=count is not None, BS=_BT, BH=_BH)
+    nt = triton.cdiv(T, _BT)
+    part = torch.empty(B * nt, K, H, device=dy.device, dtype=torch.float32)
+    launch(_bwd_weight_kernel, (B, nt, triton.cdiv(H, _BH)), dy, ext, count if count is not None else dy, part, T,
+           H, L, nt, K=K, HAS_RESETS=count is not None, BT=_BT, BH=_BH)
+    return dext, part
 
 
 class _CausalConv1dTriton(torch.autograd.Function):
@@ -101,26 +115,19 @@ class _CausalConv1dTriton(torch.autograd.Function):
         ctx.save_for_backward(ext, w, count)
         ctx.has_bias = bias is not None
         ctx.T = x.shape[1]
-        return _launch_fwd(ext, w, bias, count, x.shape[1])
+        y = _launch_fwd(ext, w, bias, count, x.shape[1])
+        if dry_run_active():  # a precompile pass: ask for the backward kernels too
+            _launch_bwd(torch.empty_like(y), ext, w, count, x.shape[1])
+        return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         ext, w, count = ctx.saved_tensors
-        B, L, H = ext.shape
-        T, K = ctx.T, w.shape[1]
         dy = dy.contiguous()
-        dext = torch.empty(B, L, H, device=dy.device, dtype=torch.float32)
-        _bwd_input_kernel[(B, triton.cdiv(L, _BT), triton.cdiv(H, _BH))](
-            dy, w, count if count is not None else dy, dext, T, H, L, K=K, HAS_RESETS=count is not None,
-            BS=_BT, BH=_BH)
-        nt = triton.cdiv(T, _BT)
-        part = torch.empty(B * nt, K, H, device=dy.device, dtype=torch.float32)
-        _bwd_weight_kernel[(B, nt, triton.cdiv(H, _BH))](
-            dy, ext, count if count is not None else dy, part, T, H, L, nt, K=K, HAS_RESETS=count is not None,
-            BT=_BT, BH=_BH)
+        dext, part = _launch_bwd(dy, ext, w, count, ctx.T)
         dw = part.sum(0).t().to(w.dtype)
         db = dy.float().sum((0, 1)).to(w.dtype) if ctx.has_bias else None
-        K1 = K - 1
+        K1 = w.shape[1] - 1
         return dext[:, K1:].to(dy.dtype), dw, db, dext[:, :K1].to(dy.dtype), None
 
 

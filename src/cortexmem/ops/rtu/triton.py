@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ...core.precompile import dry_run_active, launch
+
 _BH = 64
 
 
@@ -83,9 +85,19 @@ def _bwd_kernel(dc, c, lam, c0, rst, du, dc0, dlam_part, T, H, HAS_RESETS: tl.co
 def _launch_fwd(u: Tensor, lam: Tensor, c0: Tensor, rst: Tensor | None) -> Tensor:
     B, T, H, _ = u.shape
     c = torch.empty_like(u)
-    _fwd_kernel[(B, triton.cdiv(H, _BH))](u, lam, c0, rst if rst is not None else u, c, T, H,
-                                         HAS_RESETS=rst is not None, BH=_BH)
+    launch(_fwd_kernel, (B, triton.cdiv(H, _BH)), u, lam, c0, rst if rst is not None else u, c, T, H,
+           HAS_RESETS=rst is not None, BH=_BH)
     return c
+
+
+def _launch_bwd(dc: Tensor, c: Tensor, lam: Tensor, c0: Tensor, rst: Tensor | None) -> tuple[Tensor, ...]:
+    B, T, H, _ = c.shape
+    du = torch.empty(B, T, H, 2, device=c.device, dtype=torch.float32)
+    dc0 = torch.empty(B, H, 2, device=c.device, dtype=torch.float32)
+    part = torch.empty(B, H, 2, device=c.device, dtype=torch.float32)
+    launch(_bwd_kernel, (B, triton.cdiv(H, _BH)), dc, c, lam, c0, rst if rst is not None else c, du, dc0, part, T,
+           H, HAS_RESETS=rst is not None, BH=_BH)
+    return du, dc0, part
 
 
 class _RTUScanTriton(torch.autograd.Function):
@@ -93,18 +105,14 @@ class _RTUScanTriton(torch.autograd.Function):
     def forward(ctx, u: Tensor, lam: Tensor, c0: Tensor, rst: Tensor | None) -> Tensor:
         c = _launch_fwd(u, lam, c0, rst)
         ctx.save_for_backward(c, lam, c0, rst)
+        if dry_run_active():  # a precompile pass: ask for the backward kernel too
+            _launch_bwd(torch.empty_like(c), c, lam, c0, rst)
         return c
 
     @staticmethod
     def backward(ctx, dc: Tensor):
         c, lam, c0, rst = ctx.saved_tensors
-        B, T, H, _ = c.shape
-        dc = dc.contiguous()
-        du = torch.empty(B, T, H, 2, device=c.device, dtype=torch.float32)
-        dc0 = torch.empty(B, H, 2, device=c.device, dtype=torch.float32)
-        part = torch.empty(B, H, 2, device=c.device, dtype=torch.float32)
-        _bwd_kernel[(B, triton.cdiv(H, _BH))](dc, c, lam, c0, rst if rst is not None else c, du, dc0, part, T, H,
-                                             HAS_RESETS=rst is not None, BH=_BH)
+        du, dc0, part = _launch_bwd(dc.contiguous(), c, lam, c0, rst)
         return du.to(c.dtype), part.sum(0).to(lam.dtype), dc0.to(c0.dtype), None
 
 
@@ -153,7 +161,7 @@ def trace_w_step_triton(ew0: Tensor, drive: Tensor, lam_re: Tensor, lam_im: Tens
     ew0 = ew0.contiguous()
     out = torch.empty_like(ew0)
     grid = (B, triton.cdiv(H, _TRACE_BH), triton.cdiv(Z, _TRACE_BZ))
-    _trace_w_kernel[grid](ew0, drive.contiguous(), lam_re.contiguous(), lam_im.contiguous(),
-                          keep.contiguous() if keep is not None else ew0, out, H, Z, HAS_KEEP=keep is not None,
-                          BH=_TRACE_BH, BZ=_TRACE_BZ)
+    launch(_trace_w_kernel, grid, ew0, drive.contiguous(), lam_re.contiguous(), lam_im.contiguous(),
+           keep.contiguous() if keep is not None else ew0, out, H, Z, HAS_KEEP=keep is not None, BH=_TRACE_BH,
+           BZ=_TRACE_BZ)
     return out

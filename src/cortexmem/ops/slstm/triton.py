@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ...core.precompile import dry_run_active, launch
+
 _BB = 16  # batch rows per program: tl.dot needs at least 16
 # products on tensor cores in three TF32 passes: fp32-level accuracy, and far faster to compile and run than "ieee"
 MAX_HEAD_DIM = 64  # four dh x dh fp32 blocks stay in registers up to here
@@ -235,11 +237,25 @@ def _launch_fwd(wx: Tensor, R: Tensor, states: tuple[Tensor, ...], rst: Tensor |
         saved = None
     dummy = hs
     bd = _block_dim(DH)
-    _fwd_kernel[(triton.cdiv(B, _BB), NH)](
-        wx, R, *states, rst if rst is not None else dummy, hs, *finals, *(saved or (dummy,) * 4), B, T, H,
-        NH=NH, DH=DH, HAS_RESETS=rst is not None, EXP_FORGET=exp_forget, SAVE=save, BB=_BB, BD=bd,
-        num_warps=_num_warps(bd))
+    launch(_fwd_kernel, (triton.cdiv(B, _BB), NH),
+           wx, R, *states, rst if rst is not None else dummy, hs, *finals, *(saved or (dummy,) * 4), B, T, H,
+           NH=NH, DH=DH, HAS_RESETS=rst is not None, EXP_FORGET=exp_forget, SAVE=save, BB=_BB, BD=bd,
+           num_warps=_num_warps(bd))
     return hs, finals, saved
+
+
+def _launch_bwd(R: Tensor, rst: Tensor | None, saved: tuple[Tensor, ...], dhs: Tensor, finals: list[Tensor],
+                exp_forget: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    B, T, H = dhs.shape
+    NH, DH = R.shape[1], R.shape[2]
+    dpre = torch.empty(B, T, 4, H, device=dhs.device, dtype=torch.float32)
+    d0 = tuple(torch.zeros(B, H, device=dhs.device, dtype=torch.float32) for _ in range(4))
+    bd = _block_dim(DH)
+    launch(_bwd_kernel, (triton.cdiv(B, _BB), NH),
+           R, rst if rst is not None else dpre, *saved, dhs, *finals, dpre, *d0, B, T, H,
+           NH=NH, DH=DH, HAS_RESETS=rst is not None, EXP_FORGET=exp_forget, BB=_BB, BD=bd,
+           num_warps=_num_warps(bd))
+    return dpre, d0
 
 
 class _SLSTMTriton(torch.autograd.Function):
@@ -250,24 +266,20 @@ class _SLSTMTriton(torch.autograd.Function):
         ctx.save_for_backward(R, h0, hs, rst, *saved)
         ctx.exp_forget = exp_forget
         ctx.dtypes = (wx.dtype, R.dtype, h0.dtype, c0.dtype, n0.dtype, m0.dtype)
+        if dry_run_active():  # a precompile pass: ask for the backward kernel too (gradients as autograd gives them)
+            _launch_bwd(R, rst, saved, torch.empty_like(hs), [torch.empty_like(f) for f in finals], exp_forget)
         return (hs, *finals)
 
     @staticmethod
     def backward(ctx, dhs, dhT, dcT, dnT, dmT):
-        R, h0, hs, rst, pre, cs, ns, ms = ctx.saved_tensors
+        R, h0, hs, rst, *saved = ctx.saved_tensors
         B, T, H = hs.shape
         NH, DH = R.shape[1], R.shape[2]
         dev = hs.device
-        zeros = lambda: torch.zeros(B, H, device=dev, dtype=torch.float32)  # noqa: E731
         dhs = torch.zeros(B, T, H, device=dev, dtype=torch.float32) if dhs is None else dhs.contiguous()
-        finals = [zeros() if g is None else g.contiguous() for g in (dhT, dcT, dnT, dmT)]
-        dpre = torch.empty(B, T, 4, H, device=dev, dtype=torch.float32)
-        d0 = tuple(zeros() for _ in range(4))
-        bd = _block_dim(DH)
-        _bwd_kernel[(triton.cdiv(B, _BB), NH)](
-            R, rst if rst is not None else dpre, pre, cs, ns, ms, dhs, *finals, dpre, *d0, B, T, H,
-            NH=NH, DH=DH, HAS_RESETS=rst is not None, EXP_FORGET=ctx.exp_forget, BB=_BB, BD=bd,
-            num_warps=_num_warps(bd))
+        finals = [torch.zeros(B, H, device=dev, dtype=torch.float32) if g is None else g.contiguous()
+                  for g in (dhT, dcT, dnT, dmT)]
+        dpre, d0 = _launch_bwd(R, rst, tuple(saved), dhs, finals, ctx.exp_forget)
         # dR[g, head, k, e] = sum over (b, t) of h_{t-1}[head, k] * dpre_t[g, head, e] (h_{t-1} after the reset)
         hprev = torch.cat([h0.float()[:, None], hs[:, :-1].float()], 1)
         if rst is not None:
