@@ -69,6 +69,8 @@ def test_doctor_and_bench_cli(tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     names = {r["name"]: r for r in data["rows"]}
     assert names["cell:lstm"]["fwd_bwd_ms"] > 0 and names["peer:cudnn-lstm-1"]["fwd_bwd_ms"] > 0
+    assert names["bare:lstm-1"]["fwd_bwd_ms"] > 0 and names["bare:lstm-1"]["step_ms"] > 0
+    assert "peer:cudnn-lstm-1 fwd_bwd_ms / bare:lstm-1 fwd_bwd_ms" in data["ratios"]
     assert "not installed" in names["peer:cortexcore-1xL"]["status"] or names["peer:cortexcore-1xL"]["fwd_bwd_ms"]
 
 

@@ -153,6 +153,12 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
     return row
 
 
+def _bare_lstm(d: int, layers: int) -> nn.Module:
+    from ..cells.lstm import LSTMCell, LSTMCellConfig
+
+    return LSTMCell(LSTMCellConfig(hidden_size=d, num_layers=layers))
+
+
 class _CudnnLSTM(nn.Module):
     def __init__(self, d: int, layers: int) -> None:
         super().__init__()
@@ -182,6 +188,10 @@ def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256
     rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers),
                                 compile_step=compile_step and dev.type == "cuda", **kw))
     rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers), **kw))
+    # the bare cell (no block around it: no norm, FFN or residual), the like-for-like match of nn.LSTM
+    rows.append(_measure_module("bare:lstm-1", "ours", lambda: _bare_lstm(d, 1), **kw))
+    if layers != 1:
+        rows.append(_measure_module(f"bare:lstm-{layers}", "ours", lambda: _bare_lstm(d, layers), **kw))
     rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers), step_api="lstm",
                                 **kw))
     rows.append(_measure_module("peer:cudnn-lstm-1", "peer", lambda: _CudnnLSTM(d, 1), step_api="lstm", **kw))
@@ -276,8 +286,10 @@ def ratios(rows: list[BenchRow]) -> dict[str, float]:
         if r.name.startswith("cell:"):
             ratio(f"peer:cortexcore-{r.name}", r.name, "fwd_bwd_ms")
             ratio(f"peer:cortexcore-{r.name}", r.name, "fwd_bwd_ms", "fwd_bwd_graph_ms")
-    ratio("peer:cudnn-lstm-1", "cell:lstm", "fwd_bwd_ms")
-    ratio("peer:cudnn-lstm-1", "cell:lstm", "fwd_bwd_ms", "fwd_bwd_graph_ms")
+    for r in rows:
+        if r.name.startswith("bare:lstm-"):
+            ratio(r.name.replace("bare:lstm", "peer:cudnn-lstm"), r.name, "fwd_bwd_ms")
+            ratio(r.name.replace("bare:lstm", "peer:cudnn-lstm"), r.name, "step_ms")
     for r in rows:
         if r.name.startswith("gated_delta:ours") and r.extra.get("fwd_ms"):
             p = by.get(r.name.replace("ours", "fla"))
