@@ -5,14 +5,15 @@ the GIL for most of its second or two, so threads do not overlap them. On the fi
 module, :func:`precompile` runs that call once "dry" in this thread: every kernel launch made through
 :func:`launch` becomes a compile request instead (Triton's ``AsyncCompileMode`` with ``warmup``), autograd
 Functions also request their backward kernels (:func:`dry_run_active`), and nothing is launched (outputs hold
-garbage and are thrown away). Each request is compiled by a forked child process, which fills Triton's on-disk
-cache; the parent then loads every kernel from that cache and builds its launcher on worker threads, and the real
-call finds them all ready. Other threads launch normally throughout; any failure falls back to compiling on
-first launch as before. ``CORTEX_PRECOMPILE=0`` turns it off.
+garbage and are thrown away). Each request is forked at once to a child process that compiles it into Triton's
+on-disk cache while the dry pass goes on; the parent then loads every kernel from that cache and builds its
+launcher on worker threads, and the real call finds them all ready. Other threads launch normally throughout;
+any failure falls back to compiling on first launch as before. ``CORTEX_PRECOMPILE=0`` turns it off.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ from .backends import triton_available, triton_disabled
 log = logging.getLogger("cortexmem.precompile")
 
 _OWNER: int | None = None  # the thread running a dry pass
-_CHILD_TIMEOUT_S = 300.0
+_CHILD_TIMEOUT_S = 120.0  # no kernel of ours takes a tenth of this; a child stuck longer is stopped
 
 
 def dry_run_active() -> bool:
@@ -65,28 +66,27 @@ class _ForkExecutor(Executor):
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.jobs: list[tuple[Callable[[], Any], Future]] = []
+        self.jobs: list[tuple[int, Callable[[], Any], Future]] = []
 
     def submit(self, fn: Callable[[], Any], /, *args: Any, **kwargs: Any) -> Future:
+        # fork at once, so the child compiles while the dry pass goes on; no thread of ours runs yet (they start
+        # in start_all), so the child cannot inherit a lock held mid-compile
+        job = functools.partial(fn, *args, **kwargs)
+        pid = os.fork()
+        if pid == 0:  # the child: compile into the on-disk cache and leave without running any cleanup
+            code = 1
+            try:
+                job()
+                code = 0
+            finally:
+                os._exit(code)
         future: Future = Future()
-        self.jobs.append((lambda: fn(*args, **kwargs), future))
+        self.jobs.append((pid, job, future))
         return future
 
     def start_all(self) -> None:
-        # fork every child before any worker thread of ours runs: a child must not inherit a lock held mid-compile
-        pids = []
-        for fn, _ in self.jobs:
-            pid = os.fork()
-            if pid == 0:  # the child: compile into the on-disk cache and leave without running any cleanup
-                code = 1
-                try:
-                    fn()
-                    code = 0
-                finally:
-                    os._exit(code)
-            pids.append(pid)
-        for pid, (fn, future) in zip(pids, self.jobs, strict=True):
-            threading.Thread(target=self._finish, args=(pid, fn, future), daemon=True).start()
+        for pid, job, future in self.jobs:
+            threading.Thread(target=self._finish, args=(pid, job, future), daemon=True).start()
 
     def _finish(self, pid: int, fn: Callable[[], Any], future: Future) -> None:
         deadline = time.monotonic() + _CHILD_TIMEOUT_S
