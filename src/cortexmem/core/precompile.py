@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -72,7 +73,11 @@ class _ForkExecutor(Executor):
         # fork at once, so the child compiles while the dry pass goes on; no thread of ours runs yet (they start
         # in start_all), so the child cannot inherit a lock held mid-compile
         job = functools.partial(fn, *args, **kwargs)
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python warns that a child of a threaded process may deadlock: ours only compiles (no CUDA, no torch
+            # threads) and is stopped after _CHILD_TIMEOUT_S, the kernel then compiled here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: compile into the on-disk cache and leave without running any cleanup
             code = 1
             try:
