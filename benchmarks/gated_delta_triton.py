@@ -19,9 +19,11 @@ import torch.nn.functional as F
 
 from cortexmem.ops.gated_delta import chunk_gated_delta_rule
 from cortexmem.ops.gated_delta.triton import (
+    PRODUCTS,
     _default_block_v,
     _default_stages,
     _pow2_at_least_16,
+    default_products,
     gated_delta_forward,
     triton_gated_delta_rule,
     wy_terms,
@@ -47,18 +49,21 @@ def _rel(a, b):
 
 
 def _configs(D: int):
-    """The sweep: fused read-out over (block_v, warps) and stages at block_v 32; split read-out over block_v."""
-    for bv in (16, 32, 64):
-        if bv > D:
-            continue
-        for nw in (4, 8):
-            yield dict(fused=True, block_v=bv, num_warps=nw)
-        if bv == 32:
-            for st in (1, 2):
-                yield dict(fused=True, block_v=bv, num_warps=4, num_stages=st)
-        yield dict(fused=False, block_v=bv, num_warps=4, out_block_v=min(D, 64), out_num_warps=4)
-    for wy in (2, 8):
-        yield dict(wy_num_warps=wy)
+    """The sweep, for each product mode: fused read-out over (block_v, warps) and stages at block_v 32; split
+    read-out over block_v; WY warps."""
+    for products in ("tf32", "bf16"):
+        for bv in (16, 32, 64):
+            if bv > D:
+                continue
+            for nw in (4, 8):
+                yield dict(products=products, fused=True, block_v=bv, num_warps=nw)
+            if bv == 32:
+                for st in (1, 2):
+                    yield dict(products=products, fused=True, block_v=bv, num_warps=4, num_stages=st)
+            yield dict(products=products, fused=False, block_v=bv, num_warps=4, out_block_v=min(D, 64),
+                       out_num_warps=4)
+        for wy in (2, 8):
+            yield dict(products=products, wy_num_warps=wy)
 
 
 def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_configs: int | None) -> None:
@@ -73,25 +78,33 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
     with torch.no_grad():
         times = {}
         best = None
+        o_t, s_t = chunk_gated_delta_rule(q, k, v, g, beta)
         for cfg in itertools.islice(_configs(D), max_configs):
             name = " ".join(f"{key}={val}" for key, val in cfg.items())
+
+            def run(cfg=cfg):
+                return gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=None,
+                                           output_final_state=True, resets=None, **cfg)
             try:
-                t = _time(lambda cfg=cfg: gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=None,
-                                                              output_final_state=True, resets=None, **cfg))
+                t = _time(run)
+                o_c, s_c = run()
             except Exception as e:  # noqa: BLE001 - a config that does not compile is reported, not fatal
                 print(f"  {tag} triton {name}: failed: {type(e).__name__}: {str(e)[:120]}")
                 continue
-            print(f"  {tag} triton {name}: {t:.3f} ms")
-            if best is None or t < best[0]:
+            err = max(_rel(o_c, o_t), _rel(s_c, s_t))
+            ok = err <= 2e-2
+            print(f"  {tag} triton {name}: {t:.3f} ms, rel err vs torch {err:.1e}{'' if ok else '  WRONG'}")
+            if ok and (best is None or t < best[0]):
                 best = (t, name)
         times["triton (default)"] = _time(lambda: triton_gated_delta_rule(q, k, v, g, beta))
         if best is not None:
-            times[f"triton (best: {best[1]})"] = best[0]
+            times[f"triton (best correct: {best[1]})"] = best[0]
         DP = _pow2_at_least_16(D)
-        times["  of which WY kernel"] = _time(lambda: wy_terms(k, v, g, beta, None, 64, DP, DP, torch.bfloat16))
+        times["  of which WY kernel (tf32)"] = _time(
+            lambda: wy_terms(k, v, g, beta, None, 64, DP, DP, torch.float32, products="tf32"))
+        times["  WY kernel (bf16 products)"] = _time(lambda: wy_terms(k, v, g, beta, None, 64, DP, DP, torch.bfloat16))
         times["torch chunk"] = _time(lambda: chunk_gated_delta_rule(q, k, v, g, beta), reps=5)
         o, s = triton_gated_delta_rule(q, k, v, g, beta)
-        o_t, s_t = chunk_gated_delta_rule(q, k, v, g, beta)
         print(f"  rel err triton vs torch chunk: output {_rel(o, o_t):.2e}, final state {_rel(s, s_t):.2e}")
         o_s, s_s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=None, output_final_state=True,
                                        resets=None, fused=False)
@@ -131,9 +144,11 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     for B, T, H, D in shapes:
         DP = _pow2_at_least_16(D)
-        bv = _default_block_v(B * H, DP, DP, True)
-        print(f"B={B} T={T} H={H} D={D}: default fused read-out, block_v={bv}, num_warps=4, "
-              f"num_stages={_default_stages(True, DP, True)}, key halves (split)={DP > 64}")
+        products = default_products(torch.bfloat16, -(-T // 64))
+        dot = PRODUCTS[products]
+        bv = _default_block_v(B * H, DP, DP, dot)
+        print(f"B={B} T={T} H={H} D={D}: default {products} products, fused read-out, "
+              f"block_v={bv}, num_warps=4, num_stages={_default_stages(dot)}")
         try:
             bench_shape(B, T, H, D, fla_gdr, fla_why, args.max_configs)
         except Exception:  # noqa: BLE001 - print the failure, go on with the next shape

@@ -22,12 +22,14 @@ TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
-def _signature(fn, dtype: str) -> dict:
-    ptrs = {"Q", "K", "V", "G", "BETA", "R", "W", "U", "O", "H"}
+def _signature(fn, dtype: str, op_dtype: str) -> dict:
+    ptrs = {"Q", "K", "V", "G", "BETA", "R", "O"}
     sig = {}
     for name in fn.arg_names:
         if name in ptrs:
             sig[name] = f"*{dtype}"
+        elif name in ("W", "U", "H"):
+            sig[name] = f"*{op_dtype}"  # the WY terms and stored states: bf16 only with bf16 products
         elif name in ("S0", "SF"):
             sig[name] = "*fp32"
         elif name.isupper() and name not in ("T", "N", "NH", "DKR", "DVR"):
@@ -39,7 +41,7 @@ def _signature(fn, dtype: str) -> dict:
 
 def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> str:
     """One line: the kernel, its constants and launch options, shared bytes, registers, spill bytes, compile s."""
-    sig = _signature(fn, dtype)
+    sig = _signature(fn, dtype, "bf16" if consts["DOT"] == kernels.PRODUCTS["bf16"] else "fp32")
     div16 = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] != "constexpr"
              and n != "NH"}
     start = time.time()
@@ -54,21 +56,23 @@ def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int)
                              capture_output=True, text=True).stderr
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "SPLIT", "BF16_DOT")}
+    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "SPLIT", "DOT")}
     return (f"{fn.__name__:14s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
             f"registers {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
             f"compile {took:.1f} s")
 
 
 def main() -> None:
-    for dtype, bf16 in (("bf16", True), ("fp32", False)):
+    for dtype, products in (("bf16", "bf16"), ("bf16", "tf32"), ("fp32", "tf32x3")):
+        bf16 = products == "bf16"
+        dot = kernels.PRODUCTS[products]
         for DK in (64, 128):
-            base = dict(DK=DK, DV=DK, C=64, HAS_R=True, BF16_DOT=bf16)
+            base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
             print(compile_stats(kernels._wy_kernel, dtype, base, 4, 1))
             wide = DK > 64 and bf16  # the launcher's default split
             split = dict(DH=DK // 2 if wide else DK, SPLIT=wide)
             for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 32, 4)):
-                stages = kernels._default_stages(fused, DK, bf16)
+                stages = kernels._default_stages(dot)
                 consts = dict(base, **split, BV=bv, HAS_S0=True, FUSED=fused)
                 print(compile_stats(kernels._state_kernel, dtype, consts, nw, stages))
             print(compile_stats(kernels._out_kernel, dtype, dict(base, **split, BV=64), 4, 1))

@@ -35,18 +35,37 @@ def test_triton_backend_constraints():
     assert "forward only" in triton_rejects(needs_grad=True)
     assert "chunk_size" in triton_rejects(chunk_size=8)
     assert triton_rejects(needs_grad=False, chunk_size=64) is None
-    assert "Dk <= 64" in triton_rejects(dk=128, input_dtype=torch.bfloat16)
-    assert triton_rejects(dk=64, input_dtype=torch.bfloat16) is None
+    assert "Dk <= 128" in triton_rejects(dk=256, input_dtype=torch.bfloat16)
+    assert "Dk <= 128" in triton_rejects(dk=256, input_dtype=torch.float32)
+    assert triton_rejects(dk=128, input_dtype=torch.bfloat16) is None
     assert triton_rejects(dk=128, input_dtype=torch.float32) is None
 
 
-def test_triton_refuses_one_stage_for_16bit_inputs():
+def test_triton_refuses_one_stage_for_bf16_products_and_unknown_products():
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton import gated_delta_forward
 
-    q = k = torch.randn(1, 8, 1, 16).bfloat16()
-    v = torch.randn(1, 8, 1, 16).bfloat16()
-    g, beta = torch.full((1, 8, 1), -0.1).bfloat16(), torch.rand(1, 8, 1).bfloat16()
+    q = k = torch.randn(1, 64, 1, 16).bfloat16()
+    v = torch.randn(1, 64, 1, 16).bfloat16()
+    g, beta = torch.full((1, 64, 1), -0.1).bfloat16(), torch.rand(1, 64, 1).bfloat16()
     with pytest.raises(ValueError, match="num_stages=1"):
         gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
-                            resets=None, num_stages=1)
+                            resets=None, num_stages=1, products="bf16")
+    with pytest.raises(ValueError, match="products must be one of"):
+        gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
+                            resets=None, products="fp8")
+
+
+def test_product_modes_by_dtype_and_length():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton import BF16_MIN_CHUNKS, default_products, gated_delta_forward
+
+    n = BF16_MIN_CHUNKS
+    assert default_products(torch.bfloat16, n) == "bf16" and default_products(torch.float16, n + 5) == "bf16"
+    assert default_products(torch.bfloat16, n - 1) == "tf32" and default_products(torch.float16, 1) == "tf32"
+    assert default_products(torch.float32, 100) == "tf32x3"
+    q = k = torch.randn(1, 16 * (n - 1), 1, 16).bfloat16()
+    g, beta = torch.full((1, 16 * (n - 1), 1), -0.1).bfloat16(), torch.rand(1, 16 * (n - 1), 1).bfloat16()
+    with pytest.raises(ValueError, match="bf16 products need"):
+        gated_delta_forward(q, k, q, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
+                            resets=None, products="bf16")

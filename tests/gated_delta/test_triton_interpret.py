@@ -103,8 +103,9 @@ def _inputs(T, Dk, Dv, seed, resets):
 
 
 # (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state): odd T, padded Dk/Dv, every chunk
-# size, both product precisions, both read-outs (in the sequential kernel, or parallel over chunks from stored
-# states), the state kept in two key halves (forced at small Dk; the bf16 default at Dk = 128)
+# size, every product mode (16-bit inputs: bf16 from 3 chunks on, else TF32), both read-outs (in the sequential
+# kernel, or parallel over chunks from stored states), the state kept in two key halves (forced at small Dk; the
+# default of bf16 products at Dk = 128)
 CASES = [
     (37, 16, 24, 16, torch.float32, False, False, True, None),
     (130, 32, 32, 64, torch.float32, True, True, False, None),
@@ -115,6 +116,9 @@ CASES = [
     (63, 128, 128, 64, torch.bfloat16, True, False, True, None),
     (67, 128, 128, 64, torch.bfloat16, False, True, False, None),
     (65, 128, 128, 64, torch.float32, True, True, True, None),
+    # 16-bit inputs take bf16 products from 3 chunks on (the split state at Dk = 128), TF32 ones below or when asked
+    (130, 128, 128, 64, torch.bfloat16, True, True, False, None),
+    (77, 16, 16, 32, torch.bfloat16, True, True, False, None, "tf32"),
 ]
 
 
@@ -124,13 +128,14 @@ def _run_cases() -> dict:
     from cortexmem.ops.gated_delta.triton import gated_delta_forward, triton_gated_delta_rule
 
     out = {}
-    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused, split) in enumerate(CASES):
+    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused, split, *products) in enumerate(CASES):
         q, k, v, g, beta, s0, r = _inputs(T, Dk, Dv, T + Dk, with_resets)
         s0 = s0 if with_s0 else None
         o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)),
                                               initial_state=None if s0 is None else s0.double(), resets=r)
         with torch.no_grad():
-            fn = partial(gated_delta_forward, fused=fused, out_block_v=16, output_final_state=True, split=split)
+            fn = partial(gated_delta_forward, fused=fused, out_block_v=16, output_final_state=True, split=split,
+                         products=products[0] if products else None)
             o, s = fn(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk, initial_state=s0, resets=r)
         same = o.shape == o_ref.shape and s.shape == s_ref.shape and o.dtype == dtype and s.dtype == dtype
         out[i] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), same]

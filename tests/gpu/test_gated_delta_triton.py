@@ -33,7 +33,7 @@ def _case(T, D, with_resets):
     return inputs, r, o, s
 
 
-@pytest.mark.parametrize("T", [1, 63, 300, 2049])
+@pytest.mark.parametrize("T", [1, 63, 128, 129, 300, 2049])  # 16-bit: TF32 products up to 2 chunks, bf16 from 3
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("with_resets", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -86,7 +86,7 @@ def test_dispatch_picks_triton_only_without_grad():
     assert _rel_rms(o_auto, o_ref) <= 1e-4
 
 
-def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split):
+def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, products=None):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton import gated_delta_forward
 
@@ -95,39 +95,48 @@ def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split):
     with torch.no_grad():
         o, s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=s0, output_final_state=True,
                                    resets=r, block_v=block_v, num_warps=num_warps, num_stages=num_stages,
-                                   fused=fused, out_block_v=block_v, split=split)
+                                   fused=fused, out_block_v=block_v, split=split, products=products)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert _rel_rms(o, o_ref) <= tol and _rel_rms(s, s_ref) <= tol
 
 
-@pytest.mark.parametrize("fused,block_v,num_warps,num_stages,dtype,split", [
-    (True, 16, 4, 1, torch.float32, None), (False, 32, 8, 1, torch.float32, None),
-    (True, 32, 8, 2, torch.bfloat16, None), (True, 64, 4, 2, torch.bfloat16, None),
-    (False, 16, 4, 2, torch.bfloat16, None), (False, 64, 8, 2, torch.bfloat16, None),
-    (True, 32, 4, 2, torch.bfloat16, True), (False, 32, 4, 2, torch.bfloat16, True),
+@pytest.mark.parametrize("fused,block_v,num_warps,num_stages,dtype,split,products", [
+    (True, 16, 4, 1, torch.float32, None, None), (False, 32, 8, 1, torch.float32, None, None),
+    (True, 32, 8, 2, torch.bfloat16, None, None), (True, 64, 4, 2, torch.bfloat16, None, None),
+    (False, 16, 4, 2, torch.bfloat16, None, None), (False, 64, 8, 2, torch.bfloat16, None, None),
+    (True, 32, 4, 2, torch.bfloat16, True, None), (False, 32, 4, 2, torch.bfloat16, True, None),
+    (True, 32, 4, 1, torch.bfloat16, None, "tf32"), (False, 64, 4, 1, torch.bfloat16, None, "tf32"),
 ])
-def test_triton_launch_configs_match_naive(fused, block_v, num_warps, num_stages, dtype, split):
-    _check_launch(64, fused, block_v, num_warps, num_stages, dtype, split)
+def test_triton_launch_configs_match_naive(fused, block_v, num_warps, num_stages, dtype, split, products):
+    _check_launch(64, fused, block_v, num_warps, num_stages, dtype, split, products)
 
 
 # Dk = 128 with bf16 products keeps the state in two 64-row halves (a 128-row state tile once hit an illegal
-# memory access on sm_90); run these in their own process: such an error leaves the CUDA context unusable
-@pytest.mark.parametrize("fused,block_v,num_warps,num_stages", [
-    (True, 16, 4, 2), (True, 32, 4, 2), (True, 32, 8, 2), (True, 64, 4, 2), (True, 32, 4, 1), (False, 32, 4, 2),
+# memory access on sm_90); TF32 products keep the full-width state. A CUDA error leaves the process's context
+# unusable: when one of these fails, rerun the file's tests one process each
+@pytest.mark.parametrize("fused,block_v,num_warps,num_stages,products", [
+    (True, 16, 4, 2, None), (True, 32, 4, 2, None), (True, 32, 8, 2, None), (True, 64, 4, 2, None),
+    (False, 32, 4, 2, None), (True, 32, 4, 1, "tf32"), (False, 64, 4, 1, "tf32"),
 ])
-def test_triton_d128_bf16_launch_configs_match_naive(fused, block_v, num_warps, num_stages):
-    _check_launch(128, fused, block_v, num_warps, num_stages, torch.bfloat16, None)
+def test_triton_d128_bf16_launch_configs_match_naive(fused, block_v, num_warps, num_stages, products):
+    _check_launch(128, fused, block_v, num_warps, num_stages, torch.bfloat16, None, products)
 
 
-def test_auto_dispatch_keeps_wide_16bit_keys_on_torch():
+def test_auto_dispatch_takes_triton_for_16bit_keys_up_to_128_and_torch_beyond():
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule
+    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
 
-    inputs, r, _, _ = _case(63, 128, True)
+    inputs, r, _, _ = _case(300, 128, True)
     q, k, v, g, beta, s0 = (t.bfloat16() for t in inputs)
     with torch.no_grad():
         o, s = gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
-        o_t, s_t = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
+        o_t, s_t = triton_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
+    assert torch.equal(o, o_t) and torch.equal(s, s_t)
+    wide = [torch.cat([t, t], dim=-1) if t.dim() == 4 and t.shape[-1] == 128 else t for t in (q, k, v)]
+    with torch.no_grad():
+        o, s = gated_delta_rule(*wide, g, beta, resets=r)
+        o_t, s_t = chunk_gated_delta_rule(*wide, g, beta, resets=r)
     assert torch.equal(o, o_t) and torch.equal(s, s_t)
 
 

@@ -69,7 +69,7 @@ def gated_delta_rule(
     """Chunkwise gated delta rule through the backend registry (shapes as :func:`chunk_gated_delta_rule`).
 
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
-    grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_16BIT_MAX_DK`), else the torch path; an
+    grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
     explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``.
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,

@@ -58,10 +58,9 @@ def needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-# Widest key dimension that auto dispatch sends to the Triton forward with 16-bit inputs. Wider keys with 16-bit
-# products once hit an illegal memory access on sm_90 (Triton 3.6, a 128-row state tile); the kernel now keeps
-# such states in two 64-row halves, which stays off auto dispatch until the GPU tests pass at Dk = 128.
-TRITON_16BIT_MAX_DK = 64
+# Widest key dimension that dispatch sends to the Triton forward: the GPU tests cover Dk <= 128 (fp32 and 16-bit);
+# wider keys need more shared memory than one program of the state kernel has on sm_90.
+TRITON_MAX_DK = 128
 
 
 def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | None = None,
@@ -71,7 +70,6 @@ def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | 
         return "forward only (no autograd): inputs require grad; use backend 'torch' or torch.no_grad()"
     if chunk_size not in (16, 32, 64):
         return f"chunk_size must be 16, 32 or 64, got {chunk_size!r}"
-    if dk is not None and dk > TRITON_16BIT_MAX_DK and input_dtype in (torch.bfloat16, torch.float16):
-        return (f"16-bit inputs need Dk <= {TRITON_16BIT_MAX_DK} (wider keys not yet proven on the GPU), "
-                f"got Dk={dk} {input_dtype}")
+    if dk is not None and dk > TRITON_MAX_DK:
+        return f"keys need Dk <= {TRITON_MAX_DK} (wider ones not proven on the GPU), got Dk={dk}"
     return None

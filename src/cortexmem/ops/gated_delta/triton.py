@@ -23,14 +23,29 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ...core.precompile import launch
 from .checks import check_gated_delta_inputs, needs_grad, triton_rejects
+
+# Product modes (constexpr ``DOT``): fp32 operands with 3xTF32 (about fp32 accuracy), fp32 operands with one TF32
+# pass (10-bit mantissa: finer than the bf16/fp16 inputs it serves), or bf16 operands (fastest). Measured on an H200
+# with Triton 3.6: bf16 operands give a wrong final state (relative error 1.0) and outputs when the sequence is a
+# single chunk (T <= chunk_size: the two-stage pipelined chunk loop runs once), a miscompile the bounds-checked
+# interpreter does not reproduce; from 3 chunks on (T = 300, 2049, 8192, with and without resets) they match the
+# fp64 reference. 16-bit inputs therefore take bf16 products from ``BF16_MIN_CHUNKS`` chunks on, TF32 below.
+BF16_MIN_CHUNKS = 3
+DOT_TF32X3 = tl.constexpr(0)
+DOT_TF32 = tl.constexpr(1)
+DOT_BF16 = tl.constexpr(2)
+PRODUCTS = {"tf32x3": 0, "tf32": 1, "bf16": 2}
 
 
 @triton.jit
-def _dot(a, b, BF16_DOT: tl.constexpr):
+def _dot(a, b, DOT: tl.constexpr):
     # one return: code after a return inside a constexpr ``if`` is still compiled (and fp32-only options fail)
-    if BF16_DOT:
+    if DOT == DOT_BF16:
         r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif DOT == DOT_TF32:
+        r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32")
     else:
         r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
     return r
@@ -71,7 +86,7 @@ def _block_gates(G, R, b, h, t0, j0, g_c, r_c, rc, rb, T, NH, HAS_R: tl.constexp
 
 @triton.jit
 def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
-               HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
+               HAS_R: tl.constexpr, DOT: tl.constexpr):
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // NH
@@ -106,16 +121,16 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
             kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
                            mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
             dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
-            a_ij = _dot(k_i, kT_j, BF16_DOT) * dec * beta_i[:, None]
-            rhs_w -= _dot(a_ij, tl.load(w_base + rj[:, None] * DK + rk[None, :]), BF16_DOT)
-            rhs_u -= _dot(a_ij, tl.load(u_base + rj[:, None] * DV + rv[None, :]), BF16_DOT)
+            a_ij = _dot(k_i, kT_j, DOT) * dec * beta_i[:, None]
+            rhs_w -= _dot(a_ij, tl.load(w_base + rj[:, None] * DK + rk[None, :]), DOT)
+            rhs_u -= _dot(a_ij, tl.load(u_base + rj[:, None] * DV + rv[None, :]), DOT)
         # diagonal block: M = -A_ii (strictly lower), inverted below
         kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
                        mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
         link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
         dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
-        m = -_dot(k_i, kT_i, BF16_DOT) * dec_d * beta_i[:, None]
-        if BF16_DOT:
+        m = -_dot(k_i, kT_i, DOT) * dec_d * beta_i[:, None]
+        if DOT == DOT_BF16:
             # A^16 = 0, so (I + A)^-1 = sum_{n<16} (-A)^n = (I + M)(I + M^2)(I + M^4)(I + M^8) with M = -A: six
             # tiny fp32 products instead of 15 dependent row steps. Intermediate powers can exceed the result
             # (keys all alike: ~1e4), costing up to ~1e-3 absolute in fp32, below the bf16 rounding of the use.
@@ -131,8 +146,8 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
                 row = row + tl.sum(row[:, None] * m, 0)  # + sum_j -A_ij ((I + A)^-1 - I)_j
                 m = tl.where(rb[:, None] == i, row[None, :], m)
             t_inv = m + eye
-        w_i = _dot(t_inv, rhs_w, BF16_DOT)
-        u_i = _dot(t_inv, rhs_u, BF16_DOT)
+        w_i = _dot(t_inv, rhs_w, DOT)
+        u_i = _dot(t_inv, rhs_u, DOT)
         tl.store(w_base + ri[:, None] * DK + rk[None, :], w_i.to(W.dtype.element_ty))
         tl.store(u_base + ri[:, None] * DV + rv[None, :], u_i.to(U.dtype.element_ty))
         tl.debug_barrier()  # the next block re-reads these rows, written by other threads of this program
@@ -153,7 +168,7 @@ def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
 
 
 @triton.jit
-def _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
+def _read_out(qk, qs, u, gamma, seg, rc, DOT: tl.constexpr):
     """Chunk outputs ``o = (e^gamma q) S + P u`` with ``P_ij = e^(gamma_i - gamma_j) q_i.k_j`` on joined j <= i.
 
     Takes the products ``qk = q K^T`` and ``qs = q S`` (summed over the key halves when the keys are split).
@@ -162,13 +177,13 @@ def _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT: tl.constexpr):
     dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
     d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)  # e^gamma_i while joined to S_0
     # diag(d_in) (q S) rather than (diag(d_in) q) S: scales a (C, BV) tile instead of a (C, DK) one
-    return qs * d_in[:, None] + _dot(qk * dec, u, BF16_DOT)
+    return qs * d_in[:, None] + _dot(qk * dec, u, DOT)
 
 
 @triton.jit
 def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
                   DH: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
-                  HAS_S0: tl.constexpr, FUSED: tl.constexpr, BF16_DOT: tl.constexpr):
+                  HAS_S0: tl.constexpr, FUSED: tl.constexpr, DOT: tl.constexpr):
     # SPLIT: the state is kept as two key halves S, S2 of DH = DK / 2 rows, so that every product has the shapes
     # of the DK = 64 kernel (a 128-row state tile hits an illegal shared-memory access on sm_90 with Triton 3.6)
     bv = tl.program_id(0)
@@ -199,21 +214,21 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
         chunk = bh * N + n
         w_ptr = W + chunk * C * DK + rc[:, None] * DK + rk[None, :]
         kT = _keys_t(K, b, h, tc, ok, T, NH, DKR, rk)
-        ws = _dot(tl.load(w_ptr), S, BF16_DOT)
+        ws = _dot(tl.load(w_ptr), S, DOT)
         if SPLIT:
             kT2 = _keys_t(K, b, h, tc, ok, T, NH, DKR, rk2)
-            ws += _dot(tl.load(w_ptr + DH), S2, BF16_DOT)
+            ws += _dot(tl.load(w_ptr + DH), S2, DOT)
         u_ptr = U + chunk * C * DV + rc[:, None] * DV + rv[None, :]
         u = tl.load(u_ptr).to(tl.float32) - ws
         if FUSED:
             q = _rows(Q, b, h, tc, ok, T, NH, DKR, rk)
-            qk = _dot(q, kT, BF16_DOT)
-            qs = _dot(q, S, BF16_DOT)
+            qk = _dot(q, kT, DOT)
+            qs = _dot(q, S, DOT)
             if SPLIT:
                 q2 = _rows(Q, b, h, tc, ok, T, NH, DKR, rk2)
-                qk += _dot(q2, kT2, BF16_DOT)
-                qs += _dot(q2, S2, BF16_DOT)
-            o = _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT)
+                qk += _dot(q2, kT2, DOT)
+                qs += _dot(q2, S2, DOT)
+            o = _read_out(qk, qs, u, gamma, seg, rc, DOT)
             tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
                      mask=ok[:, None] & (rv[None, :] < DVR))
         else:
@@ -224,9 +239,9 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
                 tl.store(h_ptr + DH * DV, S2.to(H.dtype.element_ty))
             tl.store(u_ptr, u.to(U.dtype.element_ty))
         ud = u * d_out[:, None]  # the decay scales u's rows, not kT's columns
-        S = S * d_c + _dot(kT, ud, BF16_DOT)
+        S = S * d_c + _dot(kT, ud, DOT)
         if SPLIT:
-            S2 = S2 * d_c + _dot(kT2, ud, BF16_DOT)
+            S2 = S2 * d_c + _dot(kT2, ud, DOT)
     tl.store(SF + s_off, S, mask=s_mask)
     if SPLIT:
         tl.store(SF + s_off + DH * DVR, S2, mask=s_mask2)
@@ -234,7 +249,7 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
 
 @triton.jit
 def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, DH: tl.constexpr,
-                SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, BF16_DOT: tl.constexpr):
+                SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, DOT: tl.constexpr):
     bv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -249,14 +264,14 @@ def _out_kernel(Q, K, G, R, H, U, O, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: t
     chunk = bh * N + n
     h_ptr = H + chunk * DK * DV + rk[:, None] * DV + rv[None, :]
     q = _rows(Q, b, h, tc, ok, T, NH, DKR, rk)
-    qk = _dot(q, _keys_t(K, b, h, tc, ok, T, NH, DKR, rk), BF16_DOT)
-    qs = _dot(q, tl.load(h_ptr), BF16_DOT)
+    qk = _dot(q, _keys_t(K, b, h, tc, ok, T, NH, DKR, rk), DOT)
+    qs = _dot(q, tl.load(h_ptr), DOT)
     if SPLIT:
         q2 = _rows(Q, b, h, tc, ok, T, NH, DKR, DH + rk)
-        qk += _dot(q2, _keys_t(K, b, h, tc, ok, T, NH, DKR, DH + rk), BF16_DOT)
-        qs += _dot(q2, tl.load(h_ptr + DH * DV), BF16_DOT)
+        qk += _dot(q2, _keys_t(K, b, h, tc, ok, T, NH, DKR, DH + rk), DOT)
+        qs += _dot(q2, tl.load(h_ptr + DH * DV), DOT)
     u = tl.load(U + chunk * C * DV + rc[:, None] * DV + rv[None, :])
-    o = _read_out(qk, qs, u, gamma, seg, rc, BF16_DOT)
+    o = _read_out(qk, qs, u, gamma, seg, rc, DOT)
     tl.store(O + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], o.to(O.dtype.element_ty),
              mask=ok[:, None] & (rv[None, :] < DVR))
 
@@ -265,41 +280,51 @@ def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _default_stages(fused: bool, DK: int, bf16_dot: bool) -> int:
-    # bf16: prefetch the next chunk (2 stages), the setting the GPU tests cover; fp32 products keep one stage (the
-    # fp32 tiles double the shared memory)
-    return 2 if bf16_dot else 1
+def _default_stages(dot: int) -> int:
+    # bf16 products: prefetch the next chunk (2 stages; one stage was wrong on sm_90); fp32 operands keep one stage
+    # (their tiles double the shared memory)
+    return 2 if dot == PRODUCTS["bf16"] else 1
 
 
-def _default_block_v(n_bh: int, DK: int, DV: int, bf16_dot: bool) -> int:
-    # enough (batch*head, V-block) programs to fill the GPU's ~132 SMs, without splitting V below 16; wide keys
-    # take narrower V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory
-    bv = min(DV, 64, max(16, (8192 if bf16_dot else 4096) // DK))
-    while bv > 16 and n_bh * (DV // bv) < 256:
+def _default_block_v(n_bh: int, DK: int, DV: int, dot: int) -> int:
+    # about one (batch*head, V-block) program per SM (~132), without splitting V below 16; wide keys take narrower
+    # V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory. Measured on an
+    # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms)
+    bv = min(DV, 64, max(16, (8192 if dot == PRODUCTS["bf16"] else 4096) // DK))
+    while bv > 16 and n_bh * (DV // bv) < 128:
         bv //= 2
     return bv
 
 
-def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None):
+def default_products(dtype: torch.dtype, n_chunks: int) -> str:
+    """``tf32x3`` for fp32/fp64 inputs; for 16-bit ones ``bf16`` from ``BF16_MIN_CHUNKS`` chunks on, else ``tf32``."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return "tf32x3"
+    return "bf16" if n_chunks >= BF16_MIN_CHUNKS else "tf32"
+
+
+def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=None):
     """Contiguous inputs (``r`` int8 resets or None) -> ``W (B, NH, N*C, DK)``, ``U (B, NH, N*C, DV)``."""
     B, T, NH, Dk = k.shape
     N = triton.cdiv(T, C)
+    dot = PRODUCTS[products or ("bf16" if op_dtype != torch.float32 else "tf32x3")]
     W = torch.empty(B, NH, N * C, DK, dtype=op_dtype, device=k.device)
     U = torch.empty(B, NH, N * C, DV, dtype=op_dtype, device=k.device)
-    _wy_kernel[(N, B * NH)](k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, v.shape[-1], DK=DK,
-                            DV=DV, C=C, HAS_R=r is not None, BF16_DOT=op_dtype != torch.float32,
-                            num_warps=num_warps or 4, num_stages=1)
+    launch(_wy_kernel, (N, B * NH), k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, v.shape[-1],
+           DK=DK, DV=DV, C=C, HAS_R=r is not None, DOT=dot, num_warps=num_warps or 4, num_stages=1)
     return W, U
 
 
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
                         block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
-                        out_block_v=None, out_num_warps=None, split=None):
+                        out_block_v=None, out_num_warps=None, split=None, products=None):
     """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
     pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
     ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 products with ``DK > 64``).
+    ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
+    ``BF16_MIN_CHUNKS`` chunks is refused (wrong results on sm_90 with Triton 3.6, see ``BF16_MIN_CHUNKS``).
     """
     out_dtype = v.dtype
     B, T, NH, Dk = k.shape
@@ -307,41 +332,47 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
-    bf16_dot = out_dtype != torch.float32
-    # the fp32 path keeps the full-width state (proven on sm_90 at DK = 128; the split would spill more there)
+    products = products or default_products(out_dtype, N)
+    if products not in PRODUCTS:
+        raise ValueError(f"gated delta rule, triton backend: products must be one of {sorted(PRODUCTS)}, "
+                         f"got {products!r}")
+    dot = PRODUCTS[products]
+    bf16_dot = products == "bf16"
+    if bf16_dot and N < BF16_MIN_CHUNKS:
+        raise ValueError(f"gated delta rule, triton backend: bf16 products need >= {BF16_MIN_CHUNKS} chunks of "
+                         f"{C} steps (fewer gave wrong results on sm_90 with Triton 3.6), got T={T}; "
+                         f"use products='tf32'")
+    # the fp32-operand path keeps the full-width state (proven on sm_90 at DK = 128; the split would spill more)
     split = DK > 64 and bf16_dot if split is None else split
     if split and DK < 32:
         raise ValueError(f"gated delta rule, triton backend: split needs padded Dk >= 32, got {DK}")
     DH = DK // 2 if split else DK
-    BV = block_v or _default_block_v(B * NH, DK, DV, out_dtype != torch.float32)
+    BV = block_v or _default_block_v(B * NH, DK, DV, dot)
     for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
         if bv not in (16, 32, 64, 128) or bv > DV:
             raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
     if bf16_dot and num_stages == 1:
         # measured on an H100 with Triton 3.6: one stage with 16-bit products gave an illegal memory access (full
-        # state) or wrong outputs (split state, relative error 0.8); two stages are correct on both
-        raise ValueError("gated delta rule, triton backend: num_stages=1 is refused for 16-bit inputs (wrong results "
+        # state) or wrong outputs (split state, relative error 0.8)
+        raise ValueError("gated delta rule, triton backend: num_stages=1 is refused for bf16 products (wrong results "
                          "on sm_90 with Triton 3.6); use num_stages >= 2")
-    # the kernels round product operands to bf16 anyway: storing W and U in bf16 halves their traffic
+    # bf16 products round their operands to bf16 anyway: storing W and U in bf16 halves their traffic
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     r = (resets != 0).to(torch.int8).contiguous() if resets is not None else None
-    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps)
+    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps, products=products)
     o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
     SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
     S0 = initial_state.contiguous() if initial_state is not None else None
     Hs = SF if fused else torch.empty(B, NH, N, DK, DV, dtype=op_dtype, device=v.device)
     rr = r if r is not None else g
-    _state_kernel[(DV // BV, B * NH)](q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH, Dk, Dv,
-                                      DK=DK, DV=DV, DH=DH, SPLIT=split, C=C, BV=BV, HAS_R=r is not None,
-                                      HAS_S0=S0 is not None,
-                                      FUSED=fused, BF16_DOT=bf16_dot, num_warps=num_warps or 4,
-                                      num_stages=num_stages or _default_stages(fused, DK, bf16_dot))
+    launch(_state_kernel, (DV // BV, B * NH), q, k, g, rr, W, U, S0 if S0 is not None else SF, o, SF, Hs, T, N, NH,
+           Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
+           FUSED=fused, DOT=dot, num_warps=num_warps or 4, num_stages=num_stages or _default_stages(dot))
     if not fused:
         OBV = out_block_v or min(DV, 64)
-        _out_kernel[(DV // OBV, N, B * NH)](q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split,
-                                            C=C, BV=OBV,
-                                            HAS_R=r is not None, BF16_DOT=bf16_dot, num_warps=out_num_warps or 4)
+        launch(_out_kernel, (DV // OBV, N, B * NH), q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, DH=DH,
+               SPLIT=split, C=C, BV=OBV, HAS_R=r is not None, DOT=dot, num_warps=out_num_warps or 4)
     return o, (SF.to(out_dtype) if output_final_state else None)
 
 
@@ -361,8 +392,8 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16/fp16 inputs use bf16 products with fp32
-    accumulation and state.
+    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16/fp16 inputs use bf16 products (one-pass TF32
+    on fp32 operands below ``BF16_MIN_CHUNKS`` chunks), with fp32 accumulation and state.
     ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels.
     """
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
