@@ -81,6 +81,8 @@ class TrainNiahConfig:
             raise ValueError(f"lm_seq_len must be an integer >= 2 or None, got {self.lm_seq_len!r}")
         if not isinstance(self.write_l1, int | float) or not math.isfinite(self.write_l1) or self.write_l1 < 0:
             raise ValueError(f"write_l1 must be a finite number >= 0, got {self.write_l1!r}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
         if self.write_l1_on not in ("filler", "all"):
             raise ValueError(f"write_l1_on must be 'filler' or 'all', got {self.write_l1_on!r}")
         if not 0.0 <= self.min_depth <= self.max_depth <= 1.0:
