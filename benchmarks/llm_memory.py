@@ -177,7 +177,8 @@ def bench_niah(args, device: torch.device, out: Path) -> dict:
                              min_length=args.min_train_length or None, curriculum_steps=args.curriculum_steps,
                              time_limit_s=args.train_seconds or None, lm_tokens=args.lm_tokens,
                              lm_seq_len=args.lm_seq_len or None, write_l1=args.write_l1,
-                             write_l1_on=args.write_l1_on, checkpoint=not args.no_checkpoint)
+                             write_l1_on=args.write_l1_on, write_l1_warmup=args.write_l1_warmup,
+                             checkpoint=not args.no_checkpoint)
         hist = train_niah(mlm, task, tc, out / "niah", progress=not args.quiet)
         res["train"] = {"steps_done": hist.step[-1] if hist.step else 0,
                         "answer_loss_curve": _curve(hist.loss), "lm_loss_curve": _curve(hist.lm_loss),
@@ -252,6 +253,7 @@ def main() -> None:
     p.add_argument("--lm-seq-len", type=int, default=0, help="row length of that text (0: min(lm_tokens, 2 chunks))")
     p.add_argument("--write-l1", type=float, default=0.0, help="L1 penalty weight on the write strength b")
     p.add_argument("--write-l1-on", default="filler", choices=["filler", "all"])
+    p.add_argument("--write-l1-warmup", type=int, default=0, help="steps over which the L1 weight ramps up")
     p.add_argument("--gate-context", type=int, default=0, help="taps of the causal conv feeding the write gate")
     p.add_argument("--gate-context-hidden", type=int, default=32)
     p.add_argument("--no-checkpoint", action="store_true", help="no per-chunk recompute in training (more memory)")

@@ -102,6 +102,7 @@ def test_eval_niah_reports_write_gates():
     ({"write_l1": float("nan")}, "write_l1"),
     ({"write_l1_on": "needle"}, "write_l1_on"),
     ({"time_limit_s": 0.0}, "time_limit_s"),
+    ({"write_l1_warmup": -3}, "write_l1_warmup"),
 ])
 def test_train_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -117,7 +118,7 @@ def test_write_l1_needs_a_write_gate():
 
 
 @pytest.mark.parametrize("args", [["--write-l1", "-1"], ["--lm-tokens", "-5"], ["--write-l1-on", "x"],
-                                  ["--gate-context", "-2"], ["--lm-tokens", "64", "--lm-weight", "0"]])
+                                  ["--write-l1-warmup", "-1"], ["--gate-context", "-2"], ["--lm-tokens", "64", "--lm-weight", "0"]])
 def test_cli_rejects_bad_flags_before_loading(tmp_path, args):
     res = CliRunner().invoke(app, ["llm", "train-niah", "--base", str(tmp_path / "missing"), "--out",
                                    str(tmp_path / "run"), "--device", "cpu", *args])

@@ -136,6 +136,7 @@ def train_niah_cmd(
     lm_seq_len: int = typer.Option(0, help="row length of the plain text (0: min(lm_tokens, 2 chunks))"),
     write_l1: float = typer.Option(0.0, help="L1 penalty weight on the write strength b"),
     write_l1_on: str = typer.Option("filler", help="filler (not needle/distractor tokens) or all"),
+    write_l1_warmup: int = typer.Option(0, help="steps over which the L1 weight ramps up from 0"),
     checkpoint: bool = typer.Option(True, "--checkpoint/--no-checkpoint",
                                     help="recompute each chunk in backward (off: faster, more memory)"),
     min_length: int = typer.Option(0, help="length curriculum start (0: none)"),
@@ -156,7 +157,8 @@ def train_niah_cmd(
         tc = TrainNiahConfig(length=length, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
                              save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed, lm_weight=lm_weight,
                              lm_tokens=lm_tokens, lm_seq_len=lm_seq_len or None, write_l1=write_l1,
-                             write_l1_on=write_l1_on, checkpoint=checkpoint, min_length=min_length or None,
+                             write_l1_on=write_l1_on, write_l1_warmup=write_l1_warmup, checkpoint=checkpoint,
+                             min_length=min_length or None,
                              curriculum_steps=curriculum_steps, time_limit_s=time_limit or None)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

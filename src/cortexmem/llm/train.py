@@ -62,6 +62,8 @@ class TrainNiahConfig:
     # distractor spans) or "all" positions: pushes b to zero where nothing needs storing
     write_l1: float = 0.0
     write_l1_on: str = "filler"
+    # ramp the L1 weight linearly from 0 over this many steps: retrieval is learned with open gates first
+    write_l1_warmup: int = 0
 
     def __post_init__(self) -> None:
         for name in ("length", "steps", "batch_size", "eval_every", "eval_samples", "save_every"):
@@ -81,6 +83,9 @@ class TrainNiahConfig:
             raise ValueError(f"lm_seq_len must be an integer >= 2 or None, got {self.lm_seq_len!r}")
         if not isinstance(self.write_l1, int | float) or not math.isfinite(self.write_l1) or self.write_l1 < 0:
             raise ValueError(f"write_l1 must be a finite number >= 0, got {self.write_l1!r}")
+        if isinstance(self.write_l1_warmup, bool) or not isinstance(self.write_l1_warmup, int) \
+                or self.write_l1_warmup < 0:
+            raise ValueError(f"write_l1_warmup must be an integer >= 0, got {self.write_l1_warmup!r}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
         if self.write_l1_on not in ("filler", "all"):
@@ -181,7 +186,7 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
         if lm_loss is not None:
             loss = loss + cfg.lm_weight * lm_loss
         if gate is not None:
-            loss = loss + cfg.write_l1 * gate
+            loss = loss + cfg.write_l1 * min(1.0, (step + 1) / max(1, cfg.write_l1_warmup)) * gate
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
