@@ -185,7 +185,7 @@ def bench_niah(args, device: torch.device, out: Path) -> dict:
                         "write_gate_curve": _curve(hist.write_gate),
                         "eval_step": hist.eval_step, "eval_acc_at_train_length": hist.eval_acc}
         print(f"train-niah: {res['train']['steps_done']} steps in {time.perf_counter() - t0:.0f} s; "
-              f"answer loss {res['train']['answer_loss_curve']}\n  haystack lm loss "
+              f"answer loss {res['train']['answer_loss_curve']}\n  lm loss (no-harm term) "
               f"{res['train']['lm_loss_curve']}\n  write gate (penalised positions) "
               f"{res['train']['write_gate_curve']}\n  held-out acc at {args.train_length}: "
               f"{list(zip(hist.eval_step, hist.eval_acc, strict=True))}", flush=True)
@@ -284,6 +284,12 @@ def main() -> None:
         args.train_batch, args.niah_lengths, args.depths, args.samples = 4, "256,1k", "0,0.5,1", 4
         args.digits, args.distractors, args.eval_batch, args.baseline_samples = 3, 2, 6, 2
         args.no_harm_texts, args.no_harm_chars = 2, 256
+        # the GPU recipe's flags scaled down with the rest (the same command line runs as a smoke test)
+        args.min_train_length = min(args.min_train_length, args.train_length)
+        args.curriculum_steps = min(args.curriculum_steps, args.train_steps // 2)
+        args.write_l1_warmup = min(args.write_l1_warmup, args.train_steps // 2)
+        args.lm_tokens, args.lm_seq_len = min(args.lm_tokens, 2 * args.chunk_size), min(args.lm_seq_len, 128)
+        args.gate_context = min(args.gate_context, 8)
         torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
