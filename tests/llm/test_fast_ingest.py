@@ -147,3 +147,18 @@ def test_bad_write_mask_and_gate_context_are_rejected():
 
     with pytest.raises(ValueError, match="gate_context needs a cell with a write gate"):
         attach_memory(tiny_base("llama"), small_memory(8, gate_context=4, cell=LSTMCellConfig(hidden_size=16)))
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_beta_bias_closes_the_write_gate_of_both_delta_cells(hybrid):
+    cell = small_memory(8, use_hybrid=hybrid, window=4).cell_config()
+    from cortexmem.cells.base import build_cell
+
+    torch.manual_seed(0)
+    c = build_cell(cell)
+    x = torch.randn(2, 12, cell.hidden_size)
+    st = c.init_state(2)
+    _, open_ = c.forward_sequence(x, st, None)
+    _, shut = c.forward_sequence(x, st, None, beta_bias=torch.full((2, 12, c.num_heads), -60.0))
+    assert open_["S"].abs().sum() > 0 and shut["S"].abs().max() < 1e-12
+    torch.testing.assert_close(c.write_gates(x, torch.zeros(2, 12, c.num_heads))[1], c.write_gates(x)[1])
