@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from cortexmem.core.io import atomic_write_text
 from cortexmem.llm import MemoryConfig, TextNiah, attach_memory, load_with_memory
 from cortexmem.llm.eval import (
     _peak_mb,
@@ -92,7 +93,7 @@ def bench_throughput(mlm, tokens: int, batch: int, device: torch.device, repeats
 
     def with_memory_full():
         with torch.no_grad():
-            mlm(ids, return_logits=False)
+            mlm(ids, return_logits=False, fast_unscored=False)  # every layer + the sidecar on every chunk
 
     res = {}
     for name, fn in (("base", base_alone), ("memory_ingest", with_memory), ("memory_full_forward", with_memory_full)):
@@ -117,7 +118,8 @@ def memory_config(args) -> MemoryConfig:
                         write_init=args.write_init or None, compressor=args.compressor,
                         layers="auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")],
                         read_from=args.read_from, conv_kernel=args.conv_kernel,
-                        induction_init=not args.no_induction, zero_init=args.zero_init)
+                        induction_init=not args.no_induction, zero_init=args.zero_init,
+                        gate_context=args.gate_context, gate_context_hidden=args.gate_context_hidden)
 
 
 def heldout_texts(tok, n: int, chars: int, device: torch.device) -> list[torch.Tensor]:
@@ -173,14 +175,19 @@ def bench_niah(args, device: torch.device, out: Path) -> dict:
                              eval_every=max(1, args.train_steps // 6), eval_samples=32,
                              save_every=args.train_steps, lm_weight=args.lm_weight,
                              min_length=args.min_train_length or None, curriculum_steps=args.curriculum_steps,
-                             time_limit_s=args.train_seconds or None)
+                             time_limit_s=args.train_seconds or None, lm_tokens=args.lm_tokens,
+                             lm_seq_len=args.lm_seq_len or None, write_l1=args.write_l1,
+                             write_l1_on=args.write_l1_on, write_l1_warmup=args.write_l1_warmup,
+                             checkpoint=not args.no_checkpoint)
         hist = train_niah(mlm, task, tc, out / "niah", progress=not args.quiet)
         res["train"] = {"steps_done": hist.step[-1] if hist.step else 0,
                         "answer_loss_curve": _curve(hist.loss), "lm_loss_curve": _curve(hist.lm_loss),
+                        "write_gate_curve": _curve(hist.write_gate),
                         "eval_step": hist.eval_step, "eval_acc_at_train_length": hist.eval_acc}
         print(f"train-niah: {res['train']['steps_done']} steps in {time.perf_counter() - t0:.0f} s; "
-              f"answer loss {res['train']['answer_loss_curve']}\n  haystack lm loss "
-              f"{res['train']['lm_loss_curve']}\n  held-out acc at {args.train_length}: "
+              f"answer loss {res['train']['answer_loss_curve']}\n  lm loss (no-harm term) "
+              f"{res['train']['lm_loss_curve']}\n  write gate (penalised positions) "
+              f"{res['train']['write_gate_curve']}\n  held-out acc at {args.train_length}: "
               f"{list(zip(hist.eval_step, hist.eval_acc, strict=True))}", flush=True)
     res["seconds"]["train"] = time.perf_counter() - t0
     res["write_stats"] = write_stats(mlm, task, length=args.train_length, n=8)
@@ -241,6 +248,15 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-lr", type=float, default=1e-3)
     p.add_argument("--lm-weight", type=float, default=1.0, help="next-token loss on the haystack (no-harm term)")
+    p.add_argument("--lm-tokens", type=int, default=0, help="no-harm LM loss on this many plain-text tokens per "
+                   "step, not on the haystack (0: on every haystack chunk)")
+    p.add_argument("--lm-seq-len", type=int, default=0, help="row length of that text (0: min(lm_tokens, 2 chunks))")
+    p.add_argument("--write-l1", type=float, default=0.0, help="L1 penalty weight on the write strength b")
+    p.add_argument("--write-l1-on", default="filler", choices=["filler", "all"])
+    p.add_argument("--write-l1-warmup", type=int, default=0, help="steps over which the L1 weight ramps up")
+    p.add_argument("--gate-context", type=int, default=0, help="taps of the causal conv feeding the write gate")
+    p.add_argument("--gate-context-hidden", type=int, default=32)
+    p.add_argument("--no-checkpoint", action="store_true", help="no per-chunk recompute in training (more memory)")
     p.add_argument("--min-train-length", type=int, default=0, help="length curriculum start (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=0)
     p.add_argument("--train-seconds", type=float, default=0, help="stop NIAH training after this long (0: no limit)")
@@ -268,6 +284,12 @@ def main() -> None:
         args.train_batch, args.niah_lengths, args.depths, args.samples = 4, "256,1k", "0,0.5,1", 4
         args.digits, args.distractors, args.eval_batch, args.baseline_samples = 3, 2, 6, 2
         args.no_harm_texts, args.no_harm_chars = 2, 256
+        # the GPU recipe's flags scaled down with the rest (the same command line runs as a smoke test)
+        args.min_train_length = min(args.min_train_length, args.train_length)
+        args.curriculum_steps = min(args.curriculum_steps, args.train_steps // 2)
+        args.write_l1_warmup = min(args.write_l1_warmup, args.train_steps // 2)
+        args.lm_tokens, args.lm_seq_len = min(args.lm_tokens, 2 * args.chunk_size), min(args.lm_seq_len, 128)
+        args.gate_context = min(args.gate_context, 8)
         torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -310,10 +332,9 @@ def main() -> None:
     report["seconds"]["total"] = time.perf_counter() - t_start
     report["summary"] = summarize(report)
     text = json.dumps(report, indent=2) + "\n"
-    (args.out / "report.json").write_text(text)
+    atomic_write_text(args.out / "report.json", text)
     if args.summary is not None:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(text)
+        atomic_write_text(args.summary, text)
     print("SUMMARY " + json.dumps(report["summary"]))
 
 
@@ -343,6 +364,9 @@ def summarize(report: dict) -> dict:
         out["no_harm_ratio"] = round(r["no_harm"]["ratio"], 4)
         out["no_harm"] = r["no_harm"]
         out["write_stats"] = r["write_stats"]
+        if "write_gate_needle" in w:
+            out["niah_write_gate"] = {str(n): {"b_needle": round(a, 5), "b_rest": round(b, 6)} for n, a, b in
+                                      zip(w["lengths"], w["write_gate_needle"], w["write_gate_rest"], strict=True)}
         if "train" in r:
             out["train_eval_acc"] = r["train"]["eval_acc_at_train_length"]
     return out

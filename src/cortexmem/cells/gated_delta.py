@@ -106,10 +106,14 @@ class DeltaMemoryCell(MemoryCell):
         return st
 
     # --- pieces -----------------------------------------------------------------------------------
-    def write_gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [B, T, H]`` -> ``(g = log a, b)``, each ``[B, T, NH]``; ``b`` includes the compressor."""
+    def write_gates(self, x: Tensor, beta_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x [B, T, H]`` -> ``(g = log a, b)``, each ``[B, T, NH]``; ``b`` includes the compressor.
+
+        ``beta_bias [B, T, NH]`` is added to the write logit (a caller's own context features for the gate).
+        """
         g = self.log_alpha_max - self.A_log.exp() * F.softplus(self.a_proj(x) + self.dt_bias)
-        beta = torch.sigmoid(self.beta_proj(x))
+        logit = self.beta_proj(x)
+        beta = torch.sigmoid(logit if beta_bias is None else logit + beta_bias.to(logit.dtype))
         if self.strength is not None:
             beta = beta * torch.sigmoid(self.strength(self.down(x)))
         return g, beta
@@ -159,10 +163,10 @@ class GatedDeltaCell(DeltaMemoryCell):
         return TensorDict(st, batch_size=[batch], device=device)
 
     def forward_sequence(
-        self, x: Tensor, state: TensorDict, resets: Tensor | None
+        self, x: Tensor, state: TensorDict, resets: Tensor | None, *, beta_bias: Tensor | None = None
     ) -> tuple[Tensor, TensorDict]:
         q, k, v, conv = self.qkv(x, state.get("conv", None), resets)
-        g, beta = self.write_gates(x)
+        g, beta = self.write_gates(x, beta_bias)
         o, S = self.memory(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, g, beta, state["S"], resets)
         y = self.output(x, self.o_norm(o.to(x.dtype)))
         new = {"S": S.to(state["S"].dtype)}

@@ -66,12 +66,12 @@ class HybridCell(DeltaMemoryCell):
         return TensorDict(st, batch_size=[batch], device=device)
 
     def forward_sequence(
-        self, x: Tensor, state: TensorDict, resets: Tensor | None
+        self, x: Tensor, state: TensorDict, resets: Tensor | None, *, beta_bias: Tensor | None = None
     ) -> tuple[Tensor, TensorDict]:
         B, T, _ = x.shape
         W = self.window
         q, k, v, conv = self.qkv(x, state.get("conv", None), resets)
-        g, beta = self.write_gates(x)
+        g, beta = self.write_gates(x, beta_bias)
         dt = q.dtype
         # the window extended by this call: index j < W is a carried slot, j = W + t is token t
         ext = {

@@ -80,6 +80,35 @@ def base_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
+class GateContext(nn.Module):
+    """Write-gate logit from the last ``taps`` memory inputs: ``Linear(silu(causal_conv(x)))``, zero at init.
+
+    State: the previous ``taps - 1`` inputs ``[B, taps - 1, width]``, so chunked calls equal one call.
+    """
+
+    def __init__(self, width: int, taps: int, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.taps = taps
+        bound = 1 / math.sqrt(width * taps)
+        self.weight = nn.Parameter(torch.empty(hidden, width, taps).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.out = nn.Linear(hidden, heads)
+        # zero read-out: the gate equals the cell's own at init and `out` gets gradient from step 0
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def init_state(self, batch: int, device: Any, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(batch, self.taps - 1, self.weight.shape[1], device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, buf: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [B, T, W]``, ``buf [B, taps-1, W]`` -> ``(logit [B, T, NH], new buf)``."""
+        T = x.shape[1]
+        xe = torch.cat([buf.to(x.dtype), x], dim=1)  # (B, taps-1+T, W)
+        hid = F.conv1d(xe.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype))  # (B, hidden, T)
+        logit = self.out(F.silu(hid).transpose(1, 2))
+        return logit, xe[:, T:]
+
+
 class MemoryAdapter(nn.Module):
     """Reads and writes one layer's residual stream: ``h + gate * rms(h) * up(rmsnorm(cell(down(rmsnorm(h)))))``."""
 
@@ -95,6 +124,12 @@ class MemoryAdapter(nn.Module):
         # zero gate: exactly the base model at init, yet the gate itself gets gradient from the first step
         self.gate = nn.Parameter(torch.zeros(d_model))
         self._conv_fill = cfg.induction_init
+        self.gate_ctx = None
+        if cfg.gate_context:
+            if not hasattr(self.cell, "write_gates"):
+                raise ValueError(f"gate_context needs a cell with a write gate (gated-delta / hybrid), got "
+                                 f"{type(self.cell).__name__}")
+            self.gate_ctx = GateContext(width, cfg.gate_context, cfg.gate_context_hidden, self.cell.num_heads)
         if cfg.zero_init == "up":
             # zero read-out instead of zero gate: `up` gets gradient from step 0 (a linear probe of the memory read)
             with torch.no_grad():
@@ -144,17 +179,44 @@ class MemoryAdapter(nn.Module):
             # with the induction conv the first key sees only the carried buffer: a zero buffer gives a zero key,
             # whose L2 normalisation has a 1e12 gradient that swamps every other one under clipping
             st["conv"] = torch.full_like(st["conv"], 0.1)
+        if self.gate_ctx is not None:
+            st["gate_ctx"] = self.gate_ctx.init_state(batch, device, self.gate.dtype)
         return st
 
-    def forward(self, h: Tensor, state: TensorDict, src: Tensor | None = None) -> tuple[Tensor, TensorDict]:
-        """``h`` ``[B, T, D]`` (read from ``src`` ``[B, T, D]`` when given) -> ``(h', new_state)``."""
+    @property
+    def has_write_gate(self) -> bool:
+        return hasattr(self.cell, "write_gates")
+
+    def write(self, src: Tensor, state: TensorDict, want_gates: bool = False
+              ) -> tuple[Tensor, TensorDict, Tensor | None]:
+        """Cell step on ``src [B, T, D]`` -> ``(y [B, T, W], new_state, b [B, T] or None)``.
+
+        ``b`` (with ``want_gates``) is the write strength averaged over heads, context term included.
+        """
+        x = self.down(self.norm(src.to(self.gate.dtype)))  # (B, T, W)
+        if self.gate_ctx is None:
+            y, new_state = self.cell.forward_sequence(x, state, None)
+            bias = None
+        else:
+            bias, buf = self.gate_ctx(x, state["gate_ctx"])
+            y, new_state = self.cell.forward_sequence(x, state.exclude("gate_ctx"), None, beta_bias=bias)
+            new_state["gate_ctx"] = buf.to(state["gate_ctx"].dtype)
+        b = None
+        if want_gates:
+            if not self.has_write_gate:
+                raise ValueError(f"{type(self.cell).__name__} has no write gate to measure or penalise")
+            b = self.cell.write_gates(x, bias)[1].float().mean(-1)
+        return y, new_state, b
+
+    def forward(self, h: Tensor, state: TensorDict, src: Tensor | None = None, want_gates: bool = False
+                ) -> tuple[Tensor, TensorDict, Tensor | None]:
+        """``h`` ``[B, T, D]`` (read from ``src`` ``[B, T, D]`` when given) -> ``(h', new_state, b)``."""
+        y, new_state, b = self.write(h if src is None else src, state, want_gates)
         hf = h.to(self.gate.dtype)
-        x = self.down(self.norm(hf if src is None else src.to(self.gate.dtype)))
-        y, new_state = self.cell.forward_sequence(x, state, None)
         # write back in units of the residual's own scale (RMS per token): pretrained residual streams are far
         # larger than a fresh cell's output, and a gate that must grow 20x first stalls training for 1000s of steps
         scale = hf.detach().pow(2).mean(-1, keepdim=True).add(self.norm.eps or 1e-6).sqrt()
-        return h + (self.gate * self.up(self.out_norm(y)) * scale).to(h.dtype), new_state
+        return h + (self.gate * self.up(self.out_norm(y)) * scale).to(h.dtype), new_state, b
 
 
 class SidecarMemory(nn.Module):
@@ -179,6 +241,8 @@ class _Run:
     state: dict[str, TensorDict]
     stop_after: int | None = None
     embeds: Tensor | None = None  # token embeddings of the current call (``read_from="embeddings"``)
+    write_mask: Tensor | None = None  # [B, T] float: where to sum the write strength b
+    write_sums: Tensor | None = None  # [2]: sum of b inside / outside write_mask
 
 
 @dataclass
@@ -193,6 +257,8 @@ class MemoryLMOutput:
     token_correct: int = 0
     lm_loss: Tensor | None = None  # mean next-token loss on ``lm_labels`` when given
     num_lm_tokens: int = 0
+    write_gate_mean: Tensor | None = None  # mean write strength b inside ``write_mask`` (over layers)
+    write_gate_mean_outside: Tensor | None = None  # ... and at every other position
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -251,7 +317,9 @@ class MemoryLM(nn.Module):
                 if run.embeds is None or run.embeds.shape[:2] != h.shape[:2]:
                     raise RuntimeError("read_from='embeddings' needs the base to embed input_ids in this call")
                 src = run.embeds
-            h_new, run.state[key] = adapter(h, state, src)
+            h_new, run.state[key], b = adapter(h, state, src, want_gates=run.write_mask is not None)
+            if b is not None:
+                run.write_sums = _add_gate_sums(run.write_sums, b, run.write_mask)
             if run.stop_after == idx:
                 raise _StopForward
             return (h_new, *output[1:]) if isinstance(output, tuple) else h_new
@@ -263,10 +331,11 @@ class MemoryLM(nn.Module):
             self._run.embeds = output
 
     @contextmanager
-    def _running(self, state: TensorDict, stop_after: int | None = None) -> Iterator[_Run]:
+    def _running(self, state: TensorDict, stop_after: int | None = None,
+                 write_mask: Tensor | None = None) -> Iterator[_Run]:
         if self._run is not None:
             raise RuntimeError("MemoryLM calls cannot be nested")
-        run = _Run({k: state[k] for k in state.keys()}, stop_after)
+        run = _Run({k: state[k] for k in state.keys()}, stop_after, write_mask=write_mask)
         self._run = run
         try:
             yield run
@@ -382,20 +451,45 @@ class MemoryLM(nn.Module):
             state = self._advance(ids[:, s:s + C], state)
         return state
 
-    def _advance(self, ids: Tensor, state: TensorDict, **base_kwargs: Any) -> TensorDict:
-        """Run the base on ``ids`` up to the last memory layer only; return the updated state."""
-        with self._running(state, stop_after=self.layer_ids[-1]) as run:
+    def _advance(self, ids: Tensor, state: TensorDict) -> TensorDict:
+        """Advance the memory over ``ids`` without computing logits; return the updated state."""
+        return self._write_only(ids, state)[0]
+
+    def _write_only(self, ids: Tensor, state: TensorDict, mask: Tensor | None = None,
+                    write_mask: Tensor | None = None) -> tuple[TensorDict, Tensor | None]:
+        """``(new_state, write-gate sums or None)`` computing only what the memory state depends on.
+
+        ``read_from="embeddings"``: the state depends on the token embeddings alone, so no decoder layer runs
+        (embed -> memory write). ``"residual"``: the base runs up to the last memory layer and stops.
+        """
+        B = ids.shape[0]
+        if self.config.read_from == "embeddings":
+            emb = self.base.get_input_embeddings()(ids)  # (B, T, D): what the embedding hook would record
+            new, sums = {}, None
+            for i in self.layer_ids:
+                key = f"layer_{i}"
+                _, new[key], b = self.memory.adapters[str(i)].write(emb, state[key], write_mask is not None)
+                if b is not None:
+                    sums = _add_gate_sums(sums, b, write_mask)
+            return TensorDict(new, batch_size=[B]), sums
+        with self._running(state, stop_after=self.layer_ids[-1], write_mask=write_mask) as run:
             try:
-                self.base(input_ids=ids, use_cache=base_kwargs.pop("use_cache", False), **base_kwargs)
+                self.base(input_ids=ids, attention_mask=mask, use_cache=False)
             except _StopForward:
                 pass
-            return self._pack(run, ids.shape[0])
+            return self._pack(run, B), run.write_sums
+
+    @property
+    def has_write_gates(self) -> bool:
+        """Whether every memory cell has a write gate ``b`` (``write_mask`` / ``write_l1`` need one)."""
+        return all(a.has_write_gate for a in self.memory.adapters.values())
 
     def forward(
         self, input_ids: Tensor, labels: Tensor | None = None, attention_mask: Tensor | None = None, *,
         session_id: str | None = None, state: TensorDict | None = None, reset_session: bool = False,
         checkpoint: bool = False, bptt_chunks: int | None = None, return_logits: bool = True,
-        memory_mode: str = "carry", lm_labels: Tensor | None = None,
+        memory_mode: str = "carry", lm_labels: Tensor | None = None, write_mask: Tensor | None = None,
+        fast_unscored: bool = True,
     ) -> MemoryLMOutput:
         """Chunked forward with loss; gradient flows through the memory state across chunks.
 
@@ -406,48 +500,68 @@ class MemoryLM(nn.Module):
         same chunking) -- the last two are the no-memory baselines. ``lm_labels`` (unshifted, ``-100`` =
         ignored, shifted like ``labels``) adds a second next-token loss, returned as ``lm_loss``: training uses
         it on the haystack text so the sidecar keeps the base model's language modelling intact.
+        ``write_mask`` ``[B, T]`` (bool or weights) returns the mean write strength ``b`` inside it and outside
+        it (``write_gate_mean``, ``write_gate_mean_outside``; differentiable: training penalises it).
+        ``fast_unscored`` (with ``return_logits=False``): a chunk without any target only advances the memory
+        (``_write_only``: no decoder layer at all when the memory reads the embeddings); with
+        ``memory_mode="off"`` such a chunk is skipped. Outputs and gradients are the same either way.
         """
         if memory_mode not in ("carry", "reset", "off"):
             raise ValueError(f"memory_mode must be 'carry', 'reset' or 'off', got {memory_mode!r}")
         ids = self._ids(input_ids)
         B, T = ids.shape
-        st, seen, version = self._start(session_id, state, reset_session, B)
         targets = _shifted_targets("labels", labels, ids)
         lm_targets = _shifted_targets("lm_labels", lm_labels, ids)
         if attention_mask is not None and attention_mask.shape != ids.shape:
             raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+        wmask = self._write_mask(write_mask, ids, memory_mode)
+        st, seen, version = self._start(session_id, state, reset_session, B)
         keys = sorted(st.flatten_keys(".").keys())
         flat = [st.flatten_keys(".")[k] for k in keys]
         fresh = list(flat)
         C = self.config.chunk_size
+        n_chunks = -(-T // C)
+        scored = [True] * n_chunks
+        if fast_unscored and not return_logits:
+            scored = _scored_chunks(T, C, targets, lm_targets)
         loss_sum = ids.new_zeros((), dtype=torch.float32)
         lm_sum = ids.new_zeros((), dtype=torch.float32)
+        w_sums = ids.new_zeros(2, dtype=torch.float32)
         # counts stay on the device until the end: no host sync per chunk
         n_tok = n_correct = n_lm = torch.zeros((), dtype=torch.long, device=ids.device)
         ok = torch.ones(B, dtype=torch.bool, device=ids.device)
         logits_out = []
         for c, s in enumerate(range(0, T, C)):
+            if not scored[c] and memory_mode == "off":
+                continue  # the base keeps no state across chunks: an unscored chunk changes nothing
             chunk = ids[:, s:s + C]
             tgt = targets[:, s:s + C] if targets is not None else None
             lm_tgt = lm_targets[:, s:s + C] if lm_targets is not None else None
             mask = attention_mask[:, s:s + C] if attention_mask is not None else None
+            wm = wmask[:, s:s + C] if wmask is not None else None
 
             if memory_mode == "reset":
                 flat = fresh
 
-            def run(chunk: Tensor, tgt: Tensor | None, lm_tgt: Tensor | None, mask: Tensor | None,
-                    *flat_in: Tensor):
-                return self._chunk(chunk, tgt, lm_tgt, mask, keys, B, list(flat_in), return_logits,
-                                   memory_mode != "off")
+            if scored[c]:
+                def run(chunk: Tensor, tgt: Tensor | None, lm_tgt: Tensor | None, mask: Tensor | None,
+                        wm: Tensor | None, *flat_in: Tensor):
+                    return self._chunk(chunk, tgt, lm_tgt, mask, wm, keys, B, list(flat_in), return_logits,
+                                       memory_mode != "off")
+            else:
+                def run(chunk: Tensor, tgt: Tensor | None, lm_tgt: Tensor | None, mask: Tensor | None,
+                        wm: Tensor | None, *flat_in: Tensor):
+                    return self._chunk_unscored(chunk, mask, wm, keys, B, list(flat_in))
 
             if checkpoint and torch.is_grad_enabled():
-                res = _checkpoint(run, chunk, tgt, lm_tgt, mask, *flat, use_reentrant=False)
+                res = _checkpoint(run, chunk, tgt, lm_tgt, mask, wm, *flat, use_reentrant=False)
             else:
-                res = run(chunk, tgt, lm_tgt, mask, *flat)
-            l_sum, cnt, corr, chunk_ok, lm_s, lm_c, logits = res[:7]
-            flat = list(res[7:])
+                res = run(chunk, tgt, lm_tgt, mask, wm, *flat)
+            l_sum, cnt, corr, chunk_ok, lm_s, lm_c, logits, ws = res[:8]
+            flat = list(res[8:])
             loss_sum = loss_sum + l_sum
             lm_sum = lm_sum + lm_s
+            w_sums = w_sums + ws
             n_lm, n_tok, n_correct = n_lm + lm_c, n_tok + cnt, n_correct + corr
             ok = ok & chunk_ok
             if return_logits:
@@ -457,21 +571,52 @@ class MemoryLM(nn.Module):
         final = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
         self._finish(session_id, final, seen + T, version)
         loss = loss_sum / n_tok.clamp(min=1) if targets is not None else None
+        w_in = w_out = None
+        if wmask is not None:
+            n_layers = len(self.layer_ids)
+            w_in = w_sums[0] / (wmask.sum() * n_layers).clamp(min=1e-9)
+            w_out = w_sums[1] / ((1 - wmask).sum() * n_layers).clamp(min=1e-9)
         return MemoryLMOutput(
             loss=loss, logits=torch.cat(logits_out, dim=1) if return_logits else None, memory_state=final,
             num_label_tokens=int(n_tok), exact_match=ok if targets is not None else None,
             token_correct=int(n_correct), lm_loss=lm_sum / n_lm.clamp(min=1) if lm_targets is not None else None,
-            num_lm_tokens=int(n_lm),
+            num_lm_tokens=int(n_lm), write_gate_mean=w_in, write_gate_mean_outside=w_out,
         )
 
+    def _write_mask(self, write_mask: Tensor | None, ids: Tensor, memory_mode: str) -> Tensor | None:
+        if write_mask is None:
+            return None
+        if not isinstance(write_mask, Tensor):
+            raise TypeError(f"write_mask must be a tensor [B, T], got {type(write_mask).__name__}")
+        if write_mask.shape != ids.shape:
+            raise ValueError(f"write_mask must have shape {tuple(ids.shape)}, got {tuple(write_mask.shape)}")
+        if memory_mode == "off":
+            raise ValueError("write_mask needs the memory (memory_mode 'carry' or 'reset'), got 'off'")
+        if not self.has_write_gates:
+            raise ValueError("write_mask needs memory cells with a write gate (gated-delta / hybrid)")
+        return write_mask.to(device=ids.device, dtype=torch.float32)
+
+    def _chunk_unscored(self, ids: Tensor, mask: Tensor | None, wm: Tensor | None, keys: list[str], B: int,
+                        flat: list[Tensor]) -> tuple[Tensor, ...]:
+        """A chunk whose logits nobody needs: only the memory advances (same outputs layout as ``_chunk``)."""
+        state = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
+        new, sums = self._write_only(ids, state, mask, wm)
+        new = new.flatten_keys(".")
+        zero = flat[0].new_zeros((), dtype=torch.float32) if flat else ids.new_zeros((), dtype=torch.float32)
+        ok = torch.ones(B, dtype=torch.bool, device=ids.device)
+        ws = sums if sums is not None else zero.new_zeros(2)
+        return (zero, zero.long(), zero.long(), ok, zero, zero.long(), zero, ws, *[new[k] for k in keys])
+
     def _chunk(self, ids: Tensor, tgt: Tensor | None, lm_tgt: Tensor | None, mask: Tensor | None,
-               keys: list[str], B: int, flat: list[Tensor], return_logits: bool,
+               wm: Tensor | None, keys: list[str], B: int, flat: list[Tensor], return_logits: bool,
                use_memory: bool = True) -> tuple[Tensor, ...]:
         state = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
+        sums = None
         if use_memory:
-            with self._running(state) as run:
+            with self._running(state, write_mask=wm) as run:
                 out = self.base(input_ids=ids, attention_mask=mask, use_cache=False)
                 new = self._pack(run, B).flatten_keys(".")
+                sums = run.write_sums
         else:
             out = self.base(input_ids=ids, attention_mask=mask, use_cache=False)
             new = state.flatten_keys(".")
@@ -493,7 +638,8 @@ class MemoryLM(nn.Module):
                                    reduction="sum")
             lm_c = (lm_tgt != -100).sum()
         kept = logits if return_logits else zero
-        return (l_sum, cnt, corr, chunk_ok, lm_s, lm_c, kept, *[new[k] for k in keys])
+        ws = sums if sums is not None else zero.new_zeros(2)
+        return (l_sum, cnt, corr, chunk_ok, lm_s, lm_c, kept, ws, *[new[k] for k in keys])
 
     # --- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -609,6 +755,28 @@ def load_with_memory(name_or_path: str, cfg: MemoryConfig | None = None, adapter
 def load_qwen_with_cortex(name: str, cortex_cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
     """Compatibility alias of the original Cortex sidecar release (works for any causal LM)."""
     return load_with_memory(name, cortex_cfg, **kwargs)
+
+
+def _add_gate_sums(sums: Tensor | None, b: Tensor, mask: Tensor) -> Tensor:
+    """``sums + [sum(b * mask), sum(b * (1 - mask))]`` for ``b``, ``mask`` ``[B, T]``."""
+    m = mask.to(b.dtype)
+    new = torch.stack([(b * m).sum(), (b * (1 - m)).sum()])
+    return new if sums is None else sums + new
+
+
+def _scored_chunks(T: int, C: int, *targets: Tensor | None) -> list[bool]:
+    """Per chunk of ``C`` positions: does any row have a target there (one host sync for all chunks)."""
+    n = -(-T // C)
+    hit = None
+    for t in targets:
+        if t is not None:
+            h = (t != -100).any(0)
+            hit = h if hit is None else hit | h
+    if hit is None:
+        return [False] * n
+    padded = hit.new_zeros(n * C)
+    padded[:T] = hit
+    return padded.view(n, C).any(1).tolist()
 
 
 def _shifted_targets(name: str, labels: Tensor | None, ids: Tensor) -> Tensor | None:

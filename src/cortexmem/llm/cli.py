@@ -84,17 +84,17 @@ def sessions_delete(session_id: str, store: Path | None = _STORE) -> None:
 
 def _memory_cfg(chunk_size: int, use_hybrid: bool, num_heads: int, head_dim: int, rank: int, layers: str,
                 compressor: str, alpha_max: float = 1.0, decay_init: float | None = None,
-                write_init: float | None = None, window: int | None = None):
+                write_init: float | None = None, window: int | None = None, **extra):
     from pydantic import ValidationError
 
     from .config import MemoryConfig
 
-    lay = "auto" if layers == "auto" else [int(x) for x in layers.split(",")]
     try:
+        lay = "auto" if layers == "auto" else [int(x) for x in layers.split(",")]
         return MemoryConfig(chunk_size=chunk_size, use_hybrid=use_hybrid, num_heads=num_heads, head_dim=head_dim,
                             rank_fast=rank, layers=lay, compressor=compressor, alpha_max=alpha_max,
-                            decay_init=decay_init, write_init=write_init, window=window)
-    except ValidationError as err:
+                            decay_init=decay_init, write_init=write_init, window=window, **extra)
+    except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from None
 
 
@@ -126,6 +126,22 @@ def train_niah_cmd(
     decay_init: float = typer.Option(1e-6, help="per-token forgetting at init (0: the cell's own init)"),
     write_init: float = typer.Option(0.0, help="write strength at init (0: the cell's own init)"),
     window: int = typer.Option(64, help="hybrid local window"),
+    read_from: str = typer.Option("residual", help="memory input: residual (the wrapped layer's) or embeddings"),
+    conv_kernel: int = typer.Option(4, help="taps of the cell's short q/k/v conv"),
+    induction_init: bool = typer.Option(False, help="init the short conv as an induction pair (compressor none)"),
+    zero_init: str = typer.Option("gate", help="what starts at zero: gate or up"),
+    gate_context: int = typer.Option(0, help="taps of the causal conv feeding the write gate (0: off)"),
+    lm_tokens: int = typer.Option(0, help="no-harm LM loss on this many plain-text tokens per step instead of "
+                                          "the haystack (0: on the haystack)"),
+    lm_seq_len: int = typer.Option(0, help="row length of the plain text (0: min(lm_tokens, 2 chunks))"),
+    write_l1: float = typer.Option(0.0, help="L1 penalty weight on the write strength b"),
+    write_l1_on: str = typer.Option("filler", help="filler (not needle/distractor tokens) or all"),
+    write_l1_warmup: int = typer.Option(0, help="steps over which the L1 weight ramps up from 0"),
+    checkpoint: bool = typer.Option(True, "--checkpoint/--no-checkpoint",
+                                    help="recompute each chunk in backward (off: faster, more memory)"),
+    min_length: int = typer.Option(0, help="length curriculum start (0: none)"),
+    curriculum_steps: int = 0,
+    time_limit: float = typer.Option(0.0, help="stop training after this many seconds (0: no limit)"),
 ) -> None:
     """Train only the memory sidecar on needle-in-a-haystack (BPTT through the memory across chunks)."""
 
@@ -135,11 +151,19 @@ def train_niah_cmd(
     logging.basicConfig(level=logging.INFO)
     dev = _device(device)
     cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor, alpha_max,
-                      decay_init or None, write_init or None, window)
+                      decay_init or None, write_init or None, window, read_from=read_from, conv_kernel=conv_kernel,
+                      induction_init=induction_init, zero_init=zero_init, gate_context=gate_context)
+    try:
+        tc = TrainNiahConfig(length=length, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                             save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed, lm_weight=lm_weight,
+                             lm_tokens=lm_tokens, lm_seq_len=lm_seq_len or None, write_l1=write_l1,
+                             write_l1_on=write_l1_on, write_l1_warmup=write_l1_warmup, checkpoint=checkpoint,
+                             min_length=min_length or None,
+                             curriculum_steps=curriculum_steps, time_limit_s=time_limit or None)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     adapter = out / "ckpt" / "memory" if resume and (out / "ckpt" / "trainer.json").is_file() else None
     mlm = load_with_memory(base, None if adapter else cfg, adapter=adapter).to(dev)
-    tc = TrainNiahConfig(length=length, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                         save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed, lm_weight=lm_weight)
     hist = train_niah(mlm, _task(mode, mlm, digits, distractors), tc, out, resume=resume)
     _console.print(f"final held-out accuracy {hist.eval_acc[-1]:.3f}; adapter in {out / 'memory'}")
 

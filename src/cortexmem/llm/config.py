@@ -54,6 +54,13 @@ class MemoryConfig(TaggedConfig):
                     "(gate grows first, everything upstream waits for it) or the output projection 'up' with the "
                     "gate at 1 (up learns at once as a linear read-out of the memory: much faster to train)")
 
+    gate_context: int = Field(
+        default=0, ge=0,
+        description="taps of a causal conv over the memory input that adds a learned term to the write gate's "
+                    "logit (0: off); the cell's own gate sees one token, so it cannot tell a digit of "
+                    "'The secret code of <name> is <digits>.' from a digit in filler -- with context it can")
+    gate_context_hidden: int = Field(default=32, ge=1, description="channels of the gate-context conv")
+
     @field_validator("layers")
     @classmethod
     def _check_layers(cls, v):

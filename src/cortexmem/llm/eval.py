@@ -66,6 +66,8 @@ def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[fl
     """Exact-match accuracy per (length, depth) on held-out samples; writes ``niah.json`` + ``niah.png``."""
     acc = [[0.0] * len(depths) for _ in lengths]
     peak, tps = [], []
+    gates = mlm.has_write_gates and memory_mode != "off"
+    b_needle, b_rest = [], []
     was = mlm.training
     mlm.train(False)
     with torch.no_grad():
@@ -75,14 +77,27 @@ def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[fl
             # every (depth, sample) cell of this length, run in batches that may mix depths
             todo = [(j, s) for j in range(len(depths)) for s in range(samples)]
             hits = [0] * len(depths)
+            g_sum = torch.zeros(2, dtype=torch.float64)
+            g_cnt = torch.zeros(2, dtype=torch.float64)
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
-                ids, labels = stack_samples([task.sample(random.Random(seed * 7_919 + 1_000_003 * i + 1_009 * j + s),
-                                                  length, depths[j], "eval") for j, s in part])
-                out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode)
+                samples_ = [task.sample(random.Random(seed * 7_919 + 1_000_003 * i + 1_009 * j + s), length,
+                                        depths[j], "eval") for j, s in part]
+                ids, labels = stack_samples(samples_)
+                needle = _needle_mask(ids, samples_) if gates else None
+                out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode, write_mask=needle)
                 for (j, _), ok in zip(part, out.exact_match.tolist(), strict=True):
                     hits[j] += int(ok)
+                if needle is not None:
+                    cnt = torch.tensor([needle.sum().item(), (~needle).sum().item()], dtype=torch.float64)
+                    means = torch.stack([out.write_gate_mean, out.write_gate_mean_outside]).double().cpu()
+                    g_sum += means * cnt
+                    g_cnt += cnt
                 tokens += ids.numel()
+            if gates:
+                b_needle.append(float(g_sum[0] / g_cnt[0].clamp(min=1)))
+                b_rest.append(float(g_sum[1] / g_cnt[1].clamp(min=1)))
+                log.info("length %d write gate b: needle %.4f, rest %.5f", length, b_needle[-1], b_rest[-1])
             for j, depth in enumerate(depths):
                 acc[i][j] = hits[j] / samples
                 log.info("length %d depth %.2f acc %.3f", length, depth, acc[i][j])
@@ -96,11 +111,22 @@ def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[fl
         "peak_memory_mb": peak, "peak_memory_kind": "cuda_max_allocated" if mlm.device.type == "cuda" else "cpu_maxrss",
         "tokens_per_s": tps, "chunk_size": mlm.config.chunk_size, "device": str(mlm.device),
     }
+    if gates:
+        # mean write strength b (over heads and memory layers) on the needle's tokens vs every other token
+        result["write_gate_needle"] = b_needle
+        result["write_gate_rest"] = b_rest
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "niah.json", result)
         plot_heatmap(result, out / "niah.png")
     return result
+
+
+def _needle_mask(ids: Tensor, samples: list[Any]) -> Tensor:
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        mask[i, s.needle_pos: s.needle_pos + s.needle_len] = True
+    return mask
 
 
 def plot_heatmap(result: dict[str, Any], path: str | Path) -> None:
@@ -156,8 +182,11 @@ def write_stats(mlm: MemoryLM, task: NiahTask, *, length: int, n: int = 8, seed:
     cells = [a.cell for a in mlm.memory.adapters.values() if hasattr(a.cell, "beta_proj")]
     if not cells:
         return {}
-    rec: dict[str, list[Tensor]] = {"beta": [], "strength": [], "a": []}
+    rec: dict[str, list[Tensor]] = {"beta": [], "strength": [], "a": [], "ctx": []}
     hooks = []
+    for adapter in mlm.memory.adapters.values():
+        if getattr(adapter, "gate_ctx", None) is not None:
+            hooks.append(adapter.gate_ctx.register_forward_hook(lambda m, i, o: rec["ctx"].append(o[0].detach())))
     for cell in cells:
         hooks.append(cell.beta_proj.register_forward_hook(lambda m, i, o: rec["beta"].append(o.detach())))
         hooks.append(cell.a_proj.register_forward_hook(lambda m, i, o: rec["a"].append(o.detach())))
@@ -176,16 +205,15 @@ def write_stats(mlm: MemoryLM, task: NiahTask, *, length: int, n: int = 8, seed:
 
 @torch.no_grad()
 def _gate_summary(cell: Any, rec: dict[str, list[Tensor]], ids: Tensor, samples: list[Any]) -> dict[str, float]:
-    beta = torch.sigmoid(torch.cat(rec["beta"], 1).float())  # [B, T, NH] (first layer's cell when several)
-    beta = beta[:, : ids.shape[1]]
+    logit = torch.cat(rec["beta"], 1).float()[:, : ids.shape[1]]  # [B, T, NH] (first layer's cell when several)
+    if rec["ctx"]:
+        logit = logit + torch.cat(rec["ctx"], 1).float()[:, : ids.shape[1]]
+    beta = torch.sigmoid(logit)
     if rec["strength"]:
         beta = beta * torch.sigmoid(torch.cat(rec["strength"], 1).float()[:, : ids.shape[1]])
     decay = -(cell.log_alpha_max - cell.A_log.exp().float() * F.softplus(
         torch.cat(rec["a"], 1).float()[:, : ids.shape[1]] + cell.dt_bias.float()))
-    needle = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        needle[i, s.needle_pos: s.needle_pos + s.needle_len] = True
-    needle = needle.to(beta.device)
+    needle = _needle_mask(ids, samples).to(beta.device)
     rest = ~needle
     return {
         "b_needle": float(beta[needle].mean()), "b_rest": float(beta[rest].mean()),

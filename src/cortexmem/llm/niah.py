@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import zlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -83,15 +83,41 @@ def question_text(name: str) -> str:
     return f" What is the secret code of {name}? The secret code of {name} is"
 
 
+def plain_document(rng: random.Random, n_chars: int, digits: int = 6, split: Split = "train") -> str:
+    """Filler with a few facts and questions answered from facts earlier in the same document."""
+    names = name_pool(split)
+    facts: list[tuple[str, str]] = []
+    parts: list[str] = []
+    size = 0
+    while size < n_chars:
+        r = rng.random()
+        if r < 0.15:
+            name, code = rng.choice(names), "".join(rng.choice("0123456789") for _ in range(digits))
+            facts.append((name, code))
+            s = " " + needle_sentence(name, code)
+        elif r < 0.25 and facts:
+            name, code = rng.choice(facts[-4:])
+            s = question_text(name) + f" {code}."
+        else:
+            s = " " + filler_sentence(rng)
+        parts.append(s)
+        size += len(s)
+    return "".join(parts)[:n_chars]
+
+
 @dataclass
 class NiahSample:
-    """``context`` ids (ends with the question), ``answer`` ids, where the needle starts and its length, depth."""
+    """``context`` ids (ends with the question), ``answer`` ids, where the needle starts and its length, depth.
+
+    ``distractors``: ``(start, length)`` of every distractor pair/sentence (same form as the needle).
+    """
 
     context: list[int]
     answer: list[int]
     needle_pos: int
     depth: float
     needle_len: int = 0
+    distractors: list[tuple[int, int]] = field(default_factory=list)
 
 
 class NiahTask(ABC):
@@ -106,6 +132,10 @@ class NiahTask(ABC):
         Counting the answer in ``length`` keeps question and answer in the same base-model chunk when ``length``
         is a multiple of the chunk size, as in generation (where the prompt's last chunk is continued).
         """
+
+    @abstractmethod
+    def plain_text(self, rng: random.Random, length: int, split: Split) -> list[int]:
+        """``length`` token ids of plain text from the task's world (no question at the end): no-harm training."""
 
     def batch(self, rng: random.Random, batch: int, length: int, depth: float | tuple[float, float] | None,
               split: Split, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[NiahSample]]:
@@ -170,7 +200,19 @@ class TextNiah(NiahTask):
         pieces = filler[:at] + [needle] + filler[at:]
         pos = sum(map(len, filler[:at]))
         context = [t for p in pieces for t in p] + question
-        return NiahSample(context, answer, pos, depth, len(needle))
+        spans, start = [], 0
+        distract_ids = {id(d) for d in distract}
+        for p in pieces:
+            if id(p) in distract_ids:
+                spans.append((start, len(p)))
+            start += len(p)
+        return NiahSample(context, answer, pos, depth, len(needle), spans)
+
+    def plain_text(self, rng: random.Random, length: int, split: Split) -> list[int]:
+        out: list[int] = []
+        while len(out) < length:
+            out += encode_plain(self.tok, plain_document(rng, max(64, length - len(out)), self.digits, split))
+        return out[:length]
 
 
 class TokenNiah(NiahTask):
@@ -204,13 +246,19 @@ class TokenNiah(NiahTask):
         others = sorted(rng.randint(0, n_fill) for _ in pairs[1:])
         seq: list[int] = []
         needle_pos = 0
+        spans = []
         cuts = sorted([(at, 0)] + [(o, i + 1) for i, o in enumerate(others)])
         prev = 0
         for pos, which in cuts:
             seq += fill[prev:pos]
             if which == 0:
                 needle_pos = len(seq)
+            else:
+                spans.append((len(seq), 4))
             seq += pairs[which]
             prev = pos
         seq += fill[prev:] + question
-        return NiahSample(seq, [self.val0 + vals[0]], needle_pos, depth, 4)
+        return NiahSample(seq, [self.val0 + vals[0]], needle_pos, depth, 4, spans)
+
+    def plain_text(self, rng: random.Random, length: int, split: Split) -> list[int]:
+        return [rng.randrange(self.fill0, self.vocab_size) for _ in range(length)]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..core.io import atomic_write_json
-from .niah import filler_sentence, name_pool, needle_sentence, question_text
+from .niah import plain_document
 from .tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -26,25 +26,8 @@ ARCHS = ("llama", "qwen2", "gpt2")
 
 
 def pretrain_document(rng: random.Random, n_chars: int, digits: int = 6) -> str:
-    """Filler with a few facts and questions answered from facts earlier in the same document."""
-    names = name_pool("train")
-    facts: list[tuple[str, str]] = []
-    parts: list[str] = []
-    size = 0
-    while size < n_chars:
-        r = rng.random()
-        if r < 0.15:
-            name, code = rng.choice(names), "".join(rng.choice("0123456789") for _ in range(digits))
-            facts.append((name, code))
-            s = " " + needle_sentence(name, code)
-        elif r < 0.25 and facts:
-            name, code = rng.choice(facts[-4:])
-            s = question_text(name) + f" {code}."
-        else:
-            s = " " + filler_sentence(rng)
-        parts.append(s)
-        size += len(s)
-    return "".join(parts)[:n_chars]
+    """Filler with a few facts and questions answered from facts earlier in the same document (train names)."""
+    return plain_document(rng, n_chars, digits, "train")
 
 
 def build_base_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int) -> Any:

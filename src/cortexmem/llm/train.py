@@ -20,7 +20,7 @@ import torch
 
 from ..core.io import atomic_save_figure, atomic_save_safetensors, atomic_write_json
 from .attach import MemoryLM
-from .niah import NiahTask
+from .niah import NiahSample, NiahTask
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,17 @@ class TrainNiahConfig:
     curriculum_steps: int = 0
     # stop early (checkpoint and adapter still written) after this many seconds of training
     time_limit_s: float | None = None
+    # no-harm term on separate plain text instead of the haystack: lm_tokens tokens per step in rows of
+    # lm_seq_len (default min(lm_tokens, 2 chunks)), memory carried along each row from a fresh state; the
+    # haystack then has no LM targets, so every chunk before the question only advances the memory (cheap)
+    lm_tokens: int = 0
+    lm_seq_len: int | None = None
+    # L1 penalty on the write strength b (mean over positions) on "filler" (everything but the needle and
+    # distractor spans) or "all" positions: pushes b to zero where nothing needs storing
+    write_l1: float = 0.0
+    write_l1_on: str = "filler"
+    # ramp the L1 weight linearly from 0 over this many steps: retrieval is learned with open gates first
+    write_l1_warmup: int = 0
 
     def __post_init__(self) -> None:
         for name in ("length", "steps", "batch_size", "eval_every", "eval_samples", "save_every"):
@@ -64,6 +75,21 @@ class TrainNiahConfig:
             raise ValueError(f"curriculum_steps must be >= 0, got {self.curriculum_steps}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if isinstance(self.lm_tokens, bool) or not isinstance(self.lm_tokens, int) or self.lm_tokens < 0:
+            raise ValueError(f"lm_tokens must be an integer >= 0, got {self.lm_tokens!r}")
+        if self.lm_tokens and self.lm_weight == 0:
+            raise ValueError("lm_tokens > 0 needs lm_weight > 0 (the weight of that LM loss)")
+        if self.lm_seq_len is not None and (not isinstance(self.lm_seq_len, int) or self.lm_seq_len < 2):
+            raise ValueError(f"lm_seq_len must be an integer >= 2 or None, got {self.lm_seq_len!r}")
+        if not isinstance(self.write_l1, int | float) or not math.isfinite(self.write_l1) or self.write_l1 < 0:
+            raise ValueError(f"write_l1 must be a finite number >= 0, got {self.write_l1!r}")
+        if isinstance(self.write_l1_warmup, bool) or not isinstance(self.write_l1_warmup, int) \
+                or self.write_l1_warmup < 0:
+            raise ValueError(f"write_l1_warmup must be an integer >= 0, got {self.write_l1_warmup!r}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
+        if self.write_l1_on not in ("filler", "all"):
+            raise ValueError(f"write_l1_on must be 'filler' or 'all', got {self.write_l1_on!r}")
         if not 0.0 <= self.min_depth <= self.max_depth <= 1.0:
             raise ValueError(f"need 0 <= min_depth <= max_depth <= 1, got {self.min_depth}, {self.max_depth}")
 
@@ -73,6 +99,7 @@ class TrainHistory:
     step: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     lm_loss: list[float] = field(default_factory=list)
+    write_gate: list[float] = field(default_factory=list)  # mean b where write_l1 applies (nan without it)
     eval_step: list[int] = field(default_factory=list)
     eval_acc: list[float] = field(default_factory=list)
 
@@ -104,6 +131,22 @@ def length_at(step: int, cfg: TrainNiahConfig, chunk_size: int) -> int:
     return int(n) if n < chunk_size else max(chunk_size, int(n) // chunk_size * chunk_size)
 
 
+def filler_mask(ids: torch.Tensor, samples: list[NiahSample], *, needle_only: bool = False) -> torch.Tensor:
+    """``[B, T]`` bool: True outside the needle and distractor spans (``needle_only``: True on the needle)."""
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        spans = [(s.needle_pos, s.needle_len)] + ([] if needle_only else list(s.distractors))
+        for start, n in spans:
+            mask[i, start:start + n] = True
+    return mask if needle_only else ~mask
+
+
+def plain_batch(task: NiahTask, rng: random.Random, tokens: int, seq_len: int) -> torch.Tensor:
+    """``[ceil(tokens / seq_len), seq_len]`` ids of the task's plain text (training split)."""
+    rows = -(-tokens // seq_len)
+    return torch.tensor([task.plain_text(rng, seq_len, "train") for _ in range(rows)], dtype=torch.long)
+
+
 def haystack_labels(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token labels on the context (every token that is not an answer token); ``-100`` elsewhere."""
     return torch.where(labels == -100, ids, torch.full_like(ids, -100))
@@ -119,6 +162,8 @@ def _lr_at(step: int, cfg: TrainNiahConfig) -> float:
 def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str | Path | None = None, *,
                resume: bool = True, progress: bool = True) -> TrainHistory:
     """Train the sidecar; with ``out_dir`` write checkpoints (resumable), ``history.json`` and ``curve.png``."""
+    if cfg.write_l1 > 0 and not mlm.has_write_gates:
+        raise ValueError("write_l1 needs memory cells with a write gate (gated-delta / hybrid)")
     params = mlm.memory_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     hist, start = TrainHistory(), 0
@@ -133,20 +178,23 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)  # per-step seed: resume reproduces the same batches
         length = length_at(step, cfg, mlm.config.chunk_size)
-        ids, labels, _ = task.batch(rng, cfg.batch_size, length, (cfg.min_depth, cfg.max_depth), "train")
+        ids, labels, samples = task.batch(rng, cfg.batch_size, length, (cfg.min_depth, cfg.max_depth), "train")
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
-        lm_labels = haystack_labels(ids, labels) if cfg.lm_weight > 0 else None
-        res = mlm(ids, labels=labels, checkpoint=cfg.checkpoint, bptt_chunks=cfg.bptt_chunks, return_logits=False,
-                  lm_labels=lm_labels)
-        loss = res.loss if lm_labels is None else res.loss + cfg.lm_weight * res.lm_loss
+        res, lm_loss, gate = _step_losses(mlm, task, cfg, rng, ids, labels, samples)
+        loss = res.loss
+        if lm_loss is not None:
+            loss = loss + cfg.lm_weight * lm_loss
+        if gate is not None:
+            loss = loss + cfg.write_l1 * min(1.0, (step + 1) / max(1, cfg.write_l1_warmup)) * gate
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         hist.step.append(step + 1)
         hist.loss.append(float(res.loss.detach()))
-        hist.lm_loss.append(float(res.lm_loss.detach()) if res.lm_loss is not None else float("nan"))
+        hist.lm_loss.append(float(lm_loss.detach()) if lm_loss is not None else float("nan"))
+        hist.write_gate.append(float(gate.detach()) if gate is not None else float("nan"))
         over_time = cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or over_time:
             acc = niah_accuracy(mlm, task, length=cfg.length, n=cfg.eval_samples, batch_size=cfg.batch_size,
@@ -170,6 +218,23 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
         atomic_write_json(out / "history.json", {"config": asdict(cfg), **asdict(hist)})
         plot_curves(hist, out / "curve.png")
     return hist
+
+
+def _step_losses(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, rng: random.Random, ids: torch.Tensor,
+                 labels: torch.Tensor, samples: list[NiahSample]):
+    """``(haystack output, LM loss or None, write-gate mean or None)`` of one training step."""
+    lm_labels = haystack_labels(ids, labels) if cfg.lm_weight > 0 and not cfg.lm_tokens else None
+    wmask = None
+    if cfg.write_l1 > 0:
+        wmask = filler_mask(ids, samples) if cfg.write_l1_on == "filler" else torch.ones(ids.shape, dtype=torch.bool)
+    res = mlm(ids, labels=labels, checkpoint=cfg.checkpoint, bptt_chunks=cfg.bptt_chunks, return_logits=False,
+              lm_labels=lm_labels, write_mask=wmask)
+    lm_loss = res.lm_loss
+    if cfg.lm_tokens:
+        seq_len = cfg.lm_seq_len or min(cfg.lm_tokens, 2 * mlm.config.chunk_size)
+        plain = plain_batch(task, rng, cfg.lm_tokens, seq_len)
+        lm_loss = mlm(plain, labels=plain, checkpoint=cfg.checkpoint, return_logits=False).loss
+    return res, lm_loss, res.write_gate_mean
 
 
 def _progress(enabled: bool) -> Any:
