@@ -61,11 +61,16 @@ def test_product_modes_by_dtype_and_length():
     from cortexmem.ops.gated_delta.triton import BF16_MIN_CHUNKS, default_products, gated_delta_forward
 
     n = BF16_MIN_CHUNKS
-    assert default_products(torch.bfloat16, n) == "bf16" and default_products(torch.float16, n + 5) == "bf16"
-    assert default_products(torch.bfloat16, n - 1) == "tf32" and default_products(torch.float16, 1) == "tf32"
+    assert default_products(torch.bfloat16, n) == "bf16" and default_products(torch.bfloat16, n, fused=False) == "tf32"
+    assert default_products(torch.bfloat16, n - 1) == "tf32" and default_products(torch.float16, n + 5) == "tf32"
     assert default_products(torch.float32, 100) == "tf32x3"
     q = k = torch.randn(1, 16 * (n - 1), 1, 16).bfloat16()
     g, beta = torch.full((1, 16 * (n - 1), 1), -0.1).bfloat16(), torch.rand(1, 16 * (n - 1), 1).bfloat16()
-    with pytest.raises(ValueError, match="bf16 products need"):
+    with pytest.raises(ValueError, match="bf16 products need >="):
         gated_delta_forward(q, k, q, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
                             resets=None, products="bf16")
+    q = k = torch.randn(1, 16 * n, 1, 16).bfloat16()
+    g, beta = torch.full((1, 16 * n, 1), -0.1).bfloat16(), torch.rand(1, 16 * n, 1).bfloat16()
+    with pytest.raises(ValueError, match="fused read-out"):
+        gated_delta_forward(q, k, q, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
+                            resets=None, products="bf16", fused=False)

@@ -103,7 +103,7 @@ def _inputs(T, Dk, Dv, seed, resets):
 
 
 # (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state): odd T, padded Dk/Dv, every chunk
-# size, every product mode (16-bit inputs: bf16 from 3 chunks on, else TF32), both read-outs (in the sequential
+# size, every product mode (see ``BF16_MIN_CHUNKS``), both read-outs (in the sequential
 # kernel, or parallel over chunks from stored states), the state kept in two key halves (forced at small Dk; the
 # default of bf16 products at Dk = 128)
 CASES = [
@@ -116,9 +116,11 @@ CASES = [
     (63, 128, 128, 64, torch.bfloat16, True, False, True, None),
     (67, 128, 128, 64, torch.bfloat16, False, True, False, None),
     (65, 128, 128, 64, torch.float32, True, True, True, None),
-    # 16-bit inputs take bf16 products from 3 chunks on (the split state at Dk = 128), TF32 ones below or when asked
-    (130, 128, 128, 64, torch.bfloat16, True, True, False, None),
-    (77, 16, 16, 32, torch.bfloat16, True, True, False, None, "tf32"),
+    # bf16 inputs take bf16 products with the fused read-out from 3 chunks on (the split state at Dk = 128), TF32
+    # ones below, with the read-out parallel over chunks, or when asked
+    (130, 128, 128, 64, torch.bfloat16, True, True, True, None),
+    (77, 16, 16, 32, torch.bfloat16, True, True, True, None, "tf32"),
+    (77, 32, 16, 32, torch.bfloat16, True, True, True, True, "bf16"),
 ]
 
 

@@ -33,7 +33,7 @@ def _case(T, D, with_resets):
     return inputs, r, o, s
 
 
-@pytest.mark.parametrize("T", [1, 63, 128, 129, 300, 2049])  # 16-bit: TF32 products up to 2 chunks, bf16 from 3
+@pytest.mark.parametrize("T", [1, 63, 128, 129, 300, 2049])  # bf16: TF32 products up to 2 chunks, bf16 from 3
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("with_resets", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -112,8 +112,8 @@ def test_triton_launch_configs_match_naive(fused, block_v, num_warps, num_stages
 
 
 # Dk = 128 with bf16 products keeps the state in two 64-row halves (a 128-row state tile once hit an illegal
-# memory access on sm_90); TF32 products keep the full-width state. A CUDA error leaves the process's context
-# unusable: when one of these fails, rerun the file's tests one process each
+# memory access on sm_90); TF32 products (also taken by the read-out parallel over chunks) keep the full state. A
+# CUDA error leaves the process's context unusable: when one of these fails, rerun the file's tests one process each
 @pytest.mark.parametrize("fused,block_v,num_warps,num_stages,products", [
     (True, 16, 4, 2, None), (True, 32, 4, 2, None), (True, 32, 8, 2, None), (True, 64, 4, 2, None),
     (False, 32, 4, 2, None), (True, 32, 4, 1, "tf32"), (False, 64, 4, 1, "tf32"),

@@ -30,8 +30,11 @@ from .checks import check_gated_delta_inputs, needs_grad, triton_rejects
 # pass (10-bit mantissa: finer than the bf16/fp16 inputs it serves), or bf16 operands (fastest). Measured on an H200
 # with Triton 3.6: bf16 operands give a wrong final state (relative error 1.0) and outputs when the sequence is a
 # single chunk (T <= chunk_size: the two-stage pipelined chunk loop runs once), a miscompile the bounds-checked
-# interpreter does not reproduce; from 3 chunks on (T = 300, 2049, 8192, with and without resets) they match the
-# fp64 reference. 16-bit inputs therefore take bf16 products from ``BF16_MIN_CHUNKS`` chunks on, TF32 below.
+# interpreter does not reproduce; with the read-out parallel over chunks (``fused=False``) they gave a wrong
+# output (Dk = 64, block_v 16) and an illegal memory access (Dk = 128, split state). With the fused read-out from 3
+# chunks on (T = 129, 300, 2049, 8192, Dk 64 and 128, with and without resets) they match the fp64 reference.
+# bf16 inputs therefore take bf16 products with the fused read-out from ``BF16_MIN_CHUNKS`` chunks on; every other
+# 16-bit case (fp16 inputs too: not measured with bf16 products) takes TF32 products, correct on every shape tested.
 BF16_MIN_CHUNKS = 3
 DOT_TF32X3 = tl.constexpr(0)
 DOT_TF32 = tl.constexpr(1)
@@ -296,11 +299,12 @@ def _default_block_v(n_bh: int, DK: int, DV: int, dot: int) -> int:
     return bv
 
 
-def default_products(dtype: torch.dtype, n_chunks: int) -> str:
-    """``tf32x3`` for fp32/fp64 inputs; for 16-bit ones ``bf16`` from ``BF16_MIN_CHUNKS`` chunks on, else ``tf32``."""
+def default_products(dtype: torch.dtype, n_chunks: int, fused: bool = True) -> str:
+    """``tf32x3`` for fp32/fp64 inputs; ``bf16`` for bf16 ones with the fused read-out from ``BF16_MIN_CHUNKS``
+    chunks on; else (fp16, short sequences, read-out parallel over chunks) ``tf32``."""
     if dtype not in (torch.bfloat16, torch.float16):
         return "tf32x3"
-    return "bf16" if n_chunks >= BF16_MIN_CHUNKS else "tf32"
+    return "bf16" if dtype == torch.bfloat16 and fused and n_chunks >= BF16_MIN_CHUNKS else "tf32"
 
 
 def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=None):
@@ -324,7 +328,8 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
     ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 products with ``DK > 64``).
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
-    ``BF16_MIN_CHUNKS`` chunks is refused (wrong results on sm_90 with Triton 3.6, see ``BF16_MIN_CHUNKS``).
+    ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
+    ``BF16_MIN_CHUNKS``).
     """
     out_dtype = v.dtype
     B, T, NH, Dk = k.shape
@@ -332,7 +337,7 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
-    products = products or default_products(out_dtype, N)
+    products = products or default_products(out_dtype, N, fused)
     if products not in PRODUCTS:
         raise ValueError(f"gated delta rule, triton backend: products must be one of {sorted(PRODUCTS)}, "
                          f"got {products!r}")
@@ -342,6 +347,9 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
         raise ValueError(f"gated delta rule, triton backend: bf16 products need >= {BF16_MIN_CHUNKS} chunks of "
                          f"{C} steps (fewer gave wrong results on sm_90 with Triton 3.6), got T={T}; "
                          f"use products='tf32'")
+    if bf16_dot and not fused:
+        raise ValueError("gated delta rule, triton backend: bf16 products need the fused read-out (fused=False gave "
+                         "wrong results and an illegal memory access on sm_90 with Triton 3.6); use products='tf32'")
     # the fp32-operand path keeps the full-width state (proven on sm_90 at DK = 128; the split would spill more)
     split = DK > 64 and bf16_dot if split is None else split
     if split and DK < 32:
@@ -392,8 +400,9 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16/fp16 inputs use bf16 products (one-pass TF32
-    on fp32 operands below ``BF16_MIN_CHUNKS`` chunks), with fp32 accumulation and state.
+    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use bf16 products from
+    ``BF16_MIN_CHUNKS`` chunks on, fp16 inputs and shorter sequences one-pass TF32 products on fp32 operands; the
+    accumulation and the state are fp32.
     ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels.
     """
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
