@@ -14,6 +14,7 @@ any failure falls back to compiling on first launch as before. ``CORTEX_PRECOMPI
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -79,6 +80,9 @@ class _ForkExecutor(Executor):
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:  # the child: compile into the on-disk cache and leave without running any cleanup
+            # no garbage collection here: freeing an inherited CUDA tensor calls into a CUDA context the child
+            # cannot use, and the C++ error aborts the child (seen on an H200 as "CUDA error: initialization error")
+            gc.disable()
             code = 1
             try:
                 job()

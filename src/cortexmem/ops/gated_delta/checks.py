@@ -41,9 +41,13 @@ def check_gated_delta_inputs(
 def check_log_decay(g: Tensor) -> None:
     """``g`` is the log decay: a positive entry almost surely means ``alpha`` was passed instead of its log.
 
-    One reduction per call (a host sync on GPU); skipped while compiling. Not called by the one-step op.
+    One reduction per call (a host sync on GPU); skipped while compiling and while a CUDA graph is captured (a
+    sync there invalidates the capture: ``GraphedModule`` of a gated-delta stack failed on it). Not called by the
+    one-step op.
     """
     if torch.compiler.is_compiling() or g.numel() == 0:
+        return
+    if g.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     top = g.detach().max()
     if top > 0:
