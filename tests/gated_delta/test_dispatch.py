@@ -74,3 +74,25 @@ def test_product_modes_by_dtype_and_length():
     with pytest.raises(ValueError, match="fused read-out"):
         gated_delta_forward(q, k, q, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
                             resets=None, products="bf16", fused=False)
+
+
+def test_check_decay_flag_and_cells_skip_the_host_sync(monkeypatch):
+    import torch.nn.functional as F
+
+    import cortexmem
+    from cortexmem.ops.gated_delta import checks, gated_delta_rule
+
+    q = k = F.normalize(torch.randn(1, 20, 2, 8), dim=-1)
+    v, beta = torch.randn(1, 20, 2, 8), torch.rand(1, 20, 2)
+    with pytest.raises(ValueError, match="LOG decay"):
+        gated_delta_rule(q, k, v, torch.full((1, 20, 2), 0.5), beta)
+    o, _ = gated_delta_rule(q, k, v, torch.full((1, 20, 2), 0.5), beta, check_decay=False)  # caller's promise
+    assert o.isfinite().all()
+    # the cell builds g <= log(alpha_max) itself: it must not pay for the check (a host sync on GPU)
+    calls = []
+    monkeypatch.setattr(checks, "check_log_decay", lambda g: calls.append(g))
+    gated_delta_rule(q, k, v, torch.full((1, 20, 2), -0.5), beta)
+    assert len(calls) == 1
+    stack = cortexmem.build_cortex_auto_stack(32, 1, "D")
+    y, _ = stack(torch.randn(2, 37, 32), None)
+    assert y.shape == (2, 37, 32) and len(calls) == 1

@@ -141,7 +141,9 @@ class DeltaMemoryCell(MemoryCell):
                 None if resets is None else resets[:, 0],
             )
             return o[:, None].to(v.dtype), S_new
-        return gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S, resets=resets)
+        # g <= log(alpha_max) <= 0 by construction: no check (a host sync per call on GPU)
+        return gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S, resets=resets,
+                                check_decay=False)
 
     def output(self, x: Tensor, heads: Tensor) -> Tensor:
         """``heads [B, T, NH, Dh]`` -> ``[B, T, H]`` through the output gate and projection."""

@@ -65,12 +65,14 @@ def gated_delta_rule(
     output_final_state: bool = True,
     resets: Tensor | None = None,
     backend: str = "auto",
+    check_decay: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise gated delta rule through the backend registry (shapes as :func:`chunk_gated_delta_rule`).
 
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
     grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
-    explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``.
+    explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``. ``check_decay=False`` skips
+    the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by construction).
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
                           needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1],
@@ -79,9 +81,10 @@ def gated_delta_rule(
         from .triton import triton_gated_delta_rule
 
         return triton_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
-                                       output_final_state=output_final_state, resets=resets)
+                                       output_final_state=output_final_state, resets=resets,
+                                       check_decay=check_decay)
     return chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
-                                  output_final_state=output_final_state, resets=resets)
+                                  output_final_state=output_final_state, resets=resets, check_decay=check_decay)
 
 
 __all__ = ["chunk_gated_delta_rule", "gated_delta_rule", "gated_delta_rule_naive", "gated_delta_rule_step"]

@@ -8,9 +8,12 @@ from torch import Tensor
 
 def check_gated_delta_inputs(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
-    initial_state: Tensor | None, resets: Tensor | None,
+    initial_state: Tensor | None, resets: Tensor | None, check_decay: bool = True,
 ) -> None:
-    """Raise ``ValueError``/``TypeError`` unless shapes are ``[B, T, NH, D]``, ``[B, T, NH]``, ``[B, T]``."""
+    """Raise ``ValueError``/``TypeError`` unless shapes are ``[B, T, NH, D]``, ``[B, T, NH]``, ``[B, T]``.
+
+    ``check_decay=False`` skips :func:`check_log_decay` (for callers whose ``g`` is non-positive by construction).
+    """
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta)):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, Tensor) else type(x).__name__
@@ -35,15 +38,17 @@ def check_gated_delta_inputs(
             f"gated delta rule: resets must be a bool tensor of shape {(B, T)}, "
             f"got {tuple(resets.shape)} {resets.dtype}"
         )
-    check_log_decay(g)
+    if check_decay:
+        check_log_decay(g)
 
 
 def check_log_decay(g: Tensor) -> None:
     """``g`` is the log decay: a positive entry almost surely means ``alpha`` was passed instead of its log.
 
-    One reduction per call (a host sync on GPU); skipped while compiling and while a CUDA graph is captured (a
-    sync there invalidates the capture: ``GraphedModule`` of a gated-delta stack failed on it). Not called by the
-    one-step op.
+    One reduction per call (a host sync on GPU: a launch-bound caller then cannot queue work ahead of the GPU, so
+    cells whose ``g`` is non-positive by construction pass ``check_decay=False``); skipped while compiling and
+    while a CUDA graph is captured (a sync there invalidates the capture: ``GraphedModule`` of a gated-delta
+    stack failed on it). Not called by the one-step op.
     """
     if torch.compiler.is_compiling() or g.numel() == 0:
         return

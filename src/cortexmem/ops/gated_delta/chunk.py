@@ -34,12 +34,13 @@ def chunk_gated_delta_rule(
     initial_state: Tensor | None = None,
     output_final_state: bool = True,
     resets: Tensor | None = None,
+    check_decay: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """q, k ``[B, T, NH, Dk]``; v ``[B, T, NH, Dv]``; g (log a), beta ``[B, T, NH]``; S ``[B, NH, Dk, Dv]``.
 
     Returns ``(o [B, T, NH, Dv], final_state or None)``; half precision inputs are computed in float32.
     """
-    check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
+    check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     out_dtype = v.dtype

@@ -397,6 +397,7 @@ def triton_gated_delta_rule(
     resets: Tensor | None = None,
     block_v: int | None = None,
     num_warps: int | None = None,
+    check_decay: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
@@ -405,7 +406,7 @@ def triton_gated_delta_rule(
     accumulation and the state are fp32.
     ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels.
     """
-    check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets)
+    check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     reason = triton_rejects(needs_grad=needs_grad(q, k, v, g, beta, initial_state), chunk_size=chunk_size)
     if reason:
         raise ValueError(f"gated delta rule, triton backend: {reason}")
