@@ -72,6 +72,22 @@ def test_doctor_and_bench_cli(tmp_path):
     assert names["bare:lstm-1"]["fwd_bwd_ms"] > 0 and names["bare:lstm-1"]["step_ms"] > 0
     assert "peer:cudnn-lstm-1 fwd_bwd_ms / bare:lstm-1 fwd_bwd_ms" in data["ratios"]
     assert "not installed" in names["peer:cortexcore-1xL"]["status"] or names["peer:cortexcore-1xL"]["fwd_bwd_ms"]
+    assert data["precision"]["tf32"] == "default"
+    res = CliRunner().invoke(app, ["bench", "--cells", "conv", "--tf32", "sometimes"])
+    assert res.exit_code == 2 and "--tf32 must be one of" in res.output
+
+
+def test_bench_tf32_mode_sets_and_restores():
+    from cortexmem.tools.bench import tf32_mode
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tf32_mode("on") as p:
+        assert p == {"matmul_tf32": True, "cudnn_tf32": True}
+    with tf32_mode("off") as p:
+        assert p == {"matmul_tf32": False, "cudnn_tf32": False}
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with pytest.raises(ValueError, match="tf32 must be one of"), tf32_mode("bf16"):
+        pass
 
 
 def test_graphed_module_eager_fallback_and_errors():

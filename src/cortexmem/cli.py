@@ -75,6 +75,8 @@ def bench(
     layers: int = typer.Option(4, min=1), pattern: str = typer.Option("AXMS"),
     device: str = typer.Option("auto", help="auto|cpu|cuda"), repeats: int = typer.Option(10, min=1),
     out: str = typer.Option(None, help="directory for bench.json and bench.png"),
+    tf32: str = typer.Option("default", help="fp32 matmul/cuDNN precision for every row: default (PyTorch's: "
+                                             "matmuls fp32, cuDNN TF32), on (all TF32) or off (all fp32)"),
 ) -> None:
     """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
     from pathlib import Path
@@ -84,16 +86,19 @@ def bench(
     from rich.table import Table
 
     from cortexmem.core.io import atomic_write_json
-    from cortexmem.tools.bench import plot, ratios, rows_as_dicts, run_bench
+    from cortexmem.tools.bench import TF32_MODES, plot, ratios, rows_as_dicts, run_bench, tf32_mode
 
     try:
         torch.device("cpu" if device == "auto" else device)
     except RuntimeError:
         raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if tf32 not in TF32_MODES:
+        raise typer.BadParameter(f"--tf32 must be one of {', '.join(TF32_MODES)}, got {tf32!r}")
     names = [c.strip() for c in cells.split(",") if c.strip()]
-    rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
-                     repeats=repeats)
-    table = Table(title=f"cortex bench  B={batch} T={seq} d={d}")
+    with tf32_mode(tf32) as precision:
+        rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
+                         repeats=repeats)
+    table = Table(title=f"cortex bench  B={batch} T={seq} d={d}  tf32 {tf32} ({precision})")
     for col in ("name", "fwd+bwd ms", "fwd+bwd (graph) ms",
                 "step ms", "step (graph) ms", "step (compiled graph) ms", "first call s", "peak MB", "status"):
         table.add_column(col)
@@ -108,7 +113,8 @@ def bench(
         console.print(f"{k}: {v:.2f}x")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(out) / "bench.json", {"rows": rows_as_dicts(rows), "ratios": ratios(rows)})
+        atomic_write_json(Path(out) / "bench.json", {"rows": rows_as_dicts(rows), "ratios": ratios(rows),
+                                                     "precision": {"tf32": tf32, **precision}})
         plot(rows, Path(out) / "bench.png")
 
 

@@ -6,10 +6,11 @@ Peers: ``torch.nn.LSTM`` (cuDNN on GPU), the peer library ``cortexcore`` (import
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -176,10 +177,36 @@ def _peer_cortexcore(pattern: str, layers: int, d: int):
     return (lambda: builder(d_hidden=d, num_layers=layers, pattern=pattern, compile_blocks=False)), None
 
 
+TF32_MODES = ("default", "on", "off")
+
+
+@contextlib.contextmanager
+def tf32_mode(mode: str) -> Iterator[dict[str, bool]]:
+    """fp32 matmul/conv precision for a run: ``default`` keeps PyTorch's (matmuls full fp32, cuDNN in TF32: the
+    cuDNN LSTM peer then runs its GEMMs in TF32 and ours do not), ``on`` gives every row TF32, ``off`` none.
+    Yields the settings in force; restores the previous ones on exit."""
+    if mode not in TF32_MODES:
+        raise ValueError(f"tf32 must be one of {TF32_MODES}, got {mode!r}")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if mode != "default":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "on"
+        yield {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
-              gated_delta_shapes: bool = True, compile_step: bool = True) -> list[BenchRow]:
-    """All measurements of one run (ours first, then peers)."""
+              gated_delta_shapes: bool = True, compile_step: bool = True, tf32: str = "default") -> list[BenchRow]:
+    """All measurements of one run (ours first, then peers), under one fp32 precision setting (:func:`tf32_mode`)."""
+    with tf32_mode(tf32):
+        return _run_bench(cells, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
+                          repeats=repeats, gated_delta_shapes=gated_delta_shapes, compile_step=compile_step)
+
+
+def _run_bench(cells: list[str], *, batch: int, seq: int, d: int, layers: int, pattern: str, device: str,
+               repeats: int, gated_delta_shapes: bool, compile_step: bool) -> list[BenchRow]:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
