@@ -1,6 +1,8 @@
 """LLM memory sidecar figures: peak memory vs streamed length, ingestion overhead, NIAH accuracy vs length.
 
-GPU (defaults):   python benchmarks/llm_memory.py --out runs/llm_bench
+GPU (defaults):   python benchmarks/llm_memory.py --out runs/llm_bench --no-checkpoint
+                  (the defaults are the recipe measured in docs/llm.md, with 360 s of sidecar training and 40
+                  held-out samples per length x depth; about 8 minutes on an H200)
 CPU smoke sizes:  python benchmarks/llm_memory.py --tiny --out /tmp/llm_bench
 
 Stages (``--stages``):
@@ -243,32 +245,32 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=1500)
     p.add_argument("--pretrain-batch", type=int, default=32)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
-    p.add_argument("--train-length", type=int, default=2048)
+    p.add_argument("--train-length", type=int, default=8192)
     p.add_argument("--train-steps", type=int, default=1000)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-lr", type=float, default=1e-3)
-    p.add_argument("--lm-weight", type=float, default=1.0, help="next-token loss on the haystack (no-harm term)")
-    p.add_argument("--lm-tokens", type=int, default=0, help="no-harm LM loss on this many plain-text tokens per "
+    p.add_argument("--lm-weight", type=float, default=0.5, help="next-token loss on the haystack (no-harm term)")
+    p.add_argument("--lm-tokens", type=int, default=8192, help="no-harm LM loss on this many plain-text tokens per "
                    "step, not on the haystack (0: on every haystack chunk)")
-    p.add_argument("--lm-seq-len", type=int, default=0, help="row length of that text (0: min(lm_tokens, 2 chunks))")
-    p.add_argument("--write-l1", type=float, default=0.0, help="L1 penalty weight on the write strength b")
+    p.add_argument("--lm-seq-len", type=int, default=1024, help="row length of that text (0: min(lm_tokens, 2 chunks))")
+    p.add_argument("--write-l1", type=float, default=1.0, help="L1 penalty weight on the write strength b")
     p.add_argument("--write-l1-on", default="filler", choices=["filler", "all"])
-    p.add_argument("--write-l1-warmup", type=int, default=0, help="steps over which the L1 weight ramps up")
-    p.add_argument("--gate-context", type=int, default=0, help="taps of the causal conv feeding the write gate")
+    p.add_argument("--write-l1-warmup", type=int, default=300, help="steps over which the L1 weight ramps up")
+    p.add_argument("--gate-context", type=int, default=16, help="taps of the causal conv feeding the write gate")
     p.add_argument("--gate-context-hidden", type=int, default=32)
     p.add_argument("--no-checkpoint", action="store_true", help="no per-chunk recompute in training (more memory)")
-    p.add_argument("--min-train-length", type=int, default=0, help="length curriculum start (0: none)")
-    p.add_argument("--curriculum-steps", type=int, default=0)
-    p.add_argument("--train-seconds", type=float, default=0, help="stop NIAH training after this long (0: no limit)")
-    p.add_argument("--pretrain-seconds", type=float, default=0, help="stop pretraining after this long (0: no limit)")
+    p.add_argument("--min-train-length", type=int, default=1024, help="length curriculum start (0: none)")
+    p.add_argument("--curriculum-steps", type=int, default=300)
+    p.add_argument("--train-seconds", type=float, default=360, help="stop NIAH training after this long (0: no limit)")
+    p.add_argument("--pretrain-seconds", type=float, default=45, help="stop pretraining after this long (0: no limit)")
     p.add_argument("--layers", default="-1", help="decoder layers to wrap: auto or a comma list (-1: the last, "
                    "whose output feeds the LM head directly)")
     p.add_argument("--compressor", default="none", help="'none' (needed by the induction init) or 'linear'")
-    p.add_argument("--niah-lengths", default="32k,128k")
+    p.add_argument("--niah-lengths", default="4k,32k,128k")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
-    p.add_argument("--samples", type=int, default=20, help="held-out samples per (length, depth) cell")
+    p.add_argument("--samples", type=int, default=40, help="held-out samples per (length, depth) cell")
     p.add_argument("--baseline-samples", type=int, default=4, help="per depth, base-only run at the first length")
-    p.add_argument("--eval-batch", type=int, default=50)
+    p.add_argument("--eval-batch", type=int, default=40)
     p.add_argument("--no-harm-texts", type=int, default=8)
     p.add_argument("--no-harm-chars", type=int, default=8192)
     p.add_argument("--digits", type=int, default=6)
