@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..core.io import atomic_save_figure, atomic_write_json
 from .attach import MemoryLM
-from .niah import NiahTask, stack_samples
+from .niah import NiahTask, needle_mask, stack_samples
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[fl
                 samples_ = [task.sample(random.Random(seed * 7_919 + 1_000_003 * i + 1_009 * j + s), length,
                                         depths[j], "eval") for j, s in part]
                 ids, labels = stack_samples(samples_)
-                needle = _needle_mask(ids, samples_) if gates else None
+                needle = needle_mask(ids, samples_) if gates else None
                 out = mlm(ids, labels=labels, return_logits=False, memory_mode=memory_mode, write_mask=needle)
                 for (j, _), ok in zip(part, out.exact_match.tolist(), strict=True):
                     hits[j] += int(ok)
@@ -120,13 +120,6 @@ def eval_niah(mlm: MemoryLM, task: NiahTask, lengths: list[int], depths: list[fl
         atomic_write_json(out / "niah.json", result)
         plot_heatmap(result, out / "niah.png")
     return result
-
-
-def _needle_mask(ids: Tensor, samples: list[Any]) -> Tensor:
-    mask = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        mask[i, s.needle_pos: s.needle_pos + s.needle_len] = True
-    return mask
 
 
 def plot_heatmap(result: dict[str, Any], path: str | Path) -> None:
@@ -213,7 +206,7 @@ def _gate_summary(cell: Any, rec: dict[str, list[Tensor]], ids: Tensor, samples:
         beta = beta * torch.sigmoid(torch.cat(rec["strength"], 1).float()[:, : ids.shape[1]])
     decay = -(cell.log_alpha_max - cell.A_log.exp().float() * F.softplus(
         torch.cat(rec["a"], 1).float()[:, : ids.shape[1]] + cell.dt_bias.float()))
-    needle = _needle_mask(ids, samples).to(beta.device)
+    needle = needle_mask(ids, samples).to(beta.device)
     rest = ~needle
     return {
         "b_needle": float(beta[needle].mean()), "b_rest": float(beta[rest].mean()),

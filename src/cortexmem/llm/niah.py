@@ -160,6 +160,15 @@ def stack_samples(samples: list[NiahSample], pad_id: int = 0) -> tuple[torch.Ten
     return ids, labels
 
 
+def needle_mask(ids: torch.Tensor, samples: list[NiahSample], *, distractors: bool = False) -> torch.Tensor:
+    """``[B, T]`` bool, True on each row's needle (and on its distractor spans with ``distractors``)."""
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        for start, n in [(s.needle_pos, s.needle_len)] + (list(s.distractors) if distractors else []):
+            mask[i, start:start + n] = True
+    return mask
+
+
 class TextNiah(NiahTask):
     """Needle sentence in generated filler with ``n_distractors`` same-form sentences for other names.
 

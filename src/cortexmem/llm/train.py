@@ -20,7 +20,7 @@ import torch
 
 from ..core.io import atomic_save_figure, atomic_save_safetensors, atomic_write_json
 from .attach import MemoryLM
-from .niah import NiahSample, NiahTask
+from .niah import NiahSample, NiahTask, needle_mask
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,7 @@ def length_at(step: int, cfg: TrainNiahConfig, chunk_size: int) -> int:
 
 def filler_mask(ids: torch.Tensor, samples: list[NiahSample], *, needle_only: bool = False) -> torch.Tensor:
     """``[B, T]`` bool: True outside the needle and distractor spans (``needle_only``: True on the needle)."""
-    mask = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        spans = [(s.needle_pos, s.needle_len)] + ([] if needle_only else list(s.distractors))
-        for start, n in spans:
-            mask[i, start:start + n] = True
-    return mask if needle_only else ~mask
+    return needle_mask(ids, samples) if needle_only else ~needle_mask(ids, samples, distractors=True)
 
 
 def plain_batch(task: NiahTask, rng: random.Random, tokens: int, seq_len: int) -> torch.Tensor:
