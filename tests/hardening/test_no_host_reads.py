@@ -3,30 +3,10 @@ breaks CUDA-graph capture). Counted on CPU by patching the Tensor methods that r
 from ``cortexmem`` code count. The LSTM with resets is the one exception: cuDNN runs between reset points, which
 it must read."""
 
-import sys
-
 import pytest
 import torch
 
 import cortexmem
-
-_READS = ("item", "tolist", "__bool__", "__int__", "__float__")
-
-
-@pytest.fixture
-def host_reads(monkeypatch):
-    seen: list[str] = []
-    for name in _READS:
-        orig = getattr(torch.Tensor, name)
-
-        def counted(t, *a, _orig=orig, **kw):
-            frame = sys._getframe(1)
-            if "/cortexmem/" in frame.f_code.co_filename.replace("\\", "/"):
-                seen.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
-            return _orig(t, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return seen
 
 
 @pytest.mark.parametrize("pattern", ["C", "M", "S", "A", "X", "Ag", "D", "H", "AXMS"])
