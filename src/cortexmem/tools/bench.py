@@ -198,15 +198,8 @@ def tf32_mode(mode: str) -> Iterator[dict[str, bool]]:
 
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
-              gated_delta_shapes: bool = True, compile_step: bool = True, tf32: str = "default") -> list[BenchRow]:
-    """All measurements of one run (ours first, then peers), under one fp32 precision setting (:func:`tf32_mode`)."""
-    with tf32_mode(tf32):
-        return _run_bench(cells, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
-                          repeats=repeats, gated_delta_shapes=gated_delta_shapes, compile_step=compile_step)
-
-
-def _run_bench(cells: list[str], *, batch: int, seq: int, d: int, layers: int, pattern: str, device: str,
-               repeats: int, gated_delta_shapes: bool, compile_step: bool) -> list[BenchRow]:
+              gated_delta_shapes: bool = True, compile_step: bool = True) -> list[BenchRow]:
+    """All measurements of one run (ours first, then peers), at the fp32 precision in force (:func:`tf32_mode`)."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
