@@ -75,8 +75,7 @@ def gated_delta_rule(
     the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by construction).
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
-                          needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1],
-                          input_dtype=v.dtype)
+                          needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1])
     if impl.name == "triton":
         from .triton import triton_gated_delta_rule
 

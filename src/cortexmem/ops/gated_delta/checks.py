@@ -72,8 +72,7 @@ def needs_grad(*tensors: Tensor | None) -> bool:
 TRITON_MAX_DK = 128
 
 
-def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | None = None,
-                   input_dtype: torch.dtype | None = None, **_: object) -> str | None:
+def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | None = None, **_: object) -> str | None:
     """Why the Triton forward cannot run (None when it can); also the backend's ``supports`` constraint."""
     if needs_grad:
         return "forward only (no autograd): inputs require grad; use backend 'torch' or torch.no_grad()"

@@ -39,7 +39,7 @@ BF16_MIN_CHUNKS = 3
 DOT_TF32X3 = tl.constexpr(0)
 DOT_TF32 = tl.constexpr(1)
 DOT_BF16 = tl.constexpr(2)
-PRODUCTS = {"tf32x3": 0, "tf32": 1, "bf16": 2}
+PRODUCTS = {"tf32x3": DOT_TF32X3.value, "tf32": DOT_TF32.value, "bf16": DOT_BF16.value}
 
 
 @triton.jit
