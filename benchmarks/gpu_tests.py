@@ -11,14 +11,13 @@ it took down with it (pass alone). ``--out DIR`` writes ``gpu_tests.json`` and o
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from cortexmem.core.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 _CUDA_ERROR = re.compile(r"illegal memory access|CUDA error|cudaError", re.I)
@@ -57,7 +56,7 @@ def run_file(path: str, timeout: float, keyword: str | None = None, out_dir: Pat
     args = [path, *(["-k", keyword] if keyword else []), *(["-m", marker] if marker else [])]
     code, out, secs = _pytest(args, timeout)
     if out_dir is not None:
-        (out_dir / (Path(path).stem + ".log")).write_text(out, encoding="utf-8")
+        atomic_write_text(out_dir / (Path(path).stem + ".log"), out)
     res = {"file": path, "returncode": code, "seconds": round(secs, 1), "summary": _summary_line(out),
            "cuda_error": bool(_CUDA_ERROR.search(out)), "failed": _FAILED.findall(out), "alone": {}}
     if code not in (0, 5) and res["failed"]:
@@ -88,12 +87,7 @@ def main() -> None:
         for test_id, verdict in res["alone"].items():
             print(f"    {verdict:32s} {test_id}", flush=True)
     if out_dir is not None:
-        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_dir / "gpu_tests.json")
+        atomic_write_json(out_dir / "gpu_tests.json", results)
     bad = [r for r in results if r["returncode"] not in (0, 5)]
     sys.exit(1 if bad else 0)
 
