@@ -72,9 +72,11 @@ def test_doctor_and_bench_cli(tmp_path):
     assert names["bare:lstm-1"]["fwd_bwd_ms"] > 0 and names["bare:lstm-1"]["step_ms"] > 0
     assert "peer:cudnn-lstm-1 fwd_bwd_ms / bare:lstm-1 fwd_bwd_ms" in data["ratios"]
     assert "not installed" in names["peer:cortexcore-1xL"]["status"] or names["peer:cortexcore-1xL"]["fwd_bwd_ms"]
-    assert data["precision"]["tf32"] == "default"
+    assert data["precision"]["tf32"] == "default" and data["step_compile"] == "default"
     res = CliRunner().invoke(app, ["bench", "--cells", "conv", "--tf32", "sometimes"])
     assert res.exit_code == 2 and "--tf32 must be one of" in res.output
+    res = CliRunner().invoke(app, ["bench", "--cells", "conv", "--step-compile", "fastest"])
+    assert res.exit_code == 2 and "--step-compile must be one of" in res.output
 
 
 def test_bench_tf32_mode_sets_and_restores():
@@ -121,7 +123,23 @@ def test_graphed_module_eager_fallback_and_errors():
     torch.testing.assert_close(gr(x, resets=r)[0], stack(x, None, resets=r)[0])
 
 
-def test_step_runner_compiled_matches_step_on_cpu():
+def test_step_runner_rejects_unknown_compile_modes():
+    import cortexmem
+    from cortexmem import StepRunner
+    from cortexmem.tools.bench import run_bench
+
+    stack = cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=8, blocks=[
+        cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig())]))
+    with pytest.raises(ValueError, match="compile must be a bool or one of"):
+        StepRunner(stack, batch=2, device="cpu", compile="fastest")
+    with pytest.raises(TypeError, match="compile must be a bool or a str, got int"):
+        StepRunner(stack, batch=2, device="cpu", compile=1)
+    with pytest.raises(ValueError, match="step_compile must be one of"):
+        run_bench(["conv"], step_compile="on")
+
+
+@pytest.mark.parametrize("mode", [True, "default"])
+def test_step_runner_compiled_matches_step_on_cpu(mode):
     import cortexmem
     from cortexmem import StepRunner
 
@@ -129,7 +147,7 @@ def test_step_runner_compiled_matches_step_on_cpu():
     stack = cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=8, blocks=[
         cortexmem.PassThroughBlockConfig(cell=cortexmem.LSTMCellConfig()),  # nn.LSTM: a graph break, run eagerly
         cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig())])).eval()
-    runner = StepRunner(stack, batch=2, device="cpu", compile=True)
+    runner = StepRunner(stack, batch=2, device="cpu", compile=mode)
     state = None
     for t in range(3):
         x = torch.randn(2, 8)

@@ -77,6 +77,9 @@ def bench(
     out: str = typer.Option(None, help="directory for bench.json and bench.png"),
     tf32: str = typer.Option("default", help="fp32 matmul/cuDNN precision for every row: default (PyTorch's: "
                                              "matmuls fp32, cuDNN TF32), on (all TF32) or off (all fp32)"),
+    step_compile: str = typer.Option("default", help="the stack's compiled CUDA-graph step: off, default or "
+                                                     "max-autotune (inductor times Triton matmul templates: "
+                                                     "minutes of compile)"),
 ) -> None:
     """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
     from pathlib import Path
@@ -86,7 +89,7 @@ def bench(
     from rich.table import Table
 
     from cortexmem.core.io import atomic_write_json
-    from cortexmem.tools.bench import TF32_MODES, plot, ratios, rows_as_dicts, run_bench, tf32_mode
+    from cortexmem.tools.bench import STEP_COMPILE_MODES, TF32_MODES, plot, ratios, rows_as_dicts, run_bench, tf32_mode
 
     try:
         torch.device("cpu" if device == "auto" else device)
@@ -94,10 +97,12 @@ def bench(
         raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if tf32 not in TF32_MODES:
         raise typer.BadParameter(f"--tf32 must be one of {', '.join(TF32_MODES)}, got {tf32!r}")
+    if step_compile not in STEP_COMPILE_MODES:
+        raise typer.BadParameter(f"--step-compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
     names = [c.strip() for c in cells.split(",") if c.strip()]
     with tf32_mode(tf32) as precision:
         rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
-                         repeats=repeats)
+                         repeats=repeats, step_compile=step_compile)
     table = Table(title=f"cortex bench  B={batch} T={seq} d={d}  tf32 {tf32} ({precision})")
     for col in ("name", "fwd+bwd ms", "fwd+bwd (graph) ms",
                 "step ms", "step (graph) ms", "step (compiled graph) ms", "first call s", "peak MB", "status"):
@@ -114,7 +119,8 @@ def bench(
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / "bench.json", {"rows": rows_as_dicts(rows), "ratios": ratios(rows),
-                                                     "precision": {"tf32": tf32, **precision}})
+                                                     "precision": {"tf32": tf32, **precision},
+                                                     "step_compile": step_compile})
         plot(rows, Path(out) / "bench.png")
 
 

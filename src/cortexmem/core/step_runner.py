@@ -7,7 +7,9 @@ A graph still pays a few microseconds per kernel, and a layer's step is dozens o
 ``compile=True`` first fuses the step with ``torch.compile`` (an "AXMS" stack traces as one graph; ``nn.LSTM`` is a
 graph break that runs eagerly; inductor merges the elementwise work into few kernels), then captures that:
 seconds to a minute of compile once, for lower latency per step. Compiled results match eager ``step`` to
-rounding, not bit for bit.
+rounding, not bit for bit. ``compile="max-autotune"`` also lets inductor time Triton templates for the small
+matmuls (one kernel with its bias/activation fused, instead of a cuBLAS split-K gemm and its reduction): minutes of
+compile once. The runner captures the CUDA graph itself, so inductor's own graphs are always off.
 """
 
 from __future__ import annotations
@@ -21,14 +23,25 @@ from torch import Tensor
 from .graphed import _Flat
 from .module import MemoryModule
 
+#: ``compile=`` values -> torch.compile mode (None: its default). The runner captures its own CUDA graph, so the
+#: modes that would make inductor capture one too map to their ``-no-cudagraphs`` form.
+COMPILE_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs",
+                 "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs"}
+
 
 class StepRunner:
     """Runs ``module.step`` on static buffers; on CUDA the step is captured once and replayed."""
 
     def __init__(self, module: MemoryModule, batch: int, device: Any = "cuda", *, dtype: torch.dtype = torch.float32,
-                 use_graph: bool | None = None, warmup: int = 3, compile: bool = False) -> None:
+                 use_graph: bool | None = None, warmup: int = 3, compile: bool | str = False) -> None:
         if not isinstance(module, MemoryModule):
             raise TypeError(f"StepRunner expects a cortexmem MemoryModule, got {type(module).__name__}")
+        if isinstance(compile, str):
+            if compile not in COMPILE_MODES:
+                raise ValueError(f"StepRunner: compile must be a bool or one of {sorted(COMPILE_MODES)}, "
+                                 f"got {compile!r}")
+        elif not isinstance(compile, bool):
+            raise TypeError(f"StepRunner: compile must be a bool or a str, got {type(compile).__name__}")
         self.module = module
         self.device = torch.device(device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
@@ -51,7 +64,9 @@ class StepRunner:
                     leaf.copy_(new)
                 return out[0]
 
-            self._compiled = torch.compile(step_in_place, dynamic=False)  # graph breaks (nn.LSTM) run eagerly
+            mode = COMPILE_MODES[compile] if isinstance(compile, str) else None
+            # graph breaks (nn.LSTM) run eagerly
+            self._compiled = torch.compile(step_in_place, dynamic=False, mode=mode)
         self.graph = None
         if self.use_graph:
             self._capture(warmup)

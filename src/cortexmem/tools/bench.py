@@ -89,7 +89,7 @@ def _stack_for(cell: str, d: int, layers: int):
 
 def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, batch: int, seq: int, d: int,
                     device: torch.device, repeats: int, step_api: str = "cortex",
-                    compile_step: bool = False) -> BenchRow:
+                    step_compile: str = "off") -> BenchRow:
     row = BenchRow(name, kind)
     try:
         t0 = time.perf_counter()
@@ -141,11 +141,12 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
                 row.step_graph_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
             except RuntimeError as e:
                 row.extra["step_graph"] = f"failed: {e}"[:200]
-            if compile_step:
+            if step_compile != "off":
                 try:
                     t1 = time.perf_counter()
-                    runner = StepRunner(module, batch, device, compile=True)
+                    runner = StepRunner(module, batch, device, compile=step_compile)
                     row.extra["step_compile_s"] = round(time.perf_counter() - t1, 1)
+                    row.extra["step_compile_mode"] = step_compile
                     row.step_graph_compiled_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
                 except Exception as e:  # noqa: BLE001 - compile failures are reported, not fatal
                     row.extra["step_graph_compiled"] = f"failed: {type(e).__name__}: {e}"[:200]
@@ -178,6 +179,7 @@ def _peer_cortexcore(pattern: str, layers: int, d: int):
 
 
 TF32_MODES = ("default", "on", "off")
+STEP_COMPILE_MODES = ("off", "default", "max-autotune")
 
 
 @contextlib.contextmanager
@@ -198,15 +200,21 @@ def tf32_mode(mode: str) -> Iterator[dict[str, bool]]:
 
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
-              gated_delta_shapes: bool = True, compile_step: bool = True) -> list[BenchRow]:
-    """All measurements of one run (ours first, then peers), at the fp32 precision in force (:func:`tf32_mode`)."""
+              gated_delta_shapes: bool = True, step_compile: str = "default") -> list[BenchRow]:
+    """All measurements of one run (ours first, then peers), at the fp32 precision in force (:func:`tf32_mode`).
+
+    ``step_compile``: the stack's compiled step (CUDA only): ``off``, ``default`` or ``max-autotune``
+    (:class:`StepRunner`'s ``compile``).
+    """
+    if step_compile not in STEP_COMPILE_MODES:
+        raise ValueError(f"step_compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
     _warm_up(dev)
     rows = [_measure_module(f"cell:{c}", "ours", lambda c=c: _stack_for(c, d, 1), **kw) for c in cells]
     rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers),
-                                compile_step=compile_step and dev.type == "cuda", **kw))
+                                step_compile=step_compile if dev.type == "cuda" else "off", **kw))
     rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers), **kw))
     # the bare cell (no block around it: no norm, FFN or residual), the like-for-like match of nn.LSTM
     rows.append(_measure_module("bare:lstm-1", "ours", lambda: _bare_lstm(d, 1), **kw))
