@@ -19,7 +19,20 @@ from triton.compiler import ASTSource
 from cortexmem.ops.gated_delta import triton as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def _ptxas() -> str:
+    """The ptxas Triton itself runs for sm_90 (Triton 3.9 takes its newer ``ptxas-blackwell`` there: the older
+    ``ptxas`` rejects the PTX version it emits); the plain bundled one where ``get_ptxas(arch)`` is missing."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(TARGET.arch).path
+    except (ImportError, TypeError):
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+PTXAS = _ptxas()
 
 
 def _signature(fn, dtype: str, op_dtype: str) -> dict:
