@@ -69,8 +69,8 @@ def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int)
                              capture_output=True, text=True).stderr
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "SPLIT", "DOT")}
-    return (f"{fn.__name__:14s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
+    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "BD", "FUSED", "SPLIT", "DOT")}
+    return (f"{fn.__name__:16s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
             f"registers {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
             f"compile {took:.1f} s")
 
@@ -82,6 +82,8 @@ def main() -> None:
         for DK in (64, 128):
             base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
             print(compile_stats(kernels._wy_kernel, dtype, base, 4, 1))
+            for bd, nw in ((32, 4), (32, 8), (64, 4)):  # the whole-chunk WY kernel (wy="chunk"), column block BD
+                print(compile_stats(kernels._wy_chunk_kernel, dtype, dict(base, BD=bd), nw, 1))
             wide = DK > 64 and bf16  # the launcher's default split
             split = dict(DH=DK // 2 if wide else DK, SPLIT=wide)
             for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 32, 4)):
