@@ -1,8 +1,10 @@
 """Forward (bf16, no grad) of the gated delta rule: our Triton kernels vs fla vs the torch chunk path.
 
 Per shape: a small sweep of launch configs (read-out fused in the sequential kernel or parallel over chunks,
-V-block, warps, pipeline stages), the default config, the WY kernel alone, fla and the torch path; relative
-errors of ours vs fla and vs the torch path (and fla vs torch, for scale); the ratio to fla's time (goal <= 1.3x).
+V-block, warps, pipeline stages, WY kernel ``blocks`` or ``chunk`` with its column block and warps), the default
+config and the default with ``wy="chunk"``, each WY kernel alone (and the difference of their W, U), fla and the
+torch path; relative errors of ours vs fla and vs the torch path (and fla vs torch, for scale); the ratio to fla's
+time (goal <= 1.3x).
 
 ``--shape B,T,H,D`` picks shapes (default: both below), ``--max-configs N`` caps the sweep (0: defaults only). A
 CUDA error kills the process's context, so run shapes you doubt in their own process.
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from cortexmem.ops.gated_delta import chunk_gated_delta_rule
 from cortexmem.ops.gated_delta.triton import (
     PRODUCTS,
+    WY_KERNELS,
     _default_block_v,
     _default_stages,
     _pow2_at_least_16,
@@ -50,7 +53,7 @@ def _rel(a, b):
 
 def _configs(D: int):
     """The sweep, for each product mode: fused read-out over (block_v, warps) and stages at block_v 32; split
-    read-out over block_v; WY warps."""
+    read-out over block_v; WY warps; the whole-chunk WY kernel over its column block and warps."""
     for products in ("tf32", "bf16"):
         for bv in (16, 32, 64):
             if bv > D:
@@ -64,6 +67,11 @@ def _configs(D: int):
                        out_num_warps=4)
         for wy in (2, 8):
             yield dict(products=products, wy_num_warps=wy)
+        for wy_block in (32, 64):
+            if wy_block > D:
+                continue
+            for nw in (4, 8):
+                yield dict(products=products, wy="chunk", wy_block=wy_block, wy_num_warps=nw)
 
 
 def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_configs: int | None) -> None:
@@ -96,13 +104,21 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
             print(f"  {tag} triton {name}: {t:.3f} ms, rel err vs torch {err:.1e}{'' if ok else '  WRONG'}")
             if ok and (best is None or t < best[0]):
                 best = (t, name)
-        times["triton (default)"] = _time(lambda: triton_gated_delta_rule(q, k, v, g, beta))
+        for wy in WY_KERNELS:
+            times[f"triton (default, wy={wy})"] = _time(lambda wy=wy: triton_gated_delta_rule(q, k, v, g, beta, wy=wy))
         if best is not None:
             times[f"triton (best correct: {best[1]})"] = best[0]
         DP = _pow2_at_least_16(D)
-        times["  of which WY kernel (tf32)"] = _time(
-            lambda: wy_terms(k, v, g, beta, None, 64, DP, DP, torch.float32, products="tf32"))
-        times["  WY kernel (bf16 products)"] = _time(lambda: wy_terms(k, v, g, beta, None, 64, DP, DP, torch.bfloat16))
+        for products, op_dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
+            terms = {}
+            for wy in WY_KERNELS:
+                def wy_run(wy=wy, products=products, op_dtype=op_dtype):
+                    return wy_terms(k, v, g, beta, None, 64, DP, DP, op_dtype, products=products, wy=wy)
+                times[f"  WY kernel alone, wy={wy} ({products} products)"] = _time(wy_run)
+                terms[wy] = wy_run()
+            (w_b, u_b), (w_c, u_c) = terms["blocks"], terms["chunk"]
+            print(f"  rel diff WY chunk vs blocks ({products} products): W {_rel(w_c, w_b):.2e}, "
+                  f"U {_rel(u_c, u_b):.2e}")
         times["torch chunk"] = _time(lambda: chunk_gated_delta_rule(q, k, v, g, beta), reps=5)
         o, s = triton_gated_delta_rule(q, k, v, g, beta)
         print(f"  rel err triton vs torch chunk: output {_rel(o, o_t):.2e}, final state {_rel(s, s_t):.2e}")

@@ -19,7 +19,20 @@ from triton.compiler import ASTSource
 from cortexmem.ops.gated_delta import triton as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def _ptxas() -> str:
+    """The ptxas Triton itself runs for sm_90 (Triton 3.9 takes its newer ``ptxas-blackwell`` there: the older
+    ``ptxas`` rejects the PTX version it emits); the plain bundled one where ``get_ptxas(arch)`` is missing."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(TARGET.arch).path
+    except (ImportError, TypeError):
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+PTXAS = _ptxas()
 
 
 def _signature(fn, dtype: str, op_dtype: str) -> dict:
@@ -56,8 +69,8 @@ def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int)
                              capture_output=True, text=True).stderr
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "FUSED", "SPLIT", "DOT")}
-    return (f"{fn.__name__:14s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
+    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "BD", "FUSED", "SPLIT", "DOT")}
+    return (f"{fn.__name__:16s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
             f"registers {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
             f"compile {took:.1f} s")
 
@@ -69,6 +82,8 @@ def main() -> None:
         for DK in (64, 128):
             base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
             print(compile_stats(kernels._wy_kernel, dtype, base, 4, 1))
+            for bd, nw in ((32, 4), (32, 8), (64, 4)):  # the whole-chunk WY kernel (wy="chunk"), column block BD
+                print(compile_stats(kernels._wy_chunk_kernel, dtype, dict(base, BD=bd), nw, 1))
             wide = DK > 64 and bf16  # the launcher's default split
             split = dict(DH=DK // 2 if wide else DK, SPLIT=wide)
             for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 32, 4)):

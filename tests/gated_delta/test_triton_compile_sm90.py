@@ -1,7 +1,8 @@
 """The gated-delta Triton kernels compile for an H100 (sm_90) on a machine without a GPU (Triton ships ptxas).
 
 The interpreter tests run the kernels' Python, not Triton's front end: a construct the compiler rejects (a global
-that is not a ``tl.constexpr`` object, say) passes there and fails only on a GPU. This compiles every product mode.
+that is not a ``tl.constexpr`` object, say) passes there and fails only on a GPU. This compiles every kernel (both WY
+kernels) in every product mode.
 """
 
 from __future__ import annotations
@@ -43,5 +44,7 @@ def test_kernels_compile_for_sm90(products, dtype, DK):
     state = _compile(kernels._state_kernel, dtype, op_dtype,
                      dict(base, DH=DK, SPLIT=False, BV=32, HAS_S0=True, FUSED=False), stages)
     out = _compile(kernels._out_kernel, dtype, op_dtype, dict(base, DH=DK, SPLIT=False, BV=32), 1)
-    for k in (wy, state, out):
+    wy_chunk = _compile(kernels._wy_chunk_kernel, dtype, op_dtype, dict(base, BD=kernels.WY_CHUNK_BLOCK), 1)
+    for k in (wy, state, out, wy_chunk):
         assert "ptx" in k.asm and k.metadata.shared > 0
+    assert wy_chunk.metadata.shared <= 227 * 1024  # the most one sm_90 program may take

@@ -37,21 +37,23 @@ def _case(T, D, with_resets):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("with_resets", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_forward_matches_naive(T, D, with_resets, dtype):
+@pytest.mark.parametrize("wy", ["blocks", "chunk"])
+def test_triton_forward_matches_naive(T, D, with_resets, dtype, wy):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
 
     inputs, r, o_ref, s_ref = _case(T, D, with_resets)
     q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
     with torch.no_grad():
-        o, s = triton_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
+        o, s = triton_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r, wy=wy)
     assert o.dtype == dtype and s.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert _rel_rms(o, o_ref) <= tol
     assert _rel_rms(s, s_ref) <= tol
 
 
-def test_triton_without_initial_state_and_small_dims():
+@pytest.mark.parametrize("wy", ["blocks", "chunk"])
+def test_triton_without_initial_state_and_small_dims(wy):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta import gated_delta_rule_naive
     from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
@@ -63,7 +65,7 @@ def test_triton_without_initial_state_and_small_dims():
     g, beta = F.logsigmoid(torch.randn(B, T, NH, device="cuda") + 2), torch.rand(B, T, NH, device="cuda")
     o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)))
     for cs in (16, 32, 64):
-        o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs)
+        o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, wy=wy)
         assert _rel_rms(o, o_ref) <= 1e-4 and _rel_rms(s, s_ref) <= 1e-4
 
 
@@ -86,7 +88,7 @@ def test_dispatch_picks_triton_only_without_grad():
     assert _rel_rms(o_auto, o_ref) <= 1e-4
 
 
-def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, products=None):
+def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, products=None, **wy):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton import gated_delta_forward
 
@@ -95,7 +97,7 @@ def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, produc
     with torch.no_grad():
         o, s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=s0, output_final_state=True,
                                    resets=r, block_v=block_v, num_warps=num_warps, num_stages=num_stages,
-                                   fused=fused, out_block_v=block_v, split=split, products=products)
+                                   fused=fused, out_block_v=block_v, split=split, products=products, **wy)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert _rel_rms(o, o_ref) <= tol and _rel_rms(s, s_ref) <= tol
 
@@ -122,6 +124,45 @@ def test_triton_d128_bf16_launch_configs_match_naive(fused, block_v, num_warps, 
     _check_launch(128, fused, block_v, num_warps, num_stages, torch.bfloat16, None, products)
 
 
+# the whole-chunk WY kernel (opt-in, wy="chunk") over its column block and warps, in every product mode
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("wy_block,wy_num_warps", [(32, 4), (32, 8), (64, 4)])
+@pytest.mark.parametrize("dtype,products,num_stages", [
+    (torch.float32, None, 1), (torch.bfloat16, None, 2), (torch.bfloat16, "tf32", 1),
+])
+def test_triton_chunk_wy_configs_match_naive(D, wy_block, wy_num_warps, dtype, products, num_stages):
+    _check_launch(D, True, 32, 4, num_stages, dtype, None, products, wy="chunk", wy_block=wy_block,
+                  wy_num_warps=wy_num_warps)
+
+
+@pytest.mark.parametrize("products", ["tf32x3", "tf32", "bf16"])
+@pytest.mark.parametrize("keys", ["random", "alike"])
+def test_wy_kernels_match_fp64_ut_transform(products, keys):
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.chunk import chunk_terms
+    from cortexmem.ops.gated_delta.triton import wy_terms
+
+    inputs, r, _, _ = _case(300, 128, True)
+    _, k, v, g, beta, _ = inputs
+    if keys == "alike":  # keys all alike, b = 1, no decay: the largest intermediate terms of the inverse
+        k = F.normalize(1 + 1e-3 * torch.randn_like(k), dim=-1)
+        g, beta, r = torch.zeros_like(g), torch.ones_like(beta), None
+    dtype = torch.float32 if products != "bf16" else torch.bfloat16
+    k, v, g, beta = (t.to(dtype) for t in (k, v, g, beta))
+    _, _, _, _, U_ref, W_ref = chunk_terms(k, k, v, g, beta, r, 64, torch.float64)
+    rr = None if r is None else r.to(torch.int8)
+    errs = {}
+    for wy in ("blocks", "chunk"):
+        W, U = wy_terms(k, v, g, beta, rr, 64, 128, 128, dtype, products=products, wy=wy)
+        errs[wy] = max(_rel_rms(W.reshape(W_ref.shape), W_ref), _rel_rms(U.reshape(U_ref.shape), U_ref))
+    # tf32: 10-bit operands, bf16 products: 8-bit. Keys alike: W's rows are differences of near-equal keys, so the
+    # rounding shows relative to the small result. In the interpreter with operands rounded to TF32, chunk / blocks:
+    # 2.8e-4 / 2.1e-4 (random), 2.2e-3 / 1.1e-3 (alike); bf16 products 5.3e-3 / 5.9e-3 (random), 0.029 / 0.053 (alike)
+    random = keys == "random"
+    tol = {"tf32x3": 1e-4, "tf32": 5e-3 if random else 1e-2, "bf16": 2e-2 if random else 1e-1}[products]
+    assert errs["chunk"] <= tol and errs["blocks"] <= tol, errs
+
+
 def test_auto_dispatch_takes_triton_for_16bit_keys_up_to_128_and_torch_beyond():
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule
@@ -140,7 +181,8 @@ def test_auto_dispatch_takes_triton_for_16bit_keys_up_to_128_and_torch_beyond():
     assert torch.equal(o, o_t) and torch.equal(s, s_t)
 
 
-def test_triton_half_inputs_and_chunk_sizes_with_resets():
+@pytest.mark.parametrize("wy", ["blocks", "chunk"])
+def test_triton_half_inputs_and_chunk_sizes_with_resets(wy):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
 
@@ -148,6 +190,6 @@ def test_triton_half_inputs_and_chunk_sizes_with_resets():
     q, k, v, g, beta, s0 = (t.half() for t in inputs)
     for cs in (16, 32, 64):
         with torch.no_grad():
-            o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, initial_state=s0, resets=r)
+            o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, initial_state=s0, resets=r, wy=wy)
         assert o.dtype == torch.float16 and s.dtype == torch.float16
         assert _rel_rms(o, o_ref) <= 2e-2 and _rel_rms(s, s_ref) <= 2e-2

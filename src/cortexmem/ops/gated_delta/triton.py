@@ -1,11 +1,16 @@
 """Triton forward (no autograd) of the chunkwise gated delta rule: kernels -> launcher -> public fn.
 
-Two kernels, both reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no padding copies):
+Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no padding copies):
 
 * ``_wy_kernel``, parallel over (chunk, batch*head): the UT transform of :mod:`.chunk` per chunk. The unit lower
   triangular ``I + A`` is solved in blocks of 16 rows: the 16x16 diagonal block is inverted in registers
   (forward substitution for fp32; repeated squaring for bf16), the rows of earlier blocks (already solved and
   stored) enter through 16x16 products. Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
+* ``_wy_chunk_kernel`` (opt-in, ``wy="chunk"``; not yet measured on a GPU), same grid and outputs: the whole chunk at
+  once. ``A`` from one ``K K^T``; the ``C / 16`` diagonal 16x16 blocks of ``I + A`` inverted together by forward
+  substitution on a ``[C/16, 16, 16]`` tile; merged on the ``[C, C]`` tile as ``(I + N)^-1 D0^-1`` with
+  ``N = D0^-1 E`` (``E`` the off-diagonal blocks, ``N^(C/16) = 0``); then ``W``, ``U`` as ``[C, C] x [C, BD]``
+  products over column blocks. No intermediate row is stored and re-read.
 * ``_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks: keeps ``S [Dk, BV]``
   in registers, forms ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates
   ``S <- e^gamma_C S + K_out^T u``; decays and ``P`` are rebuilt from g and the keys (cheaper than reading them).
@@ -40,6 +45,11 @@ DOT_TF32X3 = tl.constexpr(0)
 DOT_TF32 = tl.constexpr(1)
 DOT_BF16 = tl.constexpr(2)
 PRODUCTS = {"tf32x3": DOT_TF32X3.value, "tf32": DOT_TF32.value, "bf16": DOT_BF16.value}
+# WY kernels: ``blocks`` (16-row blocks one after another; measured, the default) and ``chunk`` (the whole chunk at
+# once; compiled for sm_90 but not yet measured on a GPU: opt-in). ``WY_CHUNK_BLOCK``: the column block of keys and
+# values it streams (the [C, C] inverse stays in registers; see docs/gpu.md for the compile figures)
+WY_KERNELS = ("blocks", "chunk")
+WY_CHUNK_BLOCK = 32
 
 
 @triton.jit
@@ -184,6 +194,81 @@ def _read_out(qk, qs, u, gamma, seg, rc, DOT: tl.constexpr):
 
 
 @triton.jit
+def _merge_dot(a, b, DOT: tl.constexpr):
+    """Products of the inverse's merge, on fp32 operands. Powers of the block-nilpotent ``N`` rounded to bf16 would
+    compound over the merge (four chained products), so bf16 mode takes one TF32 pass like TF32 mode (the rounding
+    the blocks kernel applies to its cross-block terms); fp32 inputs keep 3xTF32 (about fp32 accuracy)."""
+    if DOT == DOT_TF32X3:
+        r = tl.dot(a, b, input_precision="tf32x3")
+    else:
+        r = tl.dot(a, b, input_precision="tf32")
+    return r
+
+
+@triton.jit
+def _wy_chunk_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
+                     C: tl.constexpr, BD: tl.constexpr, HAS_R: tl.constexpr, DOT: tl.constexpr):
+    # the whole chunk at once: A from one K K^T (accumulated over BD-column blocks of the keys), (I + A)^-1 in
+    # registers, then W and U as [C, C] x [C, BD] products, one store per column block; nothing is re-read
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    NC = N * C
+    NB: tl.constexpr = C // 16
+    rc = tl.arange(0, C)
+    rd = tl.arange(0, BD)
+    tc = n * C + rc
+    ok = tc < T
+    gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
+    beta = tl.load(BETA + (b * T + tc) * NH + h, mask=ok, other=0.0).to(tl.float32)
+    kk = tl.zeros((C, C), dtype=tl.float32)
+    for d0 in range(0, DK, BD):
+        k = _rows(K, b, h, tc, ok, T, NH, DKR, d0 + rd)
+        kk += _dot(k, tl.trans(k), DOT)
+    link = (rc[None, :] < rc[:, None]) & (seg[:, None] == seg[None, :])
+    a = kk * tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf"))) * beta[:, None]
+    # I + A = D0 + E: D0 its C / 16 diagonal 16x16 blocks, E the rest (strictly block-lower)
+    blk = rc // 16
+    same_blk = blk[:, None] == blk[None, :]
+    rn = tl.arange(0, NB)
+    diag = (rn[:, None] == rn[None, :])[:, None, :, None]  # [NB, 1, NB, 1]: the diagonal blocks of a [C, C]
+    m = -tl.sum(tl.where(diag, tl.reshape(a, (NB, 16, NB, 16)), 0.0), 2)  # [NB, 16, 16]: -A of each block
+    rb = tl.arange(0, 16)
+    # every product mode: forward substitution, row i of every block at once (exact to fp32 rounding). The repeated
+    # squaring _wy_kernel takes for bf16 products needs batched fp32 FMA products here: 226-247 registers instead of
+    # 138-158 (sm_90, Dk = 128, 4 warps), for a solve that is no more accurate
+    for i in range(1, 16):
+        sel = (rb == i)[None, :, None]
+        row = tl.sum(tl.where(sel, m, 0.0), 1)  # [NB, 16]: -A_i (entries j < i)
+        row = row + tl.sum(row[:, :, None] * m, 1)  # + sum_j -A_ij ((I + A)^-1 - I)_j
+        m = tl.where(sel, row[:, None, :], m)
+    d_inv = m + (rb[:, None] == rb[None, :]).to(tl.float32)[None, :, :]
+    # D0^-1 back on the [C, C] tile (zero off the diagonal blocks)
+    t_inv = tl.reshape(tl.where(diag, d_inv[:, :, None, :], 0.0), (C, C))
+    if NB > 1:
+        # (I + A)^-1 = (I + N)^-1 D0^-1 with N = D0^-1 E, N^NB = 0: (I + N)^-1 = (I - N)(I + N^2) for NB = 4.
+        # Powers of N stay bounded (products of at most NB - 1 block terms of exact 16x16 inverses), unlike the
+        # powers of the whole C x C nilpotent A (binomial growth, ~1e18 for keys all alike)
+        p = -_merge_dot(t_inv, tl.where(same_blk, 0.0, a), DOT)  # -N
+        t_inv += _merge_dot(p, t_inv, DOT)
+        if NB > 2:
+            t_inv += _merge_dot(_merge_dot(p, p, DOT), t_inv, DOT)
+    # W = T diag(b e^gamma (joined to S_0)) K, U = T diag(b) V: the diagonals scale T's columns, not the [C, BD] tiles
+    d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)
+    t_w = t_inv * (beta * d_in)[None, :]
+    t_u = t_inv * beta[None, :]
+    w_base = W + bh * NC * DK + n * C * DK + rc[:, None] * DK
+    u_base = U + bh * NC * DV + n * C * DV + rc[:, None] * DV
+    for d0 in range(0, DK, BD):
+        k = _rows(K, b, h, tc, ok, T, NH, DKR, d0 + rd)
+        tl.store(w_base + d0 + rd[None, :], _dot(t_w, k, DOT).to(W.dtype.element_ty))
+    for d0 in range(0, DV, BD):
+        v = _rows(V, b, h, tc, ok, T, NH, DVR, d0 + rd)
+        tl.store(u_base + d0 + rd[None, :], _dot(t_u, v, DOT).to(U.dtype.element_ty))
+
+
+@triton.jit
 def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
                   DH: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
                   HAS_S0: tl.constexpr, FUSED: tl.constexpr, DOT: tl.constexpr):
@@ -307,21 +392,36 @@ def default_products(dtype: torch.dtype, n_chunks: int, fused: bool = True) -> s
     return "bf16" if dtype == torch.bfloat16 and fused and n_chunks >= BF16_MIN_CHUNKS else "tf32"
 
 
-def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=None):
-    """Contiguous inputs (``r`` int8 resets or None) -> ``W (B, NH, N*C, DK)``, ``U (B, NH, N*C, DV)``."""
+def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=None, wy="blocks", wy_block=None):
+    """Contiguous inputs (``r`` int8 resets or None) -> ``W (B, NH, N*C, DK)``, ``U (B, NH, N*C, DV)``.
+
+    ``wy``: ``blocks`` (``_wy_kernel``) or ``chunk`` (``_wy_chunk_kernel``, whose key/value column block is
+    ``wy_block``, default ``WY_CHUNK_BLOCK`` capped at the padded width).
+    """
+    if wy not in WY_KERNELS:
+        raise ValueError(f"gated delta rule, triton backend: wy must be one of {WY_KERNELS}, got {wy!r}")
     B, T, NH, Dk = k.shape
     N = triton.cdiv(T, C)
     dot = PRODUCTS[products or ("bf16" if op_dtype != torch.float32 else "tf32x3")]
     W = torch.empty(B, NH, N * C, DK, dtype=op_dtype, device=k.device)
     U = torch.empty(B, NH, N * C, DV, dtype=op_dtype, device=k.device)
-    launch(_wy_kernel, (N, B * NH), k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, v.shape[-1],
-           DK=DK, DV=DV, C=C, HAS_R=r is not None, DOT=dot, num_warps=num_warps or 4, num_stages=1)
+    args = (k, v, g, beta, r if r is not None else g, W, U, T, N, NH, Dk, v.shape[-1])
+    if wy == "blocks":
+        launch(_wy_kernel, (N, B * NH), *args, DK=DK, DV=DV, C=C, HAS_R=r is not None, DOT=dot,
+               num_warps=num_warps or 4, num_stages=1)
+        return W, U
+    BD = wy_block or min(WY_CHUNK_BLOCK, DK, DV)
+    if BD not in (16, 32, 64, 128) or BD > min(DK, DV):
+        raise ValueError(f"gated delta rule, triton backend: wy_block must be a power of two in [16, "
+                         f"{min(DK, DV)}], got {BD}")
+    launch(_wy_chunk_kernel, (N, B * NH), *args, DK=DK, DV=DV, C=C, BD=BD, HAS_R=r is not None, DOT=dot,
+           num_warps=num_warps or 4, num_stages=1)
     return W, U
 
 
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
                         block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
-                        out_block_v=None, out_num_warps=None, split=None, products=None):
+                        out_block_v=None, out_num_warps=None, split=None, products=None, wy=None, wy_block=None):
     """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
@@ -330,7 +430,10 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
     ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
     ``BF16_MIN_CHUNKS``).
+    ``wy``: the WY kernel, ``blocks`` (default, measured) or ``chunk`` (opt-in: not yet measured on a GPU);
+    ``wy_block``: the chunk kernel's key/value column block (see :func:`wy_terms`).
     """
+    wy = wy or "blocks"
     out_dtype = v.dtype
     B, T, NH, Dk = k.shape
     Dv = v.shape[-1]
@@ -368,7 +471,8 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     r = (resets != 0).to(torch.int8).contiguous() if resets is not None else None
-    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps, products=products)
+    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps, products=products, wy=wy,
+                    wy_block=wy_block)
     o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
     SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
     S0 = initial_state.contiguous() if initial_state is not None else None
@@ -398,13 +502,15 @@ def triton_gated_delta_rule(
     block_v: int | None = None,
     num_warps: int | None = None,
     check_decay: bool = True,
+    wy: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
     fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use bf16 products from
     ``BF16_MIN_CHUNKS`` chunks on, fp16 inputs and shorter sequences one-pass TF32 products on fp32 operands; the
     accumulation and the state are fp32.
-    ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels.
+    ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels. ``wy``: ``blocks``
+    (default) or ``chunk`` (the whole-chunk WY kernel, opt-in until measured on a GPU).
     """
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     reason = triton_rejects(needs_grad=needs_grad(q, k, v, g, beta, initial_state), chunk_size=chunk_size)
@@ -412,4 +518,4 @@ def triton_gated_delta_rule(
         raise ValueError(f"gated delta rule, triton backend: {reason}")
     return gated_delta_forward(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
                                output_final_state=output_final_state, resets=resets, block_v=block_v,
-                               num_warps=num_warps)
+                               num_warps=num_warps, wy=wy)
