@@ -221,7 +221,8 @@ def _run_cases() -> dict:
             out["bad_block"] = "accepted"
         except ValueError as e:
             out["bad_block"] = str(e)
-        for name, kw in (("bad_wy", dict(wy="rows")), ("bad_wy_block", dict(wy="chunk", wy_block=64))):
+        for name, kw in (("bad_wy", dict(wy="rows")), ("bad_wy_block", dict(wy="chunk", wy_block=64)),
+                         ("wy_block_blocks", dict(wy="blocks", wy_block=16))):
             try:
                 gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
                                     resets=None, **kw)
@@ -311,3 +312,4 @@ def test_interpreted_wy_kernels_match_fp64_ut_transform(results, case):
 def test_interpreted_bad_wy_arguments_name_expected_and_got(results):
     assert "wy must be one of ('blocks', 'chunk'), got 'rows'" in results["bad_wy"]
     assert "wy_block must be a power of two in [16, 16], got 64" in results["bad_wy_block"]
+    assert "wy_block is the column block of wy='chunk', got wy_block=16 with wy='blocks'" in results["wy_block_blocks"]

@@ -400,6 +400,9 @@ def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=
     """
     if wy not in WY_KERNELS:
         raise ValueError(f"gated delta rule, triton backend: wy must be one of {WY_KERNELS}, got {wy!r}")
+    if wy == "blocks" and wy_block is not None:
+        raise ValueError(f"gated delta rule, triton backend: wy_block is the column block of wy='chunk', got "
+                         f"wy_block={wy_block} with wy='blocks'")
     B, T, NH, Dk = k.shape
     N = triton.cdiv(T, C)
     dot = PRODUCTS[products or ("bf16" if op_dtype != torch.float32 else "tf32x3")]
