@@ -62,7 +62,7 @@ def _chunk_decays(gamma, seg, C: tl.constexpr):
 
 
 @triton.jit
-def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DH, DU, DS0, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
+def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DSC, DU, DS0, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
                       C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, HAS_DSF: tl.constexpr,
                       HAS_S0: tl.constexpr, DOT: tl.constexpr):
     bv = tl.program_id(0)
@@ -84,7 +84,7 @@ def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DH, DU, DS0, T, N, NH, DKR, DVR, D
         tc = n * C + rc
         ok = tc < T
         chunk = bh * N + n
-        tl.store(DH + chunk * DK * DV + rk[:, None] * DV + rv[None, :], dS)
+        tl.store(DSC + chunk * DK * DV + rk[:, None] * DV + rv[None, :], dS)
         k = _rows(K, b, h, tc, ok, T, NH, DKR, rk)  # [C, DK]
         qT = _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk)  # [DK, C]
         do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=ok[:, None] & (rv[None, :] < DVR),
@@ -101,7 +101,7 @@ def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DH, DU, DS0, T, N, NH, DKR, DVR, D
 
 
 @triton.jit
-def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DH, DU, DQ, DKD, DW, DGP, T, N, NH, DKR, DVR, DK: tl.constexpr,
+def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DSC, DU, DQ, DKD, DW, DGP, T, N, NH, DKR, DVR, DK: tl.constexpr,
                     DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
                     DOT: tl.constexpr):
     bk = tl.program_id(0)
@@ -130,7 +130,7 @@ def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DH, DU, DQ, DKD, DW, DGP, T, N, NH, DK
         u = tl.load(U + rows[:, None] * DV + rv[None, :])
         du = tl.load(DU + rows[:, None] * DV + rv[None, :])
         sT = tl.load(H + chunk * DK * DV + rk[None, :] * DV + rv[:, None])  # [BV, BK]
-        dsT = tl.load(DH + chunk * DK * DV + rk[None, :] * DV + rv[:, None])
+        dsT = tl.load(DSC + chunk * DK * DV + rk[None, :] * DV + rv[:, None])
         dos += _dot(do, sT, DOT)
         uds += _dot(u, dsT, DOT)
         dus += _dot(du, sT, DOT)
@@ -254,8 +254,20 @@ def backward_products(dtype: torch.dtype) -> str:
     return "tf32" if dtype in (torch.bfloat16, torch.float16) else "tf32x3"
 
 
-def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, chunk_size, need_ds0,
-                         state_block_v=None, num_warps=None):
+def backward_config(DK: int, DV: int, n_bh: int, dot: int) -> dict:
+    """Launch sizes of the three backward kernels: ``(block, warps)`` per kernel, picked from their sm_90 compile
+    (``benchmarks/gated_delta_triton_compile.py --backward``: registers and spills at C = 64), not yet timed.
+
+    One-pass TF32 (16-bit inputs): no spills but the state kernel at Dk = 128 (52 B); 3xTF32 triples the product
+    operands in registers: narrower blocks keep the dq/dk and WY kernels within a few bytes of spills.
+    """
+    if dot == PRODUCTS["tf32"]:
+        state_bv = 32 if DK <= 64 and n_bh * (DV // 32) >= 128 else 16
+        return dict(state=(min(DV, state_bv), 8), dqk=(min(DK, 64), min(DV, 32), 8), wy=(min(DK, 64), min(DV, 64), 8))
+    return dict(state=(16, 4 if DK <= 64 else 8), dqk=(min(DK, 32), 16, 8), wy=(16, 16, 8))
+
+
+def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, chunk_size, need_ds0, config=None):
     """Gradients ``(dq, dk, dv, dg, dbeta, d_initial_state or None)`` of the chunkwise rule, for ``d o`` and
     ``d final_state`` (either may be None: zero)."""
     B, T, NH, Dk = k.shape
@@ -286,21 +298,23 @@ def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, ch
     dH = torch.empty(B, NH, N, DK, DV, dtype=f32, device=dev)
     dU = torch.empty(B, NH, N * C, DV, dtype=f32, device=dev)
     ds0 = torch.empty(B, NH, Dk, Dv, dtype=initial_state.dtype, device=dev) if need_ds0 else None
-    SBV = state_block_v or BV
+    cfg = config or backward_config(DK, DV, BH, dot)
+    SBV, state_warps = cfg["state"]
     launch(_bwd_state_kernel, (DV // SBV, BH), q, k, g, rr, W, do, dsf if dsf is not None else SF, dH, dU,
            ds0 if ds0 is not None else SF, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=SBV, HAS_R=has_r,
-           HAS_DSF=dsf is not None, HAS_S0=ds0 is not None, DOT=dot, num_warps=num_warps or 4, num_stages=1)
-    BK = min(DK, 64)
+           HAS_DSF=dsf is not None, HAS_S0=ds0 is not None, DOT=dot, num_warps=state_warps, num_stages=1)
+    BK, QBV, qk_warps = cfg["dqk"]
     dq = torch.empty_like(q)
     dkd = torch.empty(B, NH, N * C, DK, dtype=f32, device=dev)
     dW = torch.empty(B, NH, N * C, DK, dtype=f32, device=dev)
     dgp = torch.empty(BH, DK // BK, N * C, dtype=f32, device=dev)
     launch(_bwd_dqk_kernel, (DK // BK, N, BH), q, k, g, rr, do, u, Hs, dH, dU, dq, dkd, dW, dgp, T, N, NH, Dk, Dv,
-           DK=DK, DV=DV, C=C, BK=BK, BV=min(DV, 32), HAS_R=has_r, DOT=dot, num_warps=4, num_stages=1)
+           DK=DK, DV=DV, C=C, BK=BK, BV=QBV, HAS_R=has_r, DOT=dot, num_warps=qk_warps, num_stages=1)
+    WBK, WBV, wy_warps = cfg["wy"]
     dk, dv, db, dg = (torch.empty_like(x) for x in (k, v, beta, g))
     li = torch.empty(BH, N * C, C, dtype=f32, device=dev)
     launch(_bwd_wy_kernel, (N, BH), k, v, g, beta, rr, W, U, dU, dW, dkd, dgp, li, dk, dv, db, dg, T, N, NH, Dk, Dv,
-           DK=DK, DV=DV, C=C, BK=min(DK, 32), BV=min(DV, 32), HAS_R=has_r, DOT=dot, num_warps=4, num_stages=1)
+           DK=DK, DV=DV, C=C, BK=WBK, BV=WBV, HAS_R=has_r, DOT=dot, num_warps=wy_warps, num_stages=1)
     return dq, dk, dv, dg, db, ds0
 
 
