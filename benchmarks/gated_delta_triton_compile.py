@@ -92,7 +92,8 @@ def backward_stats() -> None:
             print(compile_stats(triton_bwd._bwd_state_kernel, dtype, dict(base, BV=bv, HAS_DSF=True, HAS_S0=True),
                                 nw, 1))
             print(f"BK={qbk:<3d}", compile_stats(triton_bwd._bwd_dqk_kernel, dtype, dict(base, BK=qbk, BV=qbv), qnw, 1))
-            print(f"BK={wbk:<3d}", compile_stats(triton_bwd._bwd_wy_kernel, dtype, dict(base, BK=wbk, BV=wbv), wnw, 1))
+            print(f"BK={wbk:<3d}", compile_stats(triton_bwd._bwd_wy_kernel, dtype,
+                                                   dict(base, BK=wbk, BV=wbv, NKQ=DK // qbk), wnw, 1))
 
 
 def main() -> None:

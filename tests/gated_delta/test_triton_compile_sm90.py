@@ -45,3 +45,23 @@ def test_kernels_compile_for_sm90(products, dtype, DK):
     out = _compile(kernels._out_kernel, dtype, op_dtype, dict(base, DH=DK, SPLIT=False, BV=32), 1)
     for k in (wy, state, out):
         assert "ptx" in k.asm and k.metadata.shared > 0
+
+
+@pytest.mark.parametrize("products,dtype,DK", [("tf32x3", "fp32", 128), ("tf32", "bf16", 128)])
+def test_backward_kernels_compile_for_sm90(products, dtype, DK):
+    from cortexmem.ops.gated_delta import triton_bwd
+
+    dot = kernels.PRODUCTS[products]
+    cfg = triton_bwd.backward_config(DK, DK, 8, dot)
+    (bv, sw), (qbk, qbv, qw), (wbk, wbv, ww) = cfg["state"], cfg["dqk"], cfg["wy"]
+    base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
+    fp32 = {"DSF", "DSC", "DU", "DKD", "DW", "DGP", "LI", "DS0", "W", "U", "H"}
+    for fn, consts, warps in ((triton_bwd._bwd_state_kernel, dict(base, BV=bv, HAS_DSF=True, HAS_S0=True), sw),
+                              (triton_bwd._bwd_dqk_kernel, dict(base, BK=qbk, BV=qbv), qw),
+                              (triton_bwd._bwd_wy_kernel, dict(base, BK=wbk, BV=wbv, NKQ=DK // qbk), ww)):
+        sig = {n: "constexpr" if n in consts else "*fp32" if n in fp32 else "i32" if n in ("T", "N", "NH", "DKR", "DVR")
+               else f"*{dtype}" for n in fn.arg_names}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": warps, "num_stages": 1})
+        assert "ptx" in k.asm and k.metadata.shared > 0
+        assert k.metadata.shared <= 227 * 1024  # fits one program per SM on sm_90

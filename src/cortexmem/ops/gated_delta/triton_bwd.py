@@ -32,7 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...core.precompile import launch
-from .checks import check_gated_delta_inputs, triton_rejects
+from .checks import check_gated_delta_inputs, triton_autograd_rejects
 from .triton import (
     PRODUCTS,
     _block_gates,
@@ -158,7 +158,8 @@ def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DSC, DU, DQ, DKD, DW, DGP, T, N, NH, D
 @triton.jit
 def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, DG, T, N, NH, DKR, DVR,
                    DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   HAS_R: tl.constexpr, DOT: tl.constexpr):
+                   NKQ: tl.constexpr, HAS_R: tl.constexpr, DOT: tl.constexpr):
+    # NKQ: the number of key blocks of the dq/dk kernel, each of which wrote a share of d gamma
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // NH
@@ -231,8 +232,8 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
     e = dam * kk * beta[:, None]  # dM_ij M_ij through A
     dbeta += tl.sum(dam * kk, 1) + d_in * xk
     dgam = tl.sum(e, 1) - tl.sum(e, 0) + beta * d_in * xk
-    for kb in range(NKB):
-        dgam += tl.load(DGP + (bh * NKB + kb) * NC + n * C + rc)
+    for kb in range(NKQ):
+        dgam += tl.load(DGP + (bh * NKQ + kb) * NC + n * C + rc)
     gmat = dam * beta[:, None]  # d(k_i.k_j)
     for kb in range(NKB):
         rk = kb * BK + tl.arange(0, BK)
@@ -314,7 +315,7 @@ def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, ch
     dk, dv, db, dg = (torch.empty_like(x) for x in (k, v, beta, g))
     li = torch.empty(BH, N * C, C, dtype=f32, device=dev)
     launch(_bwd_wy_kernel, (N, BH), k, v, g, beta, rr, W, U, dU, dW, dkd, dgp, li, dk, dv, db, dg, T, N, NH, Dk, Dv,
-           DK=DK, DV=DV, C=C, BK=WBK, BV=WBV, HAS_R=has_r, DOT=dot, num_warps=wy_warps, num_stages=1)
+           DK=DK, DV=DV, C=C, BK=WBK, BV=WBV, NKQ=DK // BK, HAS_R=has_r, DOT=dot, num_warps=wy_warps, num_stages=1)
     return dq, dk, dv, dg, db, ds0
 
 
@@ -337,11 +338,6 @@ class GatedDeltaTriton(torch.autograd.Function):
         dq, dk, dv, dg, db, ds0 = gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf,
                                                        chunk_size=ctx.chunk_size, need_ds0=need_ds0)
         return dq, dk, dv, dg, db, ds0, None, None
-
-
-def triton_autograd_rejects(*, chunk_size: int = 64, dk: int | None = None, **_: object) -> str | None:
-    """Why the differentiable Triton path cannot run (None when it can); the backend's ``supports`` constraint."""
-    return triton_rejects(needs_grad=False, chunk_size=chunk_size, dk=dk)
 
 
 def triton_gated_delta_rule_autograd(
