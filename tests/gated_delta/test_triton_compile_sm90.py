@@ -1,7 +1,8 @@
 """The gated-delta Triton kernels compile for an H100 (sm_90) on a machine without a GPU (Triton ships ptxas).
 
 The interpreter tests run the kernels' Python, not Triton's front end: a construct the compiler rejects (a global
-that is not a ``tl.constexpr`` object, say) passes there and fails only on a GPU. This compiles every product mode.
+that is not a ``tl.constexpr`` object, say) passes there and fails only on a GPU. This compiles every product mode,
+and the backward kernels (``triton_bwd``) in both product modes they use.
 """
 
 from __future__ import annotations

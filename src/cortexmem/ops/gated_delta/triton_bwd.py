@@ -215,8 +215,8 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
         v_mask = ok[:, None] & (rv[None, :] < DVR)
         v = tl.load(V + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=v_mask, other=0.0).to(tl.float32)
         dbeta += tl.sum(dy * v, 1)
-        tl.store(DVO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], (beta[:, None] * dy).to(DVO.dtype.element_ty),
-                 mask=v_mask)
+        dv = beta[:, None] * dy
+        tl.store(DVO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], dv.to(DVO.dtype.element_ty), mask=v_mask)
     kk = tl.zeros((C, C), dtype=tl.float32)
     xk = tl.zeros((C,), dtype=tl.float32)  # dX_i . k_i
     for kb in range(NKB):
