@@ -6,7 +6,9 @@ config and the default with ``wy="chunk"``, each WY kernel alone (and the differ
 torch path; relative errors of ours vs fla and vs the torch path (and fla vs torch, for scale); the ratio to fla's
 time (goal <= 1.3x).
 
-``--shape B,T,H,D`` picks shapes (default: both below), ``--max-configs N`` caps the sweep (0: defaults only). A
+``--shape B,T,H,D`` picks shapes (default: both below), ``--max-configs N`` caps the sweep (0: defaults only),
+``--backward`` adds forward + backward and backward-alone timings of our Triton backward (opt-in backend
+``triton_autograd``), the torch chunk path and fla, with gradient errors vs the torch path in fp32. A
 CUDA error kills the process's context, so run shapes you doubt in their own process.
 """
 
@@ -144,10 +146,59 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
         print(f"  {name:60s} {t:8.3f} ms{ratio}")
 
 
+def bench_backward_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str) -> None:
+    """bf16 forward + backward (gradients of q, k, v, g, beta, initial state) and the backward alone: our Triton
+    backward (opt-in backend ``triton_autograd``) vs the torch chunk path vs fla; gradient errors vs torch (fp32)."""
+    from cortexmem.ops.gated_delta.triton_bwd import triton_gated_delta_rule_autograd
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (F.normalize(torch.randn(B, T, H, D, device="cuda", generator=gen), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, H, D, device="cuda", generator=gen)
+    g = F.logsigmoid(torch.randn(B, T, H, device="cuda", generator=gen) + 3)
+    beta = torch.rand(B, T, H, device="cuda", generator=gen)
+    s0 = torch.randn(B, H, D, D, device="cuda", generator=gen)
+    do = torch.randn(B, T, H, D, device="cuda", generator=gen).bfloat16()
+    inputs = [t.bfloat16() for t in (q, k, v, g, beta, s0)]
+    paths = {"triton fwd+bwd": lambda *a: triton_gated_delta_rule_autograd(*a[:5], initial_state=a[5]),
+             "torch chunk": lambda *a: chunk_gated_delta_rule(*a[:5], initial_state=a[5])}
+    if fla_gdr is not None:
+        paths["fla"] = lambda *a: fla_gdr(*a[:3], g=a[3], beta=a[4], scale=1.0, initial_state=a[5],
+                                          output_final_state=True)
+    tag = f"B={B} T={T} H={H} D={D}"
+    times, grads = {}, {}
+    for name, fn in paths.items():
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+
+        def fwd_bwd(fn=fn, leaves=leaves):
+            return torch.autograd.grad(fn(*leaves)[0], leaves, do)
+        try:
+            times[f"{name}: forward + backward"] = _time(fwd_bwd, reps=5 if name == "torch chunk" else 20)
+            o = fn(*leaves)[0]
+            times[f"{name}: backward alone"] = _time(lambda o=o, leaves=leaves: torch.autograd.grad(
+                o, leaves, do, retain_graph=True), reps=5 if name == "torch chunk" else 20)
+            grads[name] = fwd_bwd()
+        except Exception as e:  # noqa: BLE001 - report the failure (fla's backward on Hopper), keep the others
+            print(f"  {tag} {name} failed: {type(e).__name__}: {str(e)[:200]}")
+    if fla_gdr is None:
+        print(f"  fla not available: {fla_why}")
+    names = ("dq", "dk", "dv", "dg", "dbeta", "ds0")
+    ref = [t.float().detach().requires_grad_(True) for t in inputs]
+    ref_grads = torch.autograd.grad(chunk_gated_delta_rule(*ref[:5], initial_state=ref[5])[0], ref, do.float())
+    for name, gr in grads.items():
+        errs = ", ".join(f"{n} {_rel(a, b):.1e}" for n, a, b in zip(names, gr, ref_grads, strict=True))
+        print(f"  rel err of {name} gradients vs torch chunk (fp32): {errs}")
+    print(f"{tag} bf16 forward + backward:")
+    for name, t in times.items():
+        peer = times.get("fla: " + name.split(": ")[1])
+        print(f"  {name:60s} {t:8.3f} ms" + (f"  ({t / peer:.2f}x fla)" if peer else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", action="append", help="B,T,H,D (repeatable)")
     parser.add_argument("--max-configs", type=int, default=None, help="cap on the launch-config sweep per shape")
+    parser.add_argument("--backward", action="store_true",
+                        help="also time forward + backward and the backward alone (Triton bwd vs torch vs fla)")
     args = parser.parse_args()
     shapes = [tuple(int(x) for x in sh.split(",")) for sh in args.shape] if args.shape else SHAPES
     fla_gdr, fla_why = None, ""
@@ -167,6 +218,8 @@ def main() -> None:
               f"block_v={bv}, num_warps=4, num_stages={_default_stages(dot)}")
         try:
             bench_shape(B, T, H, D, fla_gdr, fla_why, args.max_configs)
+            if args.backward:
+                bench_backward_shape(B, T, H, D, fla_gdr, fla_why)
         except Exception:  # noqa: BLE001 - print the failure, go on with the next shape
             traceback.print_exc()
 

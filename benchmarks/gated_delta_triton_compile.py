@@ -6,6 +6,7 @@ here before any GPU time is spent. Integer arguments get the divisibility-by-16 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -19,6 +20,9 @@ from triton.compiler import ASTSource
 from cortexmem.ops.gated_delta import triton as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
+# pointers of the backward kernels (triton_bwd): in the inputs' dtype (d o and the input gradients), or fp32 buffers
+BWD_INPUT_DTYPE = {"DO", "DQ", "DKO", "DVO", "DB", "DG"}
+BWD_FP32 = {"DSF", "DSC", "DU", "DKD", "DW", "DGP", "LI", "DS0"}
 
 
 def _ptxas() -> str:
@@ -28,7 +32,7 @@ def _ptxas() -> str:
         from triton.backends.nvidia.compiler import get_ptxas
 
         return get_ptxas(TARGET.arch).path
-    except (ImportError, TypeError):
+    except (ImportError, AttributeError, TypeError):
         return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
@@ -36,14 +40,14 @@ PTXAS = _ptxas()
 
 
 def _signature(fn, dtype: str, op_dtype: str) -> dict:
-    ptrs = {"Q", "K", "V", "G", "BETA", "R", "O"}
+    ptrs = {"Q", "K", "V", "G", "BETA", "R", "O"} | BWD_INPUT_DTYPE
     sig = {}
     for name in fn.arg_names:
         if name in ptrs:
             sig[name] = f"*{dtype}"
         elif name in ("W", "U", "H"):
             sig[name] = f"*{op_dtype}"  # the WY terms and stored states: bf16 only with bf16 products
-        elif name in ("S0", "SF"):
+        elif name in ("S0", "SF") or name in BWD_FP32:
             sig[name] = "*fp32"
         elif name.isupper() and name not in ("T", "N", "NH", "DKR", "DVR"):
             sig[name] = "constexpr"
@@ -75,7 +79,29 @@ def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int)
             f"compile {took:.1f} s")
 
 
+def backward_stats() -> None:
+    """The backward kernels (``triton_bwd``) at their default launch sizes, both product modes, Dk = Dv = 64 / 128."""
+    from cortexmem.ops.gated_delta import triton_bwd
+
+    for dtype, products in (("bf16", "tf32"), ("fp32", "tf32x3")):
+        dot = kernels.PRODUCTS[products]
+        for DK in (64, 128):
+            cfg = triton_bwd.backward_config(DK, DK, 8, dot)
+            base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
+            (bv, nw), (qbk, qbv, qnw), (wbk, wbv, wnw) = cfg["state"], cfg["dqk"], cfg["wy"]
+            print(compile_stats(triton_bwd._bwd_state_kernel, dtype, dict(base, BV=bv, HAS_DSF=True, HAS_S0=True),
+                                nw, 1))
+            print(f"BK={qbk:<3d}", compile_stats(triton_bwd._bwd_dqk_kernel, dtype, dict(base, BK=qbk, BV=qbv), qnw, 1))
+            print(f"BK={wbk:<3d}", compile_stats(triton_bwd._bwd_wy_kernel, dtype,
+                                                   dict(base, BK=wbk, BV=wbv, NKQ=DK // qbk), wnw, 1))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backward", action="store_true", help="the backward kernels instead of the forward ones")
+    if parser.parse_args().backward:
+        backward_stats()
+        return
     for dtype, products in (("bf16", "bf16"), ("bf16", "tf32"), ("fp32", "tf32x3")):
         bf16 = products == "bf16"
         dot = kernels.PRODUCTS[products]

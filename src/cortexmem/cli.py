@@ -34,7 +34,8 @@ def info() -> None:
     from cortexmem.core.backends import list_backends, select_backend
 
     for op, backends in list_backends().items():
-        names = ", ".join(f"{b.name}" + (f" (unavailable: {b.unavailable_reason()})" if b.unavailable_reason() else "")
+        names = ", ".join(f"{b.name}" + (f" ({b.note})" if b.opt_in else "")
+                          + (f" (unavailable: {b.unavailable_reason()})" if b.unavailable_reason() else "")
                           for b in backends)
         device = "cuda" if cuda else "cpu"
         chosen = select_backend(op, device=device, dtype=torch.float32).name

@@ -96,3 +96,34 @@ def test_check_decay_flag_and_cells_skip_the_host_sync(monkeypatch):
     stack = cortexmem.build_cortex_auto_stack(32, 1, "D")
     y, _ = stack(torch.randn(2, 37, 32), None)
     assert y.shape == (2, 37, 32) and len(calls) == 1
+
+
+def test_triton_autograd_backend_is_opt_in():
+    from cortexmem.core.backends import select_backend
+    from cortexmem.ops.gated_delta.checks import triton_autograd_rejects
+
+    backend = backends_for("gated_delta")["triton_autograd"]
+    assert backend.opt_in and not backend.forward_only and backend.needs_triton
+    assert backend.priority < backends_for("gated_delta")["torch"].priority
+    assert "unmeasured on GPU: opt-in" in backend.note
+    # never chosen by auto, with or without gradients (on CPU the torch path is the only one that can run)
+    for grad in (False, True):
+        assert select_backend("gated_delta", device="cpu", dtype=torch.float32, needs_grad=grad).name == "torch"
+    # its constraints: the Triton forward's shape limits, no refusal of gradients
+    assert triton_autograd_rejects(chunk_size=64, dk=128, needs_grad=True) is None
+    assert "chunk_size must be 16, 32 or 64, got 8" in triton_autograd_rejects(chunk_size=8)
+    assert "Dk <= 128" in triton_autograd_rejects(dk=256)
+    q, k, v, g, beta = _inputs()
+    with pytest.raises(ValueError, match="'triton_autograd' was requested but cannot run here"):
+        gated_delta_rule(q, k, v, g, beta, backend="triton_autograd")
+
+
+def test_gated_delta_cell_backend_option_is_checked_at_build():
+    import cortexmem
+
+    cfg = cortexmem.GatedDeltaCellConfig(hidden_size=16, num_heads=2, chunk_size=8)
+    assert cfg.backend == "auto"
+    with pytest.raises(ValueError, match="unknown backend 'tritn'"):
+        cortexmem.build_cell(cfg.model_copy(update={"backend": "tritn"}))
+    cell = cortexmem.build_cell(cfg.model_copy(update={"backend": "torch"}))
+    assert cell.backend == "torch"

@@ -24,6 +24,7 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.gated_delta import gated_delta_rule, gated_delta_rule_step
@@ -41,6 +42,8 @@ class DeltaMemoryConfig(CellConfig):
     conv_kernel_size: int = Field(default=4, ge=1)
     compressor: Literal["none", "linear"] = "none"
     rank: int = Field(default=32, ge=1)
+    # of the chunkwise op: "auto", "torch", "triton" (no grad) or "triton_autograd" (opt-in; see `cortex info`)
+    backend: str = "auto"
 
     def resolved_head_dim(self) -> int:
         if self.head_dim is not None:
@@ -66,6 +69,8 @@ class DeltaMemoryCell(MemoryCell):
 
     def __init__(self, config: DeltaMemoryConfig) -> None:
         super().__init__(config)
+        check_requested("gated_delta", config.backend)
+        self.backend = config.backend
         H, NH, Dh = self.hidden_size, config.num_heads, config.resolved_head_dim()
         self.num_heads, self.head_dim, self.chunk_size = NH, Dh, config.chunk_size
         width = NH * Dh
@@ -143,7 +148,7 @@ class DeltaMemoryCell(MemoryCell):
             return o[:, None].to(v.dtype), S_new
         # g <= log(alpha_max) <= 0 by construction: no check (a host sync per call on GPU)
         return gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S, resets=resets,
-                                check_decay=False)
+                                backend=self.backend, check_decay=False)
 
     def output(self, x: Tensor, heads: Tensor) -> Tensor:
         """``heads [B, T, NH, Dh]`` -> ``[B, T, H]`` through the output gate and projection."""

@@ -29,6 +29,7 @@ class Backend:
     priority: int = 0
     needs_triton: bool = False
     forward_only: bool = False  # no autograd: callers (and ``cortex doctor``) run it without gradients
+    opt_in: bool = False  # only when requested by name: "auto" never picks it (e.g. not yet measured on a GPU)
     note: str = ""
     supports: Callable[..., str | None] | None = field(default=None, compare=False)
 
@@ -103,7 +104,8 @@ def check_requested(op: str, requested: str) -> None:
 
 def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtype: torch.dtype | None = None,
                    **shape: Any) -> Backend:
-    """The backend that runs ``op`` for these inputs: ``requested`` if it can, else the best that can."""
+    """The backend that runs ``op`` for these inputs: ``requested`` if it can, else the best that can (opt-in
+    backends only when requested)."""
     table = backends_for(op)
     if requested != "auto":
         check_requested(op, requested)
@@ -114,6 +116,9 @@ def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtyp
         return backend
     reasons = {}
     for backend in sorted(table.values(), key=lambda b: -b.priority):
+        if backend.opt_in:
+            reasons[backend.name] = "opt-in: request it by name"
+            continue
         reason = backend.rejects(device, dtype, **shape)
         if reason is None:
             if not torch.compiler.is_compiling():  # dynamo cannot trace logging calls

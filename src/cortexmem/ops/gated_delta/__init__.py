@@ -1,8 +1,11 @@
-"""Gated delta rule: ``naive`` (specification), ``chunk`` (WY/UT chunkwise), ``step`` (decoding), ``triton``.
+"""Gated delta rule: ``naive`` (specification), ``chunk`` (WY/UT chunkwise), ``step`` (decoding), ``triton``,
+``triton_bwd``.
 
 All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. Op ``gated_delta`` has
-backends ``torch`` (the chunked op, with autograd) and ``triton`` (CUDA, forward only: chosen by
-:func:`gated_delta_rule` only when no gradient is needed); ``cortex doctor`` checks both against the naive loop.
+backends ``torch`` (the chunked op, with autograd), ``triton`` (CUDA, forward only: chosen by
+:func:`gated_delta_rule` only when no gradient is needed) and ``triton_autograd`` (CUDA, Triton forward and
+backward; not yet run on a GPU, so opt-in: never chosen by ``auto``); ``cortex doctor`` checks each against the
+naive loop (gradients too, for the differentiable ones).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.backends import register_backend, register_reference, select_backend
-from .checks import needs_grad, triton_rejects
+from .checks import needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .step import gated_delta_rule_step
@@ -28,6 +31,13 @@ def _triton_positional(q, k, v, g, beta, initial_state=None, output_final_state=
 
     return triton_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
                                    output_final_state=output_final_state, resets=resets)
+
+
+def _triton_autograd_positional(q, k, v, g, beta, initial_state=None, output_final_state=True, resets=None):
+    from .triton_bwd import triton_gated_delta_rule_autograd
+
+    return triton_gated_delta_rule_autograd(q, k, v, g, beta, initial_state=initial_state,
+                                            output_final_state=output_final_state, resets=resets)
 
 
 def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
@@ -50,6 +60,11 @@ register_backend("gated_delta", "triton", _triton_positional, devices=frozenset(
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
                  forward_only=True, supports=triton_rejects,
                  note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
+# opt-in and below torch: "auto" never picks it (never run on a GPU yet); backend="triton_autograd" asks for it
+register_backend("gated_delta", "triton_autograd", _triton_autograd_positional, devices=frozenset({"cuda"}),
+                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=-10, needs_triton=True,
+                 opt_in=True, supports=triton_autograd_rejects,
+                 note="unmeasured on GPU: opt-in; Triton forward and backward")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
 
@@ -71,7 +86,8 @@ def gated_delta_rule(
 
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
     grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
-    explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``. ``check_decay=False`` skips
+    explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``; ``backend="triton_autograd"``
+    (opt-in, not yet run on a GPU) runs the Triton forward and backward. ``check_decay=False`` skips
     the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by construction).
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
@@ -82,6 +98,12 @@ def gated_delta_rule(
         return triton_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
                                        output_final_state=output_final_state, resets=resets,
                                        check_decay=check_decay)
+    if impl.name == "triton_autograd":
+        from .triton_bwd import triton_gated_delta_rule_autograd
+
+        return triton_gated_delta_rule_autograd(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
+                                                output_final_state=output_final_state, resets=resets,
+                                                check_decay=check_decay)
     return chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
                                   output_final_state=output_final_state, resets=resets, check_decay=check_decay)
 

@@ -81,3 +81,9 @@ def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | 
     if dk is not None and dk > TRITON_MAX_DK:
         return f"keys need Dk <= {TRITON_MAX_DK} (wider ones not proven on the GPU), got Dk={dk}"
     return None
+
+
+def triton_autograd_rejects(*, chunk_size: int = 64, dk: int | None = None, **_: object) -> str | None:
+    """Why the differentiable Triton path (``triton_autograd``) cannot run: the forward's shape limits, no grad
+    refusal (None when it can); also that backend's ``supports`` constraint."""
+    return triton_rejects(needs_grad=False, chunk_size=chunk_size, dk=dk)

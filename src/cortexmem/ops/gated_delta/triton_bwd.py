@@ -1,0 +1,363 @@
+"""Triton backward of the chunkwise gated delta rule: kernels -> launcher -> ``autograd.Function`` -> public fn.
+
+Per chunk (one head; ``S`` the chunk-entry state, notation of :mod:`.chunk` and :mod:`.triton`):
+``u = U - W S``, ``o = diag(d_in) Q S + (Q K^T . M) u``, ``S' = d_c S + K^T diag(d_out) u`` with
+``W = L^-1 diag(b d_in) K``, ``U = L^-1 diag(b) V``, ``L = I + A``, ``A_ij = b_i M_ij k_i.k_j`` (``j < i``),
+``M_ij = e^(gamma_i - gamma_j)`` on joined ``j <= i``, ``d_in = e^gamma`` while joined to ``S``,
+``d_out_j = e^(gamma_C - gamma_j)`` while joined to the chunk end, ``d_c = e^gamma_C`` if no reset in the chunk.
+
+The backward recomputes ``W, U`` (:func:`.triton.wy_terms`) and the chunk-entry states and pseudo-values ``u``
+(the forward's unfused ``_state_kernel``), with one-pass TF32 (16-bit inputs) or 3xTF32 (fp32 inputs) products,
+never bf16 ones. Then three kernels:
+
+* ``_bwd_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks in reverse: carries
+  ``dS`` (the gradient of the state leaving the chunk) in registers, stores it per chunk, and forms
+  ``du = (Q K^T . M)^T dO + diag(d_out) K dS`` and ``dS <- d_c dS + Q^T diag(d_in) dO - W^T du``; what is left
+  after the first chunk is ``d(initial_state)``.
+* ``_bwd_dqk_kernel``, parallel over (block of ``Dk``, chunk, batch*head): ``dq``, the direct part of ``dk``,
+  ``dW = -du S^T`` and this key block's share of ``d gamma`` (every gate term is linear in the key products).
+* ``_bwd_wy_kernel``, parallel over (chunk, batch*head): ``L^-1`` (16-row blocks, as the forward solves), then
+  ``dX = L^-T dW``, ``dY = L^-T dU``, ``dA = -tril(dX W^T + dY U^T)``, giving ``dv = b dY``, the rest of ``dk``,
+  ``dbeta``, and ``dg`` as the in-chunk reverse cumulative sum of ``d gamma`` (0 at reset steps, whose decay
+  acts on a zeroed state).
+
+Not yet run on a GPU: registered as the opt-in backend ``triton_autograd``, never chosen by ``auto``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ...core.precompile import launch
+from .checks import check_gated_delta_inputs, triton_autograd_rejects
+from .triton import (
+    PRODUCTS,
+    _block_gates,
+    _chunk_gates,
+    _default_block_v,
+    _dot,
+    _gates,
+    _keys_t,
+    _pow2_at_least_16,
+    _rows,
+    _state_kernel,
+    gated_delta_forward,
+    wy_terms,
+)
+
+
+@triton.jit
+def _chunk_decays(gamma, seg, C: tl.constexpr):
+    """``d_in [C]``, ``d_out [C]``, ``d_c`` (scalar) of a chunk from its ``gamma`` and segment ids."""
+    rc = tl.arange(0, C)
+    gam_c = tl.sum(tl.where(rc == C - 1, gamma, 0.0), 0)
+    seg_c = tl.max(seg, 0)
+    d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)
+    d_out = tl.where(seg == seg_c, tl.exp(gam_c - gamma), 0.0)
+    d_c = tl.where(seg_c == 0, tl.exp(gam_c), 0.0)
+    return d_in, d_out, d_c
+
+
+@triton.jit
+def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DSC, DU, DS0, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
+                      C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, HAS_DSF: tl.constexpr,
+                      HAS_S0: tl.constexpr, DOT: tl.constexpr):
+    bv = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    rc = tl.arange(0, C)
+    rk = tl.arange(0, DK)
+    rv = bv * BV + tl.arange(0, BV)
+    s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
+    s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
+    dS = tl.zeros((DK, BV), dtype=tl.float32)  # gradient of the state leaving the chunk
+    if HAS_DSF:
+        dS = tl.load(DSF + s_off, mask=s_mask, other=0.0).to(tl.float32)
+    for i in range(N):
+        n = N - 1 - i
+        gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
+        d_in, d_out, d_c = _chunk_decays(gamma, seg, C)
+        tc = n * C + rc
+        ok = tc < T
+        chunk = bh * N + n
+        tl.store(DSC + chunk * DK * DV + rk[:, None] * DV + rv[None, :], dS)
+        k = _rows(K, b, h, tc, ok, T, NH, DKR, rk)  # [C, DK]
+        qT = _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk)  # [DK, C]
+        do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=ok[:, None] & (rv[None, :] < DVR),
+                     other=0.0).to(tl.float32)
+        # (Q K^T . M)^T with rows j, columns i: joined j <= i
+        link_t = (rc[:, None] <= rc[None, :]) & (seg[:, None] == seg[None, :])
+        dec_t = tl.exp(tl.where(link_t, gamma[None, :] - gamma[:, None], float("-inf")))
+        du = _dot(_dot(k, qT, DOT) * dec_t, do, DOT) + d_out[:, None] * _dot(k, dS, DOT)
+        tl.store(DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :], du)
+        wT = tl.load(W + (bh * N * C + n * C + rc[None, :]) * DK + rk[:, None])  # [DK, C]
+        dS = dS * d_c + _dot(qT, do * d_in[:, None], DOT) - _dot(wT, du, DOT)
+    if HAS_S0:
+        tl.store(DS0 + s_off, dS.to(DS0.dtype.element_ty), mask=s_mask)
+
+
+@triton.jit
+def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DSC, DU, DQ, DKD, DW, DGP, T, N, NH, DKR, DVR, DK: tl.constexpr,
+                    DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
+                    DOT: tl.constexpr):
+    bk = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    NKB: tl.constexpr = DK // BK
+    rc = tl.arange(0, C)
+    rk = bk * BK + tl.arange(0, BK)
+    gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
+    d_in, d_out, d_c = _chunk_decays(gamma, seg, C)
+    tc = n * C + rc
+    ok = tc < T
+    chunk = bh * N + n
+    rows = bh * N * C + n * C + rc  # chunk rows in the [BH, N*C, .] buffers
+    dos = tl.zeros((C, BK), dtype=tl.float32)  # dO S^T
+    uds = tl.zeros((C, BK), dtype=tl.float32)  # u dS'^T
+    dus = tl.zeros((C, BK), dtype=tl.float32)  # du S^T
+    dou = tl.zeros((C, C), dtype=tl.float32)  # dO u^T
+    ddc = tl.zeros((BK,), dtype=tl.float32)  # sum(S . dS') over this key block
+    for bv in range(DV // BV):
+        rv = bv * BV + tl.arange(0, BV)
+        do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=ok[:, None] & (rv[None, :] < DVR),
+                     other=0.0).to(tl.float32)
+        u = tl.load(U + rows[:, None] * DV + rv[None, :])
+        du = tl.load(DU + rows[:, None] * DV + rv[None, :])
+        sT = tl.load(H + chunk * DK * DV + rk[None, :] * DV + rv[:, None])  # [BV, BK]
+        dsT = tl.load(DSC + chunk * DK * DV + rk[None, :] * DV + rv[:, None])
+        dos += _dot(do, sT, DOT)
+        uds += _dot(u, dsT, DOT)
+        dus += _dot(du, sT, DOT)
+        dou += _dot(do, tl.trans(u), DOT)
+        ddc += tl.sum(sT * dsT, 0)
+    q = _rows(Q, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)  # [C, BK]
+    k = _rows(K, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)
+    link = (rc[None, :] <= rc[:, None]) & (seg[:, None] == seg[None, :])
+    dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
+    dpm = dou * dec  # M_ij dO_i.u_j
+    dq = d_in[:, None] * dos + _dot(dpm, k, DOT)
+    tl.store(DQ + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], dq.to(DQ.dtype.element_ty),
+             mask=ok[:, None] & (rk[None, :] < DKR))
+    tl.store(DKD + rows[:, None] * DK + rk[None, :], _dot(tl.trans(dpm), q, DOT) + d_out[:, None] * uds)
+    tl.store(DW + rows[:, None] * DK + rk[None, :], -dus)
+    # d gamma, this key block's share: M through the read-out, d_in, d_out and d_c (gamma_C is the last row's)
+    e = _dot(q, tl.trans(k), DOT) * dpm
+    kuds = tl.sum(k * uds, 1)
+    dgam = tl.sum(e, 1) - tl.sum(e, 0) + d_in * tl.sum(q * dos, 1) - d_out * kuds
+    last = tl.sum(d_out * kuds, 0) + d_c * tl.sum(ddc, 0)
+    dgam += tl.where(rc == C - 1, last, 0.0)
+    tl.store(DGP + (bh * NKB + bk) * N * C + n * C + rc, dgam)
+
+
+@triton.jit
+def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, DG, T, N, NH, DKR, DVR,
+                   DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   NKQ: tl.constexpr, HAS_R: tl.constexpr, DOT: tl.constexpr):
+    # NKQ: the number of key blocks of the dq/dk kernel, each of which wrote a share of d gamma
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    NKB: tl.constexpr = DK // BK
+    NC = N * C
+    rc = tl.arange(0, C)
+    rb = tl.arange(0, 16)
+    rkf = tl.arange(0, DK)
+    g_c, r_c = _gates(G, R, b, h, n * C + rc, T, NH, HAS_R)
+    rows = bh * NC + n * C + rc
+    li_base = LI + bh * NC * C + n * C * C
+    eye = (rb[:, None] == rb[None, :]).to(tl.float32)
+    # L^-1 = (I + A)^-1 by 16-row blocks: the rows of block ib solve T_ii (E_ib - sum_{jb < ib} A_{ib,jb} L^-1_jb)
+    for ib in range(C // 16):
+        ri = ib * 16 + rb
+        ti = n * C + ri
+        oki = ti < T
+        gam_i, seg_i = _block_gates(G, R, b, h, n * C, ib * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
+        beta_i = tl.load(BETA + (b * T + ti) * NH + h, mask=oki, other=0.0).to(tl.float32)
+        k_i = _rows(K, b, h, ti, oki, T, NH, DKR, rkf)
+        rhs = (ri[:, None] == rc[None, :]).to(tl.float32)  # [16, C]
+        for jb in range(ib):
+            rj = jb * 16 + rb
+            tj = n * C + rj
+            gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
+            kT_j = _keys_t(K, b, h, tj, tj < T, T, NH, DKR, rkf)
+            dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
+            a_ij = _dot(k_i, kT_j, DOT) * dec * beta_i[:, None]
+            rhs -= _dot(a_ij, tl.load(li_base + rj[:, None] * C + rc[None, :]), DOT)
+        kT_i = _keys_t(K, b, h, ti, oki, T, NH, DKR, rkf)
+        link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
+        dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
+        m = -_dot(k_i, kT_i, DOT) * dec_d * beta_i[:, None]
+        for i in range(1, 16):  # forward substitution of the 16x16 diagonal block, row by row
+            row = tl.sum(tl.where(rb[:, None] == i, m, 0.0), 0)
+            row = row + tl.sum(row[:, None] * m, 0)
+            m = tl.where(rb[:, None] == i, row[None, :], m)
+        tl.store(li_base + ri[:, None] * C + rc[None, :], _dot(m + eye, rhs, DOT))
+        tl.debug_barrier()  # later blocks, and the transposed read below, use rows written by other threads
+    tc = n * C + rc
+    ok = tc < T
+    gamma, seg = tl.cumsum(g_c, 0), tl.cumsum(r_c, 0)
+    d_in = tl.where(seg == 0, tl.exp(gamma), 0.0)
+    beta = tl.load(BETA + (b * T + tc) * NH + h, mask=ok, other=0.0).to(tl.float32)
+    linvT = tl.load(li_base + rc[None, :] * C + rc[:, None])  # (L^-1)^T
+    dA = tl.zeros((C, C), dtype=tl.float32)  # -(dX W^T + dY U^T), strictly lower part used
+    dbeta = tl.zeros((C,), dtype=tl.float32)
+    for bv in range(DV // BV):
+        rv = bv * BV + tl.arange(0, BV)
+        dy = _dot(linvT, tl.load(DU + rows[:, None] * DV + rv[None, :]), DOT)
+        dA -= _dot(dy, tl.trans(tl.load(U + rows[:, None] * DV + rv[None, :])), DOT)
+        v_mask = ok[:, None] & (rv[None, :] < DVR)
+        v = tl.load(V + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        dbeta += tl.sum(dy * v, 1)
+        dv = beta[:, None] * dy
+        tl.store(DVO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], dv.to(DVO.dtype.element_ty), mask=v_mask)
+    kk = tl.zeros((C, C), dtype=tl.float32)
+    xk = tl.zeros((C,), dtype=tl.float32)  # dX_i . k_i
+    for kb in range(NKB):
+        rk = kb * BK + tl.arange(0, BK)
+        dx = _dot(linvT, tl.load(DW + rows[:, None] * DK + rk[None, :]), DOT)
+        dA -= _dot(dx, tl.trans(tl.load(W + rows[:, None] * DK + rk[None, :])), DOT)
+        k = _rows(K, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)
+        kk += _dot(k, tl.trans(k), DOT)
+        xk += tl.sum(dx * k, 1)
+    link = (rc[None, :] < rc[:, None]) & (seg[:, None] == seg[None, :])
+    dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
+    dam = dA * dec  # dA_ij M_ij on the strictly lower joined pairs (0 elsewhere)
+    e = dam * kk * beta[:, None]  # dM_ij M_ij through A
+    dbeta += tl.sum(dam * kk, 1) + d_in * xk
+    dgam = tl.sum(e, 1) - tl.sum(e, 0) + beta * d_in * xk
+    for kb in range(NKQ):
+        dgam += tl.load(DGP + (bh * NKQ + kb) * NC + n * C + rc)
+    gmat = dam * beta[:, None]  # d(k_i.k_j)
+    for kb in range(NKB):
+        rk = kb * BK + tl.arange(0, BK)
+        dx = _dot(linvT, tl.load(DW + rows[:, None] * DK + rk[None, :]), DOT)
+        k = _rows(K, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)
+        dk = tl.load(DKD + rows[:, None] * DK + rk[None, :]) + (beta * d_in)[:, None] * dx
+        dk += _dot(gmat, k, DOT) + _dot(tl.trans(gmat), k, DOT)
+        tl.store(DKO + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], dk.to(DKO.dtype.element_ty),
+                 mask=ok[:, None] & (rk[None, :] < DKR))
+    # gamma_i = g_1 + ... + g_i (reset steps zeroed): dg_t = sum_{i >= t} dgamma_i, 0 at a reset step
+    dg = tl.sum(dgam, 0) - tl.cumsum(dgam, 0) + dgam
+    dg = tl.where(r_c != 0, 0.0, dg)
+    tl.store(DG + (b * T + tc) * NH + h, dg.to(DG.dtype.element_ty), mask=ok)
+    tl.store(DB + (b * T + tc) * NH + h, dbeta.to(DB.dtype.element_ty), mask=ok)
+
+
+def backward_products(dtype: torch.dtype) -> str:
+    """Product mode of the backward: ``tf32`` for 16-bit inputs, ``tf32x3`` otherwise (never bf16 products)."""
+    return "tf32" if dtype in (torch.bfloat16, torch.float16) else "tf32x3"
+
+
+def backward_config(DK: int, DV: int, n_bh: int, dot: int) -> dict:
+    """Launch sizes of the three backward kernels: ``(block, warps)`` per kernel, picked from their sm_90 compile
+    (``benchmarks/gated_delta_triton_compile.py --backward``: registers and spills at C = 64), not yet timed.
+
+    One-pass TF32 (16-bit inputs): no spills but the state kernel at Dk = 128 (52 B); 3xTF32 triples the product
+    operands in registers: narrower blocks keep the dq/dk and WY kernels within a few bytes of spills.
+    """
+    if dot == PRODUCTS["tf32"]:
+        state_bv = 32 if DK <= 64 and n_bh * (DV // 32) >= 128 else 16
+        return dict(state=(min(DV, state_bv), 8), dqk=(min(DK, 64), min(DV, 32), 8), wy=(min(DK, 64), min(DV, 64), 8))
+    return dict(state=(16, 4 if DK <= 64 else 8), dqk=(min(DK, 32), 16, 8), wy=(16, 16, 8))
+
+
+def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, chunk_size, need_ds0, config=None):
+    """Gradients ``(dq, dk, dv, dg, dbeta, d_initial_state or None)`` of the chunkwise rule, for ``d o`` and
+    ``d final_state`` (either may be None: zero)."""
+    B, T, NH, Dk = k.shape
+    Dv = v.shape[-1]
+    DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
+    C = chunk_size
+    N = triton.cdiv(T, C)
+    BH = B * NH
+    dot = PRODUCTS[backward_products(v.dtype)]
+    dev = v.device
+    f32 = torch.float32
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    r = (resets != 0).to(torch.int8).contiguous() if resets is not None else None
+    rr = r if r is not None else g
+    has_r = r is not None
+    # recompute: WY terms, then the chunk-entry states Hs and pseudo-values u (written over a copy of U)
+    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, f32, products=backward_products(v.dtype))
+    u = U.clone()
+    Hs = torch.empty(B, NH, N, DK, DV, dtype=f32, device=dev)
+    SF = torch.empty(B, NH, Dk, Dv, dtype=f32, device=dev)
+    S0 = initial_state.contiguous() if initial_state is not None else None
+    BV = _default_block_v(BH, DK, DV, dot)
+    launch(_state_kernel, (DV // BV, BH), q, k, g, rr, W, u, S0 if S0 is not None else SF, u, SF, Hs, T, N, NH,
+           Dk, Dv, DK=DK, DV=DV, DH=DK, SPLIT=False, C=C, BV=BV, HAS_R=has_r, HAS_S0=S0 is not None, FUSED=False,
+           DOT=dot, num_warps=4, num_stages=1)
+    do = torch.zeros_like(v) if do is None else do.contiguous()
+    dsf = dsf.to(f32).contiguous() if dsf is not None else None
+    dH = torch.empty(B, NH, N, DK, DV, dtype=f32, device=dev)
+    dU = torch.empty(B, NH, N * C, DV, dtype=f32, device=dev)
+    ds0 = torch.empty(B, NH, Dk, Dv, dtype=initial_state.dtype, device=dev) if need_ds0 else None
+    cfg = config or backward_config(DK, DV, BH, dot)
+    SBV, state_warps = cfg["state"]
+    launch(_bwd_state_kernel, (DV // SBV, BH), q, k, g, rr, W, do, dsf if dsf is not None else SF, dH, dU,
+           ds0 if ds0 is not None else SF, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=SBV, HAS_R=has_r,
+           HAS_DSF=dsf is not None, HAS_S0=ds0 is not None, DOT=dot, num_warps=state_warps, num_stages=1)
+    BK, QBV, qk_warps = cfg["dqk"]
+    dq = torch.empty_like(q)
+    dkd = torch.empty(B, NH, N * C, DK, dtype=f32, device=dev)
+    dW = torch.empty(B, NH, N * C, DK, dtype=f32, device=dev)
+    dgp = torch.empty(BH, DK // BK, N * C, dtype=f32, device=dev)
+    launch(_bwd_dqk_kernel, (DK // BK, N, BH), q, k, g, rr, do, u, Hs, dH, dU, dq, dkd, dW, dgp, T, N, NH, Dk, Dv,
+           DK=DK, DV=DV, C=C, BK=BK, BV=QBV, HAS_R=has_r, DOT=dot, num_warps=qk_warps, num_stages=1)
+    WBK, WBV, wy_warps = cfg["wy"]
+    dk, dv, db, dg = (torch.empty_like(x) for x in (k, v, beta, g))
+    li = torch.empty(BH, N * C, C, dtype=f32, device=dev)
+    launch(_bwd_wy_kernel, (N, BH), k, v, g, beta, rr, W, U, dU, dW, dkd, dgp, li, dk, dv, db, dg, T, N, NH, Dk, Dv,
+           DK=DK, DV=DV, C=C, BK=WBK, BV=WBV, NKQ=DK // BK, HAS_R=has_r, DOT=dot, num_warps=wy_warps, num_stages=1)
+    return dq, dk, dv, dg, db, ds0
+
+
+class GatedDeltaTriton(torch.autograd.Function):
+    """Triton forward (:func:`.triton.gated_delta_forward`) and Triton backward (:func:`gated_delta_backward`)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, initial_state, resets, chunk_size):
+        o, sf = gated_delta_forward(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
+                                    output_final_state=True, resets=resets)
+        ctx.save_for_backward(q, k, v, g, beta, initial_state, resets)
+        ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)
+        return o, sf
+
+    @staticmethod
+    def backward(ctx, do, dsf):
+        q, k, v, g, beta, initial_state, resets = ctx.saved_tensors
+        need_ds0 = initial_state is not None and ctx.needs_input_grad[5]
+        dq, dk, dv, dg, db, ds0 = gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf,
+                                                       chunk_size=ctx.chunk_size, need_ds0=need_ds0)
+        return dq, dk, dv, dg, db, ds0, None, None
+
+
+def triton_gated_delta_rule_autograd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    *,
+    chunk_size: int = 64,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = True,
+    resets: Tensor | None = None,
+    check_decay: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Differentiable Triton gated delta rule: shapes as :func:`chunk_gated_delta_rule`; gradients of q, k, v, g,
+    beta and the initial state by Triton kernels (fp32 accumulation). Not yet run on a GPU: opt-in."""
+    check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
+    reason = triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1])
+    if reason:
+        raise ValueError(f"gated delta rule, triton_autograd backend: {reason}")
+    o, sf = GatedDeltaTriton.apply(q, k, v, g, beta, initial_state, resets, chunk_size)
+    return o, (sf if output_final_state else None)

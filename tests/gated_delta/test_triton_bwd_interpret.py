@@ -1,0 +1,101 @@
+"""The Triton backward of the gated delta rule on CPU, through Triton's (bounds-checked) interpreter: outputs and
+the gradients of q, k, v, g, beta and the initial state vs autograd through the naive loop in fp64."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+# (T, Dk, Dv, chunk, dtype, initial state, resets, output_final_state): partial last chunks (63, 130, 70), padded
+# Dk/Dv (24/40), resets inside a chunk and at a chunk start (see ``_inputs``), with and without an initial state
+# and a final-state gradient, every chunk size, one bf16 case (TF32 products)
+CASES = [
+    (63, 24, 40, 16, torch.float32, True, True, True),
+    (130, 24, 40, 16, torch.float32, False, True, False),
+    (37, 16, 16, 16, torch.float32, True, False, False),
+    (70, 32, 48, 32, torch.float32, True, True, True),
+    (70, 16, 24, 64, torch.float32, True, True, True),
+    (63, 24, 40, 16, torch.bfloat16, True, True, True),
+]
+NAMES = ("q", "k", "v", "g", "beta", "initial_state")
+
+
+def _rel_rms(a, b):
+    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
+
+
+def _outputs_and_grads(fn, inputs, r, with_s0, final, seed):
+    """``[o, final state or None]`` and the gradients of a fixed random projection of them w.r.t. every input."""
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    s0 = leaves[5] if with_s0 else None
+    o, s = fn(*leaves[:5], initial_state=s0, output_final_state=final, resets=r)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
+    if final:
+        loss = loss + (s.double() * torch.randn(s.shape, generator=gen, dtype=torch.float64)).sum()
+    grads = torch.autograd.grad(loss, leaves[:6] if with_s0 else leaves[:5])
+    return [o, s], grads
+
+
+def _run_cases() -> dict:
+    """In the child process (interpreter on, bounds checked): relative RMS errors of every output and gradient."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_triton_interpret as ti
+
+    ti._patch_interpreter()
+    from functools import partial
+
+    from cortexmem.ops.gated_delta import gated_delta_rule_naive
+    from cortexmem.ops.gated_delta.triton_bwd import triton_gated_delta_rule_autograd
+
+    out = {}
+    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, final) in enumerate(CASES):
+        q, k, v, g, beta, s0, r = ti._inputs(T, Dk, Dv, T + Dk + i, with_resets)
+        inputs = [t.to(dtype) for t in (q, k, v, g, beta, s0)]
+        fn = partial(triton_gated_delta_rule_autograd, chunk_size=chunk)
+        (o, s), grads = _outputs_and_grads(fn, inputs, r, with_s0, final, i)
+        (o_ref, s_ref), grads_ref = _outputs_and_grads(gated_delta_rule_naive, [t.double() for t in inputs], r,
+                                                       with_s0, final, i)
+        dtypes_ok = o.dtype == dtype and all(gr.dtype == dtype for gr in grads) and (s is None) == (not final)
+        errs = {"o": _rel_rms(o, o_ref)}
+        if final:
+            errs["final_state"] = _rel_rms(s, s_ref)
+        errs.update({f"d{name}": _rel_rms(a, b) for name, a, b in zip(NAMES, grads, grads_ref, strict=False)})
+        out[i] = {"errs": errs, "dtypes_ok": dtypes_ok, "n_grads": len(grads)}
+    q, k, v, g, beta, _, _ = ti._inputs(20, 16, 16, 3, False)
+    try:
+        triton_gated_delta_rule_autograd(q, k, v, g, beta, chunk_size=8)
+        out["bad_chunk"] = "accepted"
+    except ValueError as e:
+        out["bad_chunk"] = str(e)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_triton_interpret import interpreted_results
+
+    return interpreted_results(__file__)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_interpreted_triton_backward_matches_naive(results, case):
+    res = results[str(case)]
+    with_s0, final = CASES[case][5], CASES[case][7]
+    assert res["dtypes_ok"]
+    assert res["n_grads"] == (6 if with_s0 else 5)
+    expected = {"o", *(f"d{n}" for n in NAMES[: 6 if with_s0 else 5])} | ({"final_state"} if final else set())
+    assert set(res["errs"]) == expected
+    tol = 1e-5 if CASES[case][4] == torch.float32 else 2e-2
+    bad = {name: err for name, err in res["errs"].items() if not err <= tol}
+    assert not bad, f"relative RMS errors above {tol}: {bad}"
+
+
+def test_interpreted_triton_backward_rejects_chunk_size(results):
+    assert "chunk_size must be 16, 32 or 64, got 8" in results["bad_chunk"]
