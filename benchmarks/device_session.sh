@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The open GPU measurements, as stages that each fit one device command (< 10 minutes on an H200).
+#
+#   bash benchmarks/device_session.sh niah       # NIAH 4k/32k/128k, peak memory, ingest overhead (~8 min)
+#   bash benchmarks/device_session.sh tests      # every gpu-marked test but gated delta's, one process per file
+#   bash benchmarks/device_session.sh tests-gd   # the gated-delta GPU tests (forward, whole-chunk WY, backward)
+#   bash benchmarks/device_session.sh bench      # cortex bench (TF32 on, max-autotune step), kernels, first call
+#
+# On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which); they are installed
+# to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
+# which keeps within what a device call brings back (8 files, 2 folders down).
+set -uo pipefail
+stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench}
+cd "$(dirname "$0")/.."
+out=${OUT:-runs/device}
+work=$(mktemp -d)
+mkdir -p "$out"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >/dev/null 2>&1
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+log="$out/$stage.log"
+
+run() {  # run LIMIT_S CMD...: a stage step with its own time limit, its output in the stage log
+  local limit=$1
+  shift
+  echo "== $* (limit ${limit}s)" | tee -a "$log"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0))s" | tee -a "$log"
+}
+
+case $stage in
+  niah)
+    run 580 python3 benchmarks/llm_memory.py --out "$work/llm" --summary "$out/llm_summary.json" --quiet \
+      --no-checkpoint
+    ;;
+  tests)
+    mapfile -t files < <(python3 -c "
+import sys; sys.path.insert(0, 'benchmarks')
+from gpu_tests import gpu_test_files
+print('\n'.join(f for f in gpu_test_files() if 'gated_delta' not in f))")
+    run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 240 "${files[@]}"
+    ;;
+  tests-gd)
+    mapfile -t files < <(python3 -c "
+import sys; sys.path.insert(0, 'benchmarks')
+from gpu_tests import gpu_test_files
+print('\n'.join(f for f in gpu_test_files() if 'gated_delta' in f))")
+    run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 300 "${files[@]}"
+    ;;
+  bench)
+    run 300 python3 -m cortexmem.cli bench --out "$work/bench" --tf32 on --step-compile max-autotune
+    run 90 python3 benchmarks/gated_delta_triton.py --shape 4,8192,16,128 --shape 8,2048,4,64 --max-configs 0 \
+      --backward
+    run 60 python3 benchmarks/triton_kernels.py
+    TRITON_CACHE_DIR=$(mktemp -d) run 60 python3 benchmarks/auto_stack_first_call.py --device cuda --backward \
+      --batch 32 --steps 256
+    run 30 python3 -m cortexmem.cli doctor --json "$work/doctor.json"
+    ;;
+  *)
+    echo "unknown stage $stage: niah|tests|tests-gd|bench" >&2
+    exit 2
+    ;;
+esac
+tar czf "$out/$stage.tgz" -C "$work" . 2>/dev/null
+echo "results: $out ($(ls "$out" | tr '\n' ' '))"
