@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from ..core.schedule import warmup_cosine
 from .ddp import DistContext
 from .models import EvalModel, step_vs_sequence_error
 from .schema import Curves, EvalSettings, RunResult
@@ -37,13 +38,7 @@ def _rows(data: TaskData, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _lr_lambda(total: int) -> Callable[[int], float]:
     warm = max(1, total // 20)
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return f
+    return lambda step: warmup_cosine(step, total, warm)
 
 
 def _train_batch(model: EvalModel, wrapped: nn.Module, ctx: DistContext, tokens: Tensor, targets: Tensor,

@@ -8,7 +8,6 @@ what the memory sidecar adds.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from ..core.io import atomic_write_json
+from ..core.schedule import warmup_cosine
 from .niah import plain_document
 from .tokenizer import CharTokenizer
 
@@ -86,9 +86,9 @@ def pretrain_base(out_dir: str | Path, *, arch: str = "llama", hidden: int = 256
         docs = [tok.encode(pretrain_document(rng, seq_len), add_special_tokens=True)[: seq_len] for _ in
                 range(batch_size)]
         ids = torch.tensor(docs, device=dev)
-        frac = step / max(1, steps)
+        progress = (time.perf_counter() - t0) / time_limit_s if time_limit_s else 0.0  # anneal by the clock too
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            g["lr"] = lr * warmup_cosine(step, steps, warm, progress=progress)
         loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

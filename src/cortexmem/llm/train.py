@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..core.io import atomic_save_figure, atomic_save_safetensors, atomic_write_json
+from ..core.schedule import warmup_cosine
 from .attach import MemoryLM
 from .niah import NiahSample, NiahTask, needle_mask
 
@@ -147,11 +148,11 @@ def haystack_labels(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(labels == -100, ids, torch.full_like(ids, -100))
 
 
-def _lr_at(step: int, cfg: TrainNiahConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+def _lr_at(step: int, cfg: TrainNiahConfig, elapsed_s: float = 0.0) -> float:
+    # under a time limit the cosine follows the larger of the step and time shares: a run stopped by the clock
+    # before cfg.steps still ends at the low learning rate instead of mid-schedule
+    progress = elapsed_s / cfg.time_limit_s if cfg.time_limit_s else 0.0
+    return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup, progress=progress)
 
 
 def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str | Path | None = None, *,
@@ -175,7 +176,7 @@ def train_niah(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, out_dir: str
         length = length_at(step, cfg, mlm.config.chunk_size)
         ids, labels, samples = task.batch(rng, cfg.batch_size, length, (cfg.min_depth, cfg.max_depth), "train")
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = _lr_at(step, cfg, time.perf_counter() - t0)
         res, lm_loss, gate = _step_losses(mlm, task, cfg, rng, ids, labels, samples)
         loss = res.loss
         if lm_loss is not None:

@@ -22,6 +22,7 @@ from ..blocks.base import BlockConfig
 from ..core.config import TaggedConfig, polymorphic
 from ..core.io import atomic_save_safetensors, atomic_write_json, fsync_dir
 from ..core.paths import safe_name
+from ..core.schedule import warmup_cosine
 from .data import TokenData
 from .memory import MemorySystemConfig
 from .model import CortexLM, LMConfig, load_pretrained
@@ -228,11 +229,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Linear warmup over ``warmup_ratio`` of the steps, then cosine decay to ``min_lr_ratio * lr``."""
         warm = int(self.cfg.warmup_ratio * self.total_steps)
-        if step < warm:
-            return self.cfg.lr * (step + 1) / warm
-        frac = (step - warm) / max(1, self.total_steps - warm)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-        return self.cfg.lr * (self.cfg.min_lr_ratio + (1 - self.cfg.min_lr_ratio) * cos)
+        return self.cfg.lr * warmup_cosine(step, self.total_steps, warm, floor=self.cfg.min_lr_ratio)
 
     def _batches(self, step: int):
         epoch, i = divmod(step, self.steps_per_epoch)
