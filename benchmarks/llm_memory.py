@@ -246,7 +246,8 @@ def main() -> None:
     p.add_argument("--pretrain-batch", type=int, default=32)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--train-length", type=int, default=8192)
-    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--train-steps", type=int, default=3000,
+                   help="step cap; the time budget (--train-seconds) normally ends training, the LR annealing by it")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-lr", type=float, default=1e-3)
     p.add_argument("--lm-weight", type=float, default=0.5, help="next-token loss on the haystack (no-harm term)")
