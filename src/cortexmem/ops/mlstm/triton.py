@@ -38,6 +38,9 @@ from .naive import MAX_NEG_M
 MAX_DK = 128  # q/k head size (padded): the backward holds several L x DK fp32 tiles
 MAX_DV = 256  # v head size (padded): tiled by BV everywhere
 MAX_CHUNK = 64  # the L x L tiles of the backward stay in registers up to here
+_CLIP = tl.constexpr(MAX_NEG_M)  # a jit function reads only constexpr globals
+#: warps per program of each kernel (the compile check in benchmarks/mlstm_triton_compile.py reads them too)
+NUM_WARPS = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 8, "bwd_qk": 8, "bwd_v": 4}
 
 
 @triton.jit
@@ -137,7 +140,7 @@ def _fwd_out_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, H, MT, QN, FL, T, NC, NH, 
     vv = tl.load(V + rows * DVR + dv[None, :], mask=valid[:, None] & mv[None, :], other=0.0).to(tl.float32)
     C_in = tl.load(CS + sc * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
     num = tl.dot(S, vv, input_precision="tf32x3") + g[:, None] * tl.dot(q, C_in, input_precision="tf32x3")
-    floor = tl.exp(tl.minimum(-m_t, MAX_NEG_M))
+    floor = tl.exp(tl.minimum(-m_t, _CLIP))
     den = tl.where(tl.abs(qn) >= floor, tl.abs(qn), floor)
     h = num / den[:, None]
     tl.store(H + rows * DVR + dv[None, :], h.to(H.dtype.element_ty), mask=valid[:, None] & mv[None, :])
@@ -199,34 +202,24 @@ def _bwd_state_kernel(Q, LI, LF, RST, CS, NS, MS, MT, DN, DQN, DCT, DNT, DCS, DN
 
 
 @triton.jit
-def _bwd_out_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, MT, FL, DN, DQN, DCS, DNS, DFX, DMT,
-                    DQ, DK_, DV_, DLI, DLF, T, NC, NH, DKR, DVR,
-                    L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, HAS_R: tl.constexpr):
+def _bwd_qk_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, MT, FL, DN, DQN, DCS, DNS, DFX, DMT, DQ, DK_, DLI, DLF,
+                   T, NC, NH, DKR, DVR,
+                   L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, HAS_R: tl.constexpr):
+    """dq, dk, d log i, d log f of one chunk (all of dv is reduced here; dv itself is ``_bwd_v_kernel``)."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     b = bh // NH
     t0 = c * L
+    i = tl.arange(0, L)
+    valid = t0 + i < T
     dk = tl.arange(0, DK)
     mk = dk < DKR
     sc = bh * (NC + 1) + c
-    i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
     st = bh * T + t0 + i
-    m_t = tl.load(MT + st, mask=valid, other=0.0)
-    took_a = (tl.load(FL + st, mask=valid, other=0).to(tl.int32) & 1) != 0
-    D = tl.where(same, F[:, None] - (F - li)[None, :], float("-inf"))
-    a = F + tl.where(keep, tl.load(MS + sc), 0.0)
-    live = same & valid[:, None]
-    P = tl.where(live, tl.exp(D - m_t[:, None]), 0.0)
-    g = tl.where(keep & valid, tl.exp(a - m_t), 0.0)
-    last = i == tl.minimum(T - t0, L) - 1
-    rows = (bh * T + t0 + i)[:, None]
-    mrk = valid[:, None] & mk[None, :]
-    q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    S = tl.dot(q, tl.trans(k), input_precision="tf32x3") * P
-    dqn = tl.load(DQN + st, mask=valid, other=0.0)
-    # dS_ts = dN_t . v_s (+ dqn_t); dq_inter = dN C_in^T; dk_carry_s = dC_out v_s: reductions over all of dv
-    dS = tl.zeros((L, L), dtype=tl.float32) + dqn[:, None]
+    rows = st[:, None]
+    # first the reductions over all of dv (only three accumulators live): dS_ts = dN_t . v_s, dN C_in^T (the
+    # read-out's share of dq) and dC_out v_s (the carry's share of dk)
+    dS = tl.zeros((L, L), dtype=tl.float32)
     dq = tl.zeros((L, DK), dtype=tl.float32)
     dk_c = tl.zeros((L, DK), dtype=tl.float32)
     for jv in range(NVT):
@@ -241,38 +234,71 @@ def _bwd_out_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, MT, FL, DN, DQN, DCS, DNS,
         dS += tl.dot(dN, tl.trans(vv), input_precision="tf32x3")
         dq += tl.dot(dN, tl.trans(C_in), input_precision="tf32x3")
         dk_c += tl.dot(vv, tl.trans(dC_out), input_precision="tf32x3")
+    i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
+    m_t = tl.load(MT + st, mask=valid, other=0.0)
+    dqn = tl.load(DQN + st, mask=valid, other=0.0)
     n_in = tl.load(NS + sc * DKR + dk, mask=mk, other=0.0)
-    dn_out = tl.load(DNS + (sc + 1) * DKR + dk, mask=mk, other=0.0)
-    dk_c += dn_out[None, :]
+    g = tl.where(keep & valid, tl.exp(F + tl.where(keep, tl.load(MS + sc), 0.0) - m_t), 0.0)
+    dq = g[:, None] * (dq + dqn[:, None] * n_in[None, :])  # the read-out's g_t (C_in dN_t + n_in dqn_t)
+    D = tl.where(same, F[:, None] - (F - li)[None, :], float("-inf"))
+    live = same & valid[:, None]
+    P = tl.where(live, tl.exp(D - m_t[:, None]), 0.0)
+    # the stabiliser's gradient goes to the D_ts it took (max over s) where it did not take a_t
+    took_a = (tl.load(FL + st, mask=valid, other=0).to(tl.int32) & 1) != 0
+    dD = tl.where(live & (D == tl.max(D, 1)[:, None]) & (~took_a)[:, None],
+                  tl.load(DMT + st, mask=valid, other=0.0)[:, None], 0.0)
+    last = i == tl.minimum(T - t0, L) - 1
     p_e = tl.sum(tl.where(last[:, None], P, 0.0), 0)  # (L,) indexed by s
-    dq = g[:, None] * (dq + dqn[:, None] * n_in[None, :])
-    dk_c = p_e[:, None] * dk_c  # now the carry's share of dk
-    # d D_ts through P (the carry adds row e), plus the stabiliser's gradient where it took max_s D_ts
-    dD = dS * S + tl.where(last[:, None], (tl.sum(k * dk_c, 1))[None, :], 0.0)
-    d_max = tl.max(D, 1)
-    dm_t = tl.load(DMT + st, mask=valid, other=0.0)
-    arg = live & (D == d_max[:, None]) & (~took_a)[:, None]
-    dD += tl.where(arg, dm_t[:, None], 0.0)
+    dn_out = tl.load(DNS + (sc + 1) * DKR + dk, mask=mk, other=0.0)
+    dk_c = p_e[:, None] * (dk_c + dn_out[None, :])  # now the carry's share of dk
+    mrk = valid[:, None] & mk[None, :]
+    q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+    k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+    dQK = (dS + dqn[:, None]) * P
+    # d D_ts through P: dS_ts S_ts, and the carry's row e
+    dD += dQK * tl.dot(q, tl.trans(k), input_precision="tf32x3")
+    dD += tl.where(last[:, None], (tl.sum(k * dk_c, 1))[None, :], 0.0)
     dli = tl.sum(dD, 0)
     dF = tl.load(DFX + st, mask=valid, other=0.0) - dli
-    dlf = tl.sum(tl.where(same, dF[:, None], 0.0), 0)
-    dQK = dS * P
-    dq += tl.dot(dQK, k, input_precision="tf32x3")
-    dk_c += tl.dot(tl.trans(dQK), q, input_precision="tf32x3")
-    tl.store(DQ + rows * DKR + dk[None, :], dq, mask=mrk)
-    tl.store(DK_ + rows * DKR + dk[None, :], dk_c, mask=mrk)
     tl.store(DLI + st, dli, mask=valid)
-    tl.store(DLF + st, dlf, mask=valid)
-    St = tl.trans(S)
-    for jv in range(NVT):
-        dv = jv * BV + tl.arange(0, BV)
-        mv = dv < DVR
-        mrv = valid[:, None] & mv[None, :]
-        dN = tl.load(DN + rows * DVR + dv[None, :], mask=mrv, other=0.0)
-        dC_out = tl.load(DCS + (sc + 1) * DKR * DVR + dk[:, None] * DVR + dv[None, :],
-                         mask=mk[:, None] & mv[None, :], other=0.0)
-        dvv = tl.dot(St, dN, input_precision="tf32x3") + p_e[:, None] * tl.dot(k, dC_out, input_precision="tf32x3")
-        tl.store(DV_ + rows * DVR + dv[None, :], dvv, mask=mrv)
+    tl.store(DLF + st, tl.sum(tl.where(same, dF[:, None], 0.0), 0), mask=valid)
+    dq += tl.dot(dQK, k, input_precision="tf32x3")
+    tl.store(DQ + rows * DKR + dk[None, :], dq, mask=mrk)
+    dk_c += tl.dot(tl.trans(dQK), q, input_precision="tf32x3")
+    tl.store(DK_ + rows * DKR + dk[None, :], dk_c, mask=mrk)
+
+
+@triton.jit
+def _bwd_v_kernel(Q, K, LI, LF, RST, MS, MT, DN, DCS, DV_, T, NC, NH, DKR, DVR,
+                  L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr):
+    """dv of one chunk and dv tile: ``S^T dN`` plus the carry's ``P_es dC_out^T k_s``."""
+    bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    j = tl.program_id(2)
+    b = bh // NH
+    t0 = c * L
+    dk = tl.arange(0, DK)
+    dv = j * BV + tl.arange(0, BV)
+    mk, mv = dk < DKR, dv < DVR
+    sc = bh * (NC + 1) + c
+    i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
+    st = bh * T + t0 + i
+    m_t = tl.load(MT + st, mask=valid, other=0.0)
+    D = tl.where(same, F[:, None] - (F - li)[None, :], float("-inf"))
+    P = tl.where(same & valid[:, None], tl.exp(D - m_t[:, None]), 0.0)
+    last = i == tl.minimum(T - t0, L) - 1
+    p_e = tl.sum(tl.where(last[:, None], P, 0.0), 0)
+    rows = st[:, None]
+    mrk = valid[:, None] & mk[None, :]
+    mrv = valid[:, None] & mv[None, :]
+    q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+    k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+    St = tl.trans(tl.dot(q, tl.trans(k), input_precision="tf32x3") * P)
+    dN = tl.load(DN + rows * DVR + dv[None, :], mask=mrv, other=0.0)
+    dC_out = tl.load(DCS + (sc + 1) * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mk[:, None] & mv[None, :],
+                     other=0.0)
+    dvv = tl.dot(St, dN, input_precision="tf32x3") + p_e[:, None] * tl.dot(k, dC_out, input_precision="tf32x3")
+    tl.store(DV_ + rows * DVR + dv[None, :], dvv, mask=mrv)
 
 
 def _pad(d: int) -> int:
@@ -283,7 +309,12 @@ def _sizes(T: int, dk: int, dv: int, chunk_size: int) -> tuple[int, int, int, in
     """Chunk length (a power of two in [16, 64]: ``tl.dot`` needs 16), chunk count, padded dk, padded dv, dv tile."""
     L = max(16, min(MAX_CHUNK, triton.next_power_of_2(chunk_size), triton.next_power_of_2(T)))
     DK, DV = _pad(dk), _pad(dv)
-    return L, math.ceil(T / L), DK, DV, min(DV, 64)
+    return L, math.ceil(T / L), DK, DV, min(DV, 32)
+
+
+def _bwd_block_v(DV: int) -> int:
+    """The dv tile of ``_bwd_qk_kernel``'s loop over all of dv (16 spills least at dk = 64, L = 64)."""
+    return min(DV, 16)
 
 
 def _forward(q, k, v, li, lf, rst, C0, n0, m0, chunk_size, save):
@@ -297,12 +328,12 @@ def _forward(q, k, v, li, lf, rst, C0, n0, m0, chunk_size, save):
     HAS_R = rst is not None
     rst = rst if HAS_R else MS
     launch(_fwd_state_kernel, (B * NH, DV // BV), k, v, li, lf, rst, C0, n0, m0, CS, NS, MS, T, NC, NH, dk, dv,
-           L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=4)
+           L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["fwd_state"])
     h = torch.empty(B, NH, T, dv, device=dev, dtype=f32 if save else q.dtype)
     MT, QN = (torch.empty(B, NH, T, device=dev, dtype=f32) for _ in range(2))
     FL = torch.empty(B, NH, T, device=dev, dtype=torch.int8)
     launch(_fwd_out_kernel, (B * NH, NC, DV // BV), q, k, v, li, lf, rst, CS, NS, MS, h, MT, QN, FL,
-           T, NC, NH, dk, dv, L=L, DK=DK, BV=BV, HAS_R=HAS_R, SAVE=save, num_warps=4)
+           T, NC, NH, dk, dv, L=L, DK=DK, BV=BV, HAS_R=HAS_R, SAVE=save, num_warps=NUM_WARPS["fwd_out"])
     return h, CS, NS, MS, (MT, QN, FL)
 
 
@@ -331,7 +362,7 @@ def _backward(q, k, v, li, lf, rst, saved, dh, dC_T, dn_T, dm_T, chunk_size):
     HAS_R = rst is not None
     rst_arg = rst if HAS_R else MS
     launch(_bwd_state_kernel, (B * NH, NV), q, li, lf, rst_arg, CS, NS, MS, MT, dN, dqn, dC_T, dn_T, DCS, DNS, XP,
-           T, NC, NH, NV, dk, dv, L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=4)
+           T, NC, NH, NV, dk, dv, L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_state"])
     X = XP.sum(2)  # <dC, C> + <dn, n> at every chunk boundary: (B, NH, NC + 1)
 
     # the dm carry: dm_in(c) = X_c + Y_c with Y_c = sum over the chunk of sel_t dm_h_t + sel_e Y_{c+1} (sel: the
@@ -354,10 +385,12 @@ def _backward(q, k, v, li, lf, rst, saved, dh, dC_T, dn_T, dm_T, chunk_size):
     dq, dk_ = torch.empty(B, NH, T, dk, device=dev, dtype=f32), torch.empty(B, NH, T, dk, device=dev, dtype=f32)
     dv_ = torch.empty(B, NH, T, dv, device=dev, dtype=f32)
     dli, dlf = torch.empty(B, NH, T, device=dev, dtype=f32), torch.empty(B, NH, T, device=dev, dtype=f32)
-    bv = min(DV, 32)
-    launch(_bwd_out_kernel, (B * NH, NC), q, k, v, li, lf, rst_arg, CS, NS, MS, MT, FL, dN, dqn, DCS, DNS,
-           dfx, dm_t, dq, dk_, dv_, dli, dlf, T, NC, NH, dk, dv,
-           L=L, DK=DK, BV=bv, NVT=DV // bv, HAS_R=HAS_R, num_warps=8)
+    bv = _bwd_block_v(DV)
+    launch(_bwd_qk_kernel, (B * NH, NC), q, k, v, li, lf, rst_arg, CS, NS, MS, MT, FL, dN, dqn, DCS, DNS,
+           dfx, dm_t, dq, dk_, dli, dlf, T, NC, NH, dk, dv,
+           L=L, DK=DK, BV=bv, NVT=DV // bv, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_qk"])
+    launch(_bwd_v_kernel, (B * NH, NC, DV // BV), q, k, li, lf, rst_arg, MS, MT, dN, DCS, dv_, T, NC, NH, dk, dv,
+           L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_v"])
     return dq, dk_, dv_, dli, dlf, DCS[:, :, 0], DNS[:, :, 0], dm0
 
 
