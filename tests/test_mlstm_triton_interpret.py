@@ -26,6 +26,7 @@ CASES = [
     (29, 16, 16, 16, torch.float32, True, "mid+start", "clipped"),
     (63, 32, 32, 16, torch.bfloat16, True, "mid+start", "normal"),
     (20, 16, 16, 64, torch.float32, True, "mid+start", "normal"),
+    (1, 16, 16, 64, torch.float32, True, None, "normal"),
 ]
 NAMES = ["h", "C", "n", "m", "dq", "dk", "dv", "dlog_i", "dlog_f", "dC0", "dn0", "dm0"]
 
