@@ -404,8 +404,9 @@ class _MLSTMTriton(torch.autograd.Function):
         if dry_run_active():  # a precompile pass: ask for the backward kernels too
             _backward(q, k, v, li, lf, rst, (h32, CS, NS, MS, aux), torch.zeros_like(h32),
                       CS[:, :, -1].clone(), NS[:, :, -1].clone(), MS[:, :, -1].clone(), chunk_size)
+        # the final state as copies, not views of the saved states (an in-place edit of one would break backward)
         sdt = C0.dtype
-        return h32.to(q.dtype), CS[:, :, -1].to(sdt), NS[:, :, -1].to(sdt), MS[:, :, -1].to(sdt)
+        return (h32.to(q.dtype), *(s[:, :, -1].to(sdt, copy=True) for s in (CS, NS, MS)))
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
