@@ -17,8 +17,9 @@ The backward is their reverse. ``h`` does not depend on the stabiliser ``m`` exc
 ``m_t`` is known in closed form (no cancelling sums) and the log-decay gradient follows the identity
 ``dF_t = (normaliser term)_t + [t = e] dm_out - d log i_t``, with ``d log f`` its reverse cumulative sum per reset
 segment. ``_bwd_state_kernel`` carries ``dC, dn`` backwards over the chunks; the scalar ``dm`` carry (a segmented
-reverse sum over chunks) is done in torch; ``_bwd_out_kernel`` (parallel over chunks) gives ``dq, dk, dv`` and
-the gate gradients. All products run in fp32 as three TF32 passes (fp32-level accuracy); bf16/fp16 inputs are
+reverse sum over chunks) is done in torch; then, parallel over chunks, ``_bwd_qk_kernel`` gives ``dq, dk`` and
+the gate gradients (it reduces over all of ``dv``) and ``_bwd_v_kernel`` gives ``dv`` per ``dv`` tile. All
+products run in fp32 as three TF32 passes (fp32-level accuracy); bf16/fp16 inputs are
 widened on load, every state and accumulator is fp32.
 """
 
