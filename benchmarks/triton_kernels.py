@@ -1,9 +1,11 @@
-"""GPU: forward+backward of the fused Triton sLSTM / RTU-scan kernels vs the PyTorch backends, op and cell level.
+"""GPU: forward+backward of the Triton sLSTM / RTU-scan / mLSTM kernels vs the PyTorch backends, op and cell level.
 
     PYTHONPATH=src python benchmarks/triton_kernels.py [--batch 32 --steps 256 --hidden 256 --heads 4 --repeats 20]
 
 Prints milliseconds (median of ``--repeats`` after warm-up, CUDA-synchronised) and the torch/triton ratios.
-Also the first call (Triton compile included) of each kernel.
+Also the first call (Triton compile included) of each kernel. The mLSTM rows run at head sizes dk=64, dv=128
+(``--mlstm-dk/--mlstm-dv``; the cell with ``hidden = 2 * heads * dk``), chunk 64; the mLSTM Triton backend is
+opt-in (``auto`` keeps torch) until these rows are measured.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from cortexmem import AxonCellConfig, build_cell, sLSTMCellConfig
+from cortexmem import AxonCellConfig, build_cell, mLSTMCellConfig, sLSTMCellConfig
+from cortexmem.ops.mlstm import mlstm_sequence
 from cortexmem.ops.rtu import rtu_diag_scan
 from cortexmem.ops.slstm import slstm_sequence
 
@@ -70,6 +73,24 @@ def _rtu_op(B: int, T: int, H: int, backend: str):
     return _fwd_bwd(lambda: torch.view_as_real(rtu_diag_scan(u, lam, c0, resets, backend=backend)), [u, lam, c0])
 
 
+def _mlstm_op(B: int, T: int, NH: int, dk: int, dv: int, backend: str):
+    q = torch.randn(B, NH, T, dk, device="cuda", requires_grad=True)
+    k = (torch.randn(B, NH, T, dk, device="cuda") / dk**0.5).requires_grad_()
+    v = torch.randn(B, NH, T, dv, device="cuda", requires_grad=True)
+    log_i = torch.randn(B, NH, T, device="cuda", requires_grad=True)
+    log_f = torch.nn.functional.logsigmoid(torch.randn(B, NH, T, device="cuda") + 3).requires_grad_()
+    C0 = torch.zeros(B, NH, dk, dv, device="cuda", requires_grad=True)
+    n0 = torch.zeros(B, NH, dk, device="cuda", requires_grad=True)
+    m0 = torch.zeros(B, NH, device="cuda", requires_grad=True)
+    resets = torch.rand(B, T, device="cuda") < 0.01
+    leaves = [q, k, v, log_i, log_f, C0, n0, m0]
+
+    def fn():
+        h, finals = mlstm_sequence(*leaves, resets, chunk_size=64, backend=backend)
+        return (h, *finals)
+    return _fwd_bwd(fn, leaves)
+
+
 def _cell(config, B: int, T: int, H: int):
     cell = build_cell(config).cuda()
     x = torch.randn(B, T, H, device="cuda")
@@ -88,16 +109,23 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--mlstm-dk", type=int, default=64)
+    p.add_argument("--mlstm-dv", type=int, default=128)
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     B, T, H = a.batch, a.steps, a.hidden
+    Hm = 2 * a.heads * a.mlstm_dk  # the mLSTM cell's width: qk_dim_factor 0.5 gives dk per head
     print(f"B={B} T={T} d={H} fp32, {torch.cuda.get_device_name()}, forward+backward ms (median of {a.repeats})")
     cases = {
         "slstm op": lambda be: _slstm_op(B, T, H, a.heads, be),
         "rtu scan op": lambda be: _rtu_op(B, T, H, be),
         "sLSTMCell": lambda be: _cell(sLSTMCellConfig(hidden_size=H, num_heads=a.heads, backend=be), B, T, H),
         "AxonCell": lambda be: _cell(AxonCellConfig(hidden_size=H, backend=be), B, T, H),
+        "mlstm op": lambda be: _mlstm_op(B, T, a.heads, a.mlstm_dk, a.mlstm_dv, be),
+        "mLSTMCell": lambda be: _cell(mLSTMCellConfig(hidden_size=Hm, num_heads=a.heads, chunk_size=64,
+                                                      v_dim_factor=a.mlstm_dv / (2 * a.mlstm_dk), backend=be),
+                                      B, T, Hm),
     }
     for name, make in cases.items():
         ms = {}

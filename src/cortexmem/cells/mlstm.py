@@ -10,10 +10,11 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from ..core.backends import check_requested
 from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
-from ..ops.mlstm import mlstm_chunkwise, mlstm_naive
+from ..ops.mlstm import mlstm_sequence
 from .axon import AxonCellConfig
 from .axon_layer import LayerCalls, axon_groups, linear_or_axon
 from .base import CellConfig, MemoryCell
@@ -35,6 +36,7 @@ class mLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
     use_axon_qkv: bool = False
     #: config of those AxonLayers (default ``AxonCellConfig()``)
     axon: polymorphic(AxonCellConfig) | None = None
+    backend: str = "auto"  # of the recurrence: "auto", "torch" or "triton" (opt-in; see `cortex info`)
 
     @classmethod
     def example(cls, hidden_size: int) -> mLSTMCellConfig:
@@ -106,6 +108,8 @@ class mLSTMCell(MemoryCell):  # noqa: N801
     def __init__(self, config: mLSTMCellConfig) -> None:
         super().__init__(config)
         H, NH = self.hidden_size, config.num_heads
+        check_requested("mlstm", config.backend)
+        self.backend = config.backend
         self.num_heads = NH
         self.dk = head_sizes(H, config.qk_dim_factor, NH, "mLSTMCell q/k size")
         self.dv = head_sizes(H, config.v_dim_factor, NH, "mLSTMCell v size")
@@ -170,10 +174,8 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         f_raw = f_.to(cdt).transpose(1, 2)
         log_f = F.logsigmoid(f_raw) if self.config.forget_gate == "sigmoid" else f_raw
         args = (q, k, v, log_i, log_f, state["C"].to(cdt), state["n"].to(cdt), state["m"].to(cdt), resets)
-        if T == 1:  # one recurrent step is ~2.5x cheaper than a one-step chunk (step mode of agents)
-            h, (C, n, m) = mlstm_naive(*args)
-        else:
-            h, (C, n, m) = mlstm_chunkwise(*args, chunk_size=self.chunk_size)
+        # the torch backend takes one recurrent step when T == 1 (step mode of agents)
+        h, (C, n, m) = mlstm_sequence(*args, chunk_size=self.chunk_size, backend=self.backend)
         h = self.out_norm(h.transpose(1, 2).flatten(-2).to(x.dtype))  # (B, T, NH*dv)
         y = self.out_proj(torch.sigmoid(lin(self.ogate, x) if o_ is None else o_) * h)
         m, (C, n) = store_stabilised(m, (C, n), state["C"].dtype)

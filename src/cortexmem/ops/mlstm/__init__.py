@@ -1,4 +1,101 @@
+"""mLSTM recurrence: ``naive`` (the specification), ``chunk`` (torch, chunkwise-parallel) and ``triton`` (CUDA).
+
+Op ``mlstm`` has backends ``torch`` (the chunkwise op in at least fp32, one recurrent step when ``T == 1``) and
+``triton`` (chunkwise kernels, forward and backward). The Triton kernels have not yet run on a GPU: ``auto``
+keeps choosing ``torch`` until they are measured; ask for them with ``backend="triton"``. ``cortex doctor``
+checks both against :func:`mlstm_naive`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...core.backends import register_backend, register_reference, select_backend
 from .chunk import mlstm_chunkwise
 from .naive import mlstm_naive
 
-__all__ = ["mlstm_chunkwise", "mlstm_naive"]
+MAX_TRITON_DK, MAX_TRITON_DV = 128, 256  # = triton.MAX_DK / MAX_DV, not imported here: CPU processes may lack triton
+
+
+def mlstm_torch(
+    q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, C0: Tensor, n0: Tensor, m0: Tensor,
+    resets: Tensor | None = None, chunk_size: int = 64,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """:func:`mlstm_chunkwise` (one :func:`mlstm_naive` step when ``T == 1``) in at least fp32; ``h`` in ``q``'s
+    dtype, the state in ``C0``'s."""
+    cdt = torch.promote_types(q.dtype, torch.float32)
+    args = [t.to(cdt) for t in (q, k, v, log_i, log_f, C0, n0, m0)]
+    if q.shape[2] == 1:  # one recurrent step is ~2.5x cheaper than a one-step chunk (step mode of agents)
+        h, state = mlstm_naive(*args, resets)
+    else:
+        h, state = mlstm_chunkwise(*args, resets, chunk_size=chunk_size)
+    return h.to(q.dtype), tuple(s.to(C0.dtype) for s in state)
+
+
+def _triton(*args, **kwargs):
+    from .triton import mlstm_triton
+
+    return mlstm_triton(*args, **kwargs)
+
+
+def _flat(fn):
+    """``fn`` returning ``(h, C, n, m)`` flat, as the registry (and ``cortex doctor``) calls backends."""
+    def flat(q, k, v, log_i, log_f, C0, n0, m0, resets=None, chunk_size=64):
+        h, (C, n, m) = fn(q, k, v, log_i, log_f, C0, n0, m0, resets, chunk_size=chunk_size)
+        return h, C, n, m
+    flat.__name__ = f"{getattr(fn, '__name__', 'mlstm')}_flat"
+    return flat
+
+
+def _naive_flat(q, k, v, log_i, log_f, C0, n0, m0, resets=None, chunk_size=None):
+    h, (C, n, m) = mlstm_naive(q, k, v, log_i, log_f, C0, n0, m0, resets)
+    return h, C, n, m
+
+
+def _head_dims_fit(head_dim_qk: int = 0, head_dim_v: int = 0, **_: object) -> str | None:
+    if head_dim_qk > MAX_TRITON_DK or head_dim_v > MAX_TRITON_DV:
+        return f"head sizes dk={head_dim_qk}, dv={head_dim_v} > {MAX_TRITON_DK}, {MAX_TRITON_DV}"
+    return None
+
+
+register_backend("mlstm", "torch", _flat(mlstm_torch), priority=0,
+                 note="chunkwise-parallel (mlstm_chunkwise) in fp32, autograd by torch; one naive step at T=1")
+register_backend("mlstm", "triton", _flat(_triton), devices=frozenset({"cuda"}), priority=-10, needs_triton=True,
+                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dims_fit,
+                 note="chunkwise fwd/bwd kernels; unmeasured on GPU: opt-in (backend='triton'), never auto")
+
+
+def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    B, NH, T, dk, dv = 3, 2, 29, 12, 20  # odd T: a partial last chunk; head sizes that pad
+    q = torch.randn(B, NH, T, dk, generator=g)
+    k = torch.randn(B, NH, T, dk, generator=g) / dk**0.5
+    v = torch.randn(B, NH, T, dv, generator=g)
+    log_i = torch.randn(B, NH, T, generator=g)
+    log_f = torch.nn.functional.logsigmoid(torch.randn(B, NH, T, generator=g) + 3)
+    C0 = torch.randn(B, NH, dk, dv, generator=g)
+    n0 = torch.rand(B, NH, dk, generator=g) + 0.5
+    m0 = torch.randn(B, NH, generator=g)
+    C0[0], n0[0], m0[0] = 0.0, 0.0, 0.0  # one fresh row
+    r = torch.rand(B, T, generator=g) < 0.1
+    r[1, 16] = r[2, 5] = True  # a reset at a chunk start and one inside a chunk
+    floats = tuple(t.to(device=device, dtype=dtype) for t in (q, k, v, log_i, log_f, C0, n0, m0))
+    return (*floats, r.to(device), 16)
+
+
+register_reference("mlstm", _naive_flat, _doctor_inputs)
+
+
+def mlstm_sequence(
+    q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, C0: Tensor, n0: Tensor, m0: Tensor,
+    resets: Tensor | None = None, chunk_size: int = 64, *, backend: str = "auto",
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Same contract as :func:`mlstm_chunkwise`, run by the selected backend of op ``mlstm``."""
+    impl = select_backend("mlstm", backend, device=q.device, dtype=q.dtype, head_dim_qk=q.shape[-1],
+                          head_dim_v=v.shape[-1])
+    h, C, n, m = impl.fn(q, k, v, log_i, log_f, C0, n0, m0, resets, chunk_size)
+    return h, (C, n, m)
+
+
+__all__ = ["mlstm_chunkwise", "mlstm_naive", "mlstm_sequence", "mlstm_torch"]

@@ -1,0 +1,96 @@
+"""Op ``mlstm``'s backend registry on CPU: auto picks torch, triton is opt-in and fails loudly where it cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cortexmem
+from cortexmem.core.backends import backends_for, check_requested, references, select_backend
+from cortexmem.ops.mlstm import mlstm_chunkwise, mlstm_naive, mlstm_sequence
+
+
+def _inputs(T, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, NH, dk, dv = 2, 2, 8, 12
+    q, k = torch.randn(B, NH, T, dk, generator=g), torch.randn(B, NH, T, dk, generator=g) / dk**0.5
+    v = torch.randn(B, NH, T, dv, generator=g)
+    log_i = torch.randn(B, NH, T, generator=g)
+    log_f = torch.nn.functional.logsigmoid(torch.randn(B, NH, T, generator=g) + 3)
+    C0, n0 = torch.randn(B, NH, dk, dv, generator=g), torch.rand(B, NH, dk, generator=g) + 0.5
+    m0 = torch.randn(B, NH, generator=g)
+    return [t.to(dtype) for t in (q, k, v, log_i, log_f, C0, n0, m0)]
+
+
+def test_auto_picks_torch_and_triton_is_opt_in():
+    table = backends_for("mlstm")
+    assert set(table) == {"torch", "triton"}
+    assert table["triton"].priority < table["torch"].priority  # unmeasured on GPU: never chosen by auto
+    assert select_backend("mlstm", device="cpu", dtype=torch.float32).name == "torch"
+    assert select_backend("mlstm", device="cpu", dtype=torch.bfloat16, head_dim_qk=64, head_dim_v=128).name == "torch"
+    assert "mlstm" in references()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_explicit_triton_on_cpu_fails_clearly():
+    with pytest.raises(ValueError, match="mlstm: backend 'triton' was requested but cannot run here"):
+        check_requested("mlstm", "triton")
+    with pytest.raises(ValueError, match="cannot run here"):
+        mlstm_sequence(*_inputs(5), backend="triton")
+    with pytest.raises(ValueError, match="cannot run here"):
+        cortexmem.build_cell(cortexmem.mLSTMCellConfig(hidden_size=16, backend="triton"))
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
+        cortexmem.build_cell(cortexmem.mLSTMCellConfig(hidden_size=16, backend="cuda-magic"))
+
+
+def test_force_pytorch_hides_triton(monkeypatch):
+    monkeypatch.setenv("CORTEX_FORCE_PYTORCH", "1")
+    assert "disabled" in backends_for("mlstm")["triton"].unavailable_reason()
+    with pytest.raises(ValueError, match="disabled by CORTEX_FORCE_PYTORCH"):
+        check_requested("mlstm", "triton")
+    assert select_backend("mlstm", device="cuda", dtype=torch.float32).name == "torch"
+
+
+def test_triton_rejects_wide_heads_by_name():
+    reason = backends_for("mlstm")["triton"].supports(head_dim_qk=192, head_dim_v=64)
+    assert "dk=192" in reason and "128" in reason
+    assert backends_for("mlstm")["triton"].supports(head_dim_qk=64, head_dim_v=128) is None
+
+
+def test_torch_backend_is_the_chunkwise_op_and_one_step_at_t1():
+    args = _inputs(19)
+    h, state = mlstm_sequence(*args, chunk_size=8, backend="torch")
+    h_ref, state_ref = mlstm_chunkwise(*args, chunk_size=8)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
+    for a, b in zip(state, state_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    one = _inputs(1)
+    h1, s1 = mlstm_sequence(*one, backend="auto")
+    h1_ref, s1_ref = mlstm_naive(*one)
+    torch.testing.assert_close(h1, h1_ref, rtol=0, atol=0)
+    torch.testing.assert_close(s1[2], s1_ref[2], rtol=0, atol=0)
+
+
+def test_torch_backend_runs_bf16_inputs_in_fp32():
+    args = _inputs(21, torch.bfloat16)
+    h, (C, n, m) = mlstm_sequence(*args, chunk_size=8)
+    h_ref, (C_ref, _, _) = mlstm_naive(*(a.double() for a in args))
+    assert h.dtype == C.dtype == torch.bfloat16
+    err = ((h.double() - h_ref).pow(2).mean().sqrt() / h_ref.pow(2).mean().sqrt()).item()
+    assert err < 1e-2, err
+    err_c = ((C.double() - C_ref).pow(2).mean().sqrt() / C_ref.pow(2).mean().sqrt()).item()
+    assert err_c < 1e-2, err_c
+
+
+def test_cell_backend_field_and_same_result():
+    torch.manual_seed(0)
+    auto = cortexmem.build_cell(cortexmem.mLSTMCellConfig(hidden_size=16, num_heads=2, chunk_size=8))
+    explicit = cortexmem.build_cell(cortexmem.mLSTMCellConfig(hidden_size=16, num_heads=2, chunk_size=8,
+                                                              backend="torch"))
+    explicit.load_state_dict(auto.state_dict())
+    x = torch.randn(3, 13, 16)
+    y1, s1 = auto(x)
+    y2, s2 = explicit(x)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    torch.testing.assert_close(s1["C"], s2["C"], rtol=0, atol=0)
+    assert explicit.backend == "torch" and auto.backend == "auto"
