@@ -61,8 +61,9 @@ def _head_dims_fit(head_dim_qk: int = 0, head_dim_v: int = 0, **_: object) -> st
 
 register_backend("mlstm", "torch", _flat(mlstm_torch), priority=0,
                  note="chunkwise-parallel (mlstm_chunkwise) in fp32, autograd by torch; one naive step at T=1")
+# opt-in and below torch: "auto" never picks it (never run on a GPU yet); backend="triton" asks for it
 register_backend("mlstm", "triton", _flat(_triton), devices=frozenset({"cuda"}), priority=-10, needs_triton=True,
-                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dims_fit,
+                 opt_in=True, dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dims_fit,
                  note="chunkwise fwd/bwd kernels; unmeasured on GPU: opt-in (backend='triton'), never auto")
 
 
