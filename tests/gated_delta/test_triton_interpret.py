@@ -102,10 +102,10 @@ def _inputs(T, Dk, Dv, seed, resets):
     return q, k, v, g, beta, s0, r
 
 
-# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state): odd T, padded Dk/Dv, every chunk
-# size, every product mode (see ``BF16_MIN_CHUNKS``), both read-outs (in the sequential
-# kernel, or parallel over chunks from stored states), the state kept in two key halves (forced at small Dk; the
-# default of bf16 products at Dk = 128)
+# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state; None: the default): odd T, padded
+# Dk/Dv, every chunk size, every product mode (see ``BF16_MIN_CHUNKS``), both read-outs (in the sequential kernel,
+# or parallel over chunks from stored states), the state kept in two key halves (forced at small Dk; the default of
+# bf16 and 3xTF32 products at Dk = 128)
 CASES = [
     (37, 16, 24, 16, torch.float32, False, False, True, None),
     (130, 32, 32, 64, torch.float32, True, True, False, None),
@@ -121,6 +121,8 @@ CASES = [
     (130, 128, 128, 64, torch.bfloat16, True, True, True, None),
     (77, 16, 16, 32, torch.bfloat16, True, True, True, None, "tf32"),
     (77, 32, 16, 32, torch.bfloat16, True, True, True, True, "bf16"),
+    # fp32 defaults (3xTF32): the read-out parallel over chunks, the state split at padded Dk = 128
+    (130, 100, 72, 64, torch.float32, True, True, None, None),
 ]
 
 

@@ -377,11 +377,22 @@ def _default_stages(dot: int) -> int:
 def _default_block_v(n_bh: int, DK: int, DV: int, dot: int) -> int:
     # about one (batch*head, V-block) program per SM (~132), without splitting V below 16; wide keys take narrower
     # V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory. Measured on an
-    # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms)
-    bv = min(DV, 64, max(16, (8192 if dot == PRODUCTS["bf16"] else 4096) // DK))
+    # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms).
+    # 3xTF32 (not timed): 16 at Dk = 128, the widest block whose (unfused, split) state kernel does not spill on sm_90
+    # (32: 52 B of spill stores per thread; benchmarks/gated_delta_triton_compile.py)
+    per_dk = {PRODUCTS["bf16"]: 8192, PRODUCTS["tf32"]: 4096}.get(dot, 2048)
+    bv = min(DV, 64, max(16, per_dk // DK))
     while bv > 16 and n_bh * (DV // bv) < 128:
         bv //= 2
     return bv
+
+
+def default_fused(products: str) -> bool:
+    """The fused read-out but for 3xTF32 products: their split operands in registers make the fused state kernel
+    spill on sm_90 (276 B per thread at Dk = 64, 1832 B at 128, block_v 32; no block size or split avoids it), while
+    the unfused state kernel and the read-out kernel do not (split state at Dk > 64). Not yet timed on a GPU: the
+    extra launch writes each chunk-entry state once and reads it back, instead of spilling every chunk step."""
+    return products != "tf32x3"
 
 
 def default_products(dtype: torch.dtype, n_chunks: int, fused: bool = True) -> str:
@@ -423,13 +434,15 @@ def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=
 
 
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
-                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
+                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=None,
                         out_block_v=None, out_num_warps=None, split=None, products=None, wy=None, wy_block=None):
     """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
     pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
-    ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 products with ``DK > 64``).
+    Default: fused but for 3xTF32 products (see :func:`default_fused`).
+    ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 or 3xTF32 products with
+    ``DK > 64``).
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
     ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
     ``BF16_MIN_CHUNKS``).
@@ -443,11 +456,12 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
-    products = products or default_products(out_dtype, N, fused)
+    products = products or default_products(out_dtype, N, True if fused is None else fused)
     if products not in PRODUCTS:
         raise ValueError(f"gated delta rule, triton backend: products must be one of {sorted(PRODUCTS)}, "
                          f"got {products!r}")
     dot = PRODUCTS[products]
+    fused = default_fused(products) if fused is None else fused
     bf16_dot = products == "bf16"
     if bf16_dot and N < BF16_MIN_CHUNKS:
         raise ValueError(f"gated delta rule, triton backend: bf16 products need >= {BF16_MIN_CHUNKS} chunks of "
@@ -456,8 +470,9 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     if bf16_dot and not fused:
         raise ValueError("gated delta rule, triton backend: bf16 products need the fused read-out (fused=False gave "
                          "wrong results and an illegal memory access on sm_90 with Triton 3.6); use products='tf32'")
-    # the fp32-operand path keeps the full-width state (proven on sm_90 at DK = 128; the split would spill more)
-    split = DK > 64 and bf16_dot if split is None else split
+    # TF32 products keep the full-width state (passed the GPU tests at DK = 128); 3xTF32 splits it at DK > 64: its
+    # unfused state kernel spills 192 B per thread with the full-width state at block_v 16, none split (sm_90)
+    split = DK > 64 and products != "tf32" if split is None else split
     if split and DK < 32:
         raise ValueError(f"gated delta rule, triton backend: split needs padded Dk >= 32, got {DK}")
     DH = DK // 2 if split else DK
