@@ -308,7 +308,9 @@ def test_interpreted_wy_kernels_match_fp64_ut_transform(results, case):
     for key in ("chunk_vs_ref", "blocks_vs_ref", "chunk_vs_blocks"):
         err_w, err_u = errs[key]
         assert err_w <= tol and err_u <= tol, (key, err_w, err_u)
-    assert max(errs["chunk_vs_ref"]) <= max(errs["blocks_vs_ref"]) * 1.1
+    # (below 2e-6 both are at fp32 rounding, where the order of the sums decides: 3xTF32 takes the blocks kernel's
+    # key products in column blocks)
+    assert max(errs["chunk_vs_ref"]) <= max(max(errs["blocks_vs_ref"]) * 1.1, 2e-6)
 
 
 def test_interpreted_bad_wy_arguments_name_expected_and_got(results):

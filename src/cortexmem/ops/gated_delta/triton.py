@@ -50,6 +50,9 @@ PRODUCTS = {"tf32x3": DOT_TF32X3.value, "tf32": DOT_TF32.value, "bf16": DOT_BF16
 # values it streams (the [C, C] inverse stays in registers; see docs/gpu.md for the compile figures)
 WY_KERNELS = ("blocks", "chunk")
 WY_CHUNK_BLOCK = 32
+# ``_wy_kernel`` with 3xTF32: the key products of two 16-row blocks accumulate over column blocks of this width
+# (whole-width [16, Dk] operands spill 240 B per thread at Dk = 128 on sm_90; other product modes keep them)
+WY_KEY_BLOCK = tl.constexpr(32)
 
 
 @triton.jit
@@ -98,6 +101,31 @@ def _block_gates(G, R, b, h, t0, j0, g_c, r_c, rc, rb, T, NH, HAS_R: tl.constexp
 
 
 @triton.jit
+def _keys_t(K, b, h, tc, ok, T, NH, DKR, rk):
+    """Features ``rk`` of the keys (or queries) at the chunk steps ``tc``, transposed: ``[len(rk), C]``."""
+    return tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None], mask=ok[None, :] & (rk[:, None] < DKR),
+                   other=0.0)
+
+
+@triton.jit
+def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
+    """Features ``rk`` of the queries (or keys) at the chunk steps ``tc``: ``[C, len(rk)]``."""
+    return tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], mask=ok[:, None] & (rk[None, :] < DKR),
+                   other=0.0)
+
+
+@triton.jit
+def _block_keys_dot(K, b, h, ti, oki, tj, okj, T, NH, DKR, DK: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
+    """``k_i . k_j [16, 16]`` of two 16-row blocks of keys (steps ``ti``, ``tj``), accumulated over ``BK``-column
+    blocks: whole-width [16, DK] operands, split into two TF32 parts in registers by 3xTF32, spill at Dk = 128."""
+    acc = tl.zeros((16, 16), dtype=tl.float32)
+    for k0 in range(0, DK, BK):  # one block, masked past DKR, where BK > DK
+        rk = k0 + tl.arange(0, BK)
+        acc += _dot(_rows(K, b, h, ti, oki, T, NH, DKR, rk), _keys_t(K, b, h, tj, okj, T, NH, DKR, rk), DOT)
+    return acc
+
+
+@triton.jit
 def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
                HAS_R: tl.constexpr, DOT: tl.constexpr):
     n = tl.program_id(0)
@@ -131,18 +159,28 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
             rj = jb * 16 + rb
             gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
             tj = n * C + rj
-            kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
-                           mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
+            if DOT != DOT_TF32X3:
+                kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
+                               mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
             dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
-            a_ij = _dot(k_i, kT_j, DOT) * dec * beta_i[:, None]
+            if DOT == DOT_TF32X3:
+                kk_ij = _block_keys_dot(K, b, h, ti, oki, tj, tj < T, T, NH, DKR, DK, WY_KEY_BLOCK, DOT)
+            else:
+                kk_ij = _dot(k_i, kT_j, DOT)
+            a_ij = kk_ij * dec * beta_i[:, None]
             rhs_w -= _dot(a_ij, tl.load(w_base + rj[:, None] * DK + rk[None, :]), DOT)
             rhs_u -= _dot(a_ij, tl.load(u_base + rj[:, None] * DV + rv[None, :]), DOT)
         # diagonal block: M = -A_ii (strictly lower), inverted below
-        kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
-                       mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
+        if DOT != DOT_TF32X3:
+            kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
+                           mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
         link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
         dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
-        m = -_dot(k_i, kT_i, DOT) * dec_d * beta_i[:, None]
+        if DOT == DOT_TF32X3:
+            kk_ii = _block_keys_dot(K, b, h, ti, oki, ti, oki, T, NH, DKR, DK, WY_KEY_BLOCK, DOT)
+        else:
+            kk_ii = _dot(k_i, kT_i, DOT)
+        m = -kk_ii * dec_d * beta_i[:, None]
         if DOT == DOT_BF16:
             # A^16 = 0, so (I + A)^-1 = sum_{n<16} (-A)^n = (I + M)(I + M^2)(I + M^4)(I + M^8) with M = -A: six
             # tiny fp32 products instead of 15 dependent row steps. Intermediate powers can exceed the result
@@ -164,20 +202,6 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
         tl.store(w_base + ri[:, None] * DK + rk[None, :], w_i.to(W.dtype.element_ty))
         tl.store(u_base + ri[:, None] * DV + rv[None, :], u_i.to(U.dtype.element_ty))
         tl.debug_barrier()  # the next block re-reads these rows, written by other threads of this program
-
-
-@triton.jit
-def _keys_t(K, b, h, tc, ok, T, NH, DKR, rk):
-    """Features ``rk`` of the keys (or queries) at the chunk steps ``tc``, transposed: ``[len(rk), C]``."""
-    return tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None], mask=ok[None, :] & (rk[:, None] < DKR),
-                   other=0.0)
-
-
-@triton.jit
-def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
-    """Features ``rk`` of the queries (or keys) at the chunk steps ``tc``: ``[C, len(rk)]``."""
-    return tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], mask=ok[:, None] & (rk[None, :] < DKR),
-                   other=0.0)
 
 
 @triton.jit

@@ -36,6 +36,7 @@ from .checks import check_gated_delta_inputs, triton_autograd_rejects
 from .triton import (
     PRODUCTS,
     _block_gates,
+    _block_keys_dot,
     _chunk_gates,
     _default_block_v,
     _dot,
@@ -222,17 +223,6 @@ def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DSC, DU, DQ, DKD, DW, DGP, T, N, NH, D
     last = tl.sum(d_out * kuds, 0) + d_c * tl.sum(ddc, 0)
     dgam += tl.where(rc == C - 1, last, 0.0)
     tl.store(DGP + (bh * NKB + bk) * N * C + n * C + rc, dgam)
-
-
-@triton.jit
-def _block_keys_dot(K, b, h, ti, oki, tj, okj, T, NH, DKR, DK: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
-    """``k_i . k_j`` of two 16-row blocks of keys, accumulated over ``BK``-column blocks (whole-width 16-row
-    tiles cost 3xTF32 its split operands in registers: spills at Dk = 128)."""
-    acc = tl.zeros((16, 16), dtype=tl.float32)
-    for kb in range(DK // BK):
-        rk = kb * BK + tl.arange(0, BK)
-        acc += _dot(_rows(K, b, h, ti, oki, T, NH, DKR, rk), _keys_t(K, b, h, tj, okj, T, NH, DKR, rk), DOT)
-    return acc
 
 
 @triton.jit
