@@ -5,7 +5,8 @@ Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no p
 * ``_wy_kernel``, parallel over (chunk, batch*head): the UT transform of :mod:`.chunk` per chunk. The unit lower
   triangular ``I + A`` is solved in blocks of 16 rows: the 16x16 diagonal block is inverted in registers
   (forward substitution for fp32; repeated squaring for bf16), the rows of earlier blocks (already solved and
-  stored) enter through 16x16 products. Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
+  stored) enter through 16x16 products (with 3xTF32, their key products over ``WY_KEY_BLOCK`` columns at a time).
+  Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
 * ``_wy_chunk_kernel`` (opt-in, ``wy="chunk"``; not yet measured on a GPU), same grid and outputs: the whole chunk at
   once. ``A`` from one ``K K^T``; the ``C / 16`` diagonal 16x16 blocks of ``I + A`` inverted together by forward
   substitution on a ``[C/16, 16, 16]`` tile; merged on the ``[C, C]`` tile as ``(I + N)^-1 D0^-1`` with
@@ -14,8 +15,8 @@ Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no p
 * ``_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks: keeps ``S [Dk, BV]``
   in registers, forms ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates
   ``S <- e^gamma_C S + K_out^T u``; decays and ``P`` are rebuilt from g and the keys (cheaper than reading them).
-  Unfused, it stores each chunk-entry ``S`` and ``u`` instead, and ``_out_kernel`` (parallel over chunks) reads
-  the outputs out.
+  Unfused (the default of 3xTF32 products: fused, it spills on sm_90), it stores each chunk-entry ``S`` and ``u``
+  instead, and ``_out_kernel`` (parallel over chunks) reads the outputs out.
 
 Resets are exact: the in-chunk segment id (a cumulative count of resets) masks every decay whose path crosses a
 reset, as in :func:`.chunk.chunk_terms`. Same contract as :func:`gated_delta_rule_naive`; no-grad use only.

@@ -8,12 +8,15 @@ Per chunk (one head; ``S`` the chunk-entry state, notation of :mod:`.chunk` and 
 
 The backward recomputes ``W, U`` (:func:`.triton.wy_terms`) and the chunk-entry states and pseudo-values ``u``
 (the forward's unfused ``_state_kernel``), with one-pass TF32 (16-bit inputs) or 3xTF32 (fp32 inputs) products,
-never bf16 ones. Then three kernels:
+never bf16 ones. Then three kernels (four with 3xTF32):
 
+* ``_bwd_intra_kernel`` (3xTF32 only), parallel over (block of ``Dv``, chunk, batch*head): the two dS-independent
+  terms of the reverse step, ``(Q K^T . M)^T dO`` and ``Q^T diag(d_in) dO``, written where the state kernel reads
+  them (3xTF32 holds both TF32 parts of every product operand in registers: with them the state kernel spills).
 * ``_bwd_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks in reverse: carries
-  ``dS`` (the gradient of the state leaving the chunk) in registers, stores it per chunk, and forms
-  ``du = (Q K^T . M)^T dO + diag(d_out) K dS`` and ``dS <- d_c dS + Q^T diag(d_in) dO - W^T du``; what is left
-  after the first chunk is ``d(initial_state)``.
+  ``dS`` (the gradient of the state leaving the chunk) in registers, as two key halves from ``Dk > 64``, stores it
+  per chunk, and forms ``du = (Q K^T . M)^T dO + diag(d_out) K dS`` and
+  ``dS <- d_c dS + Q^T diag(d_in) dO - W^T du``; what is left after the first chunk is ``d(initial_state)``.
 * ``_bwd_dqk_kernel``, parallel over (block of ``Dk``, chunk, batch*head): ``dq``, the direct part of ``dk``,
   ``dW = -du S^T`` and this key block's share of ``d gamma`` (every gate term is linear in the key products).
 * ``_bwd_wy_kernel``, parallel over (chunk, batch*head): ``L^-1`` (16-row blocks, as the forward solves), then
