@@ -56,8 +56,9 @@ def _signature(fn, dtype: str, op_dtype: str) -> dict:
     return sig
 
 
-def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> str:
-    """One line: the kernel, its constants and launch options, shared bytes, registers, spill bytes, compile s."""
+def sm90_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> dict:
+    """Compile ``fn`` for sm_90 and run ptxas on its PTX: ``shared`` bytes, ``registers``, ``spill`` store bytes
+    (None where ptxas printed no figure) and the compile ``seconds``."""
     sig = _signature(fn, dtype, "bf16" if consts["DOT"] == kernels.PRODUCTS["bf16"] else "fp32")
     div16 = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] != "constexpr"
              and n != "NH"}
@@ -73,27 +74,68 @@ def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int)
                              capture_output=True, text=True).stderr
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "BD", "FUSED", "SPLIT", "DOT")}
-    return (f"{fn.__name__:16s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {k.metadata.shared} B, "
-            f"registers {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
-            f"compile {took:.1f} s")
+    return dict(shared=k.metadata.shared, registers=int(regs[0]) if regs else None,
+                spill=int(spills[0]) if spills else None, seconds=took)
+
+
+def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> str:
+    """One line: the kernel, its constants and launch options, shared bytes, registers, spill bytes, compile s."""
+    st = sm90_stats(fn, dtype, consts, num_warps, num_stages)
+    shown = {key: val for key, val in consts.items() if key in ("DK", "BV", "BK", "BD", "FUSED", "SPLIT", "PRE",
+                                                                  "DOT")}
+    return (f"{fn.__name__:17s} {dtype} {shown} warps={num_warps} stages={num_stages}: shared {st['shared']} B, "
+            f"registers {st['registers'] or '?'}, spill stores {'?' if st['spill'] is None else st['spill']} B, "
+            f"compile {st['seconds']:.1f} s")
+
+
+# (batch*head) count of the default launch sizes: enough programs that no V-block is narrowed for parallelism
+# (the widest defaults, the most registers)
+N_BH = 1024
+
+
+def backward_launches(products: str, DK: int) -> list:
+    """``(kernel, input dtype, constants, warps)`` of every backward kernel at its default launch sizes (C = 64,
+    Dk = Dv = DK), the recompute of W, U and of the chunk-entry states (the forward's WY and unfused state kernels)
+    first."""
+    from cortexmem.ops.gated_delta import triton_bwd
+
+    dot = kernels.PRODUCTS[products]
+    dtype = "fp32" if products == "tf32x3" else "bf16"
+    cfg = triton_bwd.backward_config(DK, DK, N_BH, dot)
+    base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
+    split = dict(DH=DK // 2 if cfg["split"] else DK, SPLIT=cfg["split"])
+    rec_split = dict(DH=DK // 2 if DK > 64 else DK, SPLIT=DK > 64)
+    (bv, nw), (qbk, qbv, qnw), (wbk, wbv, wnw) = cfg["state"], cfg["dqk"], cfg["wy"]
+    out = [(kernels._wy_kernel, dtype, base, 4),
+           (kernels._state_kernel, dtype, dict(base, **rec_split, BV=kernels._default_block_v(N_BH, DK, DK, dot),
+                                               HAS_S0=True, FUSED=False), 4)]
+    if cfg["intra"] is not None:
+        out.append((triton_bwd._bwd_intra_kernel, dtype, dict(base, **split, BV=cfg["intra"][0]), cfg["intra"][1]))
+    out += [(triton_bwd._bwd_state_kernel, dtype, dict(base, **split, PRE=cfg["intra"] is not None, BV=bv,
+                                                       HAS_DSF=True, HAS_S0=True), nw),
+            (triton_bwd._bwd_dqk_kernel, dtype, dict(base, BK=qbk, BV=qbv), qnw),
+            (triton_bwd._bwd_wy_kernel, dtype, dict(base, BK=wbk, BV=wbv, NKQ=DK // qbk), wnw)]
+    return out
+
+
+def fp32_forward_launches(DK: int) -> list:
+    """The WY, state and read-out kernels of the fp32-input forward (3xTF32) at their default launch sizes."""
+    dot = kernels.PRODUCTS["tf32x3"]
+    split = dict(DH=DK // 2 if DK > 64 else DK, SPLIT=DK > 64)
+    base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot, **split)
+    assert not kernels.default_fused("tf32x3")
+    return [(kernels._wy_kernel, "fp32", dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot), 4),
+            (kernels._state_kernel, "fp32", dict(base, BV=kernels._default_block_v(N_BH, DK, DK, dot), HAS_S0=True,
+                                                 FUSED=False), 4),
+            (kernels._out_kernel, "fp32", dict(base, BV=min(DK, 64)), 4)]
 
 
 def backward_stats() -> None:
     """The backward kernels (``triton_bwd``) at their default launch sizes, both product modes, Dk = Dv = 64 / 128."""
-    from cortexmem.ops.gated_delta import triton_bwd
-
-    for dtype, products in (("bf16", "tf32"), ("fp32", "tf32x3")):
-        dot = kernels.PRODUCTS[products]
+    for products in ("tf32", "tf32x3"):
         for DK in (64, 128):
-            cfg = triton_bwd.backward_config(DK, DK, 8, dot)
-            base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
-            (bv, nw), (qbk, qbv, qnw), (wbk, wbv, wnw) = cfg["state"], cfg["dqk"], cfg["wy"]
-            print(compile_stats(triton_bwd._bwd_state_kernel, dtype, dict(base, BV=bv, HAS_DSF=True, HAS_S0=True),
-                                nw, 1))
-            print(f"BK={qbk:<3d}", compile_stats(triton_bwd._bwd_dqk_kernel, dtype, dict(base, BK=qbk, BV=qbv), qnw, 1))
-            print(f"BK={wbk:<3d}", compile_stats(triton_bwd._bwd_wy_kernel, dtype,
-                                                   dict(base, BK=wbk, BV=wbv, NKQ=DK // qbk), wnw, 1))
+            for fn, dtype, consts, nw in backward_launches(products, DK):
+                print(compile_stats(fn, dtype, consts, nw, 1))
 
 
 def main() -> None:
@@ -103,20 +145,23 @@ def main() -> None:
         backward_stats()
         return
     for dtype, products in (("bf16", "bf16"), ("bf16", "tf32"), ("fp32", "tf32x3")):
-        bf16 = products == "bf16"
         dot = kernels.PRODUCTS[products]
         for DK in (64, 128):
             base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
             print(compile_stats(kernels._wy_kernel, dtype, base, 4, 1))
             for bd, nw in ((32, 4), (32, 8), (64, 4)):  # the whole-chunk WY kernel (wy="chunk"), column block BD
                 print(compile_stats(kernels._wy_chunk_kernel, dtype, dict(base, BD=bd), nw, 1))
-            wide = DK > 64 and bf16  # the launcher's default split
+            wide = DK > 64 and products != "tf32"  # the launcher's default split
             split = dict(DH=DK // 2 if wide else DK, SPLIT=wide)
-            for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 32, 4)):
+            for fused, bv, nw in ((True, 16, 4), (True, 32, 4), (True, 32, 8), (False, 16, 4), (False, 32, 4)):
                 stages = kernels._default_stages(dot)
                 consts = dict(base, **split, BV=bv, HAS_S0=True, FUSED=fused)
                 print(compile_stats(kernels._state_kernel, dtype, consts, nw, stages))
             print(compile_stats(kernels._out_kernel, dtype, dict(base, **split, BV=64), 4, 1))
+    for DK in (64, 128):
+        print(f"fp32 inputs, default launch sizes (unfused read-out), Dk = Dv = {DK}:")
+        for fn, dtype, consts, nw in fp32_forward_launches(DK):
+            print(compile_stats(fn, dtype, consts, nw, 1))
 
 
 if __name__ == "__main__":

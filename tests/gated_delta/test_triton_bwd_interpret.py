@@ -11,9 +11,11 @@ import torch
 
 pytest.importorskip("triton")
 
-# (T, Dk, Dv, chunk, dtype, initial state, resets, output_final_state): partial last chunks (63, 130, 70), padded
-# Dk/Dv (24/40), resets inside a chunk and at a chunk start (see ``_inputs``), with and without an initial state
-# and a final-state gradient, every chunk size, one bf16 case (TF32 products)
+# (T, Dk, Dv, chunk, dtype, initial state, resets, output_final_state[, split]): partial last chunks (63, 130, 70),
+# padded Dk/Dv (24/36/40), resets inside a chunk and at a chunk start (see ``_inputs``), with and without an initial
+# state and a final-state gradient, every chunk size, bf16 cases (TF32 products); fp32 takes the intra-chunk kernel
+# (3xTF32). ``split``: the reverse state kernel's dS in two key halves, forced at small Dk (the default from
+# Dk > 64, as at Dk = 72: padded to 128, split in the recompute too)
 CASES = [
     (63, 24, 40, 16, torch.float32, True, True, True),
     (130, 24, 40, 16, torch.float32, False, True, False),
@@ -21,6 +23,9 @@ CASES = [
     (70, 32, 48, 32, torch.float32, True, True, True),
     (70, 16, 24, 64, torch.float32, True, True, True),
     (63, 24, 40, 16, torch.bfloat16, True, True, True),
+    (130, 40, 24, 32, torch.float32, True, True, True, True),
+    (63, 36, 40, 16, torch.bfloat16, True, True, True, True),
+    (70, 72, 24, 64, torch.float32, True, True, True),
 ]
 NAMES = ("q", "k", "v", "g", "beta", "initial_state")
 
@@ -50,11 +55,13 @@ def _run_cases() -> dict:
     ti._patch_interpreter()
     from functools import partial
 
-    from cortexmem.ops.gated_delta import gated_delta_rule_naive
+    from cortexmem.ops.gated_delta import gated_delta_rule_naive, triton_bwd
     from cortexmem.ops.gated_delta.triton_bwd import triton_gated_delta_rule_autograd
 
+    default_config = triton_bwd.backward_config
     out = {}
-    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, final) in enumerate(CASES):
+    for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, final, *split) in enumerate(CASES):
+        triton_bwd.backward_config = (lambda *a: dict(default_config(*a), split=True)) if split else default_config
         q, k, v, g, beta, s0, r = ti._inputs(T, Dk, Dv, T + Dk + i, with_resets)
         inputs = [t.to(dtype) for t in (q, k, v, g, beta, s0)]
         fn = partial(triton_gated_delta_rule_autograd, chunk_size=chunk)
@@ -67,6 +74,7 @@ def _run_cases() -> dict:
             errs["final_state"] = _rel_rms(s, s_ref)
         errs.update({f"d{name}": _rel_rms(a, b) for name, a, b in zip(NAMES, grads, grads_ref, strict=False)})
         out[i] = {"errs": errs, "dtypes_ok": dtypes_ok, "n_grads": len(grads)}
+    triton_bwd.backward_config = default_config
     q, k, v, g, beta, _, _ = ti._inputs(20, 16, 16, 3, False)
     try:
         triton_gated_delta_rule_autograd(q, k, v, g, beta, chunk_size=8)

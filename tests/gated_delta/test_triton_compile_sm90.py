@@ -2,10 +2,16 @@
 
 The interpreter tests run the kernels' Python, not Triton's front end: a construct the compiler rejects (a global
 that is not a ``tl.constexpr`` object, say) passes there and fails only on a GPU. This compiles every kernel (both WY
-kernels) in every product mode, and the backward kernels (``triton_bwd``) in both product modes they use.
+kernels) in every product mode, and the backward kernels (``triton_bwd``) in both product modes they use; ptxas
+(through ``benchmarks/gated_delta_triton_compile.py``) must report no register spills for the backward kernels and
+the fp32-input forward at their default launch sizes (C = 64, Dk = Dv = 64 and 128).
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
 
 import pytest
 
@@ -54,17 +60,36 @@ def test_kernels_compile_for_sm90(products, dtype, DK):
     assert wy_chunk.metadata.shared <= 227 * 1024  # the most one sm_90 program may take
 
 
-@pytest.mark.parametrize("products,dtype,DK", [("tf32x3", "fp32", 128), ("tf32", "bf16", 128)])
-def test_backward_kernels_compile_for_sm90(products, dtype, DK):
-    from cortexmem.ops.gated_delta import triton_bwd
+def _compile_script():
+    """``benchmarks/gated_delta_triton_compile.py`` as a module: its ptxas run and default launch lists."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gated_delta_triton_compile.py"
+    spec = importlib.util.spec_from_file_location("gated_delta_triton_compile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not os.path.exists(mod.PTXAS):
+        pytest.skip(f"no ptxas at {mod.PTXAS}")
+    return mod
 
-    dot = kernels.PRODUCTS[products]
-    cfg = triton_bwd.backward_config(DK, DK, 8, dot)
-    (bv, sw), (qbk, qbv, qw), (wbk, wbv, ww) = cfg["state"], cfg["dqk"], cfg["wy"]
-    base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot)
-    for fn, consts, warps in ((triton_bwd._bwd_state_kernel, dict(base, BV=bv, HAS_DSF=True, HAS_S0=True), sw),
-                              (triton_bwd._bwd_dqk_kernel, dict(base, BK=qbk, BV=qbv), qw),
-                              (triton_bwd._bwd_wy_kernel, dict(base, BK=wbk, BV=wbv, NKQ=DK // qbk), ww)):
-        k = _compile(fn, dtype, "fp32", consts, 1, warps)  # the backward recomputes W, U in fp32
-        assert "ptx" in k.asm and k.metadata.shared > 0
-        assert k.metadata.shared <= 227 * 1024  # fits one program per SM on sm_90
+
+@pytest.mark.parametrize("DK", [64, 128])
+@pytest.mark.parametrize("products", ["tf32", "tf32x3"])
+def test_backward_kernels_do_not_spill_on_sm90(products, DK):
+    # every backward kernel (and the recompute of W, U and the chunk-entry states) at its default launch sizes, C = 64
+    script = _compile_script()
+    launches = script.backward_launches(products, DK)
+    assert len(launches) == (6 if products == "tf32x3" else 5)  # 3xTF32 adds the intra-chunk kernel
+    for fn, dtype, consts, warps in launches:
+        st = script.sm90_stats(fn, dtype, consts, warps, 1)
+        assert st["spill"] == 0, f"{fn.__name__} {consts} warps={warps}: {st}"
+        assert 0 < st["shared"] <= 227 * 1024  # fits one program per SM on sm_90
+        assert st["registers"] <= 255
+
+
+@pytest.mark.parametrize("DK", [64, 128])
+def test_fp32_forward_defaults_do_not_spill_on_sm90(DK):
+    # fp32 inputs (3xTF32): the WY kernel, the unfused state kernel (split state at Dk = 128) and the read-out kernel
+    script = _compile_script()
+    for fn, dtype, consts, warps in script.fp32_forward_launches(DK):
+        st = script.sm90_stats(fn, dtype, consts, warps, 1)
+        assert st["spill"] == 0, f"{fn.__name__} {consts} warps={warps}: {st}"
+        assert 0 < st["shared"] <= 227 * 1024

@@ -102,10 +102,10 @@ def _inputs(T, Dk, Dv, seed, resets):
     return q, k, v, g, beta, s0, r
 
 
-# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state): odd T, padded Dk/Dv, every chunk
-# size, every product mode (see ``BF16_MIN_CHUNKS``), both read-outs (in the sequential
-# kernel, or parallel over chunks from stored states), the state kept in two key halves (forced at small Dk; the
-# default of bf16 products at Dk = 128)
+# (T, Dk, Dv, chunk, dtype, initial state, resets, fused read-out, split state; None: the default): odd T, padded
+# Dk/Dv, every chunk size, every product mode (see ``BF16_MIN_CHUNKS``), both read-outs (in the sequential kernel,
+# or parallel over chunks from stored states), the state kept in two key halves (forced at small Dk; the default of
+# bf16 and 3xTF32 products at Dk = 128)
 CASES = [
     (37, 16, 24, 16, torch.float32, False, False, True, None),
     (130, 32, 32, 64, torch.float32, True, True, False, None),
@@ -121,6 +121,8 @@ CASES = [
     (130, 128, 128, 64, torch.bfloat16, True, True, True, None),
     (77, 16, 16, 32, torch.bfloat16, True, True, True, None, "tf32"),
     (77, 32, 16, 32, torch.bfloat16, True, True, True, True, "bf16"),
+    # fp32 defaults (3xTF32): the read-out parallel over chunks, the state split at padded Dk = 128
+    (130, 100, 72, 64, torch.float32, True, True, None, None),
 ]
 
 
@@ -306,7 +308,9 @@ def test_interpreted_wy_kernels_match_fp64_ut_transform(results, case):
     for key in ("chunk_vs_ref", "blocks_vs_ref", "chunk_vs_blocks"):
         err_w, err_u = errs[key]
         assert err_w <= tol and err_u <= tol, (key, err_w, err_u)
-    assert max(errs["chunk_vs_ref"]) <= max(errs["blocks_vs_ref"]) * 1.1
+    # (below 2e-6 both are at fp32 rounding, where the order of the sums decides: 3xTF32 takes the blocks kernel's
+    # key products in column blocks)
+    assert max(errs["chunk_vs_ref"]) <= max(max(errs["blocks_vs_ref"]) * 1.1, 2e-6)
 
 
 def test_interpreted_bad_wy_arguments_name_expected_and_got(results):

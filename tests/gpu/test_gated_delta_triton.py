@@ -124,6 +124,27 @@ def test_triton_d128_bf16_launch_configs_match_naive(fused, block_v, num_warps, 
     _check_launch(128, fused, block_v, num_warps, num_stages, torch.bfloat16, None, products)
 
 
+# fp32 inputs (3xTF32): the default (fused=None: read-out parallel over chunks, state split at Dk = 128, block_v
+# 16; no spills on sm_90, not yet timed), the split state with the fused read-out, and the full-width fused layout
+# of the default before (it spills on sm_90)
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("fused,block_v,split", [(None, None, None), (True, 16, True), (True, 32, False)])
+def test_triton_fp32_launch_configs_match_naive(D, fused, block_v, split):
+    _check_launch(D, fused, block_v, None, 1, torch.float32, split)
+
+
+def test_triton_fp32_default_launch_sizes():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton import PRODUCTS, _default_block_v, default_fused
+
+    assert not default_fused("tf32x3") and default_fused("tf32") and default_fused("bf16")
+    dot = PRODUCTS["tf32x3"]
+    assert [_default_block_v(1024, d, d, dot) for d in (64, 128)] == [32, 16]
+    # the measured bf16 / TF32 defaults are unchanged
+    assert [_default_block_v(1024, d, d, PRODUCTS["bf16"]) for d in (64, 128)] == [64, 64]
+    assert [_default_block_v(1024, d, d, PRODUCTS["tf32"]) for d in (64, 128)] == [64, 32]
+
+
 # the whole-chunk WY kernel (opt-in, wy="chunk") over its column block and warps, in every product mode
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("wy_block,wy_num_warps", [(32, 4), (32, 8), (64, 4)])

@@ -64,6 +64,30 @@ def test_triton_backward_matches_torch_chunk(D, dtype, with_resets):
     assert not bad, f"relative RMS errors above {tol}: {bad}"
 
 
+# launch layouts of the backward besides the defaults (sm_90 spill-free: split dS at Dk > 64, the intra-chunk kernel
+# for fp32): the dS halves forced at Dk = 64, and the fp32 state kernel without the intra-chunk kernel (the layout
+# before; it spills on sm_90). Gradients vs the defaults' on the same inputs
+@pytest.mark.parametrize("D,dtype,change", [
+    (64, torch.float32, dict(split=True)), (64, torch.bfloat16, dict(split=True)),
+    (128, torch.float32, dict(intra=None)), (64, torch.float32, dict(intra=None, split=False)),
+])
+def test_triton_backward_layouts_match_default(D, dtype, change):
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta import triton_bwd
+
+    inputs, r = _inputs(2, 300, 4, D, True)
+    q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
+    do, dsf = torch.randn_like(v), torch.randn_like(s0, dtype=torch.float32)
+    args = (q, k, v, g, beta, s0, r, do, dsf)
+    ref = triton_bwd.gated_delta_backward(*args, chunk_size=64, need_ds0=True)
+    dot = triton_bwd.PRODUCTS[triton_bwd.backward_products(dtype)]
+    cfg = dict(triton_bwd.backward_config(D, D, 8, dot), **change)
+    got = triton_bwd.gated_delta_backward(*args, chunk_size=64, need_ds0=True, config=cfg)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    errs = {n: _rel_rms(a, b) for n, a, b in zip(("q", "k", "v", "g", "beta", "s0"), got, ref, strict=True)}
+    assert all(e <= tol for e in errs.values()), errs
+
+
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
 def test_triton_backward_small_dims_and_no_final_state(chunk_size):
     pytest.importorskip("triton")

@@ -5,7 +5,8 @@ Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no p
 * ``_wy_kernel``, parallel over (chunk, batch*head): the UT transform of :mod:`.chunk` per chunk. The unit lower
   triangular ``I + A`` is solved in blocks of 16 rows: the 16x16 diagonal block is inverted in registers
   (forward substitution for fp32; repeated squaring for bf16), the rows of earlier blocks (already solved and
-  stored) enter through 16x16 products. Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
+  stored) enter through 16x16 products (with 3xTF32, their key products over ``WY_KEY_BLOCK`` columns at a time).
+  Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
 * ``_wy_chunk_kernel`` (opt-in, ``wy="chunk"``; not yet measured on a GPU), same grid and outputs: the whole chunk at
   once. ``A`` from one ``K K^T``; the ``C / 16`` diagonal 16x16 blocks of ``I + A`` inverted together by forward
   substitution on a ``[C/16, 16, 16]`` tile; merged on the ``[C, C]`` tile as ``(I + N)^-1 D0^-1`` with
@@ -14,8 +15,8 @@ Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no p
 * ``_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks: keeps ``S [Dk, BV]``
   in registers, forms ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates
   ``S <- e^gamma_C S + K_out^T u``; decays and ``P`` are rebuilt from g and the keys (cheaper than reading them).
-  Unfused, it stores each chunk-entry ``S`` and ``u`` instead, and ``_out_kernel`` (parallel over chunks) reads
-  the outputs out.
+  Unfused (the default of 3xTF32 products: fused, it spills on sm_90), it stores each chunk-entry ``S`` and ``u``
+  instead, and ``_out_kernel`` (parallel over chunks) reads the outputs out.
 
 Resets are exact: the in-chunk segment id (a cumulative count of resets) masks every decay whose path crosses a
 reset, as in :func:`.chunk.chunk_terms`. Same contract as :func:`gated_delta_rule_naive`; no-grad use only.
@@ -50,6 +51,9 @@ PRODUCTS = {"tf32x3": DOT_TF32X3.value, "tf32": DOT_TF32.value, "bf16": DOT_BF16
 # values it streams (the [C, C] inverse stays in registers; see docs/gpu.md for the compile figures)
 WY_KERNELS = ("blocks", "chunk")
 WY_CHUNK_BLOCK = 32
+# ``_wy_kernel`` with 3xTF32: the key products of two 16-row blocks accumulate over column blocks of this width
+# (whole-width [16, Dk] operands spill 240 B per thread at Dk = 128 on sm_90; other product modes keep them)
+WY_KEY_BLOCK = tl.constexpr(32)
 
 
 @triton.jit
@@ -98,6 +102,31 @@ def _block_gates(G, R, b, h, t0, j0, g_c, r_c, rc, rb, T, NH, HAS_R: tl.constexp
 
 
 @triton.jit
+def _keys_t(K, b, h, tc, ok, T, NH, DKR, rk):
+    """Features ``rk`` of the keys (or queries) at the chunk steps ``tc``, transposed: ``[len(rk), C]``."""
+    return tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None], mask=ok[None, :] & (rk[:, None] < DKR),
+                   other=0.0)
+
+
+@triton.jit
+def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
+    """Features ``rk`` of the queries (or keys) at the chunk steps ``tc``: ``[C, len(rk)]``."""
+    return tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], mask=ok[:, None] & (rk[None, :] < DKR),
+                   other=0.0)
+
+
+@triton.jit
+def _block_keys_dot(K, b, h, ti, oki, tj, okj, T, NH, DKR, DK: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
+    """``k_i . k_j [16, 16]`` of two 16-row blocks of keys (steps ``ti``, ``tj``), accumulated over ``BK``-column
+    blocks: whole-width [16, DK] operands, split into two TF32 parts in registers by 3xTF32, spill at Dk = 128."""
+    acc = tl.zeros((16, 16), dtype=tl.float32)
+    for k0 in range(0, DK, BK):  # one block, masked past DKR, where BK > DK
+        rk = k0 + tl.arange(0, BK)
+        acc += _dot(_rows(K, b, h, ti, oki, T, NH, DKR, rk), _keys_t(K, b, h, tj, okj, T, NH, DKR, rk), DOT)
+    return acc
+
+
+@triton.jit
 def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
                HAS_R: tl.constexpr, DOT: tl.constexpr):
     n = tl.program_id(0)
@@ -131,18 +160,28 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
             rj = jb * 16 + rb
             gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
             tj = n * C + rj
-            kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
-                           mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
+            if DOT != DOT_TF32X3:
+                kT_j = tl.load(K + ((b * T + tj[None, :]) * NH + h) * DKR + rk[:, None],
+                               mask=(tj[None, :] < T) & (rk[:, None] < DKR), other=0.0)
             dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
-            a_ij = _dot(k_i, kT_j, DOT) * dec * beta_i[:, None]
+            if DOT == DOT_TF32X3:
+                kk_ij = _block_keys_dot(K, b, h, ti, oki, tj, tj < T, T, NH, DKR, DK, WY_KEY_BLOCK, DOT)
+            else:
+                kk_ij = _dot(k_i, kT_j, DOT)
+            a_ij = kk_ij * dec * beta_i[:, None]
             rhs_w -= _dot(a_ij, tl.load(w_base + rj[:, None] * DK + rk[None, :]), DOT)
             rhs_u -= _dot(a_ij, tl.load(u_base + rj[:, None] * DV + rv[None, :]), DOT)
         # diagonal block: M = -A_ii (strictly lower), inverted below
-        kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
-                       mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
+        if DOT != DOT_TF32X3:
+            kT_i = tl.load(K + ((b * T + ti[None, :]) * NH + h) * DKR + rk[:, None],
+                           mask=oki[None, :] & (rk[:, None] < DKR), other=0.0)
         link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
         dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
-        m = -_dot(k_i, kT_i, DOT) * dec_d * beta_i[:, None]
+        if DOT == DOT_TF32X3:
+            kk_ii = _block_keys_dot(K, b, h, ti, oki, ti, oki, T, NH, DKR, DK, WY_KEY_BLOCK, DOT)
+        else:
+            kk_ii = _dot(k_i, kT_i, DOT)
+        m = -kk_ii * dec_d * beta_i[:, None]
         if DOT == DOT_BF16:
             # A^16 = 0, so (I + A)^-1 = sum_{n<16} (-A)^n = (I + M)(I + M^2)(I + M^4)(I + M^8) with M = -A: six
             # tiny fp32 products instead of 15 dependent row steps. Intermediate powers can exceed the result
@@ -164,20 +203,6 @@ def _wy_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexpr, DV:
         tl.store(w_base + ri[:, None] * DK + rk[None, :], w_i.to(W.dtype.element_ty))
         tl.store(u_base + ri[:, None] * DV + rv[None, :], u_i.to(U.dtype.element_ty))
         tl.debug_barrier()  # the next block re-reads these rows, written by other threads of this program
-
-
-@triton.jit
-def _keys_t(K, b, h, tc, ok, T, NH, DKR, rk):
-    """Features ``rk`` of the keys (or queries) at the chunk steps ``tc``, transposed: ``[len(rk), C]``."""
-    return tl.load(K + ((b * T + tc[None, :]) * NH + h) * DKR + rk[:, None], mask=ok[None, :] & (rk[:, None] < DKR),
-                   other=0.0)
-
-
-@triton.jit
-def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
-    """Features ``rk`` of the queries (or keys) at the chunk steps ``tc``: ``[C, len(rk)]``."""
-    return tl.load(Q + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], mask=ok[:, None] & (rk[None, :] < DKR),
-                   other=0.0)
 
 
 @triton.jit
@@ -377,11 +402,22 @@ def _default_stages(dot: int) -> int:
 def _default_block_v(n_bh: int, DK: int, DV: int, dot: int) -> int:
     # about one (batch*head, V-block) program per SM (~132), without splitting V below 16; wide keys take narrower
     # V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory. Measured on an
-    # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms)
-    bv = min(DV, 64, max(16, (8192 if dot == PRODUCTS["bf16"] else 4096) // DK))
+    # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms).
+    # 3xTF32 (not timed): 16 at Dk = 128, the widest block whose (unfused, split) state kernel does not spill on sm_90
+    # (32: 52 B of spill stores per thread; benchmarks/gated_delta_triton_compile.py)
+    per_dk = {PRODUCTS["bf16"]: 8192, PRODUCTS["tf32"]: 4096}.get(dot, 2048)
+    bv = min(DV, 64, max(16, per_dk // DK))
     while bv > 16 and n_bh * (DV // bv) < 128:
         bv //= 2
     return bv
+
+
+def default_fused(products: str) -> bool:
+    """The fused read-out but for 3xTF32 products: their split operands in registers make the fused state kernel
+    spill on sm_90 (276 B per thread at Dk = 64, 1832 B at 128, block_v 32; no block size or split avoids it), while
+    the unfused state kernel and the read-out kernel do not (split state at Dk > 64). Not yet timed on a GPU: the
+    extra launch writes each chunk-entry state once and reads it back, instead of spilling every chunk step."""
+    return products != "tf32x3"
 
 
 def default_products(dtype: torch.dtype, n_chunks: int, fused: bool = True) -> str:
@@ -423,13 +459,15 @@ def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=
 
 
 def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
-                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=True,
+                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=None,
                         out_block_v=None, out_num_warps=None, split=None, products=None, wy=None, wy_block=None):
     """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
     pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
-    ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 products with ``DK > 64``).
+    Default: fused but for 3xTF32 products (see :func:`default_fused`).
+    ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 or 3xTF32 products with
+    ``DK > 64``).
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
     ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
     ``BF16_MIN_CHUNKS``).
@@ -443,11 +481,12 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     DK, DV = _pow2_at_least_16(Dk), _pow2_at_least_16(Dv)
     C = chunk_size
     N = triton.cdiv(T, C)
-    products = products or default_products(out_dtype, N, fused)
+    products = products or default_products(out_dtype, N, True if fused is None else fused)
     if products not in PRODUCTS:
         raise ValueError(f"gated delta rule, triton backend: products must be one of {sorted(PRODUCTS)}, "
                          f"got {products!r}")
     dot = PRODUCTS[products]
+    fused = default_fused(products) if fused is None else fused
     bf16_dot = products == "bf16"
     if bf16_dot and N < BF16_MIN_CHUNKS:
         raise ValueError(f"gated delta rule, triton backend: bf16 products need >= {BF16_MIN_CHUNKS} chunks of "
@@ -456,8 +495,9 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     if bf16_dot and not fused:
         raise ValueError("gated delta rule, triton backend: bf16 products need the fused read-out (fused=False gave "
                          "wrong results and an illegal memory access on sm_90 with Triton 3.6); use products='tf32'")
-    # the fp32-operand path keeps the full-width state (proven on sm_90 at DK = 128; the split would spill more)
-    split = DK > 64 and bf16_dot if split is None else split
+    # TF32 products keep the full-width state (passed the GPU tests at DK = 128); 3xTF32 splits it at DK > 64: its
+    # unfused state kernel spills 192 B per thread with the full-width state at block_v 16, none split (sm_90)
+    split = DK > 64 and products != "tf32" if split is None else split
     if split and DK < 32:
         raise ValueError(f"gated delta rule, triton backend: split needs padded Dk >= 32, got {DK}")
     DH = DK // 2 if split else DK
@@ -509,9 +549,9 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use bf16 products from
-    ``BF16_MIN_CHUNKS`` chunks on, fp16 inputs and shorter sequences one-pass TF32 products on fp32 operands; the
-    accumulation and the state are fp32.
+    fp32 inputs use 3xTF32 products (about fp32 accuracy) with the read-out parallel over chunks; bf16 inputs use
+    bf16 products from ``BF16_MIN_CHUNKS`` chunks on, fp16 inputs and shorter sequences one-pass TF32 products on
+    fp32 operands; the accumulation and the state are fp32.
     ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels. ``wy``: ``blocks``
     (default) or ``chunk`` (the whole-chunk WY kernel, opt-in until measured on a GPU).
     """

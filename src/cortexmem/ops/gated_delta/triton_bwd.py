@@ -8,12 +8,15 @@ Per chunk (one head; ``S`` the chunk-entry state, notation of :mod:`.chunk` and 
 
 The backward recomputes ``W, U`` (:func:`.triton.wy_terms`) and the chunk-entry states and pseudo-values ``u``
 (the forward's unfused ``_state_kernel``), with one-pass TF32 (16-bit inputs) or 3xTF32 (fp32 inputs) products,
-never bf16 ones. Then three kernels:
+never bf16 ones. Then three kernels (four with 3xTF32):
 
+* ``_bwd_intra_kernel`` (3xTF32 only), parallel over (block of ``Dv``, chunk, batch*head): the two dS-independent
+  terms of the reverse step, ``(Q K^T . M)^T dO`` and ``Q^T diag(d_in) dO``, written where the state kernel reads
+  them (3xTF32 holds both TF32 parts of every product operand in registers: with them the state kernel spills).
 * ``_bwd_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks in reverse: carries
-  ``dS`` (the gradient of the state leaving the chunk) in registers, stores it per chunk, and forms
-  ``du = (Q K^T . M)^T dO + diag(d_out) K dS`` and ``dS <- d_c dS + Q^T diag(d_in) dO - W^T du``; what is left
-  after the first chunk is ``d(initial_state)``.
+  ``dS`` (the gradient of the state leaving the chunk) in registers, as two key halves from ``Dk > 64``, stores it
+  per chunk, and forms ``du = (Q K^T . M)^T dO + diag(d_out) K dS`` and
+  ``dS <- d_c dS + Q^T diag(d_in) dO - W^T du``; what is left after the first chunk is ``d(initial_state)``.
 * ``_bwd_dqk_kernel``, parallel over (block of ``Dk``, chunk, batch*head): ``dq``, the direct part of ``dk``,
   ``dW = -du S^T`` and this key block's share of ``d gamma`` (every gate term is linear in the key products).
 * ``_bwd_wy_kernel``, parallel over (chunk, batch*head): ``L^-1`` (16-row blocks, as the forward solves), then
@@ -36,6 +39,7 @@ from .checks import check_gated_delta_inputs, triton_autograd_rejects
 from .triton import (
     PRODUCTS,
     _block_gates,
+    _block_keys_dot,
     _chunk_gates,
     _default_block_v,
     _dot,
@@ -62,42 +66,111 @@ def _chunk_decays(gamma, seg, C: tl.constexpr):
 
 
 @triton.jit
+def _bwd_intra_kernel(Q, K, G, R, DO, DSC, DU, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
+                      DH: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
+                      DOT: tl.constexpr):
+    # the two terms of the reverse chunk step that do not depend on dS, parallel over chunks:
+    # du_intra = (Q K^T . M)^T dO into DU and X = Q^T diag(d_in) dO into this chunk's DSC slot, both read (and
+    # overwritten) by _bwd_state_kernel with PRE: it keeps two products per chunk instead of five
+    bv = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    b = bh // NH
+    h = bh % NH
+    rc = tl.arange(0, C)
+    rk = tl.arange(0, DH)
+    rv = bv * BV + tl.arange(0, BV)
+    gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
+    d_in, d_out, d_c = _chunk_decays(gamma, seg, C)
+    tc = n * C + rc
+    ok = tc < T
+    do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=ok[:, None] & (rv[None, :] < DVR),
+                 other=0.0).to(tl.float32)
+    kq = _dot(_rows(K, b, h, tc, ok, T, NH, DKR, rk), _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), DOT)
+    if SPLIT:
+        kq += _dot(_rows(K, b, h, tc, ok, T, NH, DKR, DH + rk), _keys_t(Q, b, h, tc, ok, T, NH, DKR, DH + rk), DOT)
+    # (Q K^T . M)^T with rows j, columns i: joined j <= i
+    link_t = (rc[:, None] <= rc[None, :]) & (seg[:, None] == seg[None, :])
+    dec_t = tl.exp(tl.where(link_t, gamma[None, :] - gamma[:, None], float("-inf")))
+    tl.store(DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :], _dot(kq * dec_t, do, DOT))
+    dod = do * d_in[:, None]
+    x_ptr = DSC + (bh * N + n) * DK * DV + rk[:, None] * DV + rv[None, :]
+    tl.store(x_ptr, _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), dod, DOT))
+    if SPLIT:
+        tl.store(x_ptr + DH * DV, _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, DH + rk), dod, DOT))
+
+
+@triton.jit
 def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DSC, DU, DS0, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
-                      C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, HAS_DSF: tl.constexpr,
-                      HAS_S0: tl.constexpr, DOT: tl.constexpr):
+                      DH: tl.constexpr, SPLIT: tl.constexpr, PRE: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
+                      HAS_R: tl.constexpr, HAS_DSF: tl.constexpr, HAS_S0: tl.constexpr, DOT: tl.constexpr):
+    # SPLIT: dS kept as two key halves dS, dS2 of DH = DK / 2 rows (as the forward's state), so that no product
+    # takes a [C, DK] or [DK, C] operand. PRE: _bwd_intra_kernel already wrote the dS-independent terms (3xTF32:
+    # its split operands in registers spill otherwise, sm_90)
     bv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // NH
     h = bh % NH
     rc = tl.arange(0, C)
-    rk = tl.arange(0, DK)
+    rk = tl.arange(0, DH)
+    rk2 = DH + rk
     rv = bv * BV + tl.arange(0, BV)
     s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
     s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
-    dS = tl.zeros((DK, BV), dtype=tl.float32)  # gradient of the state leaving the chunk
+    s_mask2 = (rk2[:, None] < DKR) & (rv[None, :] < DVR)
+    dS = tl.zeros((DH, BV), dtype=tl.float32)  # gradient of the state leaving the chunk
+    dS2 = tl.zeros((DH, BV), dtype=tl.float32)  # its second key half (SPLIT only)
     if HAS_DSF:
         dS = tl.load(DSF + s_off, mask=s_mask, other=0.0).to(tl.float32)
+        if SPLIT:
+            dS2 = tl.load(DSF + s_off + DH * DVR, mask=s_mask2, other=0.0).to(tl.float32)
     for i in range(N):
         n = N - 1 - i
         gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
-        d_in, d_out, d_c = _chunk_decays(gamma, seg, C)
         tc = n * C + rc
         ok = tc < T
         chunk = bh * N + n
-        tl.store(DSC + chunk * DK * DV + rk[:, None] * DV + rv[None, :], dS)
-        k = _rows(K, b, h, tc, ok, T, NH, DKR, rk)  # [C, DK]
-        qT = _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk)  # [DK, C]
-        do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=ok[:, None] & (rv[None, :] < DVR),
-                     other=0.0).to(tl.float32)
-        # (Q K^T . M)^T with rows j, columns i: joined j <= i
-        link_t = (rc[:, None] <= rc[None, :]) & (seg[:, None] == seg[None, :])
-        dec_t = tl.exp(tl.where(link_t, gamma[None, :] - gamma[:, None], float("-inf")))
-        du = _dot(_dot(k, qT, DOT) * dec_t, do, DOT) + d_out[:, None] * _dot(k, dS, DOT)
-        tl.store(DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :], du)
-        wT = tl.load(W + (bh * N * C + n * C + rc[None, :]) * DK + rk[:, None])  # [DK, C]
-        dS = dS * d_c + _dot(qT, do * d_in[:, None], DOT) - _dot(wT, du, DOT)
+        dsc = DSC + chunk * DK * DV + rk[:, None] * DV + rv[None, :]
+        if PRE:
+            x = tl.load(dsc)  # Q^T diag(d_in) dO, replaced by dS below
+            if SPLIT:
+                x2 = tl.load(dsc + DH * DV)
+        tl.store(dsc, dS)
+        if SPLIT:
+            tl.store(dsc + DH * DV, dS2)
+        k = _rows(K, b, h, tc, ok, T, NH, DKR, rk)  # [C, DH]
+        kds = _dot(k, dS, DOT)
+        if not PRE:
+            kq = _dot(k, _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), DOT)
+        if SPLIT:
+            k2 = _rows(K, b, h, tc, ok, T, NH, DKR, rk2)
+            kds += _dot(k2, dS2, DOT)
+            if not PRE:
+                kq += _dot(k2, _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk2), DOT)
+        d_in, d_out, d_c = _chunk_decays(gamma, seg, C)
+        du_ptr = DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :]
+        if PRE:
+            du = tl.load(du_ptr) + d_out[:, None] * kds
+        else:
+            do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :],
+                         mask=ok[:, None] & (rv[None, :] < DVR), other=0.0).to(tl.float32)
+            # (Q K^T . M)^T with rows j, columns i: joined j <= i
+            link_t = (rc[:, None] <= rc[None, :]) & (seg[:, None] == seg[None, :])
+            dec_t = tl.exp(tl.where(link_t, gamma[None, :] - gamma[:, None], float("-inf")))
+            du = _dot(kq * dec_t, do, DOT) + d_out[:, None] * kds
+            dod = do * d_in[:, None]
+            x = _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), dod, DOT)
+            if SPLIT:
+                x2 = _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk2), dod, DOT)
+        tl.store(du_ptr, du)
+        w_t = W + (bh * N * C + n * C + rc[None, :]) * DK + rk[:, None]  # W^T rows of this key half: [DH, C]
+        dS = dS * d_c + x - _dot(tl.load(w_t), du, DOT)
+        if SPLIT:
+            dS2 = dS2 * d_c + x2 - _dot(tl.load(w_t + DH), du, DOT)
     if HAS_S0:
         tl.store(DS0 + s_off, dS.to(DS0.dtype.element_ty), mask=s_mask)
+        if SPLIT:
+            tl.store(DS0 + s_off + DH * DVR, dS2.to(DS0.dtype.element_ty), mask=s_mask2)
 
 
 @triton.jit
@@ -168,7 +241,6 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
     NC = N * C
     rc = tl.arange(0, C)
     rb = tl.arange(0, 16)
-    rkf = tl.arange(0, DK)
     g_c, r_c = _gates(G, R, b, h, n * C + rc, T, NH, HAS_R)
     rows = bh * NC + n * C + rc
     li_base = LI + bh * NC * C + n * C * C
@@ -180,20 +252,17 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
         oki = ti < T
         gam_i, seg_i = _block_gates(G, R, b, h, n * C, ib * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
         beta_i = tl.load(BETA + (b * T + ti) * NH + h, mask=oki, other=0.0).to(tl.float32)
-        k_i = _rows(K, b, h, ti, oki, T, NH, DKR, rkf)
         rhs = (ri[:, None] == rc[None, :]).to(tl.float32)  # [16, C]
         for jb in range(ib):
             rj = jb * 16 + rb
             tj = n * C + rj
             gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
-            kT_j = _keys_t(K, b, h, tj, tj < T, T, NH, DKR, rkf)
             dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
-            a_ij = _dot(k_i, kT_j, DOT) * dec * beta_i[:, None]
+            a_ij = _block_keys_dot(K, b, h, ti, oki, tj, tj < T, T, NH, DKR, DK, BK, DOT) * dec * beta_i[:, None]
             rhs -= _dot(a_ij, tl.load(li_base + rj[:, None] * C + rc[None, :]), DOT)
-        kT_i = _keys_t(K, b, h, ti, oki, T, NH, DKR, rkf)
         link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
         dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
-        m = -_dot(k_i, kT_i, DOT) * dec_d * beta_i[:, None]
+        m = -_block_keys_dot(K, b, h, ti, oki, ti, oki, T, NH, DKR, DK, BK, DOT) * dec_d * beta_i[:, None]
         for i in range(1, 16):  # forward substitution of the 16x16 diagonal block, row by row
             row = tl.sum(tl.where(rb[:, None] == i, m, 0.0), 0)
             row = row + tl.sum(row[:, None] * m, 0)
@@ -256,16 +325,21 @@ def backward_products(dtype: torch.dtype) -> str:
 
 
 def backward_config(DK: int, DV: int, n_bh: int, dot: int) -> dict:
-    """Launch sizes of the three backward kernels: ``(block, warps)`` per kernel, picked from their sm_90 compile
-    (``benchmarks/gated_delta_triton_compile.py --backward``: registers and spills at C = 64), not yet timed.
+    """Launch sizes of the backward kernels: ``(block(s), warps)`` per kernel, picked from their sm_90 compile
+    (``benchmarks/gated_delta_triton_compile.py --backward``: no register spills at C = 64, Dk = Dv = 64 and 128),
+    not yet timed.
 
-    One-pass TF32 (16-bit inputs): no spills but the state kernel at Dk = 128 (52 B); 3xTF32 triples the product
-    operands in registers: narrower blocks keep the dq/dk and WY kernels within a few bytes of spills.
+    ``split``: the reverse state kernel keeps dS as two key halves (Dk > 64). 3xTF32 (fp32 inputs) splits every
+    product operand into two TF32 parts in registers, so it takes ``intra``: the dS-independent terms come from
+    ``_bwd_intra_kernel`` (parallel over chunks; ``None`` for one-pass TF32), and narrower dq/dk and WY blocks.
     """
+    split = DK > 64
+    # V-blocks of 32 only where they leave >= 128 programs; the 16-row-narrower state spills at Dk = 128
+    state_bv = min(DV, 32 if DK <= 64 and n_bh * (DV // 32) >= 128 else 16)
     if dot == PRODUCTS["tf32"]:
-        state_bv = 32 if DK <= 64 and n_bh * (DV // 32) >= 128 else 16
-        return dict(state=(min(DV, state_bv), 8), dqk=(min(DK, 64), min(DV, 32), 8), wy=(min(DK, 64), min(DV, 64), 8))
-    return dict(state=(16, 4 if DK <= 64 else 8), dqk=(min(DK, 32), 16, 8), wy=(16, 16, 8))
+        return dict(state=(state_bv, 4), split=split, intra=None, dqk=(min(DK, 64), min(DV, 32), 8),
+                    wy=(min(DK, 32), min(DV, 64), 8))
+    return dict(state=(state_bv, 4), split=split, intra=(min(DV, 32), 4), dqk=(min(DK, 16), 16, 8), wy=(16, 16, 8))
 
 
 def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, chunk_size, need_ds0, config=None):
@@ -290,9 +364,12 @@ def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, ch
     Hs = torch.empty(B, NH, N, DK, DV, dtype=f32, device=dev)
     SF = torch.empty(B, NH, Dk, Dv, dtype=f32, device=dev)
     S0 = initial_state.contiguous() if initial_state is not None else None
+    # the forward's unfused state kernel, split into key halves at Dk > 64 (no spills on sm_90, see its launcher)
+    split = DK > 64
+    DH = DK // 2 if split else DK
     BV = _default_block_v(BH, DK, DV, dot)
     launch(_state_kernel, (DV // BV, BH), q, k, g, rr, W, u, S0 if S0 is not None else SF, u, SF, Hs, T, N, NH,
-           Dk, Dv, DK=DK, DV=DV, DH=DK, SPLIT=False, C=C, BV=BV, HAS_R=has_r, HAS_S0=S0 is not None, FUSED=False,
+           Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split, C=C, BV=BV, HAS_R=has_r, HAS_S0=S0 is not None, FUSED=False,
            DOT=dot, num_warps=4, num_stages=1)
     do = torch.zeros_like(v) if do is None else do.contiguous()
     dsf = dsf.to(f32).contiguous() if dsf is not None else None
@@ -301,9 +378,16 @@ def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, ch
     ds0 = torch.empty(B, NH, Dk, Dv, dtype=initial_state.dtype, device=dev) if need_ds0 else None
     cfg = config or backward_config(DK, DV, BH, dot)
     SBV, state_warps = cfg["state"]
+    split = cfg["split"]
+    DH = DK // 2 if split else DK
+    if cfg["intra"] is not None:
+        IBV, intra_warps = cfg["intra"]
+        launch(_bwd_intra_kernel, (DV // IBV, N, BH), q, k, g, rr, do, dH, dU, T, N, NH, Dk, Dv, DK=DK, DV=DV,
+               DH=DH, SPLIT=split, C=C, BV=IBV, HAS_R=has_r, DOT=dot, num_warps=intra_warps, num_stages=1)
     launch(_bwd_state_kernel, (DV // SBV, BH), q, k, g, rr, W, do, dsf if dsf is not None else SF, dH, dU,
-           ds0 if ds0 is not None else SF, T, N, NH, Dk, Dv, DK=DK, DV=DV, C=C, BV=SBV, HAS_R=has_r,
-           HAS_DSF=dsf is not None, HAS_S0=ds0 is not None, DOT=dot, num_warps=state_warps, num_stages=1)
+           ds0 if ds0 is not None else SF, T, N, NH, Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split,
+           PRE=cfg["intra"] is not None, C=C, BV=SBV, HAS_R=has_r, HAS_DSF=dsf is not None, HAS_S0=ds0 is not None,
+           DOT=dot, num_warps=state_warps, num_stages=1)
     BK, QBV, qk_warps = cfg["dqk"]
     dq = torch.empty_like(q)
     dkd = torch.empty(B, NH, N * C, DK, dtype=f32, device=dev)
