@@ -107,7 +107,7 @@ def backward_launches(products: str, DK: int) -> list:
     rec_split = dict(DH=DK // 2 if DK > 64 else DK, SPLIT=DK > 64)
     (bv, nw), (qbk, qbv, qnw), (wbk, wbv, wnw) = cfg["state"], cfg["dqk"], cfg["wy"]
     out = [(kernels._wy_kernel, dtype, base, 4),
-           (kernels._state_kernel, dtype, dict(base, **rec_split, BV=kernels._default_block_v(N_BH, DK, DK, dot),
+           (kernels._state_kernel, dtype, dict(base, **rec_split, BV=kernels._default_block_v(N_BH, DK, DK, dot, False),
                                                HAS_S0=True, FUSED=False), 4)]
     if cfg["intra"] is not None:
         out.append((triton_bwd._bwd_intra_kernel, dtype, dict(base, **split, BV=cfg["intra"][0]), cfg["intra"][1]))
@@ -119,14 +119,14 @@ def backward_launches(products: str, DK: int) -> list:
 
 
 def fp32_forward_launches(DK: int) -> list:
-    """The WY, state and read-out kernels of the fp32-input forward (3xTF32) at their default launch sizes."""
+    """The WY, state and read-out kernels of the fp32-input forward (3xTF32) in its unfused layout (``fused=False``:
+    the spill-free one, opt-in until timed on a GPU, see ``FP32_FUSED_DEFAULT``) at its default launch sizes."""
     dot = kernels.PRODUCTS["tf32x3"]
     split = dict(DH=DK // 2 if DK > 64 else DK, SPLIT=DK > 64)
     base = dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot, **split)
-    assert not kernels.default_fused("tf32x3")
     return [(kernels._wy_kernel, "fp32", dict(DK=DK, DV=DK, C=64, HAS_R=True, DOT=dot), 4),
-            (kernels._state_kernel, "fp32", dict(base, BV=kernels._default_block_v(N_BH, DK, DK, dot), HAS_S0=True,
-                                                 FUSED=False), 4),
+            (kernels._state_kernel, "fp32", dict(base, BV=kernels._default_block_v(N_BH, DK, DK, dot, fused=False),
+                                                 HAS_S0=True, FUSED=False), 4),
             (kernels._out_kernel, "fp32", dict(base, BV=min(DK, 64)), 4)]
 
 

@@ -4,7 +4,7 @@ The interpreter tests run the kernels' Python, not Triton's front end: a constru
 that is not a ``tl.constexpr`` object, say) passes there and fails only on a GPU. This compiles every kernel (both WY
 kernels) in every product mode, and the backward kernels (``triton_bwd``) in both product modes they use; ptxas
 (through ``benchmarks/gated_delta_triton_compile.py``) must report no register spills for the backward kernels and
-the fp32-input forward at their default launch sizes (C = 64, Dk = Dv = 64 and 128).
+the fp32-input forward's unfused layout at their default launch sizes (C = 64, Dk = Dv = 64 and 128).
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def test_backward_kernels_do_not_spill_on_sm90(products, DK):
 
 
 @pytest.mark.parametrize("DK", [64, 128])
-def test_fp32_forward_defaults_do_not_spill_on_sm90(DK):
-    # fp32 inputs (3xTF32): the WY kernel, the unfused state kernel (split state at Dk = 128) and the read-out kernel
+def test_fp32_forward_unfused_layout_does_not_spill_on_sm90(DK):
+    # fp32 inputs (3xTF32) with fused=False: the WY kernel, the unfused state kernel (split state at Dk = 128) and the
+    # read-out kernel (the fused default spills; see FP32_FUSED_DEFAULT)
     script = _compile_script()
     for fn, dtype, consts, warps in script.fp32_forward_launches(DK):
         st = script.sm90_stats(fn, dtype, consts, warps, 1)

@@ -121,7 +121,9 @@ CASES = [
     (130, 128, 128, 64, torch.bfloat16, True, True, True, None),
     (77, 16, 16, 32, torch.bfloat16, True, True, True, None, "tf32"),
     (77, 32, 16, 32, torch.bfloat16, True, True, True, True, "bf16"),
-    # fp32 defaults (3xTF32): the read-out parallel over chunks, the state split at padded Dk = 128
+    # fp32 inputs (3xTF32), unfused: the read-out parallel over chunks, the state split by default at padded Dk = 128
+    # (the spill-free layout); and the fused default there (full-width state)
+    (130, 100, 72, 64, torch.float32, True, True, False, None),
     (130, 100, 72, 64, torch.float32, True, True, None, None),
 ]
 

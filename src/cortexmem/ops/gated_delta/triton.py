@@ -15,8 +15,8 @@ Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no p
 * ``_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks: keeps ``S [Dk, BV]``
   in registers, forms ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates
   ``S <- e^gamma_C S + K_out^T u``; decays and ``P`` are rebuilt from g and the keys (cheaper than reading them).
-  Unfused (the default of 3xTF32 products: fused, it spills on sm_90), it stores each chunk-entry ``S`` and ``u``
-  instead, and ``_out_kernel`` (parallel over chunks) reads the outputs out.
+  Unfused, it stores each chunk-entry ``S`` and ``u`` instead, and ``_out_kernel`` (parallel over chunks) reads
+  the outputs out (for 3xTF32 products the layout that does not spill on sm_90; see :data:`FP32_FUSED_DEFAULT`).
 
 Resets are exact: the in-chunk segment id (a cumulative count of resets) masks every decay whose path crosses a
 reset, as in :func:`.chunk.chunk_terms`. Same contract as :func:`gated_delta_rule_naive`; no-grad use only.
@@ -399,25 +399,29 @@ def _default_stages(dot: int) -> int:
     return 2 if dot == PRODUCTS["bf16"] else 1
 
 
-def _default_block_v(n_bh: int, DK: int, DV: int, dot: int) -> int:
+def _default_block_v(n_bh: int, DK: int, DV: int, dot: int, fused: bool = True) -> int:
     # about one (batch*head, V-block) program per SM (~132), without splitting V below 16; wide keys take narrower
     # V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory. Measured on an
     # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms).
-    # 3xTF32 (not timed): 16 at Dk = 128, the widest block whose (unfused, split) state kernel does not spill on sm_90
+    # 3xTF32 unfused (not timed): 16 at Dk = 128, the widest block whose split state kernel does not spill on sm_90
     # (32: 52 B of spill stores per thread; benchmarks/gated_delta_triton_compile.py)
-    per_dk = {PRODUCTS["bf16"]: 8192, PRODUCTS["tf32"]: 4096}.get(dot, 2048)
+    per_dk = 2048 if dot == PRODUCTS["tf32x3"] and not fused else {PRODUCTS["bf16"]: 8192}.get(dot, 4096)
     bv = min(DV, 64, max(16, per_dk // DK))
     while bv > 16 and n_bh * (DV // bv) < 128:
         bv //= 2
     return bv
 
 
+# The fp32-input forward (3xTF32 products) keeps the fused state kernel by default: it passed every GPU test,
+# although on sm_90 it spills (276 B per thread at Dk = 64, 1832 B at 128; no block size or split avoids it). The
+# unfused layout (``fused=False``: split state at Dk > 64, block_v 16 at Dk = 128, then the read-out kernel) compiles
+# without spills but has run only in the interpreter; set this to False once a GPU run has checked and timed it.
+FP32_FUSED_DEFAULT = True
+
+
 def default_fused(products: str) -> bool:
-    """The fused read-out but for 3xTF32 products: their split operands in registers make the fused state kernel
-    spill on sm_90 (276 B per thread at Dk = 64, 1832 B at 128, block_v 32; no block size or split avoids it), while
-    the unfused state kernel and the read-out kernel do not (split state at Dk > 64). Not yet timed on a GPU: the
-    extra launch writes each chunk-entry state once and reads it back, instead of spilling every chunk step."""
-    return products != "tf32x3"
+    """The default read-out: fused in the sequential kernel (3xTF32 products: :data:`FP32_FUSED_DEFAULT`)."""
+    return products != "tf32x3" or FP32_FUSED_DEFAULT
 
 
 def default_products(dtype: torch.dtype, n_chunks: int, fused: bool = True) -> str:
@@ -465,9 +469,9 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
     pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
-    Default: fused but for 3xTF32 products (see :func:`default_fused`).
-    ``split``: keep the state as two halves of ``DK / 2`` key rows (default: bf16 or 3xTF32 products with
-    ``DK > 64``).
+    Default: fused (see :func:`default_fused`; unfused, 3xTF32 products do not spill on sm_90).
+    ``split``: keep the state as two halves of ``DK / 2`` key rows (default at ``DK > 64``: bf16 products, and
+    unfused 3xTF32 ones).
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
     ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
     ``BF16_MIN_CHUNKS``).
@@ -495,13 +499,14 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     if bf16_dot and not fused:
         raise ValueError("gated delta rule, triton backend: bf16 products need the fused read-out (fused=False gave "
                          "wrong results and an illegal memory access on sm_90 with Triton 3.6); use products='tf32'")
-    # TF32 products keep the full-width state (passed the GPU tests at DK = 128); 3xTF32 splits it at DK > 64: its
-    # unfused state kernel spills 192 B per thread with the full-width state at block_v 16, none split (sm_90)
-    split = DK > 64 and products != "tf32" if split is None else split
+    # TF32 products and the fused 3xTF32 kernel keep the full-width state (passed the GPU tests at DK = 128); the
+    # unfused 3xTF32 one splits it at DK > 64: full width, it spills 192 B per thread at block_v 16, split none (sm_90)
+    if split is None:
+        split = DK > 64 and (bf16_dot or (products == "tf32x3" and not fused))
     if split and DK < 32:
         raise ValueError(f"gated delta rule, triton backend: split needs padded Dk >= 32, got {DK}")
     DH = DK // 2 if split else DK
-    BV = block_v or _default_block_v(B * NH, DK, DV, dot)
+    BV = block_v or _default_block_v(B * NH, DK, DV, dot, fused)
     for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
         if bv not in (16, 32, 64, 128) or bv > DV:
             raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")

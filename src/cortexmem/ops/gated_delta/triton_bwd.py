@@ -367,7 +367,7 @@ def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, ch
     # the forward's unfused state kernel, split into key halves at Dk > 64 (no spills on sm_90, see its launcher)
     split = DK > 64
     DH = DK // 2 if split else DK
-    BV = _default_block_v(BH, DK, DV, dot)
+    BV = _default_block_v(BH, DK, DV, dot, fused=False)
     launch(_state_kernel, (DV // BV, BH), q, k, g, rr, W, u, S0 if S0 is not None else SF, u, SF, Hs, T, N, NH,
            Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split, C=C, BV=BV, HAS_R=has_r, HAS_S0=S0 is not None, FUSED=False,
            DOT=dot, num_warps=4, num_stages=1)
