@@ -8,9 +8,6 @@ clipped branch, the only place ``h`` depends on ``m``).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,10 +71,9 @@ def _outputs_and_grads(fn, inputs, r, dtype, chunk):
 
 def _run_cases() -> dict:
     """In the child process (interpreter on): per case, relative RMS errors of every output and gradient."""
-    sys.path.insert(0, str(Path(__file__).parent / "gated_delta"))
-    import test_triton_interpret
+    from tests.harness.triton_interpreter import patch_interpreter
 
-    test_triton_interpret._patch_interpreter()
+    patch_interpreter()
     from cortexmem.ops.mlstm import mlstm_naive
     from cortexmem.ops.mlstm.triton import mlstm_triton
 
@@ -104,17 +100,9 @@ def _run_cases() -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def results():
-    sys.path.insert(0, str(Path(__file__).parent / "gated_delta"))
-    from test_triton_interpret import interpreted_results
-
-    return interpreted_results(__file__)
-
-
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_interpreted_mlstm_triton_matches_naive(results, case):
-    res = results[str(case)]
+def test_interpreted_mlstm_triton_matches_naive(interpreted, case):
+    res = interpreted[str(case)]
     tol = 1e-4 if CASES[case][4] == torch.float32 else 3e-2
     assert res["finite"] and res["dtypes_ok"]
     errors = dict(zip(NAMES, res["errors"], strict=True))
@@ -126,6 +114,6 @@ def test_interpreted_mlstm_triton_matches_naive(results, case):
     assert not bad, f"relative RMS errors above {tol:g}: {bad}"
 
 
-def test_interpreted_mlstm_triton_no_grad_and_bad_head_size(results):
-    assert max(results["no_grad"]) <= 1e-4, results["no_grad"]
-    assert "dk <= 128" in results["too_wide"] and "dk=160" in results["too_wide"]
+def test_interpreted_mlstm_triton_no_grad_and_bad_head_size(interpreted):
+    assert max(interpreted["no_grad"]) <= 1e-4, interpreted["no_grad"]
+    assert "dk <= 128" in interpreted["too_wide"] and "dk=160" in interpreted["too_wide"]

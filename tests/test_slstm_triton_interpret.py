@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,10 +15,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _run_cases() -> dict:
-    sys.path.insert(0, str(Path(__file__).parent / "gated_delta"))
-    import test_triton_interpret
+    from tests.harness.triton_interpreter import patch_interpreter
 
-    test_triton_interpret._patch_interpreter()
+    patch_interpreter()
     from cortexmem.ops.slstm import _naive_flat
     from cortexmem.ops.slstm.triton import slstm_triton
 
@@ -48,16 +44,8 @@ def _run_cases() -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def results():
-    sys.path.insert(0, str(Path(__file__).parent / "gated_delta"))
-    from test_triton_interpret import interpreted_results
-
-    return interpreted_results(__file__)
-
-
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_interpreted_slstm_triton_matches_naive(results, case):
-    err_out, err_grad = results[str(case)]
+def test_interpreted_slstm_triton_matches_naive(interpreted, case):
+    err_out, err_grad = interpreted[str(case)]
     assert err_out <= 1e-5, err_out
     assert err_grad <= 1e-5, err_grad

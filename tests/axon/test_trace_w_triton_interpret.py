@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,10 +11,9 @@ CASES = [(3, 37, 21, True, torch.float64), (2, 9, 130, False, torch.float64), (5
 
 
 def _run_cases() -> dict:
-    sys.path.insert(0, str(Path(__file__).parents[1] / "gated_delta"))
-    import test_triton_interpret
+    from tests.harness.triton_interpreter import patch_interpreter
 
-    test_triton_interpret._patch_interpreter()
+    patch_interpreter()
     from cortexmem.ops.rtu.step import trace_w_step_torch
     from cortexmem.ops.rtu.triton import trace_w_step_triton
 
@@ -43,21 +39,13 @@ def _run_cases() -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def results():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "gated_delta"))
-    from test_triton_interpret import interpreted_results
-
-    return interpreted_results(__file__)
-
-
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_interpreted_trace_kernel_matches_torch(results, case):
-    err, keeps_dtype, reset_drops_trace = results[str(case)]
+def test_interpreted_trace_kernel_matches_torch(interpreted, case):
+    err, keeps_dtype, reset_drops_trace = interpreted[str(case)]
     # float64 arithmetic rounds once to float32 on store: equal up to that rounding
     assert err <= (1e-6 if CASES[case][4] == torch.float64 else 1e-5)
     assert keeps_dtype and reset_drops_trace
 
 
-def test_interpreted_trace_kernel_rejects_bad_shapes(results):
-    assert "expected ew0 [B, 2, H, Z]" in results["bad"]
+def test_interpreted_trace_kernel_rejects_bad_shapes(interpreted):
+    assert "expected ew0 [B, 2, H, Z]" in interpreted["bad"]

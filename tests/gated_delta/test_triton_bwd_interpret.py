@@ -3,9 +3,6 @@ the gradients of q, k, v, g, beta and the initial state vs autograd through the 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -49,10 +46,10 @@ def _outputs_and_grads(fn, inputs, r, with_s0, final, seed):
 
 def _run_cases() -> dict:
     """In the child process (interpreter on, bounds checked): relative RMS errors of every output and gradient."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_triton_interpret as ti
+    from tests.gated_delta import test_triton_interpret as ti
+    from tests.harness.triton_interpreter import patch_interpreter
 
-    ti._patch_interpreter()
+    patch_interpreter()
     from functools import partial
 
     from cortexmem.ops.gated_delta import gated_delta_rule_naive, triton_bwd
@@ -84,17 +81,9 @@ def _run_cases() -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def results():
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_triton_interpret import interpreted_results
-
-    return interpreted_results(__file__)
-
-
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_interpreted_triton_backward_matches_naive(results, case):
-    res = results[str(case)]
+def test_interpreted_triton_backward_matches_naive(interpreted, case):
+    res = interpreted[str(case)]
     with_s0, final = CASES[case][5], CASES[case][7]
     assert res["dtypes_ok"]
     assert res["n_grads"] == (6 if with_s0 else 5)
@@ -105,5 +94,5 @@ def test_interpreted_triton_backward_matches_naive(results, case):
     assert not bad, f"relative RMS errors above {tol}: {bad}"
 
 
-def test_interpreted_triton_backward_rejects_chunk_size(results):
-    assert "chunk_size must be 16, 32 or 64, got 8" in results["bad_chunk"]
+def test_interpreted_triton_backward_rejects_chunk_size(interpreted):
+    assert "chunk_size must be 16, 32 or 64, got 8" in interpreted["bad_chunk"]

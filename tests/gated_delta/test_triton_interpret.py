@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,71 +11,6 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from cortexmem.ops.gated_delta import gated_delta_rule_naive  # noqa: E402
-
-
-def _patch_interpreter() -> None:
-    """Work around two interpreter bugs (Triton 3.6, numpy >= 2.3) that compiled kernels do not have; check bounds.
-
-    Scalar kernel arguments are 1-element arrays, which numpy no longer turns into an index (``range(N)``); and
-    ``tl.dot`` multiplies bf16 operands as their raw uint16 storage. Every load and store must stay inside one
-    tensor argument of the launch (its unmasked addresses): a GPU would read or write out of bounds otherwise.
-    """
-    import numpy as np
-    import triton.language as tl
-    import triton.runtime.interpreter as ti
-
-    patch_tensor = ti._patch_lang_tensor
-
-    def patched_tensor(tensor, scope):
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    create_dot = ti.InterpreterBuilder.create_dot
-
-    def f32(x):
-        if x.dtype.scalar != tl.bfloat16:
-            return x
-        return ti.TensorHandle(ti._convert_float(x.data, tl.bfloat16, tl.float32, None).view(np.float32), tl.float32)
-
-    def patched_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        return create_dot(self, f32(a), f32(b), d, input_precision, max_num_imprecise_acc)
-
-    ti._patch_lang_tensor = patched_tensor
-    ti.InterpreterBuilder.create_dot = patched_dot
-    _check_bounds(ti, np)
-
-
-def _check_bounds(ti, np) -> None:
-    """Raise on any load or store whose active addresses leave every tensor argument of the running launch."""
-    regions = []
-    init_args = ti.GridExecutor._init_args_hst
-
-    def recorded_init(self, args_dev, kwargs):
-        args, kw = init_args(self, args_dev, kwargs)
-        regions[:] = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
-                      for t in (*args, *kw.values()) if isinstance(t, torch.Tensor)]
-        return args, kw
-
-    def check(ptrs, mask):
-        addr = ptrs.data[np.broadcast_to(mask.data, ptrs.data.shape).astype(bool)]
-        if addr.size:
-            lo, hi = int(addr.min()), int(addr.max()) + np.dtype(ti._get_np_dtype(ptrs.get_element_ty())).itemsize
-            if not any(a <= lo and hi <= b for a, b in regions):
-                raise IndexError(f"access [{lo}, {hi}) outside every tensor argument {regions}")
-
-    load, store = ti.InterpreterBuilder.create_masked_load, ti.InterpreterBuilder.create_masked_store
-
-    def checked_load(self, ptrs, mask, *rest):
-        check(ptrs, mask)
-        return load(self, ptrs, mask, *rest)
-
-    def checked_store(self, ptrs, value, mask, *rest):
-        check(ptrs, mask)
-        return store(self, ptrs, value, mask, *rest)
-
-    ti.GridExecutor._init_args_hst = recorded_init
-    ti.InterpreterBuilder.create_masked_load = checked_load
-    ti.InterpreterBuilder.create_masked_store = checked_store
 
 
 def _rel_rms(a, b):
@@ -188,7 +118,9 @@ def _wy_results() -> dict:
 
 def _run_cases() -> dict:
     """In the child process (interpreter on): relative RMS errors and dtype checks of every case."""
-    _patch_interpreter()
+    from tests.harness.triton_interpreter import bounds_check_catches_overrun, patch_interpreter
+
+    patch_interpreter()
     from cortexmem.ops.gated_delta.triton import gated_delta_forward, triton_gated_delta_rule
 
     out = {}
@@ -233,66 +165,29 @@ def _run_cases() -> dict:
                 out[name] = "accepted"
             except ValueError as e:
                 out[name] = str(e)
-    out["oob_caught"] = _bounds_check_catches_overrun()
+    out["oob_caught"] = bounds_check_catches_overrun()
     return out
 
 
-def _bounds_check_catches_overrun() -> bool:
-    """The bounds check itself: a load one element past a tensor must raise."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def copy(X, Y, n):
-        i = tl.arange(0, 16)
-        tl.store(Y + i, tl.load(X + i, mask=i < n, other=0.0))
-
-    x, y = torch.zeros(8), torch.zeros(16)
-    copy[(1,)](x, y, 8)
-    try:
-        copy[(1,)](x, y, 9)
-    except Exception as e:  # noqa: BLE001 - the interpreter wraps the IndexError
-        return "outside every tensor argument" in str(e)
-    return False
-
-
-def interpreted_results(test_file: str) -> dict:
-    """``_run_cases()`` of the module at ``test_file``, run in a child process with Triton's interpreter on (it must
-    be on before triton is first imported)."""
-    here, stem = Path(test_file).parent, Path(test_file).stem
-    code = f"import json, sys; sys.path.insert(0, {str(here)!r}); import {stem} as t; " \
-           "print('RESULT' + json.dumps(t._run_cases()))"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT"):])
-
-
-@pytest.fixture(scope="module")
-def results():
-    return interpreted_results(__file__)
-
-
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_interpreted_triton_matches_naive(results, case):
-    err_o, err_s, same = results[str(case)]
+def test_interpreted_triton_matches_naive(interpreted, case):
+    err_o, err_s, same = interpreted[str(case)]
     tol = 1e-5 if CASES[case][4] == torch.float32 else 2e-2
     assert same
     assert err_o <= tol
     assert err_s <= tol
 
 
-def test_interpreted_triton_no_final_state_and_bad_block(results):
-    err_o, no_state = results["no_final"]
+def test_interpreted_triton_no_final_state_and_bad_block(interpreted):
+    err_o, no_state = interpreted["no_final"]
     assert no_state and err_o <= 1e-5
-    assert "block_v must be" in results["bad_block"]
-    assert results["oob_caught"]
+    assert "block_v must be" in interpreted["bad_block"]
+    assert interpreted["oob_caught"]
 
 
 @pytest.mark.parametrize("case", range(len(CHUNK_WY_CASES)))
-def test_interpreted_chunk_wy_forward_matches_naive(results, case):
-    err_o, err_s, same_dtype = results[f"chunk_wy{case}"]
+def test_interpreted_chunk_wy_forward_matches_naive(interpreted, case):
+    err_o, err_s, same_dtype = interpreted[f"chunk_wy{case}"]
     tol = 1e-5 if CHUNK_WY_CASES[case][4] == torch.float32 else 2e-2
     assert same_dtype
     assert err_o <= tol
@@ -300,8 +195,8 @@ def test_interpreted_chunk_wy_forward_matches_naive(results, case):
 
 
 @pytest.mark.parametrize("case", range(len(WY_TERM_CASES)))
-def test_interpreted_wy_kernels_match_fp64_ut_transform(results, case):
-    errs = results["wy_terms"][str(case)]
+def test_interpreted_wy_kernels_match_fp64_ut_transform(interpreted, case):
+    errs = interpreted["wy_terms"][str(case)]
     _, _, _, _, products, keys = WY_TERM_CASES[case]
     # bf16 products round T^-1 (and the blocks kernel its cross-block terms) to 8 bits; else fp32 rounding. With
     # keys all alike the rows of W are differences of near-equal keys, so that rounding shows relative to the small
@@ -315,7 +210,8 @@ def test_interpreted_wy_kernels_match_fp64_ut_transform(results, case):
     assert max(errs["chunk_vs_ref"]) <= max(max(errs["blocks_vs_ref"]) * 1.1, 2e-6)
 
 
-def test_interpreted_bad_wy_arguments_name_expected_and_got(results):
-    assert "wy must be one of ('blocks', 'chunk'), got 'rows'" in results["bad_wy"]
-    assert "wy_block must be a power of two in [16, 16], got 64" in results["bad_wy_block"]
-    assert "wy_block is the column block of wy='chunk', got wy_block=16 with wy='blocks'" in results["wy_block_blocks"]
+def test_interpreted_bad_wy_arguments_name_expected_and_got(interpreted):
+    assert "wy must be one of ('blocks', 'chunk'), got 'rows'" in interpreted["bad_wy"]
+    assert "wy_block must be a power of two in [16, 16], got 64" in interpreted["bad_wy_block"]
+    expected = "wy_block is the column block of wy='chunk', got wy_block=16 with wy='blocks'"
+    assert expected in interpreted["wy_block_blocks"]
