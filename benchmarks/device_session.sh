@@ -2,12 +2,12 @@
 # The open GPU measurements, as stages that each fit one device command (< 10 minutes on an H200).
 #
 #   bash benchmarks/device_session.sh niah       # NIAH 4k/32k/128k, peak memory, ingest overhead (~8 min)
-#   bash benchmarks/device_session.sh tests      # every gpu-marked test but gated delta's, one process per file
-#   bash benchmarks/device_session.sh tests-gd   # the gated-delta GPU tests (forward, whole-chunk WY, backward)
+#   bash benchmarks/device_session.sh tests      # every gpu-marked test but the gated-delta Triton ones
+#   bash benchmarks/device_session.sh tests-gd   # the gated-delta Triton GPU tests (forward, chunk WY, backward)
 #   bash benchmarks/device_session.sh bench      # cortex bench (TF32 on, max-autotune step), kernels, first call
 #
-# On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which); they are installed
-# to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
+# On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
+# included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
 # which keeps within what a device call brings back (8 files, 2 folders down).
 set -uo pipefail
 stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench}
@@ -44,15 +44,16 @@ case $stage in
     mapfile -t files < <(python3 -c "
 import sys; sys.path.insert(0, 'benchmarks')
 from gpu_tests import gpu_test_files
-print('\n'.join(f for f in gpu_test_files() if 'gated_delta' not in f))")
-    run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 240 "${files[@]}"
+print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' not in f))")
+    run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 240 --workers 2 "${files[@]}"
     ;;
   tests-gd)
     mapfile -t files < <(python3 -c "
 import sys; sys.path.insert(0, 'benchmarks')
 from gpu_tests import gpu_test_files
-print('\n'.join(f for f in gpu_test_files() if 'gated_delta' in f))")
-    run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 300 "${files[@]}"
+print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
+    # about 200 launch configurations, each a fresh Triton compile: four processes overlap them
+    run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 400 --workers 4 "${files[@]}"
     ;;
   bench)
     run 300 python3 -m cortexmem.cli bench --out "$work/bench" --tf32 on --step-compile max-autotune

@@ -51,9 +51,14 @@ def _summary_line(out: str) -> str:
 
 
 def run_file(path: str, timeout: float, keyword: str | None = None, out_dir: Path | None = None,
-             marker: str | None = "gpu") -> dict:
-    """One file in one process (its ``marker`` tests only); on failure, each failed test alone (origin vs cascade)."""
-    args = [path, *(["-k", keyword] if keyword else []), *(["-m", marker] if marker else [])]
+             marker: str | None = "gpu", workers: int = 0) -> dict:
+    """One file in one process (its ``marker`` tests only); on failure, each failed test alone (origin vs cascade).
+
+    ``workers > 0`` spreads the file over that many pytest-xdist processes (Triton compiles of the many launch
+    configurations then overlap); a CUDA error then takes down only its worker's later tests.
+    """
+    args = [path, *(["-k", keyword] if keyword else []), *(["-m", marker] if marker else []),
+            *(["-n", str(workers)] if workers else [])]
     code, out, secs = _pytest(args, timeout)
     if out_dir is not None:
         atomic_write_text(out_dir / (Path(path).stem + ".log"), out)
@@ -73,14 +78,22 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for gpu_tests.json and the logs")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per pytest process")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
+    parser.add_argument("--workers", type=int, default=0, help="pytest-xdist processes per file (0: none)")
     args = parser.parse_args()
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.workers:
+        import importlib.util
+
+        if importlib.util.find_spec("xdist") is None:
+            parser.error("--workers needs pytest-xdist, which is not installed")
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     files = args.files or gpu_test_files()
     results = []
     for path in files:
-        res = run_file(path, args.timeout, args.keyword, out_dir)
+        res = run_file(path, args.timeout, args.keyword, out_dir, workers=args.workers)
         results.append(res)
         print(f"{path}: {res['summary']} ({res['seconds']} s){'  [CUDA error]' if res['cuda_error'] else ''}",
               flush=True)

@@ -36,6 +36,18 @@ def test_runner_separates_origin_from_cascade(tmp_path):
     assert (tmp_path / "test_poison.log").read_text(encoding="utf-8")
 
 
+def test_runner_spreads_a_file_over_workers(tmp_path):
+    (tmp_path / "test_many.py").write_text(
+        "import os\n"
+        "import pytest\n"
+        "@pytest.mark.parametrize('i', range(4))\n"
+        "def test_worker(i):\n"
+        "    assert os.environ.get('PYTEST_XDIST_WORKER', '').startswith('gw')\n",
+        encoding="utf-8")
+    res = _runner().run_file(str(tmp_path / "test_many.py"), timeout=120, marker=None, workers=2)
+    assert res["returncode"] == 0 and "4 passed" in res["summary"], res
+
+
 def test_runner_finds_every_gpu_test_file():
     files = _runner().gpu_test_files()
     assert "tests/gpu/test_gated_delta_triton.py" in files and "tests/gpu/test_graphed.py" in files
