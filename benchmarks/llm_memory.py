@@ -121,7 +121,8 @@ def memory_config(args) -> MemoryConfig:
                         layers="auto" if args.layers == "auto" else [int(x) for x in args.layers.split(",")],
                         read_from=args.read_from, conv_kernel=args.conv_kernel,
                         induction_init=not args.no_induction, zero_init=args.zero_init,
-                        gate_context=args.gate_context, gate_context_hidden=args.gate_context_hidden)
+                        gate_context=args.gate_context, gate_context_hidden=args.gate_context_hidden,
+                        memory_backend=args.memory_backend)
 
 
 def heldout_texts(tok, n: int, chars: int, device: torch.device) -> list[torch.Tensor]:
@@ -259,6 +260,8 @@ def main() -> None:
     p.add_argument("--write-l1-warmup", type=int, default=300, help="steps over which the L1 weight ramps up")
     p.add_argument("--gate-context", type=int, default=16, help="taps of the causal conv feeding the write gate")
     p.add_argument("--gate-context-hidden", type=int, default=32)
+    p.add_argument("--memory-backend", default="auto",
+                   help="gated-delta backend of the memory: auto, torch or triton_autograd (opt-in Triton backward)")
     p.add_argument("--no-checkpoint", action="store_true", help="no per-chunk recompute in training (more memory)")
     p.add_argument("--min-train-length", type=int, default=1024, help="length curriculum start (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=300)

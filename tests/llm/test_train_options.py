@@ -124,3 +124,19 @@ def test_cli_rejects_bad_flags_before_loading(tmp_path, args):
     res = CliRunner().invoke(app, ["llm", "train-niah", "--base", str(tmp_path / "missing"), "--out",
                                    str(tmp_path / "run"), "--device", "cpu", *args])
     assert res.exit_code == 2, res.output
+
+
+@pytest.mark.parametrize("use_hybrid", [False, True])
+def test_memory_backend_reaches_the_cell_and_bad_ones_fail_at_attach(use_hybrid):
+    cfg = small_memory(8, use_hybrid=use_hybrid, memory_backend="torch")
+    assert cfg.cell_config().backend == "torch"
+    mlm = attach_memory(tiny_base("llama"), cfg)
+    ids = torch.randint(3, 90, (1, 20))
+    out = mlm(ids, labels=ids)
+    out.loss.backward()  # the torch backend trains
+    assert [a.cell.backend for a in mlm.memory.adapters.values()] == ["torch"] * len(mlm.memory.adapters)
+    with pytest.raises(ValueError, match="unknown backend 'cuda_magic'"):
+        attach_memory(tiny_base("llama"), small_memory(8, use_hybrid=use_hybrid, memory_backend="cuda_magic"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'triton_autograd' was requested but cannot run here"):
+            attach_memory(tiny_base("llama"), small_memory(8, use_hybrid=use_hybrid, memory_backend="triton_autograd"))

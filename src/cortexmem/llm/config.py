@@ -60,6 +60,10 @@ class MemoryConfig(TaggedConfig):
                     "logit (0: off); the cell's own gate sees one token, so it cannot tell a digit of "
                     "'The secret code of <name> is <digits>.' from a digit in filler -- with context it can")
     gate_context_hidden: int = Field(default=32, ge=1, description="channels of the gate-context conv")
+    memory_backend: str = Field(
+        default="auto",
+        description="backend of the gated-delta op in the memory cell: auto, torch, triton (no grad) or "
+                    "triton_autograd (Triton forward + backward, opt-in; `cortex info` lists them)")
 
     @field_validator("layers")
     @classmethod
@@ -105,7 +109,7 @@ class MemoryConfig(TaggedConfig):
             "hidden_size": width, "num_heads": self.num_heads, "head_dim": self.head_dim,
             "chunk_size": self.memory_chunk, "alpha_max": self.alpha_max, "compressor": self.compressor,
             "rank": self.rank_fast, "window": self.window or 64, "use_short_conv": self.use_short_conv,
-            "conv_kernel_size": self.conv_kernel,
+            "conv_kernel_size": self.conv_kernel, "backend": self.memory_backend,
         }
         return cls(**{k: v for k, v in wanted.items() if k in cls.model_fields})
 
