@@ -119,7 +119,7 @@ def test_write_l1_needs_a_write_gate():
 
 @pytest.mark.parametrize("args", [["--write-l1", "-1"], ["--lm-tokens", "-5"], ["--write-l1-on", "x"],
                                   ["--write-l1-warmup", "-1"], ["--gate-context", "-2"],
-                                  ["--lm-tokens", "64", "--lm-weight", "0"]])
+                                  ["--lm-tokens", "64", "--lm-weight", "0"], ["--memory-backend", "cuda_magic"]])
 def test_cli_rejects_bad_flags_before_loading(tmp_path, args):
     res = CliRunner().invoke(app, ["llm", "train-niah", "--base", str(tmp_path / "missing"), "--out",
                                    str(tmp_path / "run"), "--device", "cpu", *args])

@@ -131,6 +131,8 @@ def train_niah_cmd(
     induction_init: bool = typer.Option(True, help="init the short conv as an induction pair (compressor none)"),
     zero_init: str = typer.Option("up", help="what starts at zero: up or gate"),
     gate_context: int = typer.Option(16, help="taps of the causal conv feeding the write gate (0: off)"),
+    memory_backend: str = typer.Option("auto", help="gated-delta backend of the memory: auto, torch or "
+                                                    "triton_autograd (opt-in Triton backward; `cortex info`)"),
     lm_tokens: int = typer.Option(8192, help="no-harm LM loss on this many plain-text tokens per step instead of "
                                              "the haystack (0: on the haystack)"),
     lm_seq_len: int = typer.Option(1024, help="row length of the plain text (0: min(lm_tokens, 2 chunks))"),
@@ -155,8 +157,12 @@ def train_niah_cmd(
     dev = _device(device)
     cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor, alpha_max,
                       decay_init or None, write_init or None, window, read_from=read_from, conv_kernel=conv_kernel,
-                      induction_init=induction_init, zero_init=zero_init, gate_context=gate_context)
+                      induction_init=induction_init, zero_init=zero_init, gate_context=gate_context,
+                      memory_backend=memory_backend)
+    from ..core.backends import check_requested
+
     try:
+        check_requested("gated_delta", memory_backend)  # here, not deep inside the model build
         tc = TrainNiahConfig(length=length, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
                              save_every=save_every, bptt_chunks=bptt_chunks or None, seed=seed, lm_weight=lm_weight,
                              lm_tokens=lm_tokens, lm_seq_len=lm_seq_len or None, write_l1=write_l1,
