@@ -7,8 +7,8 @@ with incoming state ``(C, n, m)`` the end state is the stabilised state of the c
 
 (``P_ts = exp(D_ts - m_t)``, ``g_t = exp(a_t - m_t)`` or 0 after a reset), so the forward is
 
-1. ``_fwd_state_kernel``: one program per (batch * head, ``dv`` tile) walks the chunks in order and stores every
-   chunk's incoming state (the carry, sequential over ``T / L`` chunks);
+1. ``_fwd_state_kernel``: one program per (batch * head, ``dv`` tile, ``dk`` tile) walks the chunks in order and
+   stores every chunk's incoming state (the carry, sequential over ``T / L`` chunks);
 2. ``_fwd_out_kernel``: parallel over (batch * head, chunk, ``dv`` tile), the ``L x L`` intra-chunk part plus the
    inter-chunk read-out ``g_t q_t C``, normalised; it saves per step ``m_t``, ``q.n`` and two flags.
 
@@ -20,7 +20,9 @@ segment. ``_bwd_state_kernel`` carries ``dC, dn`` backwards over the chunks; the
 reverse sum over chunks) is done in torch; then, parallel over chunks, ``_bwd_qk_kernel`` gives ``dq, dk`` and
 the gate gradients (it reduces over all of ``dv``) and ``_bwd_v_kernel`` gives ``dv`` per ``dv`` tile. All
 products run in fp32 as three TF32 passes (fp32-level accuracy); bf16/fp16 inputs are
-widened on load, every state and accumulator is fp32.
+widened on load, every state and accumulator is fp32. 3xTF32 holds a product's fp32 left operand in registers as
+two TF32 parts, so the kernels take dk in blocks (``BLOCK_K``) and accumulate over them: no sm_90 register spills
+at dk <= 128 (``benchmarks/mlstm_triton_compile.py``).
 """
 
 from __future__ import annotations
