@@ -56,14 +56,13 @@ def _signature(fn, dtype: str, op_dtype: str) -> dict:
     return sig
 
 
-def sm90_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> dict:
-    """Compile ``fn`` for sm_90 and run ptxas on its PTX: ``shared`` bytes, ``registers``, ``spill`` store bytes
-    (None where ptxas printed no figure) and the compile ``seconds``."""
-    sig = _signature(fn, dtype, "bf16" if consts["DOT"] == kernels.PRODUCTS["bf16"] else "fp32")
-    div16 = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] != "constexpr"
-             and n != "NH"}
+def compile_sm90(fn, sig: dict, consts: dict, num_warps: int, num_stages: int, div16: set) -> dict:
+    """Compile ``fn`` for sm_90 (the arguments named in ``div16`` get the divisibility-by-16 hint of a real launch)
+    and run ptxas on its PTX: the compiled ``kernel``, ``shared`` bytes, ``registers``, ``spill`` store bytes (None
+    where ptxas printed no figure) and the compile ``seconds``. The mLSTM compile check uses it too."""
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in div16}
     start = time.time()
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=div16), target=TARGET,
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=TARGET,
                        options={"num_warps": num_warps, "num_stages": num_stages})
     took = time.time() - start
     with tempfile.TemporaryDirectory() as d:
@@ -74,8 +73,15 @@ def sm90_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) ->
                              capture_output=True, text=True).stderr
     regs = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    return dict(shared=k.metadata.shared, registers=int(regs[0]) if regs else None,
+    return dict(kernel=k, shared=k.metadata.shared, registers=int(regs[0]) if regs else None,
                 spill=int(spills[0]) if spills else None, seconds=took)
+
+
+def sm90_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> dict:
+    """:func:`compile_sm90` of a gated-delta kernel: ``shared``, ``registers``, ``spill`` bytes, ``seconds``."""
+    sig = _signature(fn, dtype, "bf16" if consts["DOT"] == kernels.PRODUCTS["bf16"] else "fp32")
+    div16 = {n for n in fn.arg_names if sig[n] != "constexpr" and n != "NH"}
+    return compile_sm90(fn, sig, consts, num_warps, num_stages, div16)
 
 
 def compile_stats(fn, dtype: str, consts: dict, num_warps: int, num_stages: int) -> str:

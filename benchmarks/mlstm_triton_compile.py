@@ -9,22 +9,11 @@ Pointer arguments and the head sizes get the divisibility-by-16 hint a real laun
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
-import tempfile
-import time
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from gated_delta_triton_compile import compile_sm90
 
 from cortexmem.ops.mlstm import triton as kernels
 
-TARGET = GPUTarget("cuda", 90, 32)
-_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-# Triton 3.9 emits PTX newer than its plain ptxas reads; its ptxas-blackwell (a newer ptxas) still targets sm_90a
-PTXAS = next((p for p in (os.path.join(_BIN, n) for n in ("ptxas-blackwell", "ptxas")) if os.path.exists(p)), "ptxas")
 INPUTS = {"Q", "K", "V", "LI", "LF"}  # in the caller's dtype; states, saved tensors and gradients are fp32
 INTS = {"T", "NC", "NH", "NV", "DKR", "DVR"}
 
@@ -47,26 +36,12 @@ def signature(fn, dtype: str, consts: dict) -> dict:
     return sig
 
 
-def compile_kernel(fn, dtype: str, consts: dict, num_warps: int):
-    """The compiled kernel (``asm``, ``metadata``) for sm_90."""
+def sm90_stats(fn, dtype: str, consts: dict, num_warps: int) -> dict:
+    """The kernel compiled for sm_90 (``kernel``) with its ``shared`` bytes, ``registers``, ``spill`` store bytes
+    and compile ``seconds`` (ptxas figures, see ``gated_delta_triton_compile.compile_sm90``)."""
     sig = signature(fn, dtype, consts)
-    div16 = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if sig[n].startswith("*") or n in ("DKR", "DVR")}
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=div16), target=TARGET,
-                          options={"num_warps": num_warps, "num_stages": 1})
-
-
-def ptxas_stats(ptx: str) -> tuple[str, str]:
-    """(registers, spill store bytes) as ptxas reports them for sm_90a."""
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        log = subprocess.run([PTXAS, "-v", "-arch=sm_90a", path, "-o", os.path.join(d, "k.o")],
-                             capture_output=True, text=True).stderr
-    regs = re.findall(r"Used (\d+) registers", log)
-    spills = re.findall(r"(\d+) bytes spill stores", log)
-    return (regs[0] if regs else "?"), (spills[0] if spills else "?")
+    div16 = {n for n in fn.arg_names if sig[n].startswith("*") or n in ("DKR", "DVR")}
+    return compile_sm90(fn, sig, consts, num_warps, 1, div16)
 
 
 def launch_configs(dk: int, dv: int, chunk: int) -> list[tuple]:
@@ -74,12 +49,17 @@ def launch_configs(dk: int, dv: int, chunk: int) -> list[tuple]:
     L, _, DK, DV, BV = kernels._sizes(10**6, dk, dv, chunk)
     bv_bwd = kernels._bwd_block_v(DV)
     common = dict(L=L, DK=DK, HAS_R=True)
+
+    def bk(name):
+        return kernels._block_k(DK, name)
+
     return [
-        (kernels._fwd_state_kernel, dict(common, BV=BV), kernels.NUM_WARPS["fwd_state"]),
-        (kernels._fwd_out_kernel, dict(common, BV=BV, SAVE=True), kernels.NUM_WARPS["fwd_out"]),
+        (kernels._fwd_state_kernel, dict(L=L, BK=bk("fwd_state"), BV=BV, HAS_R=True), kernels.NUM_WARPS["fwd_state"]),
+        (kernels._fwd_out_kernel, dict(common, BK=bk("fwd_out"), BV=BV, SAVE=True), kernels.NUM_WARPS["fwd_out"]),
         (kernels._bwd_state_kernel, dict(common, BV=BV), kernels.NUM_WARPS["bwd_state"]),
-        (kernels._bwd_qk_kernel, dict(common, BV=bv_bwd, NVT=DV // bv_bwd), kernels.NUM_WARPS["bwd_qk"]),
-        (kernels._bwd_v_kernel, dict(common, BV=BV), kernels.NUM_WARPS["bwd_v"]),
+        (kernels._bwd_qk_kernel, dict(common, BK=bk("bwd_qk"), BV=bv_bwd, NVT=DV // bv_bwd),
+         kernels.NUM_WARPS["bwd_qk"]),
+        (kernels._bwd_v_kernel, dict(common, BK=bk("bwd_v"), BV=BV), kernels.NUM_WARPS["bwd_v"]),
     ]
 
 
@@ -91,13 +71,11 @@ def main() -> None:
     a = p.parse_args()
     for dtype in ("fp32", "bf16"):
         for fn, consts, warps in launch_configs(a.dk, a.dv, a.chunk):
-            start = time.time()
-            k = compile_kernel(fn, dtype, consts, warps)
-            took = time.time() - start
-            regs, spills = ptxas_stats(k.asm["ptx"])
-            shown = {key: consts[key] for key in ("L", "DK", "BV") if key in consts}
-            print(f"{fn.__name__:18s} {dtype} {shown} warps={warps}: shared {k.metadata.shared} B, registers {regs}, "
-                  f"spill stores {spills} B, compile {took:.1f} s")
+            st = sm90_stats(fn, dtype, consts, warps)
+            shown = {key: consts[key] for key in ("L", "DK", "BK", "BV") if key in consts}
+            print(f"{fn.__name__:18s} {dtype} {shown} warps={warps}: shared {st['shared']} B, registers "
+                  f"{st['registers'] or '?'}, spill stores {'?' if st['spill'] is None else st['spill']} B, "
+                  f"compile {st['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

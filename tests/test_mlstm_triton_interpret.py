@@ -1,9 +1,10 @@
 """The mLSTM Triton kernels (forward and backward) on CPU, through Triton's interpreter, vs the fp64 naive loop.
 
 Outputs, final states and the gradients of every input (initial state included), with loads and stores checked
-to stay inside their tensors. Odd T, chunk 16, head sizes padded to powers of two, resets inside a chunk and at
-a chunk start, negative gates (the normaliser's ``exp(-m)`` branch) and a stabiliser below ``-MAX_NEG_M`` (its
-clipped branch, the only place ``h`` depends on ``m``).
+to stay inside their tensors. Odd T, chunk 16, head sizes padded to powers of two (dk = 72: two dk tiles of the
+carry, several dk blocks in the other kernels), resets inside a chunk and at a chunk start, negative gates (the
+normaliser's ``exp(-m)`` branch) and a stabiliser below ``-MAX_NEG_M`` (its clipped branch, the only place ``h``
+depends on ``m``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CASES = [
     (37, 16, 24, 16, torch.float32, True, "mid+start", "negative"),
     (29, 16, 16, 16, torch.float32, True, "mid+start", "clipped"),
     (63, 32, 32, 16, torch.bfloat16, True, "mid+start", "normal"),
+    # dk padded to 128: two dk tiles of the carry, several dk blocks in every loop over dk
+    (37, 72, 40, 16, torch.float32, True, "mid+start", "normal"),
     (20, 16, 16, 64, torch.float32, True, "mid+start", "normal"),
     (1, 16, 16, 64, torch.float32, True, None, "normal"),
 ]

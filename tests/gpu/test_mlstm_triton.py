@@ -86,6 +86,22 @@ def test_mlstm_triton_matches_naive_fp64_small():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mlstm_triton_matches_torch_at_the_widest_heads(dtype):
+    """dk = 120, dv = 200 (padded to 128, 256): two dk tiles of the carry, several dk blocks in the other kernels."""
+    pytest.importorskip("triton")
+    from cortexmem.ops.mlstm import mlstm_chunkwise
+    from cortexmem.ops.mlstm.triton import mlstm_triton
+
+    args, r = _inputs(2, 131, 2, 120, 200, seed=2)
+    args = [a.to(dtype) for a in args]
+    true_out, true_grad = _run(mlstm_chunkwise, [a.double() for a in args], r, chunk_size=64)
+    ref_out, ref_grad = _run(mlstm_chunkwise, [a.float() for a in args], r, chunk_size=64)
+    out, grad = _run(mlstm_triton, args, r, chunk_size=64)
+    assert out[0].dtype == dtype and all(g.dtype == dtype for g in grad)
+    _check(out + grad, true_out + true_grad, 1e-4 if dtype == torch.float32 else 3e-2, ref_out + ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_mlstm_cell_triton_backend_matches_torch_backend(dtype):
     pytest.importorskip("triton")
     import cortexmem

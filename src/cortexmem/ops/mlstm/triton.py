@@ -7,8 +7,8 @@ with incoming state ``(C, n, m)`` the end state is the stabilised state of the c
 
 (``P_ts = exp(D_ts - m_t)``, ``g_t = exp(a_t - m_t)`` or 0 after a reset), so the forward is
 
-1. ``_fwd_state_kernel``: one program per (batch * head, ``dv`` tile) walks the chunks in order and stores every
-   chunk's incoming state (the carry, sequential over ``T / L`` chunks);
+1. ``_fwd_state_kernel``: one program per (batch * head, ``dv`` tile, ``dk`` tile) walks the chunks in order and
+   stores every chunk's incoming state (the carry, sequential over ``T / L`` chunks);
 2. ``_fwd_out_kernel``: parallel over (batch * head, chunk, ``dv`` tile), the ``L x L`` intra-chunk part plus the
    inter-chunk read-out ``g_t q_t C``, normalised; it saves per step ``m_t``, ``q.n`` and two flags.
 
@@ -20,7 +20,9 @@ segment. ``_bwd_state_kernel`` carries ``dC, dn`` backwards over the chunks; the
 reverse sum over chunks) is done in torch; then, parallel over chunks, ``_bwd_qk_kernel`` gives ``dq, dk`` and
 the gate gradients (it reduces over all of ``dv``) and ``_bwd_v_kernel`` gives ``dv`` per ``dv`` tile. All
 products run in fp32 as three TF32 passes (fp32-level accuracy); bf16/fp16 inputs are
-widened on load, every state and accumulator is fp32.
+widened on load, every state and accumulator is fp32. 3xTF32 holds a product's fp32 left operand in registers as
+two TF32 parts, so the kernels take dk in blocks (``BLOCK_K``) and accumulate over them: no sm_90 register spills
+at dk <= 128 (``benchmarks/mlstm_triton_compile.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ MAX_DV = 256  # v head size (padded): tiled by BV everywhere
 MAX_CHUNK = 64  # the L x L tiles of the backward stay in registers up to here
 _CLIP = tl.constexpr(MAX_NEG_M)  # a jit function reads only constexpr globals
 #: warps per program of each kernel (the compile check in benchmarks/mlstm_triton_compile.py reads them too)
-NUM_WARPS = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 8, "bwd_qk": 8, "bwd_v": 4}
+NUM_WARPS = {"fwd_state": 4, "fwd_out": 8, "bwd_state": 8, "bwd_qk": 8, "bwd_v": 4}
+#: dk block of each kernel but the reverse carry: 3xTF32 keeps a product's fp32 left operand in registers as two
+#: TF32 parts (about K registers per thread for an [L, K] operand), so K is kept at 64 or below
+BLOCK_K = {"fwd_state": 64, "fwd_out": 32, "bwd_qk": 16, "bwd_v": 32}
 
 
 @triton.jit
@@ -78,11 +83,12 @@ def _log_weights(li, same, keep, F, m_in):
 
 @triton.jit
 def _fwd_state_kernel(K, V, LI, LF, RST, C0, N0, M0, CS, NS, MS, T, NC, NH, DKR, DVR,
-                      L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr):
+                      L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr):
+    """The carry of one (batch * head, dk tile, dv tile): the rows of ``C`` and ``n`` are independent."""
     bh = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     b = bh // NH
-    dk = tl.arange(0, DK)
+    dk = tl.program_id(2) * BK + tl.arange(0, BK)
     dv = j * BV + tl.arange(0, BV)
     mk, mv = dk < DKR, dv < DVR
     mkv = mk[:, None] & mv[None, :]
@@ -117,30 +123,40 @@ def _fwd_state_kernel(K, V, LI, LF, RST, C0, N0, M0, CS, NS, MS, T, NC, NH, DKR,
 
 @triton.jit
 def _fwd_out_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, H, MT, QN, FL, T, NC, NH, DKR, DVR,
-                    L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr, SAVE: tl.constexpr):
+                    L: tl.constexpr, DK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
+                    SAVE: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     j = tl.program_id(2)
     b = bh // NH
     t0 = c * L
-    dk = tl.arange(0, DK)
     dv = j * BV + tl.arange(0, BV)
-    mk, mv = dk < DKR, dv < DVR
+    mv = dv < DVR
     sc = bh * (NC + 1) + c
     i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
     D, d_max, a, m_t = _log_weights(li, same, keep, F, tl.load(MS + sc))
     P = tl.where(same & valid[:, None], tl.exp(D - m_t[:, None]), 0.0)
     g = tl.where(keep & valid, tl.exp(a - m_t), 0.0)
     rows = (bh * T + t0 + i)[:, None]
-    mrk = valid[:, None] & mk[None, :]
-    q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    S = tl.dot(q, tl.trans(k), input_precision="tf32x3") * P  # (L, L)
-    n_in = tl.load(NS + sc * DKR + dk, mask=mk, other=0.0)
-    qn = tl.sum(S, 1) + g * tl.sum(q * n_in[None, :], 1)
+    # q k^T, q.n_in and q C_in over dk blocks of BK (a [L, DK] fp32 left operand would spill at DK = 128)
+    S = tl.zeros((L, L), dtype=tl.float32)
+    qn_in = tl.zeros((L,), dtype=tl.float32)
+    inter = tl.zeros((L, BV), dtype=tl.float32)
+    for kb in range(DK // BK):
+        dk = kb * BK + tl.arange(0, BK)
+        mk = dk < DKR
+        mrk = valid[:, None] & mk[None, :]
+        q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        S += tl.dot(q, tl.trans(k), input_precision="tf32x3")
+        qn_in += tl.sum(q * tl.load(NS + sc * DKR + dk, mask=mk, other=0.0)[None, :], 1)
+        C_in = tl.load(CS + sc * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mk[:, None] & mv[None, :],
+                       other=0.0)
+        inter += tl.dot(q, C_in, input_precision="tf32x3")
+    S = S * P  # (L, L)
+    qn = tl.sum(S, 1) + g * qn_in
     vv = tl.load(V + rows * DVR + dv[None, :], mask=valid[:, None] & mv[None, :], other=0.0).to(tl.float32)
-    C_in = tl.load(CS + sc * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
-    num = tl.dot(S, vv, input_precision="tf32x3") + g[:, None] * tl.dot(q, C_in, input_precision="tf32x3")
+    num = tl.dot(S, vv, input_precision="tf32x3") + g[:, None] * inter
     floor = tl.exp(tl.minimum(-m_t, _CLIP))
     den = tl.where(tl.abs(qn) >= floor, tl.abs(qn), floor)
     h = num / den[:, None]
@@ -204,43 +220,37 @@ def _bwd_state_kernel(Q, LI, LF, RST, CS, NS, MS, MT, DN, DQN, DCT, DNT, DCS, DN
 
 @triton.jit
 def _bwd_qk_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, MT, FL, DN, DQN, DCS, DNS, DFX, DMT, DQ, DK_, DLI, DLF,
-                   T, NC, NH, DKR, DVR,
-                   L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, HAS_R: tl.constexpr):
-    """dq, dk, d log i, d log f of one chunk (all of dv is reduced here; dv itself is ``_bwd_v_kernel``)."""
+                   T, NC, NH, DKR, DVR, L: tl.constexpr, DK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   NVT: tl.constexpr, HAS_R: tl.constexpr):
+    """dq, dk, d log i, d log f of one chunk (all of dv is reduced here; dv itself is ``_bwd_v_kernel``).
+
+    Two passes keep the live set small: the ``L x L`` terms first (``dS`` over dv tiles, ``S`` over dk blocks),
+    then dq and dk one dk block of ``BK`` at a time (each with its own reduction over dv)."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     b = bh // NH
     t0 = c * L
-    i = tl.arange(0, L)
-    valid = t0 + i < T
-    dk = tl.arange(0, DK)
-    mk = dk < DKR
     sc = bh * (NC + 1) + c
+    i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
     st = bh * T + t0 + i
     rows = st[:, None]
-    # first the reductions over all of dv (only three accumulators live): dS_ts = dN_t . v_s, dN C_in^T (the
-    # read-out's share of dq) and dC_out v_s (the carry's share of dk)
-    dS = tl.zeros((L, L), dtype=tl.float32)
-    dq = tl.zeros((L, DK), dtype=tl.float32)
-    dk_c = tl.zeros((L, DK), dtype=tl.float32)
+    dS = tl.zeros((L, L), dtype=tl.float32)  # dS_ts = dN_t . v_s
     for jv in range(NVT):
         dv = jv * BV + tl.arange(0, BV)
-        mv = dv < DVR
-        mrv = valid[:, None] & mv[None, :]
-        mkv = mk[:, None] & mv[None, :]
+        mrv = valid[:, None] & (dv < DVR)[None, :]
         vv = tl.load(V + rows * DVR + dv[None, :], mask=mrv, other=0.0).to(tl.float32)
         dN = tl.load(DN + rows * DVR + dv[None, :], mask=mrv, other=0.0)
-        C_in = tl.load(CS + sc * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mkv, other=0.0)
-        dC_out = tl.load(DCS + (sc + 1) * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mkv, other=0.0)
         dS += tl.dot(dN, tl.trans(vv), input_precision="tf32x3")
-        dq += tl.dot(dN, tl.trans(C_in), input_precision="tf32x3")
-        dk_c += tl.dot(vv, tl.trans(dC_out), input_precision="tf32x3")
-    i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
+    S = tl.zeros((L, L), dtype=tl.float32)  # q_t . k_s
+    for kb in range(DK // BK):
+        dk = kb * BK + tl.arange(0, BK)
+        mrk = valid[:, None] & (dk < DKR)[None, :]
+        q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        S += tl.dot(q, tl.trans(k), input_precision="tf32x3")
     m_t = tl.load(MT + st, mask=valid, other=0.0)
     dqn = tl.load(DQN + st, mask=valid, other=0.0)
-    n_in = tl.load(NS + sc * DKR + dk, mask=mk, other=0.0)
     g = tl.where(keep & valid, tl.exp(F + tl.where(keep, tl.load(MS + sc), 0.0) - m_t), 0.0)
-    dq = g[:, None] * (dq + dqn[:, None] * n_in[None, :])  # the read-out's g_t (C_in dN_t + n_in dqn_t)
     D = tl.where(same, F[:, None] - (F - li)[None, :], float("-inf"))
     live = same & valid[:, None]
     P = tl.where(live, tl.exp(D - m_t[:, None]), 0.0)
@@ -250,37 +260,54 @@ def _bwd_qk_kernel(Q, K, V, LI, LF, RST, CS, NS, MS, MT, FL, DN, DQN, DCS, DNS, 
                   tl.load(DMT + st, mask=valid, other=0.0)[:, None], 0.0)
     last = i == tl.minimum(T - t0, L) - 1
     p_e = tl.sum(tl.where(last[:, None], P, 0.0), 0)  # (L,) indexed by s
-    dn_out = tl.load(DNS + (sc + 1) * DKR + dk, mask=mk, other=0.0)
-    dk_c = p_e[:, None] * (dk_c + dn_out[None, :])  # now the carry's share of dk
-    mrk = valid[:, None] & mk[None, :]
-    q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
     dQK = (dS + dqn[:, None]) * P
-    # d D_ts through P: dS_ts S_ts, and the carry's row e
-    dD += dQK * tl.dot(q, tl.trans(k), input_precision="tf32x3")
-    dD += tl.where(last[:, None], (tl.sum(k * dk_c, 1))[None, :], 0.0)
-    dli = tl.sum(dD, 0)
+    # d D_ts through P: dS_ts S_ts here, the carry's row e (through C_out, n_out) per dk block below
+    dli = tl.sum(dD + dQK * S, 0)
+    for kb in range(DK // BK):
+        dk = kb * BK + tl.arange(0, BK)
+        mk = dk < DKR
+        mrk = valid[:, None] & mk[None, :]
+        # dN C_in^T (the read-out's share of dq) and v dC_out^T (the carry's share of dk) over all of dv
+        dq = tl.zeros((L, BK), dtype=tl.float32)
+        dk_c = tl.zeros((L, BK), dtype=tl.float32)
+        for jv in range(NVT):
+            dv = jv * BV + tl.arange(0, BV)
+            mv = dv < DVR
+            mrv = valid[:, None] & mv[None, :]
+            mkv = mk[:, None] & mv[None, :]
+            vv = tl.load(V + rows * DVR + dv[None, :], mask=mrv, other=0.0).to(tl.float32)
+            dN = tl.load(DN + rows * DVR + dv[None, :], mask=mrv, other=0.0)
+            C_in = tl.load(CS + sc * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mkv, other=0.0)
+            dC_out = tl.load(DCS + (sc + 1) * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mkv, other=0.0)
+            dq += tl.dot(dN, tl.trans(C_in), input_precision="tf32x3")
+            dk_c += tl.dot(vv, tl.trans(dC_out), input_precision="tf32x3")
+        n_in = tl.load(NS + sc * DKR + dk, mask=mk, other=0.0)
+        dn_out = tl.load(DNS + (sc + 1) * DKR + dk, mask=mk, other=0.0)
+        q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        dq = g[:, None] * (dq + dqn[:, None] * n_in[None, :])  # the read-out's g_t (C_in dN_t + n_in dqn_t)
+        dq += tl.dot(dQK, k, input_precision="tf32x3")
+        tl.store(DQ + rows * DKR + dk[None, :], dq, mask=mrk)
+        dk_c = p_e[:, None] * (dk_c + dn_out[None, :])  # now the carry's share of dk
+        dli += tl.sum(k * dk_c, 1)
+        dk_c += tl.dot(tl.trans(dQK), q, input_precision="tf32x3")
+        tl.store(DK_ + rows * DKR + dk[None, :], dk_c, mask=mrk)
     dF = tl.load(DFX + st, mask=valid, other=0.0) - dli
     tl.store(DLI + st, dli, mask=valid)
     tl.store(DLF + st, tl.sum(tl.where(same, dF[:, None], 0.0), 0), mask=valid)
-    dq += tl.dot(dQK, k, input_precision="tf32x3")
-    tl.store(DQ + rows * DKR + dk[None, :], dq, mask=mrk)
-    dk_c += tl.dot(tl.trans(dQK), q, input_precision="tf32x3")
-    tl.store(DK_ + rows * DKR + dk[None, :], dk_c, mask=mrk)
 
 
 @triton.jit
 def _bwd_v_kernel(Q, K, LI, LF, RST, MS, MT, DN, DCS, DV_, T, NC, NH, DKR, DVR,
-                  L: tl.constexpr, DK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr):
+                  L: tl.constexpr, DK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr):
     """dv of one chunk and dv tile: ``S^T dN`` plus the carry's ``P_es dC_out^T k_s``."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     j = tl.program_id(2)
     b = bh // NH
     t0 = c * L
-    dk = tl.arange(0, DK)
     dv = j * BV + tl.arange(0, BV)
-    mk, mv = dk < DKR, dv < DVR
+    mv = dv < DVR
     sc = bh * (NC + 1) + c
     i, valid, li, same, keep, F = _segments(LI, LF, RST, bh * T, b, t0, T, L, HAS_R)
     st = bh * T + t0 + i
@@ -290,15 +317,23 @@ def _bwd_v_kernel(Q, K, LI, LF, RST, MS, MT, DN, DCS, DV_, T, NC, NH, DKR, DVR,
     last = i == tl.minimum(T - t0, L) - 1
     p_e = tl.sum(tl.where(last[:, None], P, 0.0), 0)
     rows = st[:, None]
-    mrk = valid[:, None] & mk[None, :]
     mrv = valid[:, None] & mv[None, :]
-    q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
-    St = tl.trans(tl.dot(q, tl.trans(k), input_precision="tf32x3") * P)
+    # k q^T and k dC_out over dk blocks of BK (small left operands)
+    St = tl.zeros((L, L), dtype=tl.float32)
+    carry = tl.zeros((L, BV), dtype=tl.float32)
+    for kb in range(DK // BK):
+        dk = kb * BK + tl.arange(0, BK)
+        mk = dk < DKR
+        mrk = valid[:, None] & mk[None, :]
+        q = tl.load(Q + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        k = tl.load(K + rows * DKR + dk[None, :], mask=mrk, other=0.0).to(tl.float32)
+        St += tl.dot(k, tl.trans(q), input_precision="tf32x3")
+        dC_out = tl.load(DCS + (sc + 1) * DKR * DVR + dk[:, None] * DVR + dv[None, :],
+                         mask=mk[:, None] & mv[None, :], other=0.0)
+        carry += tl.dot(k, dC_out, input_precision="tf32x3")
+    St = St * tl.trans(P)
     dN = tl.load(DN + rows * DVR + dv[None, :], mask=mrv, other=0.0)
-    dC_out = tl.load(DCS + (sc + 1) * DKR * DVR + dk[:, None] * DVR + dv[None, :], mask=mk[:, None] & mv[None, :],
-                     other=0.0)
-    dvv = tl.dot(St, dN, input_precision="tf32x3") + p_e[:, None] * tl.dot(k, dC_out, input_precision="tf32x3")
+    dvv = tl.dot(St, dN, input_precision="tf32x3") + p_e[:, None] * carry
     tl.store(DV_ + rows * DVR + dv[None, :], dvv, mask=mrv)
 
 
@@ -314,8 +349,13 @@ def _sizes(T: int, dk: int, dv: int, chunk_size: int) -> tuple[int, int, int, in
 
 
 def _bwd_block_v(DV: int) -> int:
-    """The dv tile of ``_bwd_qk_kernel``'s loop over all of dv (16 spills least at dk = 64, L = 64)."""
+    """The dv tile of ``_bwd_qk_kernel``'s loops over all of dv."""
     return min(DV, 16)
+
+
+def _block_k(DK: int, kernel: str) -> int:
+    """The dk block of a kernel (its tile or the step of its loops over dk): ``BLOCK_K`` capped at ``DK``."""
+    return min(DK, BLOCK_K[kernel])
 
 
 def _forward(q, k, v, li, lf, rst, C0, n0, m0, chunk_size, save):
@@ -328,13 +368,15 @@ def _forward(q, k, v, li, lf, rst, C0, n0, m0, chunk_size, save):
     MS = torch.empty(B, NH, NC + 1, device=dev, dtype=f32)
     HAS_R = rst is not None
     rst = rst if HAS_R else MS
-    launch(_fwd_state_kernel, (B * NH, DV // BV), k, v, li, lf, rst, C0, n0, m0, CS, NS, MS, T, NC, NH, dk, dv,
-           L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["fwd_state"])
+    bk = _block_k(DK, "fwd_state")
+    launch(_fwd_state_kernel, (B * NH, DV // BV, DK // bk), k, v, li, lf, rst, C0, n0, m0, CS, NS, MS,
+           T, NC, NH, dk, dv, L=L, BK=bk, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["fwd_state"])
     h = torch.empty(B, NH, T, dv, device=dev, dtype=f32 if save else q.dtype)
     MT, QN = (torch.empty(B, NH, T, device=dev, dtype=f32) for _ in range(2))
     FL = torch.empty(B, NH, T, device=dev, dtype=torch.int8)
     launch(_fwd_out_kernel, (B * NH, NC, DV // BV), q, k, v, li, lf, rst, CS, NS, MS, h, MT, QN, FL,
-           T, NC, NH, dk, dv, L=L, DK=DK, BV=BV, HAS_R=HAS_R, SAVE=save, num_warps=NUM_WARPS["fwd_out"])
+           T, NC, NH, dk, dv, L=L, DK=DK, BK=_block_k(DK, "fwd_out"), BV=BV, HAS_R=HAS_R, SAVE=save,
+           num_warps=NUM_WARPS["fwd_out"])
     return h, CS, NS, MS, (MT, QN, FL)
 
 
@@ -389,9 +431,9 @@ def _backward(q, k, v, li, lf, rst, saved, dh, dC_T, dn_T, dm_T, chunk_size):
     bv = _bwd_block_v(DV)
     launch(_bwd_qk_kernel, (B * NH, NC), q, k, v, li, lf, rst_arg, CS, NS, MS, MT, FL, dN, dqn, DCS, DNS,
            dfx, dm_t, dq, dk_, dli, dlf, T, NC, NH, dk, dv,
-           L=L, DK=DK, BV=bv, NVT=DV // bv, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_qk"])
+           L=L, DK=DK, BK=_block_k(DK, "bwd_qk"), BV=bv, NVT=DV // bv, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_qk"])
     launch(_bwd_v_kernel, (B * NH, NC, DV // BV), q, k, li, lf, rst_arg, MS, MT, dN, DCS, dv_, T, NC, NH, dk, dv,
-           L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_v"])
+           L=L, DK=DK, BK=_block_k(DK, "bwd_v"), BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_v"])
     return dq, dk_, dv_, dli, dlf, DCS[:, :, 0], DNS[:, :, 0], dm0
 
 
