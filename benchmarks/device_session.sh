@@ -4,13 +4,14 @@
 #   bash benchmarks/device_session.sh niah       # NIAH 4k/32k/128k, peak memory, ingest overhead (~8 min)
 #   bash benchmarks/device_session.sh tests      # every gpu-marked test but the gated-delta Triton ones
 #   bash benchmarks/device_session.sh tests-gd   # the gated-delta Triton GPU tests (forward, chunk WY, backward)
-#   bash benchmarks/device_session.sh bench      # cortex bench (TF32 on, max-autotune step), kernels, first call
+#   bash benchmarks/device_session.sh bench      # cortex bench with TF32 on (every cell, stack and peer)
+#   bash benchmarks/device_session.sh kernels    # new kernels' timings, first call, doctor, compiled-step modes
 #
 # On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
 # which keeps within what a device call brings back (8 files, 2 folders down).
 set -uo pipefail
-stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench}
+stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels}
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/device}
 work=$(mktemp -d)
@@ -56,16 +57,21 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
     run 580 python3 benchmarks/gpu_tests.py --out "$work/gt" --timeout 400 --workers 4 "${files[@]}"
     ;;
   bench)
-    run 300 python3 -m cortexmem.cli bench --out "$work/bench" --tf32 on --step-compile max-autotune
+    run 580 python3 -m cortexmem.cli bench --out "$work/bench" --tf32 on
+    cp "$work/bench/bench.json" "$out/bench_tf32_on.json" 2>/dev/null
+    ;;
+  kernels)
     run 90 python3 benchmarks/gated_delta_triton.py --shape 4,8192,16,128 --shape 8,2048,4,64 --max-configs 0 \
       --backward
     run 60 python3 benchmarks/triton_kernels.py
     TRITON_CACHE_DIR=$(mktemp -d) run 60 python3 benchmarks/auto_stack_first_call.py --device cuda --backward \
       --batch 32 --steps 256
     run 30 python3 -m cortexmem.cli doctor --json "$work/doctor.json"
+    # last: max-autotune may take minutes of compile (inductor times its matmul templates)
+    run 300 python3 benchmarks/step_compile.py --json "$out/step_compile.json"
     ;;
   *)
-    echo "unknown stage $stage: niah|tests|tests-gd|bench" >&2
+    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels" >&2
     exit 2
     ;;
 esac
