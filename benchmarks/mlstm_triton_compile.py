@@ -56,7 +56,7 @@ def launch_configs(dk: int, dv: int, chunk: int) -> list[tuple]:
     return [
         (kernels._fwd_state_kernel, dict(L=L, BK=bk("fwd_state"), BV=BV, HAS_R=True), kernels.NUM_WARPS["fwd_state"]),
         (kernels._fwd_out_kernel, dict(common, BK=bk("fwd_out"), BV=BV, SAVE=True), kernels.NUM_WARPS["fwd_out"]),
-        (kernels._bwd_state_kernel, dict(common, BV=BV), kernels.NUM_WARPS["bwd_state"]),
+        (kernels._bwd_state_kernel, dict(common, BV=kernels._bwd_state_block_v(DV)), kernels.NUM_WARPS["bwd_state"]),
         (kernels._bwd_qk_kernel, dict(common, BK=bk("bwd_qk"), BV=bv_bwd, NVT=DV // bv_bwd),
          kernels.NUM_WARPS["bwd_qk"]),
         (kernels._bwd_v_kernel, dict(common, BK=bk("bwd_v"), BV=BV), kernels.NUM_WARPS["bwd_v"]),

@@ -45,8 +45,10 @@ _CLIP = tl.constexpr(MAX_NEG_M)  # a jit function reads only constexpr globals
 #: warps per program of each kernel (the compile check in benchmarks/mlstm_triton_compile.py reads them too)
 NUM_WARPS = {"fwd_state": 4, "fwd_out": 8, "bwd_state": 8, "bwd_qk": 8, "bwd_v": 4}
 #: dk block of each kernel but the reverse carry: 3xTF32 keeps a product's fp32 left operand in registers as two
-#: TF32 parts (about K registers per thread for an [L, K] operand), so K is kept at 64 or below
-BLOCK_K = {"fwd_state": 64, "fwd_out": 32, "bwd_qk": 16, "bwd_v": 32}
+#: TF32 parts (about K registers per thread for an [L, K] operand), so K is kept at 64 or below. The forward carry
+#: takes 16-row dk tiles: the only size with no sm_90 spills under both Triton 3.6 (the GPU machine's) and 3.9
+#: (32 spilled 36-140 B under 3.6, 64 spilled 136-160 B)
+BLOCK_K = {"fwd_state": 16, "fwd_out": 32, "bwd_qk": 16, "bwd_v": 32}
 
 
 @triton.jit
@@ -348,6 +350,12 @@ def _sizes(T: int, dk: int, dv: int, chunk_size: int) -> tuple[int, int, int, in
     return L, math.ceil(T / L), DK, DV, min(DV, 32)
 
 
+def _bwd_state_block_v(DV: int) -> int:
+    """The dv tile of the reverse carry ``_bwd_state_kernel``. 16 rather than the forward's 32: at dk = 128 it spills
+    none with Triton 3.6 (the GPU machine's; 32 spilled 32 / 52 B fp32 / bf16) and none with 3.9 (sm_90)."""
+    return min(DV, 16)
+
+
 def _bwd_block_v(DV: int) -> int:
     """The dv tile of ``_bwd_qk_kernel``'s loops over all of dv."""
     return min(DV, 16)
@@ -398,14 +406,15 @@ def _backward(q, k, v, li, lf, rst, saved, dh, dC_T, dn_T, dm_T, chunk_size):
     d_stab = torch.where(took_floor & ~clipped, z, 0.0)  # enters d F_t
     dm_h = torch.where(took_floor & clipped, -z, 0.0)  # total d m_t of the read-out
 
-    NV = DV // BV
+    SBV = _bwd_state_block_v(DV)
+    NV = DV // SBV
     DCS = torch.empty(B, NH, NC + 1, dk, dv, device=dev, dtype=f32)
     DNS = torch.empty(B, NH, NC + 1, dk, device=dev, dtype=f32)
     XP = torch.empty(B, NH, NV, NC + 1, device=dev, dtype=f32)
     HAS_R = rst is not None
     rst_arg = rst if HAS_R else MS
     launch(_bwd_state_kernel, (B * NH, NV), q, li, lf, rst_arg, CS, NS, MS, MT, dN, dqn, dC_T, dn_T, DCS, DNS, XP,
-           T, NC, NH, NV, dk, dv, L=L, DK=DK, BV=BV, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_state"])
+           T, NC, NH, NV, dk, dv, L=L, DK=DK, BV=SBV, HAS_R=HAS_R, num_warps=NUM_WARPS["bwd_state"])
     X = XP.sum(2)  # <dC, C> + <dn, n> at every chunk boundary: (B, NH, NC + 1)
 
     # the dm carry: dm_in(c) = X_c + Y_c with Y_c = sum over the chunk of sel_t dm_h_t + sel_e Y_{c+1} (sel: the
