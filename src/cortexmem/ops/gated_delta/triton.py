@@ -294,6 +294,25 @@ def _wy_chunk_kernel(K, V, G, BETA, R, W, U, T, N, NH, DKR, DVR, DK: tl.constexp
 
 
 @triton.jit
+def _state_tile(X, bh, bv, DKR, DVR, DH: tl.constexpr, BV: tl.constexpr, SPLIT: tl.constexpr, LOAD: tl.constexpr):
+    """A program's ``[DK, BV]`` state tile as two ``[DH, BV]`` fp32 key halves (the second one only with ``SPLIT``),
+    loaded from ``X`` when ``LOAD`` (else zeros), with its key rows, value columns, offsets and masks."""
+    rk = tl.arange(0, DH)
+    rk2 = DH + rk
+    rv = bv * BV + tl.arange(0, BV)
+    s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
+    s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
+    s_mask2 = (rk2[:, None] < DKR) & (rv[None, :] < DVR)
+    S = tl.zeros((DH, BV), dtype=tl.float32)
+    S2 = tl.zeros((DH, BV), dtype=tl.float32)
+    if LOAD:
+        S = tl.load(X + s_off, mask=s_mask, other=0.0).to(tl.float32)
+        if SPLIT:
+            S2 = tl.load(X + s_off + DH * DVR, mask=s_mask2, other=0.0).to(tl.float32)
+    return S, S2, rk, rk2, rv, s_off, s_mask, s_mask2
+
+
+@triton.jit
 def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.constexpr, DV: tl.constexpr,
                   DH: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_R: tl.constexpr,
                   HAS_S0: tl.constexpr, FUSED: tl.constexpr, DOT: tl.constexpr):
@@ -304,18 +323,7 @@ def _state_kernel(Q, K, G, R, W, U, S0, O, SF, H, T, N, NH, DKR, DVR, DK: tl.con
     b = bh // NH
     h = bh % NH
     rc = tl.arange(0, C)
-    rk = tl.arange(0, DH)
-    rk2 = DH + rk
-    rv = bv * BV + tl.arange(0, BV)
-    s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
-    s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
-    s_mask2 = (rk2[:, None] < DKR) & (rv[None, :] < DVR)
-    S = tl.zeros((DH, BV), dtype=tl.float32)
-    S2 = tl.zeros((DH, BV), dtype=tl.float32)  # the second key half (SPLIT only)
-    if HAS_S0:
-        S = tl.load(S0 + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        if SPLIT:
-            S2 = tl.load(S0 + s_off + DH * DVR, mask=s_mask2, other=0.0).to(tl.float32)
+    S, S2, rk, rk2, rv, s_off, s_mask, s_mask2 = _state_tile(S0, bh, bv, DKR, DVR, DH, BV, SPLIT, HAS_S0)
     for n in range(N):
         gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
         gam_c = tl.sum(tl.where(rc == C - 1, gamma, 0.0), 0)

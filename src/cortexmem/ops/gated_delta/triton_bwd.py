@@ -48,6 +48,7 @@ from .triton import (
     _pow2_at_least_16,
     _rows,
     _state_kernel,
+    _state_tile,
     gated_delta_forward,
     wy_terms,
 )
@@ -112,18 +113,8 @@ def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DSC, DU, DS0, T, N, NH, DKR, DVR, 
     b = bh // NH
     h = bh % NH
     rc = tl.arange(0, C)
-    rk = tl.arange(0, DH)
-    rk2 = DH + rk
-    rv = bv * BV + tl.arange(0, BV)
-    s_off = bh * DKR * DVR + rk[:, None] * DVR + rv[None, :]
-    s_mask = (rk[:, None] < DKR) & (rv[None, :] < DVR)
-    s_mask2 = (rk2[:, None] < DKR) & (rv[None, :] < DVR)
-    dS = tl.zeros((DH, BV), dtype=tl.float32)  # gradient of the state leaving the chunk
-    dS2 = tl.zeros((DH, BV), dtype=tl.float32)  # its second key half (SPLIT only)
-    if HAS_DSF:
-        dS = tl.load(DSF + s_off, mask=s_mask, other=0.0).to(tl.float32)
-        if SPLIT:
-            dS2 = tl.load(DSF + s_off + DH * DVR, mask=s_mask2, other=0.0).to(tl.float32)
+    # the gradient of the state leaving the chunk, as two key halves (the second one only with SPLIT)
+    dS, dS2, rk, rk2, rv, s_off, s_mask, s_mask2 = _state_tile(DSF, bh, bv, DKR, DVR, DH, BV, SPLIT, HAS_DSF)
     for i in range(N):
         n = N - 1 - i
         gamma, seg = _chunk_gates(G, R, b, h, n, T, NH, rc, C, HAS_R)
