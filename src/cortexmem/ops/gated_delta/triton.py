@@ -562,9 +562,9 @@ def triton_gated_delta_rule(
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
-    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use
-    bf16 products from ``BF16_MIN_CHUNKS`` chunks on, fp16 inputs and shorter sequences one-pass TF32 products on
-    fp32 operands; the accumulation and the state are fp32.
+    fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use bf16 products from ``BF16_MIN_CHUNKS``
+    chunks on, fp16 inputs and shorter sequences one-pass TF32 products on fp32 operands; the accumulation and the
+    state are fp32.
     ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels. ``wy``: ``blocks``
     (default) or ``chunk`` (the whole-chunk WY kernel, opt-in until measured on a GPU).
     """
