@@ -59,10 +59,12 @@ def test_doctor_and_bench_cli(tmp_path):
 
     from cortexmem.cli import app
 
-    res = CliRunner().invoke(app, ["doctor", "--json", str(tmp_path / "d.json")])
+    res = CliRunner().invoke(app, ["doctor", "--jobs", "3", "--json", str(tmp_path / "d.json")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "d.json").read_text())
     assert any(r["status"] == "pass" and r["backend"] == "torch" for r in rows)
+    n_pass, n_skip = sum(r["status"] == "pass" for r in rows), sum(r["status"] == "skipped" for r in rows)
+    assert f"{n_pass} passed, 0 failed, {n_skip} skipped" in res.output
     res = CliRunner().invoke(app, ["bench", "--cells", "lstm,conv", "--batch", "2", "--seq", "8", "--d", "8",
                                    "--layers", "1", "--pattern", "L", "--repeats", "1", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -46,23 +46,36 @@ def info() -> None:
 
 
 @app.command()
-def doctor(json_out: str = typer.Option(None, "--json", help="also write the table as JSON to this file")) -> None:
-    """Check every backend that can run here against its naive reference (outputs and gradients)."""
+def doctor(
+    json_out: str = typer.Option(None, "--json", help="also write the table as JSON to this file"),
+    ops: str = typer.Option(None, help="comma-separated ops to check (default: every op with a reference)"),
+    imports: list[str] = typer.Option([], "--import", help="a module that registers more backends (repeatable)"),
+    timeout: float = typer.Option(600.0, min=1, help="seconds one row may take, kernel compiles included"),
+    jobs: int = typer.Option(1, min=1, help="backends checked at once, each in its own process"),
+) -> None:
+    """Check every backend that can run here against its naive reference (outputs and gradients), each backend in
+    its own process: a crash or a sticky CUDA error fails that backend's row only. Exit 1 when a row fails."""
     from rich.console import Console
     from rich.table import Table
 
     import cortexmem  # noqa: F401 - registers every op
     from cortexmem.core.io import atomic_write_json
-    from cortexmem.tools.doctor import rows_as_dicts, run_doctor
+    from cortexmem.tools.doctor import rows_as_dicts, run_doctor, summary
 
-    rows = run_doctor()
+    wanted = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
+    try:
+        rows = run_doctor(ops=wanted, imports=imports, timeout_s=timeout, jobs=jobs)
+    except (ValueError, ImportError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0]) from None
     table = Table(title="cortex doctor")
     for col in ("op", "backend", "device", "dtype", "status", "max err (out)", "max err (grad)", "detail"):
         table.add_column(col)
     fmt = lambda v: "" if v is None else f"{v:.2e}"  # noqa: E731
     for r in rows:
         table.add_row(r.op, r.backend, r.device, r.dtype, r.status, fmt(r.max_err_out), fmt(r.max_err_grad), r.detail)
-    Console().print(table)
+    console = Console(width=200)
+    console.print(table)
+    console.print(summary(rows), highlight=False)
     if json_out:
         atomic_write_json(json_out, rows_as_dicts(rows))
     if any(r.status == "FAIL" for r in rows):
