@@ -66,7 +66,7 @@ def doctor(
     try:
         rows = run_doctor(ops=wanted, imports=imports, timeout_s=timeout, jobs=jobs)
     except (ValueError, ImportError) as e:
-        raise typer.BadParameter(str(e).splitlines()[0]) from None
+        _usage_error("doctor", str(e).splitlines()[0])
     table = Table(title="cortex doctor")
     for col in ("op", "backend", "device", "dtype", "status", "max err (out)", "max err (grad)", "detail"):
         table.add_column(col)
@@ -82,6 +82,14 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _usage_error(command: str, message: str) -> None:
+    """A bad argument: one line on stderr, exit code 2."""
+    import sys
+
+    print(f"cortex {command}: error: {message}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
 @app.command()
 def bench(
     cells: str = typer.Option("lstm,conv,mlstm,slstm,axon,xl,agalite,gated_delta", help="comma-separated cell names"),
@@ -94,8 +102,11 @@ def bench(
     step_compile: str = typer.Option("default", help="the stack's compiled CUDA-graph step: off, default or "
                                                      "max-autotune (inductor times Triton matmul templates: "
                                                      "minutes of compile)"),
+    goals_only: bool = typer.Option(False, "--goals-only", help="measure only what the speed goals need"),
+    first_call: bool = typer.Option(True, help="time the stack's first call in a fresh process, empty Triton cache"),
 ) -> None:
-    """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
+    """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore, fla and SDPA; then
+    each speed goal with its measured ratio, met or not (bench.json: rows, ratios, goals)."""
     from pathlib import Path
 
     import torch
@@ -103,20 +114,28 @@ def bench(
     from rich.table import Table
 
     from cortexmem.core.io import atomic_write_json
-    from cortexmem.tools.bench import STEP_COMPILE_MODES, TF32_MODES, plot, ratios, rows_as_dicts, run_bench, tf32_mode
+    from cortexmem.tools import bench as tb
+    from cortexmem.tools.bench_goals import evaluate_goals, goals_as_dicts
+    from cortexmem.tools.bench_goals import summary as goals_summary
 
     try:
         torch.device("cpu" if device == "auto" else device)
     except RuntimeError:
-        raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if tf32 not in TF32_MODES:
-        raise typer.BadParameter(f"--tf32 must be one of {', '.join(TF32_MODES)}, got {tf32!r}")
-    if step_compile not in STEP_COMPILE_MODES:
-        raise typer.BadParameter(f"--step-compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
-    names = [c.strip() for c in cells.split(",") if c.strip()]
-    with tf32_mode(tf32) as precision:
-        rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
-                         repeats=repeats, step_compile=step_compile)
+        _usage_error("bench", f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if tf32 not in tb.TF32_MODES:
+        _usage_error("bench", f"--tf32 must be one of {', '.join(tb.TF32_MODES)}, got {tf32!r}")
+    if step_compile not in tb.STEP_COMPILE_MODES:
+        _usage_error("bench", f"--step-compile must be one of {', '.join(tb.STEP_COMPILE_MODES)}, "
+                              f"got {step_compile!r}")
+    try:
+        names = tb.check_cells([c.strip() for c in cells.split(",") if c.strip()])
+    except ValueError as e:
+        _usage_error("bench", str(e))
+    with tb.tf32_mode(tf32) as precision:
+        rows = tb.run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
+                            repeats=repeats, step_compile=step_compile, goals_only=goals_only, first_call=first_call)
+    goals = evaluate_goals(rows, cells=names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern)
+    console = Console(width=200)
     table = Table(title=f"cortex bench  B={batch} T={seq} d={d}  tf32 {tf32} ({precision})")
     for col in ("name", "fwd+bwd ms", "fwd+bwd (graph) ms",
                 "step ms", "step (graph) ms", "step (compiled graph) ms", "first call s", "peak MB", "status"):
@@ -126,16 +145,25 @@ def bench(
         status = r.status if not r.extra else f"{r.status} {r.extra}"
         table.add_row(r.name, fmt(r.fwd_bwd_ms), fmt(r.fwd_bwd_graph_ms), fmt(r.step_ms), fmt(r.step_graph_ms),
                       fmt(r.step_graph_compiled_ms), fmt(r.first_call_s, 2), fmt(r.peak_mem_mb, 1), status)
-    console = Console(width=200)
     console.print(table)
-    for k, v in ratios(rows).items():
-        console.print(f"{k}: {v:.2f}x")
+    for k, v in tb.ratios(rows).items():
+        console.print(f"{k}: {v:.2f}x", highlight=False)
+    gtable = Table(title="speed goals (ratio above 1: better than the goal)")
+    for col in ("figure", "goal", "measured", "ratio", "status", "detail"):
+        gtable.add_column(col)
+    for g in goals:
+        gtable.add_row(g.figure, g.goal, "" if g.measured is None else f"{g.measured:.3f} {g.unit}",
+                       fmt(g.ratio, 2), g.status, g.detail)
+    console.print(gtable)
+    console.print(goals_summary(goals), highlight=False)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(out) / "bench.json", {"rows": rows_as_dicts(rows), "ratios": ratios(rows),
-                                                     "precision": {"tf32": tf32, **precision},
-                                                     "step_compile": step_compile})
-        plot(rows, Path(out) / "bench.png")
+        atomic_write_json(Path(out) / "bench.json", {
+            "meta": tb.run_metadata(device), "rows": tb.rows_as_dicts(rows), "ratios": tb.ratios(rows),
+            "goals": goals_as_dicts(goals), "precision": {"tf32": tf32, **precision}, "step_compile": step_compile,
+            "params": {"cells": names, "batch": batch, "seq": seq, "d": d, "layers": layers, "pattern": pattern,
+                       "repeats": repeats, "goals_only": goals_only}})
+        tb.plot(rows, Path(out) / "bench.png")
 
 
 from .lm.cli import app as _lm_app  # noqa: E402
