@@ -31,15 +31,10 @@ def info() -> None:
     cuda = torch.cuda.is_available()
     table.add_row("CUDA", f"yes ({torch.cuda.get_device_name(0)})" if cuda else "no")
     table.add_row("Triton", "installed" if importlib.util.find_spec("triton") else "not installed")
-    from cortexmem.core.backends import list_backends, select_backend
+    from cortexmem.core.backends import describe_op, list_backends
 
-    for op, backends in list_backends().items():
-        names = ", ".join(f"{b.name}" + (f" ({b.note})" if b.opt_in else "")
-                          + (f" (unavailable: {b.unavailable_reason()})" if b.unavailable_reason() else "")
-                          for b in backends)
-        device = "cuda" if cuda else "cpu"
-        chosen = select_backend(op, device=device, dtype=torch.float32).name
-        table.add_row(f"op {op}", f"{names}; chosen on {device}: {chosen}")
+    for op in list_backends():
+        table.add_row(f"op {op}", describe_op(op, "cuda" if cuda else "cpu"))
     table.add_row("cells", ", ".join(cortexmem.list_cells()))
     table.add_row("blocks", ", ".join(cortexmem.list_blocks()))
     Console().print(table)
