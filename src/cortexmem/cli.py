@@ -161,6 +161,25 @@ def bench(
         tb.plot(rows, Path(out) / "bench.png")
 
 
+@app.command("bench-report")
+def bench_report(
+    results: str = typer.Argument(..., help="a bench.json written by cortex bench --out"),
+    doc: str = typer.Option(None, help="rewrite the generated part of this markdown file (e.g. docs/gpu.md)"),
+) -> None:
+    """Markdown tables (goals, cells, stacks, gated delta; with date and GPU) from a cortex bench results file."""
+    import json
+
+    from cortexmem.tools.bench_report import render, update_doc
+
+    try:
+        if doc:
+            update_doc(results, doc)
+        else:
+            print(render(json.loads(open(results).read()), results), end="")
+    except (OSError, ValueError, KeyError) as e:
+        _usage_error("bench-report", f"{type(e).__name__}: {e}" if isinstance(e, KeyError | OSError) else str(e))
+
+
 from .lm.cli import app as _lm_app  # noqa: E402
 from .rl.cli import app as rl_app  # noqa: E402
 
