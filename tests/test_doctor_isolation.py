@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PLUGIN = textwrap.dedent("""
     import ctypes, os, time
     import torch
@@ -40,13 +42,14 @@ PLUGIN = textwrap.dedent("""
 """)
 
 
-def test_doctor_survives_crashing_backends(tmp_path):
+@pytest.mark.parametrize("mode", ["--isolate", "--shared-worker"])
+def test_doctor_survives_crashing_backends(tmp_path, mode):
     (tmp_path / "probe_backends.py").write_text(PLUGIN)
     src = os.path.dirname(os.path.dirname(__import__("cortexmem").__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), src]))
     out = tmp_path / "doctor.json"
     res = subprocess.run([sys.executable, "-m", "cortexmem.cli", "doctor", "--ops", "probe_op,causal_conv1d",
-                          "--import", "probe_backends", "--timeout", "3", "--jobs", "4", "--json", str(out)],
+                          "--import", "probe_backends", "--timeout", "3", "--jobs", "2", mode, "--json", str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 1, res.stdout + res.stderr
     rows = {(r["backend"], r["device"], r["dtype"]): r for r in json.loads(out.read_text()) if r["device"] == "cpu"}

@@ -46,10 +46,12 @@ def doctor(
     ops: str = typer.Option(None, help="comma-separated ops to check (default: every op with a reference)"),
     imports: list[str] = typer.Option([], "--import", help="a module that registers more backends (repeatable)"),
     timeout: float = typer.Option(600.0, min=1, help="seconds one row may take, kernel compiles included"),
-    jobs: int = typer.Option(1, min=1, help="backends checked at once, each in its own process"),
+    jobs: int = typer.Option(1, min=1, help="worker processes at once"),
+    isolate: bool = typer.Option(None, "--isolate/--shared-worker",
+                                 help="one worker process per backend (default: when CUDA is checked)"),
 ) -> None:
-    """Check every backend that can run here against its naive reference (outputs and gradients), each backend in
-    its own process: a crash or a sticky CUDA error fails that backend's row only. Exit 1 when a row fails."""
+    """Check every backend that can run here against its naive reference (outputs and gradients) in worker
+    processes: a crash, a hang or a sticky CUDA error fails that backend's rows only. Exit 1 when a row fails."""
     from rich.console import Console
     from rich.table import Table
 
@@ -59,7 +61,7 @@ def doctor(
 
     wanted = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
     try:
-        rows = run_doctor(ops=wanted, imports=imports, timeout_s=timeout, jobs=jobs)
+        rows = run_doctor(ops=wanted, imports=imports, timeout_s=timeout, jobs=jobs, isolate=isolate)
     except (ValueError, ImportError) as e:
         _usage_error("doctor", str(e).splitlines()[0])
     table = Table(title="cortex doctor")

@@ -1,8 +1,10 @@
 """``cortex doctor``: run every backend that can run here against the op's naive reference; print a table.
 
-Each backend is checked in its own process, so a crash (a segfault, an abort) or a sticky CUDA error (an illegal
+Rows are checked in worker processes, so a crash (a segfault, an abort), a hang or a sticky CUDA error (an illegal
 memory access leaves the process's CUDA context unusable) is charged to the backend that caused it and cannot
-poison the rows after it. A worker that raised on a CUDA device is replaced by a fresh one for its remaining rows.
+poison the rows after it. When CUDA is checked, each backend has its own worker; a worker whose CUDA row failed is
+replaced by a fresh one for its remaining rows. On CPU only, one worker checks the backends in turn (no state can
+leak between them there) and is replaced after a crash.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def check_row(op: str, backend_name: str, device: str, dtype: str, ref_cache: di
 
 
 def _worker_main(task: dict) -> None:
-    """Check ``task``'s rows in order, one result line each; stop after a CUDA row raised (the context may be lost)."""
+    """Check ``task``'s rows in order, one result line each; stop after a CUDA row failed (its context may be lost)."""
     import faulthandler
 
     faulthandler.enable()  # a segfault leaves "Fatal Python error: ..." on stderr for the parent to quote
@@ -100,10 +102,10 @@ def _worker_main(task: dict) -> None:
         importlib.import_module(module)
     print(_MARK + json.dumps({"ready": True}), flush=True)
     cache: dict = {}
-    for device, dtype in task["rows"]:
-        row = check_row(task["op"], task["backend"], device, dtype, cache)
+    for op, backend, device, dtype in task["rows"]:
+        row = check_row(op, backend, device, dtype, cache)
         print(_MARK + json.dumps(asdict(row)), flush=True)
-        if row.status == "FAIL" and row.max_err_out is None and torch.device(device).type == "cuda":
+        if row.status == "FAIL" and torch.device(device).type == "cuda":  # the context may be corrupt
             print(_MARK + json.dumps({"restart": True}), flush=True)
             return
 
@@ -132,13 +134,13 @@ def _last_line(path: str) -> str:
     return (fatal[-1] if fatal else lines[-1] if lines else "")[:200]
 
 
-def _run_group(op: str, backend: str, pending: list[tuple[str, str]], imports: list[str],
-               timeout_s: float) -> list[DoctorRow]:
-    """The rows of one backend, each worker process a fresh one; a crash or a timeout fails the row it was on."""
+def _run_group(pending: list[tuple[str, str, str, str]], imports: list[str], timeout_s: float) -> list[DoctorRow]:
+    """``(op, backend, device, dtype)`` rows in a worker process, replaced by a fresh one after a crash, a timeout
+    (each fails the row it was on) or a failed CUDA row."""
     done: list[DoctorRow] = []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), PYTHONUNBUFFERED="1")
     while pending:
-        task = {"op": op, "backend": backend, "rows": pending, "imports": imports}
+        task = {"rows": pending, "imports": imports}
         with tempfile.NamedTemporaryFile("w+", prefix="cortex-doctor-", suffix=".err", delete=False) as err:
             err_path = err.name
         try:
@@ -176,7 +178,7 @@ def _run_group(op: str, backend: str, pending: list[tuple[str, str]], imports: l
             rc = proc.wait()
             pending = pending[got:]
             if pending and not restart:  # the worker died (or hung) on the first row it did not report
-                device, dtype = pending.pop(0)
+                op, backend, device, dtype = pending.pop(0)
                 detail = _crash_detail(None if timed_out else rc, _last_line(err_path),
                                        f"{op}/{backend} on {device} {dtype}")
                 if timed_out:
@@ -188,10 +190,11 @@ def _run_group(op: str, backend: str, pending: list[tuple[str, str]], imports: l
 
 
 def run_doctor(devices: list[str] | None = None, *, ops: list[str] | None = None, imports: list[str] | None = None,
-               timeout_s: float = 600.0, jobs: int = 1) -> list[DoctorRow]:
-    """Check each registered backend on each available device and dtype against the reference (fp64, CPU), each
-    backend in its own worker process. ``imports``: modules that register more backends (imported here and in
-    every worker). ``timeout_s``: the most one row may take (a kernel compile included)."""
+               timeout_s: float = 600.0, jobs: int = 1, isolate: bool | None = None) -> list[DoctorRow]:
+    """Check each registered backend on each available device and dtype against the reference (fp64, CPU) in worker
+    processes. ``imports``: modules that register more backends (imported here and in every worker).
+    ``timeout_s``: the most one row may take (a kernel compile included). ``isolate``: one worker per backend
+    (default: when a CUDA device is checked); else ``jobs`` workers share the backends. ``jobs``: workers at once."""
     imports = list(imports or [])
     for module in imports:
         importlib.import_module(module)
@@ -203,7 +206,9 @@ def run_doctor(devices: list[str] | None = None, *, ops: list[str] | None = None
     if unknown:
         known = ", ".join(sorted(set(table) & set(refs)))
         raise ValueError(f"unknown op {unknown[0]!r}; ops with a reference: {known}")
-    slots: list[list[DoctorRow] | tuple[str, str, list[tuple[str, str]]]] = []
+    if isolate is None:
+        isolate = any(torch.device(d).type == "cuda" for d in devices)
+    rows, groups = [], []
     for op in wanted:
         for backend in table[op]:
             pending = []
@@ -211,16 +216,18 @@ def run_doctor(devices: list[str] | None = None, *, ops: list[str] | None = None
                 for dtype in DTYPES:
                     reason = backend.rejects(device, getattr(torch, dtype))
                     if reason:
-                        slots.append([DoctorRow(op, backend.name, device, dtype, "skipped", detail=reason)])
+                        rows.append(DoctorRow(op, backend.name, device, dtype, "skipped", detail=reason))
                     else:
-                        pending.append((device, dtype))
+                        pending.append((op, backend.name, device, dtype))
             if pending:
-                slots.append((op, backend.name, pending))
+                groups.append(pending)
+    if not isolate and groups:  # jobs workers, each a share of the backends
+        n = min(max(1, jobs), len(groups))
+        groups = [[row for g in groups[i::n] for row in g] for i in range(n)]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [s if isinstance(s, list) else pool.submit(_run_group, *s, imports, timeout_s) for s in slots]
-        results = [f if isinstance(f, list) else f.result() for f in futures]
+        for done in pool.map(lambda g: _run_group(g, imports, timeout_s), groups):
+            rows.extend(done)
     order = {(d, t): i for i, (d, t) in enumerate((d, t) for d in devices for t in DTYPES)}
-    rows = [r for group in results for r in group]
     rank = {(op, b.name): i for i, (op, b) in enumerate((op, b) for op in wanted for b in table[op])}
     return sorted(rows, key=lambda r: (rank[(r.op, r.backend)], order[(r.device, r.dtype)]))
 
