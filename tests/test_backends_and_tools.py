@@ -75,6 +75,8 @@ def test_doctor_and_bench_cli(tmp_path):
     assert "peer:cudnn-lstm-1 fwd_bwd_ms / bare:lstm-1 fwd_bwd_ms" in data["ratios"]
     assert "not installed" in names["peer:cortexcore-1xL"]["status"] or names["peer:cortexcore-1xL"]["fwd_bwd_ms"]
     assert data["precision"]["tf32"] == "default" and data["step_compile"] == "default"
+    assert not any(n.startswith("first-call:") for n in names)  # a fresh-process first call only on CUDA by default
+    assert any(g["figure"].startswith("first call") and g["passed"] is None for g in data["goals"])
     res = CliRunner().invoke(app, ["bench", "--cells", "conv", "--tf32", "sometimes"])
     assert res.exit_code == 2 and "--tf32 must be one of" in res.output
     res = CliRunner().invoke(app, ["bench", "--cells", "conv", "--step-compile", "fastest"])

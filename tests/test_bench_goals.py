@@ -79,7 +79,7 @@ def test_bench_goals_only_cli(tmp_path):
     from cortexmem.cli import app
 
     res = CliRunner().invoke(app, ["bench", "--cells", "conv,conv", "--batch", "2", "--seq", "8", "--d", "8",
-                                   "--layers", "1", "--pattern", "L", "--repeats", "1", "--goals-only",
+                                   "--layers", "1", "--pattern", "L", "--repeats", "1", "--goals-only", "--first-call",
                                    "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "bench.json").read_text())

@@ -100,7 +100,9 @@ def bench(
                                                      "max-autotune (inductor times Triton matmul templates: "
                                                      "minutes of compile)"),
     goals_only: bool = typer.Option(False, "--goals-only", help="measure only what the speed goals need"),
-    first_call: bool = typer.Option(True, help="time the stack's first call in a fresh process, empty Triton cache"),
+    first_call: bool = typer.Option(None, "--first-call/--no-first-call",
+                                    help="time the stack's first call in a fresh process, empty Triton cache "
+                                         "(default: on CUDA)"),
 ) -> None:
     """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore, fla and SDPA; then
     each speed goal with its measured ratio, met or not (bench.json: rows, ratios, goals)."""

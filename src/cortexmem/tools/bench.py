@@ -215,13 +215,14 @@ def check_cells(cells: list[str]) -> list[str]:
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
               gated_delta_shapes: bool = True, step_compile: str = "default", goals_only: bool = False,
-              first_call: bool = True) -> list[BenchRow]:
+              first_call: bool | None = None) -> list[BenchRow]:
     """All measurements of one run (ours first, then peers), at the fp32 precision in force (:func:`tf32_mode`).
 
     ``step_compile``: the stack's compiled step (CUDA only): ``off``, ``default`` or ``max-autotune``
     (:class:`StepRunner`'s ``compile``). ``goals_only``: just the rows :func:`.bench_goals.evaluate_goals` reads
     (cells and their peers eager forward+backward only; no bare LSTMs, no 1-layer cuDNN, no cortexcore stack).
-    ``first_call``: time the stack's first call in a fresh process with an empty Triton cache.
+    ``first_call``: time the stack's first call in a fresh process with an empty Triton cache (default: on CUDA,
+    where the Triton compiles it measures happen).
     """
     if step_compile not in STEP_COMPILE_MODES:
         raise ValueError(f"step_compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
@@ -257,7 +258,7 @@ def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256
                     _measure_module(name, "peer", build, light=goals_only, **kw))
     if gated_delta_shapes and dev.type == "cuda":
         rows.extend(_gated_delta_rows(dev, repeats))
-    if first_call:
+    if first_call or (first_call is None and dev.type == "cuda"):
         rows.append(_first_call_row(pattern, layers, d, batch, seq, dev))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
