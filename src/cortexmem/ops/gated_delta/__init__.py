@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.backends import register_backend, register_reference, select_backend
-from .checks import needs_grad, triton_autograd_rejects, triton_rejects
+from .checks import TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .step import gated_delta_rule_step
@@ -59,11 +59,12 @@ register_backend("gated_delta", "torch", _chunk_positional, priority=0,
 register_backend("gated_delta", "triton", _triton_positional, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
                  forward_only=True, supports=triton_rejects,
+                 limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64, no gradients",
                  note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
 # opt-in and below torch: "auto" never picks it (never run on a GPU yet); backend="triton_autograd" asks for it
 register_backend("gated_delta", "triton_autograd", _triton_autograd_positional, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=-10, needs_triton=True,
-                 opt_in=True, supports=triton_autograd_rejects,
+                 opt_in=True, supports=triton_autograd_rejects, limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64",
                  note="unmeasured on GPU: opt-in; Triton forward and backward")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 

@@ -64,6 +64,7 @@ register_backend("mlstm", "torch", _flat(mlstm_torch), priority=0,
 # opt-in and below torch: "auto" never picks it (never run on a GPU yet); backend="triton" asks for it
 register_backend("mlstm", "triton", _flat(_triton), devices=frozenset({"cuda"}), priority=-10, needs_triton=True,
                  opt_in=True, dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dims_fit,
+                 limits=f"dk <= {MAX_TRITON_DK}, dv <= {MAX_TRITON_DV}",
                  note="chunkwise fwd/bwd kernels; unmeasured on GPU: opt-in (backend='triton'), never auto")
 
 
