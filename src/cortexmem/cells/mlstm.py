@@ -36,7 +36,7 @@ class mLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
     use_axon_qkv: bool = False
     #: config of those AxonLayers (default ``AxonCellConfig()``)
     axon: polymorphic(AxonCellConfig) | None = None
-    backend: str = "auto"  # of the recurrence: "auto", "torch" or "triton" (opt-in; see `cortex info`)
+    backend: str = "auto"  # of the recurrence: "auto", "torch" or "triton" (auto on CUDA; see `cortex info`)
 
     @classmethod
     def example(cls, hidden_size: int) -> mLSTMCellConfig:

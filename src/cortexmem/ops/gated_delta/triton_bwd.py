@@ -24,7 +24,7 @@ never bf16 ones. Then three kernels (four with 3xTF32):
   ``dbeta``, and ``dg`` as the in-chunk reverse cumulative sum of ``d gamma`` (0 at reset steps, whose decay
   acts on a zeroed state).
 
-Not yet run on a GPU: registered as the opt-in backend ``triton_autograd``, never chosen by ``auto``.
+Registered as the backend ``triton_autograd``, ``auto``'s choice for training on CUDA.
 """
 
 from __future__ import annotations
@@ -429,7 +429,7 @@ def triton_gated_delta_rule_autograd(
     check_decay: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Differentiable Triton gated delta rule: shapes as :func:`chunk_gated_delta_rule`; gradients of q, k, v, g,
-    beta and the initial state by Triton kernels (fp32 accumulation). Not yet run on a GPU: opt-in."""
+    beta and the initial state by Triton kernels (fp32 accumulation)."""
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     reason = triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1])
     if reason:
