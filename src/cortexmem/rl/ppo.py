@@ -449,7 +449,8 @@ def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: 
     ax.set_ylabel("mean episodic return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     atomic_save_figure(fig, path, bbox_inches="tight")
     plt.close(fig)
 
