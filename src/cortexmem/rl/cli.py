@@ -127,3 +127,51 @@ def evaluate(
     if out is not None:
         atomic_write_json(out, result)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def bench(
+    envs: str = typer.Option("suite", help="comma-separated env ids, or 'suite' (10 POPGym envs at Easy)"),
+    stacks: str = typer.Option("suite", help="comma-separated stacks, or 'suite' (lstm, gru, D, GD, AXMS)"),
+    seeds: int = typer.Option(3, help="seeds 0..N-1 per (env, stack)"),
+    frames: int = typer.Option(1_000_000, help="frames per run (the same for every stack)"),
+    jobs: int = typer.Option(1, help="runs at a time, each in its own process (one CPU core each)"),
+    device: str = _device_option(),
+    num_envs: int = typer.Option(None, help="envs per run [256]"),
+    d_hidden: int = typer.Option(None, help="width [64]"),
+    rollout_len: int = typer.Option(None, help="steps per env per update [64]"),
+    bptt: int = typer.Option(None, help="training sequence length [32]"),
+    lr: float = typer.Option(None, help="learning rate [5e-4]"),
+    max_minutes: float = typer.Option(None, help="start no new run after this many minutes (finished runs kept)"),
+    out: Path = typer.Option(Path("runs/rl_bench"), help="results.json, table.md, curves.png, runs/"),
+) -> None:
+    """Run the POPGym suite; prints the MMER table (mean ± std over seeds)."""
+    _require_rl()
+    from .bench import run_bench
+    from .ppo import resolve_device
+
+    resolve_device(device)
+    if max_minutes is not None and max_minutes <= 0:
+        raise typer.BadParameter(f"--max-minutes must be > 0, got {max_minutes}")
+    result = run_bench(envs, stacks, seeds=seeds, frames=frames, jobs=jobs, out=out, max_minutes=max_minutes,
+                       device=device, num_envs=num_envs, d_hidden=d_hidden, rollout_len=rollout_len, bptt=bptt,
+                       lr=lr)
+    typer.echo((out / "table.md").read_text(encoding="utf-8"))
+    for key in ("not_run", "failed"):
+        if result[key]:
+            typer.echo(f"{key}: {len(result[key])} run(s), listed in {out / 'results.json'}")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    results: list[Path] = typer.Argument(..., help="results.json files (or directories holding one) to merge"),
+    out: Path = typer.Option(..., help="directory for the merged results.json, table.md, curves.png"),
+) -> None:
+    """Merge bench batches into one MMER table, curves and results file."""
+    from .bench import merge
+
+    merged = merge(results, out)
+    typer.echo((out / "table.md").read_text(encoding="utf-8"))
+    typer.echo(f"{len(merged['runs'])} runs merged into {out / 'results.json'}")
