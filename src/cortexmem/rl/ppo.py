@@ -394,7 +394,7 @@ class PPOTrainer:
         for name, v in flat.items():
             if name.startswith("state."):
                 _, i, k = name.split(".", 2)
-                state.setdefault(int(i), {})[k] = v.to(trainer.device)
+                state.setdefault(int(i), {})[k] = v  # load_state_dict moves state to the params (step stays put)
         try:
             trainer.optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         except (ValueError, KeyError, TypeError) as e:
