@@ -39,10 +39,10 @@ def encode(space: spaces.Space, value: Any) -> np.ndarray:
         return out
     if isinstance(space, spaces.MultiDiscrete):
         nvec = np.asarray(space.nvec).reshape(-1)
-        parts = [
-            np.eye(int(n), dtype=np.float32)[int(v)] for n, v in zip(nvec, np.asarray(value).reshape(-1), strict=True)
-        ]
-        return np.concatenate(parts)
+        starts = np.concatenate([[0], np.cumsum(nvec)[:-1]])  # one scatter instead of one one-hot per part
+        out = np.zeros(int(nvec.sum()), np.float32)
+        out[starts + np.asarray(value, np.int64).reshape(-1) - np.asarray(space.start).reshape(-1)] = 1.0
+        return out
     if isinstance(space, spaces.MultiBinary | spaces.Box):
         return np.asarray(value, np.float32).reshape(-1)
     if isinstance(space, spaces.Tuple):

@@ -127,7 +127,8 @@ class RecurrentPolicy(nn.Module):
         """Policy action -> what the env steps with (Gaussian actions clipped to the Box)."""
         if isinstance(self.action_space, spaces.Box):
             return torch.maximum(torch.minimum(action, self.act_high), self.act_low).cpu().numpy().astype(np.float32)
-        return action.cpu().numpy().astype(np.int64)
+        start = np.asarray(getattr(self.action_space, "start", 0), np.int64)  # gymnasium spaces may not start at 0
+        return action.cpu().numpy().astype(np.int64) + start
 
 
 def mode(dist: Distribution) -> Tensor:
