@@ -60,7 +60,8 @@ def test_bench_smoke_outputs_resume_and_report(tmp_path):
 
 
 def test_bench_parallel_jobs_and_deadline(tmp_path):
-    res = run_bench("RepeatPreviousEasy", "gru", seeds=2, jobs=2, out=tmp_path / "p", **TINY)
+    res = run_bench("RepeatPreviousEasy", "gru", seeds=2, jobs=2, out=tmp_path / "p", plots=False, **TINY)
+    assert not (tmp_path / "p" / "curves.png").exists()
     assert sorted(r["seed"] for r in res["runs"]) == [0, 1] and not res["failed"]
     late = run_bench("RepeatFirstEasy", "gru", seeds=2, jobs=1, out=tmp_path / "q", max_minutes=1e-9, **TINY)
     assert late["runs"] == [] and len(late["not_run"]) == 2

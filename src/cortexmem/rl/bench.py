@@ -87,16 +87,16 @@ def _run_dir(out: Path, job: dict[str, Any]) -> Path:
     return out / "runs" / job["env"] / job["stack"].replace("/", "_") / f"seed{job['seed']}"
 
 
-def run_one(job: dict[str, Any], settings: dict[str, Any], out: str, threads: int = 1) -> dict[str, Any]:
+def run_one(job: dict[str, Any], settings: dict[str, Any], out: str, plots: bool = True) -> dict[str, Any]:
     """Train one (env, stack, seed); returns its record (summary, curve). Runs in a worker process."""
     import torch
 
     from .ppo import PPOConfig, PPOTrainer
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     cfg = PPOConfig(env=job["env"], stack=job["stack"], seed=job["seed"], **settings)
     trainer = PPOTrainer(cfg, _run_dir(Path(out), job))
-    summary = trainer.train(progress=False)
+    summary = trainer.train(progress=False, plots=plots)
     curve = [[h["frames"], h["mean_return"]] for h in trainer.history]
     return {**job, **{k: summary[k] for k in ("mmer", "final_mean_return", "frames", "wall_seconds",
                                                "frames_per_second", "device", "params")}, "curve": curve}
@@ -122,9 +122,13 @@ def run_bench(
     jobs: int = 1,
     out: str | Path = "runs/rl_bench",
     max_minutes: float | None = None,
+    plots: bool = True,
     **ppo: Any,
 ) -> dict[str, Any]:
-    """Run the suite (or a subset), ``jobs`` runs at a time; writes ``results.json``, ``table.md``, ``curves.png``."""
+    """Run the suite (or a subset), ``jobs`` runs at a time; writes ``results.json``, ``table.md``, ``curves.png``.
+
+    ``plots=False`` writes no PNG (no matplotlib needed); ``cortex rl report`` draws the curves from the JSON later.
+    """
     todo, settings = plan(envs, stacks, seeds, frames, jobs, **ppo)
     order = {(j["env"], j["stack"], j["seed"]): i for i, j in enumerate(todo)}
     out = Path(out)
@@ -155,7 +159,7 @@ def run_bench(
             if deadline is not None and time.monotonic() > deadline:
                 skipped.append(job)
                 continue
-            done.append(run_one(job, settings, str(out)))
+            done.append(run_one(job, settings, str(out), plots))
             save()
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -166,7 +170,7 @@ def run_bench(
                     if deadline is not None and time.monotonic() > deadline:
                         skipped.append(job)
                         continue
-                    running[pool.submit(run_one, job, settings, str(out))] = job
+                    running[pool.submit(run_one, job, settings, str(out), plots)] = job
                 if not running:
                     break
                 finished_now, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -175,7 +179,7 @@ def run_bench(
                 save()
     done.sort(key=lambda r: order[(r["env"], r["stack"], r["seed"])])
     save()
-    report(done, out, settings=settings)
+    report(done, out, plots=plots)
     return {"format": RESULTS_FORMAT, "settings": settings, "runs": done, "not_run": skipped, "failed": failed}
 
 
@@ -276,15 +280,16 @@ def _xy(curve: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
 
 
-def report(runs: list[dict[str, Any]], out: Path, *, settings: dict[str, Any] | None = None) -> str:
-    """Write ``table.md`` and ``curves.png`` for ``runs`` into ``out``; returns the table."""
+def report(runs: list[dict[str, Any]], out: Path, *, plots: bool = True) -> str:
+    """Write ``table.md`` and (with ``plots``) ``curves.png`` for ``runs`` into ``out``; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
     if not runs:
         atomic_write_text(out / "table.md", "no finished runs\n")
         return "no finished runs\n"
     table = table_markdown(runs)
     atomic_write_text(out / "table.md", table)
-    plot_curves(runs, out / "curves.png")
+    if plots:
+        plot_curves(runs, out / "curves.png")
     return table
 
 
@@ -311,7 +316,7 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
               "failed": [j for d in datas for j in d.get("failed", [])]}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", _json_safe(merged))
-    report(runs, out, settings=settings)
+    report(runs, out)
     return merged
 
 

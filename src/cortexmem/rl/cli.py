@@ -143,6 +143,7 @@ def bench(
     bptt: int = typer.Option(None, help="training sequence length [32]"),
     lr: float = typer.Option(None, help="learning rate [5e-4]"),
     max_minutes: float = typer.Option(None, help="start no new run after this many minutes (finished runs kept)"),
+    plots: bool = typer.Option(True, help="draw PNGs (needs matplotlib; `cortex rl report` can draw them later)"),
     out: Path = typer.Option(Path("runs/rl_bench"), help="results.json, table.md, curves.png, runs/"),
 ) -> None:
     """Run the POPGym suite; prints the MMER table (mean ± std over seeds)."""
@@ -154,6 +155,7 @@ def bench(
     if max_minutes is not None and max_minutes <= 0:
         raise typer.BadParameter(f"--max-minutes must be > 0, got {max_minutes}")
     result = run_bench(envs, stacks, seeds=seeds, frames=frames, jobs=jobs, out=out, max_minutes=max_minutes,
+                       plots=plots,
                        device=device, num_envs=num_envs, d_hidden=d_hidden, rollout_len=rollout_len, bptt=bptt,
                        lr=lr)
     typer.echo((out / "table.md").read_text(encoding="utf-8"))

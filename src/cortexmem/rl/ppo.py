@@ -260,8 +260,9 @@ class PPOTrainer:
     def total_updates(self) -> int:
         return math.ceil(self.cfg.frames / (self.cfg.num_envs * self.cfg.rollout_len))
 
-    def train(self, *, progress: bool = True, checkpoint_every: int = 0) -> dict[str, Any]:
-        """Run until ``cfg.frames``; writes metrics/curve/checkpoint into ``out_dir`` when given."""
+    def train(self, *, progress: bool = True, checkpoint_every: int = 0, plots: bool = True) -> dict[str, Any]:
+        """Run until ``cfg.frames``; writes metrics/checkpoint (and the curve unless ``plots=False``, which needs
+        no matplotlib) into ``out_dir`` when given."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         columns = [
@@ -310,7 +311,7 @@ class PPOTrainer:
         summary["frames_per_second"] = (self.frames - frames0) / run_seconds if run_seconds > 0 else None
         if self.out_dir is not None:
             self.save(self.out_dir)
-            self.write_metrics(self.out_dir, summary)
+            self.write_metrics(self.out_dir, summary, plots=plots)
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -331,10 +332,11 @@ class PPOTrainer:
         }
 
     # --- outputs ------------------------------------------------------------------------------
-    def write_metrics(self, out_dir: Path, summary: dict[str, Any]) -> None:
+    def write_metrics(self, out_dir: Path, summary: dict[str, Any], *, plots: bool = True) -> None:
         """``metrics.json`` (summary + per-update records) and ``returns.png``."""
         atomic_write_json(out_dir / "metrics.json", _json_safe({"summary": summary, "history": self.history}))
-        plot_returns({f"{self.cfg.stack}": self.history}, out_dir / "returns.png", title=self.cfg.env)
+        if plots:
+            plot_returns({f"{self.cfg.stack}": self.history}, out_dir / "returns.png", title=self.cfg.env)
 
     def save(self, out_dir: Path) -> Path:
         """``checkpoint/``: model + optimizer safetensors and a JSON with config, counters and history."""
