@@ -22,8 +22,8 @@ from ..core.graphed import GraphedModule
 from ..core.io import atomic_save_figure
 from ..core.step_runner import StepRunner
 
-CELL_TOKENS = {"lstm": "L", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X", "agalite": "Ag",
-               "gated_delta": "D", "hybrid": "H"}
+CELL_TOKENS = {"lstm": "L", "gru": "G", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X",
+               "agalite": "Ag", "gated_delta": "D", "hybrid": "H"}
 
 
 @dataclass
