@@ -30,7 +30,7 @@ def test_pretrain_base_and_load_with_memory(tmp_path):
                                    "--layers", "2", "--heads", "2", "--seq-len", "64", "--steps", "2",
                                    "--batch-size", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.stdout
-    cfg = MemoryConfig(chunk_size=32, num_heads=2, head_dim=8, window=8, memory_chunk=16)
+    cfg = MemoryConfig.preset("hybrid", chunk_size=32, num_heads=2, head_dim=8, window=8, memory_chunk=16)
     mlm = load_with_memory(str(tmp_path / "base"), cfg)
     assert mlm.tokenizer is not None
     st = mlm.ingest("The secret code of Kalomin is 123456.")
