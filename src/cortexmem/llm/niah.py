@@ -241,8 +241,7 @@ class TextNiah(NiahTask):
         pool = self._pools[split]
         names = rng.sample(pool, 1 + self.n_distractors)
         codes = ["".join(rng.choice("0123456789") for _ in range(self.digits)) for _ in names]
-        forms = NEEDLE_FORMS[split] if self.heldout_template else [("", "secret code")]
-        form = rng.choice(forms)
+        form = rng.choice(NEEDLE_FORMS[split]) if self.heldout_template else ("", "secret code")
         question = self._enc(question_text(names[0], form))
         answer = encode_plain(self.tok, " " + codes[0])
         needle = encode_plain(self.tok, " " + needle_sentence(names[0], codes[0], form))
