@@ -24,7 +24,8 @@ class MemoryConfig(TaggedConfig):
     chunk_size: int = Field(default=512, ge=1, description="tokens the base model sees at once when streaming")
     num_heads: int = Field(default=1, ge=1)
     head_dim: int = Field(default=128, ge=1)
-    layers: Literal["auto"] | list[int] = Field(default_factory=lambda: [-1], description="decoder layer indices to wrap")
+    layers: Literal["auto"] | list[int] = Field(default_factory=lambda: [-1],
+                                                description="decoder layer indices to wrap (-1: the last)")
     compressor: str = Field(default="none", description="'none' or a compressor the memory cell knows")
     window: int | None = Field(default=None, ge=1, description="hybrid local window (default: 64)")
     memory_chunk: int = Field(default=64, ge=1, description="chunk size of the cell's chunkwise kernel")
