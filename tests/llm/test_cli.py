@@ -30,7 +30,7 @@ def test_pretrain_base_and_load_with_memory(tmp_path):
                                    "--layers", "2", "--heads", "2", "--seq-len", "64", "--steps", "2",
                                    "--batch-size", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.stdout
-    cfg = MemoryConfig(chunk_size=32, num_heads=2, head_dim=8, window=8, memory_chunk=16)
+    cfg = MemoryConfig.preset("hybrid", chunk_size=32, num_heads=2, head_dim=8, window=8, memory_chunk=16)
     mlm = load_with_memory(str(tmp_path / "base"), cfg)
     assert mlm.tokenizer is not None
     st = mlm.ingest("The secret code of Kalomin is 123456.")
@@ -38,3 +38,13 @@ def test_pretrain_base_and_load_with_memory(tmp_path):
     mlm.save_memory(tmp_path / "ad")
     again = load_qwen_with_cortex(str(tmp_path / "base"), adapter=tmp_path / "ad")
     assert again.config == cfg
+
+
+def test_chat_rejects_bad_input_before_loading(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["llm", "chat", "--base", "gguf:no_such_pkg", "--session", "s",
+                              "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "no-such-pkg" in res.output and "cortex-memory[gguf]" in res.output
+    res = runner.invoke(app, ["llm", "chat", "--base", "x", "--session", "s", "--ingest", "nofile.txt",
+                              "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "no such file" in res.output

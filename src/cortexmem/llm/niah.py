@@ -1,9 +1,11 @@
-"""Needle-in-a-haystack samples: realistic generated filler or random tokens, distractor pairs, needle at a depth.
+"""Needle-in-a-haystack samples: real or generated filler or random tokens, distractor pairs, needle at a depth.
 
-Text mode: ``"The secret code of <name> is <digits>."`` hidden at ``depth`` among filler sentences drawn from a
-grammar with thousands of distinct sentences and among distractor sentences of the same form for other names;
-the context ends with ``"What is the secret code of <name>? The secret code of <name> is"`` and the answer is
-``" <digits>"``. Names are split into disjoint train and eval pools so evaluation is held out.
+Text mode: ``"The secret code of <name> is <digits>."`` hidden at ``depth`` among filler and among distractor
+sentences of the same form for other names (RULER's multi-key NIAH when there are any); the context ends with
+``"What is the secret code of <name>? The secret code of <name> is"`` and the answer is ``" <digits>"``. Filler is
+real prose (``haystack="prose"``: standard-library docstrings, ``corpus.py``) or sentences from a grammar with
+thousands of distinct sentences. Names, prose passages and (``heldout_template=True``) the needle's wording are
+split into disjoint train and eval pools so evaluation is held out.
 Token mode (tests, no tokenizer): ``KEY k VAL v`` pairs in random filler, question ``QUERY k VAL`` -> ``v``.
 """
 
@@ -15,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .tokenizer import encode_plain
@@ -75,12 +78,23 @@ def filler_sentence(rng: random.Random) -> str:
     ).replace("  ", " ")
 
 
-def needle_sentence(name: str, code: str) -> str:
-    return f"The secret code of {name} is {code}."
+#: needle wordings ``(lead, noun)``: "<lead>the <noun> of <name> is <code>." asked as "What is the <noun> of <name>?"
+NEEDLE_FORMS: dict[str, list[tuple[str, str]]] = {
+    "train": [("", "secret code"), ("Remember that ", "access code"), ("Note: ", "locker number"),
+              ("For the record, ", "account number"), ("", "room code"), ("We were told that ", "ticket number")],
+    "eval": [("Keep in mind that ", "vault code"), ("", "badge number")],
+}
 
 
-def question_text(name: str) -> str:
-    return f" What is the secret code of {name}? The secret code of {name} is"
+def needle_sentence(name: str, code: str, form: tuple[str, str] = ("", "secret code")) -> str:
+    lead, noun = form
+    the = "the" if lead else "The"
+    return f"{lead}{the} {noun} of {name} is {code}."
+
+
+def question_text(name: str, form: tuple[str, str] = ("", "secret code")) -> str:
+    noun = form[1]
+    return f" What is the {noun} of {name}? The {noun} of {name} is"
 
 
 def plain_document(rng: random.Random, n_chars: int, digits: int = 6, split: Split = "train") -> str:
@@ -107,7 +121,8 @@ def plain_document(rng: random.Random, n_chars: int, digits: int = 6, split: Spl
 
 @dataclass
 class NiahSample:
-    """``context`` ids (ends with the question), ``answer`` ids, where the needle starts and its length, depth.
+    """``context`` ids (a list, or an int64 array for prose haystacks; ends with the question), ``answer`` ids,
+    where the needle starts and its length, depth.
 
     ``distractors``: ``(start, length)`` of every distractor pair/sentence (same form as the needle).
     """
@@ -154,9 +169,10 @@ def stack_samples(samples: list[NiahSample], pad_id: int = 0) -> tuple[torch.Ten
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), -100, dtype=torch.long)
     for i, s in enumerate(samples):
-        seq = s.context + s.answer
-        ids[i, :len(seq)] = torch.tensor(seq)
-        labels[i, len(s.context):len(seq)] = torch.tensor(s.answer)
+        n = len(s.context) + len(s.answer)
+        ids[i, :n] = torch.from_numpy(np.concatenate([np.asarray(s.context, dtype=np.int64),
+                                                      np.asarray(s.answer, dtype=np.int64)]))
+        labels[i, len(s.context):n] = torch.tensor(s.answer)
     return ids, labels
 
 
@@ -170,17 +186,54 @@ def needle_mask(ids: torch.Tensor, samples: list[NiahSample], *, distractors: bo
 
 
 class TextNiah(NiahTask):
-    """Needle sentence in generated filler with ``n_distractors`` same-form sentences for other names.
+    """Needle sentence in filler with ``n_distractors`` same-form sentences for other names.
 
-    The number of distractors is fixed per sample, whatever the length: longer contexts add filler only.
+    ``haystack``: ``"grammar"`` (generated sentences) or ``"prose"`` (standard-library docstrings, split train /
+    eval by passage). ``heldout_template``: eval samples word the needle and question with ``NEEDLE_FORMS["eval"]``,
+    training samples with ``NEEDLE_FORMS["train"]`` (off: every sample uses "The secret code of ..."). The number
+    of distractors is fixed per sample, whatever the length: longer contexts add filler only. With
+    ``n_distractors >= 3`` this is RULER's multi-key NIAH (``n_distractors + 1`` keys, one asked).
     """
 
-    def __init__(self, tokenizer: Any, *, digits: int = 6, n_distractors: int = 4) -> None:
+    def __init__(self, tokenizer: Any, *, digits: int = 6, n_distractors: int = 4,
+                 haystack: Literal["grammar", "prose"] = "grammar", heldout_template: bool = False) -> None:
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
+        if n_distractors < 0:
+            raise ValueError(f"n_distractors must be >= 0, got {n_distractors}")
+        if haystack not in ("grammar", "prose"):
+            raise ValueError(f"haystack must be 'grammar' or 'prose', got {haystack!r}")
         self.tok, self.digits, self.n_distractors = tokenizer, digits, n_distractors
+        self.haystack, self.heldout_template = haystack, heldout_template
         self.chance = 10.0 ** -digits
         self._pools = {s: name_pool(s) for s in ("train", "eval")}
+        self._enc_cache: dict[str, list[int]] = {}
+
+    @property
+    def n_keys(self) -> int:
+        return 1 + self.n_distractors
+
+    def _enc(self, text: str) -> list[int]:
+        out = self._enc_cache.get(text)
+        if out is None:
+            out = self._enc_cache[text] = encode_plain(self.tok, text)
+        return out
+
+    def _corpus(self, split: Split):
+        from .corpus import stdlib_corpus
+
+        return stdlib_corpus(self.tok, split)
+
+    def _filler(self, rng: random.Random, budget: int, split: Split) -> list[Any]:
+        if self.haystack == "prose":
+            return self._corpus(split).draw(np.random.default_rng(rng.getrandbits(63)), budget)
+        filler: list[list[int]] = []
+        used = 0
+        while used < budget:
+            piece = encode_plain(self.tok, " " + filler_sentence(rng))[: budget - used]
+            filler.append(piece)
+            used += len(piece)
+        return filler
 
     def sample(self, rng: random.Random, length: int, depth: float, split: Split) -> NiahSample:
         if not 0.0 <= depth <= 1.0:
@@ -188,36 +241,37 @@ class TextNiah(NiahTask):
         pool = self._pools[split]
         names = rng.sample(pool, 1 + self.n_distractors)
         codes = ["".join(rng.choice("0123456789") for _ in range(self.digits)) for _ in names]
-        enc = lambda t: encode_plain(self.tok, t)  # noqa: E731
-        question = enc(question_text(names[0]))
-        answer = enc(" " + codes[0])
-        needle = enc(" " + needle_sentence(names[0], codes[0]))
-        distract = [enc(" " + needle_sentence(n, c)) for n, c in zip(names[1:], codes[1:], strict=True)]
+        form = rng.choice(NEEDLE_FORMS[split]) if self.heldout_template else ("", "secret code")
+        question = self._enc(question_text(names[0], form))
+        answer = encode_plain(self.tok, " " + codes[0])
+        needle = encode_plain(self.tok, " " + needle_sentence(names[0], codes[0], form))
+        distract = [encode_plain(self.tok, " " + needle_sentence(n, c, form))
+                    for n, c in zip(names[1:], codes[1:], strict=True)]
         budget = length - len(answer) - len(question) - len(needle) - sum(map(len, distract))
         if budget < 0:
             raise ValueError(f"length {length} is too short for the needle, distractors and question")
-        filler: list[list[int]] = []
-        used = 0
-        while used < budget:
-            s = enc(" " + filler_sentence(rng))[: budget - used]
-            filler.append(s)
-            used += len(s)
+        filler = self._filler(rng, budget, split)
         slots = len(filler)
         for d in distract:
             filler.insert(rng.randint(0, slots), d)
         at = round(depth * len(filler))
         pieces = filler[:at] + [needle] + filler[at:]
         pos = sum(map(len, filler[:at]))
-        context = [t for p in pieces for t in p] + question
         spans, start = [], 0
         distract_ids = {id(d) for d in distract}
         for p in pieces:
             if id(p) in distract_ids:
                 spans.append((start, len(p)))
             start += len(p)
+        if self.haystack == "prose":
+            context: Any = np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces] + [np.asarray(question)])
+        else:
+            context = [t for p in pieces for t in p] + question
         return NiahSample(context, answer, pos, depth, len(needle), spans)
 
     def plain_text(self, rng: random.Random, length: int, split: Split) -> list[int]:
+        if self.haystack == "prose":
+            return self._corpus(split).text(np.random.default_rng(rng.getrandbits(63)), length).tolist()
         out: list[int] = []
         while len(out) < length:
             out += encode_plain(self.tok, plain_document(rng, max(64, length - len(out)), self.digits, split))
