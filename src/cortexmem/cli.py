@@ -2,11 +2,118 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(help="cortex-memory: recurrent memory that updates in constant time.", no_args_is_help=True)
+from . import clikit as click
+from .clikit import LOG_LEVELS, USER_ERRORS, log_level_callback, report
+
+#: sub-commands imported only when used, so ``cortex --help`` does not import torch:
+#: name -> (module, attribute, one-line help)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "lm": ("cortexmem.lm.cli", "app", "Small LM with STM -> LTM -> Archive memory that learns while it runs."),
+    "rl": ("cortexmem.rl.cli", "app", "Reinforcement learning with cortexmem stacks (recurrent PPO)."),
+    "llm": ("cortexmem.llm.cli", "app", "Memory sidecar for frozen Hugging Face causal LMs."),
+    "eval": ("cortexmem.evals.cli", "eval_command", "Train stacks on synthetic memory tasks and report."),
+}
+
+
+def _log_level_option() -> click.Parameter:
+    """The ``--log-level`` option every sub-command gets (typer's own option class, so help lists it)."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(log_level: str = typer.Option("INFO", "--log-level", help=f"logging detail: {', '.join(LOG_LEVELS)}",
+                                             show_default=True)) -> None:
+        """probe"""
+
+    opt = typer.main.get_command(probe).params[0]
+    opt.expose_value = False
+    opt.is_eager = True
+    opt.callback = log_level_callback
+    return opt
+
+
+def _with_log_level(cmd: click.Command) -> click.Command:
+    if isinstance(getattr(cmd, "commands", None), dict):  # a group
+        for sub in cmd.commands.values():
+            _with_log_level(sub)
+    elif not any(p.name == "log_level" for p in cmd.params):
+        cmd.params.append(_log_level_option())
+    return cmd
+
+
+class _LazyCommand(TyperCommand):
+    """Stands in for a sub-command in ``cortex --help``; the real one is imported when it runs."""
+
+    def __init__(self, name: str, module: str, attr: str, help: str) -> None:
+        super().__init__(name, help=help, short_help=help)
+        self.module, self.attr = module, attr
+        self._real: click.Command | None = None
+
+    def real(self) -> click.Command:
+        if self._real is None:
+            obj = getattr(importlib.import_module(self.module), self.attr)
+            if not isinstance(obj, typer.Typer):
+                one = typer.Typer()
+                one.command(self.name)(obj)
+                obj = one
+            self._real = _with_log_level(typer.main.get_command(obj))
+            self._real.name = self.name
+        return self._real
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return self.real().invoke(ctx)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return self.real().get_params(ctx)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list:
+        return self.real().shell_complete(ctx, incomplete)
+
+
+class CortexGroup(TyperGroup):
+    """The root group: lazy sub-commands, ``--log-level`` everywhere, and one error style (see ``clikit``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            return _LazyCommand(name, *LAZY_COMMANDS[name])
+        cmd = super().get_command(ctx, name)
+        return None if cmd is None else _with_log_level(cmd)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name or "cortex", complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except (click.ClickException, click.Abort) as err:
+            code = report(err)
+        except KeyboardInterrupt:
+            report(click.Abort())
+            code = 130
+        except USER_ERRORS as err:
+            if os.environ.get("CORTEX_DEBUG"):
+                raise
+            code = report(err)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+app = typer.Typer(cls=CortexGroup, help="cortex-memory: recurrent memory that updates in constant time.",
+                  no_args_is_help=True)
 
 
 @app.callback()
@@ -125,33 +232,9 @@ def bench(
         plot(rows, Path(out) / "bench.png")
 
 
-from .lm.cli import app as _lm_app  # noqa: E402
-from .rl.cli import app as rl_app  # noqa: E402
-
-app.add_typer(_lm_app, name="lm")
-app.add_typer(rl_app, name="rl")
-
-from .llm.cli import app as _llm_app  # noqa: E402
-
-app.add_typer(_llm_app, name="llm")
-
-from .evals.cli import eval_command  # noqa: E402
-
-app.command("eval")(eval_command)
-
-
-USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
-
-
-def main() -> None:
-    """``cortex``: bad input (``USER_ERRORS``) ends with a one-line message and exit code 1, not a traceback."""
-    try:
-        app()
-    except USER_ERRORS as err:
-        if os.environ.get("CORTEX_DEBUG"):
-            raise
-        typer.echo(f"error: {err}", err=True)
-        raise SystemExit(1) from None
+def main(argv: list[str] | None = None) -> None:
+    """``cortex``: every failure ends with ``error: <one line>`` on stderr, exit 2 (usage) or 1 (runtime)."""
+    app(args=argv)
 
 
 if __name__ == "__main__":

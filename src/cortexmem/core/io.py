@@ -85,13 +85,26 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
-    """The bytes of ``path``; missing, a directory, unreadable or empty -> :class:`CheckpointError`."""
+def check_file(path: str | os.PathLike, what: str = "file") -> int:
+    """The size of the regular, non-empty file ``path``; missing, a directory or empty -> one line."""
     p = Path(path)
     if not p.exists():
         raise CheckpointNotFoundError(f"{what} {p} not found")
     if p.is_dir():
         raise CheckpointError(f"{what} {p} is a directory, expected a file")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{what} {p} cannot be read ({e.strerror or one_line(e)})") from None
+    if size == 0:
+        raise CheckpointError(f"{what} {p} is empty")
+    return size
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of ``path``; missing, a directory, unreadable or empty -> :class:`CheckpointError`."""
+    p = Path(path)
+    check_file(p, what)
     try:
         data = p.read_bytes()
     except OSError as e:

@@ -29,8 +29,9 @@ class UsageError(Exception):
 
 
 def _fail(msg: str) -> None:
-    print(f"cortex eval: error: {msg}", file=sys.stderr)
-    raise typer.Exit(2)
+    from ..clikit import usage_error
+
+    usage_error(msg)
 
 
 def _names(value: str | None, valid: list[str], what: str) -> list[str] | None:

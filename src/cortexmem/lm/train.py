@@ -191,6 +191,8 @@ class Trainer:
         vocab = tokenizer.vocab_size if tokenizer else self.data.vocab_size
         if vocab != self.data.vocab_size:
             raise ValueError(f"tokenizer vocab {vocab} != vocab {self.data.vocab_size} of {cfg.train_data}")
+        if self.val is not None and self.val.vocab_size != vocab:
+            raise ValueError(f"--val-data {cfg.val_data} has vocab {self.val.vocab_size}, the training data {vocab}")
         lm_cfg = LMConfig(
             vocab_size=vocab,
             dim=sizes["dim"],
@@ -358,9 +360,9 @@ class Trainer:
     def _progress(self, end: int):
         if not self.cfg.progress:
             return None
-        from rich.progress import Progress
+        from ..core.progress import make_progress
 
-        bar = Progress()
+        bar = make_progress()
         bar.start()
         return bar, bar.add_task("training", total=end, completed=self.step)
 

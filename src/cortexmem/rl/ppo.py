@@ -265,7 +265,9 @@ class PPOTrainer:
 
     def train(self, *, progress: bool = True, checkpoint_every: int = 0) -> dict[str, Any]:
         """Run until ``cfg.frames``; writes metrics/curve/checkpoint into ``out_dir`` when given."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from ..core.progress import make_progress
 
         columns = [
             TextColumn("[bold]PPO"),
@@ -277,7 +279,7 @@ class PPOTrainer:
         ]
         t0 = time.perf_counter() - sum(h.get("update_seconds", 0.0) for h in self.history)
         target = self.total_updates * self.cfg.num_envs * self.cfg.rollout_len
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with make_progress(*columns, disable=not progress) as bar:
             task = bar.add_task("train", total=target, completed=self.frames, info="")
             while self.frames < target:
                 tu = time.perf_counter()
