@@ -253,3 +253,19 @@ def load_state_checked(module: Any, tensors: dict[str, Any], path: str | os.Path
         module.load_state_dict(tensors)
     except RuntimeError as e:
         raise CheckpointError(f"{what} {path} does not match the model ({one_line(e)[:200]})") from None
+
+
+def check_optimizer_state(opt: Any, state_dict: dict) -> None:
+    """Every per-parameter state tensor that is not a scalar must have its parameter's shape."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    groups = state_dict["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(opt.param_groups):
+        raise ValueError(f"{len(groups) if isinstance(groups, list) else groups!r} parameter groups, the optimizer "
+                         f"has {len(opt.param_groups)}")
+    for pid, st in state_dict["state"].items():
+        if not 0 <= int(pid) < len(params):
+            raise ValueError(f"state for parameter {pid}, the optimizer has {len(params)}")
+        for key, v in st.items():
+            if hasattr(v, "dim") and v.dim() > 0 and v.shape != params[int(pid)].shape:
+                raise ValueError(f"optimizer state {pid}.{key} has shape {list(v.shape)}, the parameter "
+                                 f"{list(params[int(pid)].shape)}")

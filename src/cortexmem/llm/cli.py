@@ -20,9 +20,10 @@ _STORE = typer.Option(None, "--store", help="sessions.db path (default $CORTEXME
 
 
 def _store(path: Path | None):
+    """The session store, opened without creating anything (listing, showing and deleting never write)."""
     from .sessions import SessionStore
 
-    return SessionStore(path)
+    return SessionStore(path, create=False)
 
 
 def _device(device: str) -> str:

@@ -24,6 +24,7 @@ from ..core.io import (
     CheckpointNotFoundError,
     atomic_save_safetensors,
     atomic_write_json,
+    check_optimizer_state,
     fsync_dir,
     load_safetensors_checked,
     load_state_checked,
@@ -424,22 +425,6 @@ class Trainer:
                                   f"({one_line(e)[:200]})") from None
         self.model.memory = loaded.memory
         self.step, self.rollbacks, self.best_val, self.history = step, rollbacks, best_val, history
-
-
-def check_optimizer_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
-    """Every per-parameter state tensor that is not a scalar must have its parameter's shape."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    groups = state_dict["param_groups"]
-    if not isinstance(groups, list) or len(groups) != len(opt.param_groups):
-        raise ValueError(f"{len(groups) if isinstance(groups, list) else groups!r} parameter groups, the optimizer "
-                         f"has {len(opt.param_groups)}")
-    for pid, st in state_dict["state"].items():
-        if not 0 <= int(pid) < len(params):
-            raise ValueError(f"state for parameter {pid}, the optimizer has {len(params)}")
-        for key, v in st.items():
-            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != params[int(pid)].shape:
-                raise ValueError(f"optimizer state {pid}.{key} has shape {list(v.shape)}, the parameter "
-                                 f"{list(params[int(pid)].shape)}")
 
 
 def _publish_dir(tmp: Path, final: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,7 +21,18 @@ from torchrl.modules import ProbabilisticActor, TanhNormal
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    check_optimizer_state,
+    load_safetensors_checked,
+    load_state_checked,
+    one_line,
+    read_versioned,
+    validate_config,
+)
 from ..stacks import CortexStack, CortexStackConfig, build_cortex
 from .envs import is_popgym, make_vector_env
 from .module import CortexModule
@@ -364,23 +374,33 @@ class PPOTrainer:
         overrides: dict[str, Any] | None = None,
     ) -> PPOTrainer:
         """Rebuild a trainer from ``checkpoint/`` (weights, optimizer, counters); envs start afresh."""
-        from safetensors.torch import load_file
-
         meta = read_checkpoint_meta(checkpoint)
         ckpt = Path(checkpoint)
-        cfg = PPOConfig.model_validate({**meta["config"], **(overrides or {})})
-        trainer = cls(cfg, out_dir, stack_cfg=CortexStackConfig.model_validate(meta["stack_config"]))
-        trainer.policy.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        flat = load_file(str(ckpt / "optim.safetensors"))
+        meta_path = ckpt / "trainer.json"
+        cfg = validate_config(PPOConfig, {**meta["config"], **(overrides or {})}, meta_path, "PPO config")
+        stack_cfg = validate_config(CortexStackConfig, meta["stack_config"], meta_path, "stack config")
+        trainer = cls(cfg, out_dir, stack_cfg=stack_cfg)
+        model_path = ckpt / "model.safetensors"
+        load_state_checked(trainer.policy, load_safetensors_checked(model_path, what="PPO weights file"), model_path,
+                           "PPO weights file")
+        optim_path = ckpt / "optim.safetensors"
+        flat = load_safetensors_checked(optim_path, what="PPO optimizer file")
         state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, v in flat.items():
-            if name.startswith("state."):
-                _, i, k = name.split(".", 2)
-                state.setdefault(int(i), {})[k] = v
-        trainer.optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        if "rng.torch" in flat:
-            torch.set_rng_state(flat["rng.torch"])
-        trainer.frames, trainer.updates, trainer.history = meta["frames"], meta["updates"], meta["history"]
+        try:
+            for name, v in flat.items():
+                if name.startswith("state."):
+                    _, i, k = name.split(".", 2)
+                    state.setdefault(int(i), {})[k] = v
+            opt_state = {"state": state, "param_groups": meta["param_groups"]}
+            check_optimizer_state(trainer.optim, opt_state)
+            trainer.optim.load_state_dict(opt_state)
+            if "rng.torch" in flat:
+                torch.set_rng_state(flat["rng.torch"])
+            trainer.frames, trainer.updates = int(meta["frames"]), int(meta["updates"])
+            trainer.history = list(meta["history"])
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"PPO checkpoint {ckpt}: optimizer or trainer state does not fit "
+                                  f"({one_line(e)[:200]})") from None
         trainer._start_envs(cfg.seed + 1_000_003 * trainer.updates)
         return trainer
 
@@ -418,14 +438,14 @@ class PPOTrainer:
 def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
     """Validated ``trainer.json`` of a checkpoint directory."""
     ckpt = Path(checkpoint)
-    path = ckpt / "trainer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{ckpt} is not a PPO checkpoint: {path.name} not found")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a cortexmem PPO checkpoint (format={meta.get('format')!r})")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    if not ckpt.is_dir():
+        raise CheckpointNotFoundError(f"PPO checkpoint folder {ckpt} not found")
+    meta = read_versioned(ckpt / "trainer.json", format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                          what="cortexmem PPO checkpoint file",
+                          required=("config", "stack_config", "frames", "updates", "param_groups", "history"))
+    for key in ("config", "stack_config"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"PPO checkpoint file {ckpt / 'trainer.json'}: {key!r} must be a JSON object")
     return meta
 
 
