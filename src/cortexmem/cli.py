@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import clikit as click
-from .clikit import LOG_LEVELS, USER_ERRORS, log_level_callback, report
+from .clikit import LOG_LEVELS, USER_ERRORS, check_output_dir, check_output_file, log_level_callback, report
 
 #: sub-commands imported only when used, so ``cortex --help`` does not import torch:
 #: name -> (module, attribute, one-line help)
@@ -162,6 +162,7 @@ def doctor(json_out: str = typer.Option(None, "--json", help="also write the tab
     from cortexmem.core.io import atomic_write_json
     from cortexmem.tools.doctor import rows_as_dicts, run_doctor
 
+    check_output_file(json_out, "--json")
     rows = run_doctor()
     table = Table(title="cortex doctor")
     for col in ("op", "backend", "device", "dtype", "status", "max err (out)", "max err (grad)", "detail"):
@@ -169,7 +170,9 @@ def doctor(json_out: str = typer.Option(None, "--json", help="also write the tab
     fmt = lambda v: "" if v is None else f"{v:.2e}"  # noqa: E731
     for r in rows:
         table.add_row(r.op, r.backend, r.device, r.dtype, r.status, fmt(r.max_err_out), fmt(r.max_err_grad), r.detail)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(doctor_summary(rows))
     if json_out:
         atomic_write_json(json_out, rows_as_dicts(rows))
     if any(r.status == "FAIL" for r in rows):
@@ -208,6 +211,8 @@ def bench(
     if step_compile not in STEP_COMPILE_MODES:
         raise typer.BadParameter(f"--step-compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
     names = [c.strip() for c in cells.split(",") if c.strip()]
+    _check_bench_names(names, pattern)
+    check_output_dir(out, "--out")
     with tf32_mode(tf32) as precision:
         rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
                          repeats=repeats, step_compile=step_compile)
@@ -230,6 +235,35 @@ def bench(
                                                      "precision": {"tf32": tf32, **precision},
                                                      "step_compile": step_compile})
         plot(rows, Path(out) / "bench.png")
+
+
+def doctor_summary(rows: list) -> str:
+    """``cortex doctor``'s last line: how many checks passed, failed and were skipped."""
+    n = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "skipped")}
+    verdict = "FAILED" if n["FAIL"] else "all runnable backends match their references"
+    return (f"doctor: {len(rows)} checks, {n['pass']} passed, {n['FAIL']} failed, {n['skipped']} skipped "
+            f"(not runnable here): {verdict}")
+
+
+def _check_bench_names(names: list[str], pattern: str) -> None:
+    """Every ``--cells`` name a known cell (or pattern token) and ``--pattern`` a valid pattern, before timing."""
+    from .stacks.patterns import tokenize
+    from .tools.bench import CELL_TOKENS
+
+    if not names:
+        raise typer.BadParameter(f"--cells is empty; valid names: {', '.join(CELL_TOKENS)}")
+    for name in names:
+        if name in CELL_TOKENS:
+            continue
+        try:
+            tokenize(name)
+        except (ValueError, KeyError):
+            raise typer.BadParameter(f"unknown cell {name!r} in --cells; valid: {', '.join(CELL_TOKENS)} "
+                                     f"or a pattern token") from None
+    try:
+        tokenize(pattern)
+    except (ValueError, KeyError) as e:
+        raise typer.BadParameter(f"--pattern {pattern!r}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

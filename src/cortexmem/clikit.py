@@ -98,7 +98,7 @@ def setup_logging(level: str = "INFO") -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", level.lower() if level != "DEBUG" else "info")
     if not sys.stderr.isatty():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("transformers", "torchrl", "httpx", "urllib3"):
+    for name in ("transformers", "torchrl", "httpx", "urllib3", "faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 

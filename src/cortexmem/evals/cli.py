@@ -170,6 +170,9 @@ def eval_command(
         _fail("--device cuda requested but CUDA is not available; valid here: cpu, auto")
     if threads < 0:
         _fail(f"--threads must be >= 0, got {threads}")
+    from ..clikit import check_output_dir
+
+    check_output_dir(out, "--out")
     if threads:
         # The models are tiny: extra intra-op threads mostly add contention (use torchrun to scale out).
         torch.set_num_threads(threads)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from ..clikit import check_output_dir, check_output_file
+from ..core.extras import MissingExtraError
+
 app = typer.Typer(help="Reinforcement learning with cortexmem stacks (recurrent PPO).", no_args_is_help=True)
 
 
@@ -15,7 +18,7 @@ def _require_rl() -> None:
 
     missing = [m for m in ("torchrl", "gymnasium") if importlib.util.find_spec(m) is None]
     if missing:
-        raise typer.BadParameter(f"cortex rl needs {', '.join(missing)}: pip install 'cortex-memory[rl]'")
+        raise MissingExtraError(f"cortex rl needs {', '.join(missing)}: pip install 'cortex-memory[rl]'")
 
 
 @app.command()
@@ -42,6 +45,9 @@ def train(
 ) -> None:
     """Train recurrent PPO; prints the summary (MMER for POPGym envs) as JSON."""
     _require_rl()
+    check_output_dir(out, "--out")
+    if ("/" in stack or stack.endswith(".json")) and not Path(stack).exists():
+        raise typer.BadParameter(f"--stack {stack}: no such stack file")
     import torch
 
     from .ppo import PPOConfig, PPOTrainer
@@ -94,6 +100,7 @@ def evaluate(
     torch.set_num_threads(1)
     if episodes < 1:
         raise typer.BadParameter(f"--episodes must be >= 1, got {episodes}")
+    check_output_file(out, "--out")
     trainer = PPOTrainer.load(checkpoint)
     result = trainer.evaluate(episodes, deterministic=not stochastic)
     if out is not None:
