@@ -25,7 +25,6 @@ from cortexmem import (  # the peer: from cortex import ...
 from cortexmem.blocks import PassThroughBlockConfig
 from cortexmem.blocks.base import build_block
 from cortexmem.cells.base import build_cell
-
 from tests.harness.contract import CHECKS
 
 H = 16

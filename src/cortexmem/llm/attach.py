@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -766,6 +767,8 @@ def _looks_like_path(name: str) -> bool:
 def _load_base(name_or_path: str, **hf_kwargs: Any) -> Any:
     """``AutoModelForCausalLM.from_pretrained`` whose failures on a local folder are one line naming it."""
     transformers = require("transformers", "llm", "the LLM memory sidecar")
+    if not sys.stderr.isatty():  # tqdm bars would interleave with our log lines
+        transformers.utils.logging.disable_progress_bar()
     if not _looks_like_path(name_or_path):
         return transformers.AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
     p = Path(name_or_path).expanduser()
