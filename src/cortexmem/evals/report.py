@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..core.io import atomic_save_figure, atomic_write_text, read_json, validate_config
+from ..core.io import CheckpointNotFoundError, atomic_save_figure, atomic_write_text, read_json, validate_config
 from .schema import EvalResults, RunResult
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def load_results(path: str | Path) -> EvalResults:
     if p.is_dir():
         p = p / RESULTS_JSON
     if not p.exists():
-        raise ValueError(f"no {RESULTS_JSON} at {p}")
+        raise CheckpointNotFoundError(f"no {RESULTS_JSON} at {p}")
     return validate_config(EvalResults, read_json(p, "results file"), p, "results file")
 
 

@@ -724,10 +724,10 @@ class MemoryLM(nn.Module):
         meta = read_adapter_config(directory)
         cfg = validate_config(MemoryConfig, meta["memory"], directory / _ADAPTER_CONFIG, "memory config")
         if cfg.model_dump() != self.config.model_dump() or meta["layers"] != self.layer_ids:
-            raise ValueError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
+            raise CheckpointError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
                              f"load_with_memory(..., adapter=...) to build a matching sidecar")
         if strict_base and meta["base_fingerprint"] != self._base_fp:
-            raise ValueError(f"adapter in {directory} was trained on a different base model (fingerprint "
+            raise CheckpointError(f"adapter in {directory} was trained on a different base model (fingerprint "
                              f"{meta['base_fingerprint']}, this base has {self._base_fp})")
         path = directory / _ADAPTER_WEIGHTS
         weights = load_safetensors_checked(path, what="memory adapter weights file", device=self.device)
