@@ -60,7 +60,7 @@ class _LazyCommand(TyperCommand):
         if self._real is None:
             obj = getattr(importlib.import_module(self.module), self.attr)
             if not isinstance(obj, typer.Typer):
-                one = typer.Typer()
+                one = typer.Typer(add_completion=False)
                 one.command(self.name)(obj)
                 obj = one
             self._real = _with_log_level(typer.main.get_command(obj))

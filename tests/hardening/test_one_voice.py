@@ -196,6 +196,7 @@ def test_pydantic_errors_are_one_line_per_field_without_url(capsys):
     (["lm", "tokenizer", "--input", "{empty}", "--output", "{dir}/t"], "is empty"),
     (["lm", "tokenizer", "--input", "{binary}", "--output", "{dir}/t"], "nothing to train on"),
     (["doctor", "--json", "{dir}"], "is a directory"),
+    (["eval", "--task", "mqar", "--lengths", "3"], "needs a length like 4"),
 ])
 def test_usage_errors_before_work(tmp_path, capsys, argv, needle):
     (tmp_path / "f").write_text("x")
@@ -241,8 +242,9 @@ def test_lm_checkpoints_are_real_folders(made, tmp_path):
 
 
 # ---- one voice, fast ------------------------------------------------------------------------------------------
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(cwd), "OMP_NUM_THREADS": "1"}
+def _cli(*args: str, cwd: Path, columns: int = 80) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(cwd), "OMP_NUM_THREADS": "1",
+           "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "cortexmem.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
 
@@ -309,3 +311,16 @@ def test_doctor_summary_and_compare_title():
 
     rows = [SimpleNamespace(status=s) for s in ("pass", "pass", "skipped", "FAIL")]
     assert doctor_summary(rows).startswith("doctor: 4 checks, 2 passed, 1 failed, 1 skipped")
+
+
+def test_eval_help_shows_every_default():
+    import re
+
+    r = _cli("eval", "--help", cwd=Path("/tmp"), columns=200)
+    text = re.sub(r"[│╭╮╰╯─]", " ", r.stdout)
+    options = re.findall(r"^\s+(--[a-z-]+)", text, re.M)
+    blocks = re.split(r"\n\s+(?=--[a-z-]+ )", text)
+    missing = [b.split()[0] for b in blocks if b.strip().startswith("--") and "[default:" not in b
+               and b.split()[0] not in ("--help", "--list")]
+    assert len(options) >= 20 and not missing, missing
+    assert " ." not in text and "  ." not in text
