@@ -8,9 +8,17 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.table import Table
 
-from ..core.io import CheckpointNotFoundError, atomic_save_figure, atomic_write_text, read_json, validate_config
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_save_figure,
+    atomic_write_text,
+    read_json,
+    validation_message,
+)
 from .schema import EvalResults, RunResult
 
 log = logging.getLogger(__name__)
@@ -74,7 +82,11 @@ def load_results(path: str | Path) -> EvalResults:
         p = p / RESULTS_JSON
     if not p.exists():
         raise CheckpointNotFoundError(f"no {RESULTS_JSON} at {p}")
-    return validate_config(EvalResults, read_json(p, "results file"), p, "results file")
+    obj = read_json(p, "results file")
+    try:
+        return EvalResults.model_validate(obj)
+    except ValidationError as e:
+        raise CheckpointError(f"{p} is not a valid results file: {validation_message(e)}") from None
 
 
 # --- plots --------------------------------------------------------------------------------------------------
