@@ -279,7 +279,7 @@ def _load_checkpoint(mlm: MemoryLM, opt: torch.optim.Optimizer, d: Path) -> tupl
         check_optimizer_state(opt, opt_state)
         opt.load_state_dict(opt_state)
         return int(meta["step"]), TrainHistory(**meta["history"])
-    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"train-niah checkpoint {d}: optimizer or trainer state does not fit "
                               f"({one_line(e)[:200]})") from None
 

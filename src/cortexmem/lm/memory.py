@@ -594,6 +594,6 @@ class MemorySystem:
                                      f"{store.index.d}, expected {len(store.meta)} of size {mem.config.key_dim}")
             mem.clock, mem.next_id, mem.strength = int(meta["clock"]), int(meta["next_id"]), float(meta["strength"])
             mem.counters.update({str(k): int(v) for k, v in dict(meta["counters"]).items()})
-        except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, OverflowError) as e:
             raise CheckpointError(f"memory checkpoint {directory} is inconsistent ({one_line(e)[:200]})") from None
         return mem

@@ -420,7 +420,7 @@ class Trainer:
             best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
             self.guard.load(meta["guard"])
             history = list(meta["history"])
-        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError, OverflowError) as e:
             raise CheckpointError(f"LM checkpoint {d}: optimizer or trainer state does not fit "
                                   f"({one_line(e)[:200]})") from None
         self.model.memory = loaded.memory

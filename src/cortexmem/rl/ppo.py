@@ -397,8 +397,11 @@ class PPOTrainer:
             if "rng.torch" in flat:
                 torch.set_rng_state(flat["rng.torch"])
             trainer.frames, trainer.updates = int(meta["frames"]), int(meta["updates"])
+            if trainer.frames < 0 or trainer.updates < 0 or cfg.seed + 1_000_003 * trainer.updates < 0:
+                raise ValueError(f"frames {trainer.frames}, updates {trainer.updates} and seed {cfg.seed} must "
+                                 f"be >= 0")
             trainer.history = list(meta["history"])
-        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError, OverflowError) as e:
             raise CheckpointError(f"PPO checkpoint {ckpt}: optimizer or trainer state does not fit "
                                   f"({one_line(e)[:200]})") from None
         trainer._start_envs(cfg.seed + 1_000_003 * trainer.updates)
