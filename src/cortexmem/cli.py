@@ -252,6 +252,9 @@ def _check_bench_names(names: list[str], pattern: str) -> None:
 
     if not names:
         raise typer.BadParameter(f"--cells is empty; valid names: {', '.join(CELL_TOKENS)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise typer.BadParameter(f"--cells names {', '.join(dup)} more than once (bench rows have unique names)")
     for name in names:
         if name in CELL_TOKENS:
             continue

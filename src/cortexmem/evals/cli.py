@@ -12,8 +12,9 @@ import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+from ..core.progress import make_progress
 from .ddp import init_distributed, shutdown
 from .report import compare_table, load_results, results_table, write_results
 from .schema import EvalResults, EvalSettings, RunResult, SkippedStack
@@ -244,9 +245,9 @@ def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Cons
     runs: list[RunResult] = []
     plan = plan_runs(settings)
     try:
-        with Progress(TextColumn("{task.description:32s}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
-                      disable=not ctx.is_main) as progress:
+        with make_progress(TextColumn("{task.description:32s}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+                           disable=not ctx.is_main) as progress:
             for stack, task, length, opts in plan:
                 spec = make_task(task, length, **opts)
                 bar = progress.add_task(f"{stack} / {spec.name}@{spec.length}", total=None, info="")

@@ -222,9 +222,9 @@ class _progress:
     def __init__(self, enabled: bool, total: int) -> None:
         self.bar = None
         if enabled:
-            from rich.progress import Progress
+            from ..core.progress import make_progress
 
-            self.bar = Progress(transient=True)
+            self.bar = make_progress(transient=True)
             self.bar.start()
             self.task = self.bar.add_task("tokenizing", total=total)
 

@@ -220,8 +220,9 @@ def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256
     rows.append(_measure_module("bare:lstm-1", "ours", lambda: _bare_lstm(d, 1), **kw))
     if layers != 1:
         rows.append(_measure_module(f"bare:lstm-{layers}", "ours", lambda: _bare_lstm(d, layers), **kw))
-    rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers), step_api="lstm",
-                                **kw))
+    if layers != 1:  # the 1-layer row follows; row names are unique
+        rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers),
+                                    step_api="lstm", **kw))
     rows.append(_measure_module("peer:cudnn-lstm-1", "peer", lambda: _CudnnLSTM(d, 1), step_api="lstm", **kw))
     build, why = _peer_cortexcore(pattern, layers, d)
     rows.append(BenchRow(f"peer:cortexcore-{layers}x{pattern}", "peer", status=why) if build is None else
