@@ -323,6 +323,10 @@ def test_piped_progress_prints_a_line_at_least_every_interval():
         time.sleep(0.3)
     lines = buf.getvalue().splitlines()
     assert len(lines) >= 3 and lines[0].startswith("training: 3/10 (30%)")
+    quiet = io.StringIO()
+    with LineProgress(interval=30, stream=quiet) as short:
+        short.add_task("short", total=1)
+    assert quiet.getvalue() == ""  # a run shorter than the interval prints nothing
 
 
 def test_doctor_summary_and_compare_title():

@@ -19,7 +19,7 @@ def make_progress(*columns: Any, console: Any = None, disable: bool = False, tra
         return Progress(*columns, console=console, disable=disable, transient=transient)
     if interval is None:
         interval = float(os.environ.get("CORTEX_PROGRESS_INTERVAL", "30"))
-    return LineProgress(interval=interval)
+    return LineProgress(interval=interval, transient=transient)
 
 
 def _is_tty(stream: Any) -> bool:
@@ -30,11 +30,12 @@ def _is_tty(stream: Any) -> bool:
 
 
 class LineProgress:
-    """``description: done/total (pct) elapsed ETA`` on stderr every ``interval`` seconds (a daemon thread)."""
+    """``description: done/total (pct) elapsed ETA`` on stderr every ``interval`` seconds (a daemon thread), and
+    a last line at the end of a run that printed any (none for a run shorter than ``interval``, or ``transient``)."""
 
-    def __init__(self, interval: float = 30.0, stream: Any = None) -> None:
+    def __init__(self, interval: float = 30.0, stream: Any = None, transient: bool = False) -> None:
         self.interval = max(0.05, float(interval))
-        self.stream = stream
+        self.stream, self.transient, self.printed = stream, transient, 0
         self.tasks: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -51,7 +52,8 @@ class LineProgress:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
             self._thread = None
-            self._print()
+            if self.printed and not self.transient:
+                self._print()
 
     def __enter__(self) -> LineProgress:
         self.start()
@@ -96,6 +98,7 @@ class LineProgress:
         with self._lock:
             lines = [self._line(t) for t in self.tasks.values()]
         out = self.stream or sys.stderr
+        self.printed += 1
         for line in lines:
             print(line, file=out, flush=True)
 
