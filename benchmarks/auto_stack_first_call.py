@@ -7,11 +7,11 @@ Usage: ``python benchmarks/auto_stack_first_call.py [--pattern AXMS] [--layers 4
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from cortexmem import BUILTIN_TOKENS, build_cortex_auto_stack, tokenize
+from cortexmem import BUILTIN_TOKENS, tokenize
+from cortexmem.tools.first_call import time_first_call
 
 
 def missing_cells(pattern: str) -> list[str]:
@@ -23,24 +23,6 @@ def missing_cells(pattern: str) -> list[str]:
         if missing is not None:
             out.append(f"{tok} needs {missing}")
     return out
-
-
-def time_first_call(pattern: str, layers: int, d_hidden: int, batch: int, steps: int, device: str = "cpu",
-                    backward: bool = False) -> tuple[float, float]:
-    """``(build seconds, first forward (+ backward) seconds)`` for a fresh stack."""
-    t0 = time.perf_counter()
-    stack = build_cortex_auto_stack(d_hidden, layers, pattern).to(device)
-    t1 = time.perf_counter()
-    x = torch.randn(batch, steps, d_hidden, device=device)
-    if backward:
-        stack(x)[0].square().mean().backward()
-    else:
-        with torch.no_grad():
-            stack(x)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
 
 
 def main() -> None:

@@ -6,12 +6,14 @@
 #   bash benchmarks/device_session.sh tests-gd   # the gated-delta Triton GPU tests (forward, chunk WY, backward)
 #   bash benchmarks/device_session.sh bench      # cortex bench with TF32 on (every cell, stack and peer)
 #   bash benchmarks/device_session.sh kernels    # new kernels' timings, first call, doctor, compiled-step modes
+#   bash benchmarks/device_session.sh goals      # cortex bench --goals-only: issue 22's speed goals (~5 min)
+#   bash benchmarks/device_session.sh doctor     # cortex doctor, each backend in its own process
 #
 # On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
 # which keeps within what a device call brings back (8 files, 2 folders down).
 set -uo pipefail
-stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels}
+stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor}
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/device}
 work=$(mktemp -d)
@@ -66,12 +68,19 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
     run 60 python3 benchmarks/triton_kernels.py
     TRITON_CACHE_DIR=$(mktemp -d) run 60 python3 benchmarks/auto_stack_first_call.py --device cuda --backward \
       --batch 32 --steps 256
-    run 30 python3 -m cortexmem.cli doctor --json "$work/doctor.json"
+    run 240 python3 -m cortexmem.cli doctor --jobs 4 --json "$work/doctor.json"
     # last: max-autotune may take minutes of compile (inductor times its matmul templates)
     run 300 python3 benchmarks/step_compile.py --json "$out/step_compile.json"
     ;;
+  goals)
+    run 580 python3 -m cortexmem.cli bench --goals-only --tf32 on --out "$work/goals"
+    cp "$work/goals/bench.json" "$out/bench_goals.json" 2>/dev/null
+    ;;
+  doctor)
+    run 580 python3 -m cortexmem.cli doctor --jobs 4 --timeout 240 --json "$out/doctor.json"
+    ;;
   *)
-    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels" >&2
+    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor" >&2
     exit 2
     ;;
 esac

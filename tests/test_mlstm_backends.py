@@ -1,4 +1,4 @@
-"""Op ``mlstm``'s backend registry on CPU: auto picks torch, triton is opt-in and fails loudly where it cannot run."""
+"""Op ``mlstm``'s backend registry on CPU: auto picks torch here, triton fails loudly where it cannot run."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def _inputs(T, dtype=torch.float32, seed=0):
     return [t.to(dtype) for t in (q, k, v, log_i, log_f, C0, n0, m0)]
 
 
-def test_auto_picks_torch_and_triton_is_opt_in():
+def test_auto_picks_torch_on_cpu_and_triton_ranks_first_on_cuda():
     table = backends_for("mlstm")
     assert set(table) == {"torch", "triton"}
-    assert table["triton"].priority < table["torch"].priority  # unmeasured on GPU: never chosen by auto
+    assert table["triton"].priority > table["torch"].priority and not table["triton"].opt_in
+    assert "one step" in table["triton"].supports(head_dim_qk=64, head_dim_v=128, steps=1)
     assert select_backend("mlstm", device="cpu", dtype=torch.float32).name == "torch"
     assert select_backend("mlstm", device="cpu", dtype=torch.bfloat16, head_dim_qk=64, head_dim_v=128).name == "torch"
     assert "mlstm" in references()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cortexmem.ops.causal_conv1d import causal_conv1d, causal_conv1d_naive
+from cortexmem.ops.gru import gru_naive, gru_segmented
 from cortexmem.ops.lstm import lstm_naive, lstm_segmented
 
 
@@ -69,5 +70,29 @@ def test_lstm_segmented_matches_naive(T, layers, with_resets):
     for a, c in zip(out_f, out_n, strict=True):
         torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
     params = [x, h0, c0, *lstm.parameters()]
+    for a, c in zip(_grads(out_f, params), _grads(out_n, params), strict=True):
+        torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 63])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_gru_segmented_matches_naive(T, layers, with_resets):
+    torch.manual_seed(T + layers)
+    B, H = 4, 6
+    gru = torch.nn.GRU(H, H, num_layers=layers, batch_first=True).double()
+    x = torch.randn(B, T, H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, layers, H, dtype=torch.float64, requires_grad=True)
+    r = _resets(B, T, 5) if with_resets else None
+    if r is not None and T > 1:
+        r[:, 0] = False
+        r[1, T // 2] = True
+    weights = [tuple(getattr(gru, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+               for k in range(layers)]
+    out_f = gru_segmented(gru, x, h0, r)
+    out_n = gru_naive(x, weights, h0, r)
+    for a, c in zip(out_f, out_n, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
+    params = [x, h0, *gru.parameters()]
     for a, c in zip(_grads(out_f, params), _grads(out_n, params), strict=True):
         torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)

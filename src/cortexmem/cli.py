@@ -95,17 +95,12 @@ class CortexGroup(TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        """Usage errors (bad flags or values) end here as ``error: <one line>``, exit 2; runtime errors propagate
+        to :func:`main` (so an embedding caller, or a test runner, still sees the exception itself)."""
         try:
             rv = super().main(args, prog_name or "cortex", complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
         except (click.ClickException, click.Abort) as err:
-            code = report(err)
-        except KeyboardInterrupt:
-            report(click.Abort())
-            code = 130
-        except USER_ERRORS as err:
-            if os.environ.get("CORTEX_DEBUG"):
-                raise
             code = report(err)
         if not standalone_mode:
             return code
@@ -138,45 +133,58 @@ def info() -> None:
     cuda = torch.cuda.is_available()
     table.add_row("CUDA", f"yes ({torch.cuda.get_device_name(0)})" if cuda else "no")
     table.add_row("Triton", "installed" if importlib.util.find_spec("triton") else "not installed")
-    from cortexmem.core.backends import list_backends, select_backend
+    from cortexmem.core.backends import describe_op, list_backends
 
-    for op, backends in list_backends().items():
-        names = ", ".join(f"{b.name}" + (f" ({b.note})" if b.opt_in else "")
-                          + (f" (unavailable: {b.unavailable_reason()})" if b.unavailable_reason() else "")
-                          for b in backends)
-        device = "cuda" if cuda else "cpu"
-        chosen = select_backend(op, device=device, dtype=torch.float32).name
-        table.add_row(f"op {op}", f"{names}; chosen on {device}: {chosen}")
+    for op in list_backends():
+        table.add_row(f"op {op}", describe_op(op, "cuda" if cuda else "cpu"))
     table.add_row("cells", ", ".join(cortexmem.list_cells()))
     table.add_row("blocks", ", ".join(cortexmem.list_blocks()))
     Console().print(table)
 
 
 @app.command()
-def doctor(json_out: str = typer.Option(None, "--json", help="also write the table as JSON to this file")) -> None:
-    """Check every backend that can run here against its naive reference (outputs and gradients)."""
+def doctor(
+    json_out: str = typer.Option(None, "--json", help="also write the table as JSON to this file"),
+    ops: str = typer.Option(None, help="comma-separated ops to check (default: every op with a reference)"),
+    imports: list[str] = typer.Option([], "--import", help="a module that registers more backends (repeatable)"),
+    timeout: float = typer.Option(600.0, min=1, help="seconds one row may take, kernel compiles included"),
+    jobs: int = typer.Option(1, min=1, help="worker processes at once"),
+    isolate: bool = typer.Option(None, "--isolate/--shared-worker",
+                                 help="one worker process per backend (default: when CUDA is checked)"),
+) -> None:
+    """Check every backend that can run here against its naive reference (outputs and gradients) in worker
+    processes: a crash, a hang or a sticky CUDA error fails that backend's rows only. Exit 1 when a row fails."""
     from rich.console import Console
     from rich.table import Table
 
     import cortexmem  # noqa: F401 - registers every op
     from cortexmem.core.io import atomic_write_json
-    from cortexmem.tools.doctor import rows_as_dicts, run_doctor
+    from cortexmem.tools.doctor import rows_as_dicts, run_doctor, summary
 
     check_output_file(json_out, "--json")
-    rows = run_doctor()
+    wanted = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
+    try:
+        rows = run_doctor(ops=wanted, imports=imports, timeout_s=timeout, jobs=jobs, isolate=isolate)
+    except (ValueError, ImportError) as e:
+        _usage_error("doctor", str(e).splitlines()[0])
     table = Table(title="cortex doctor")
     for col in ("op", "backend", "device", "dtype", "status", "max err (out)", "max err (grad)", "detail"):
         table.add_column(col)
     fmt = lambda v: "" if v is None else f"{v:.2e}"  # noqa: E731
     for r in rows:
         table.add_row(r.op, r.backend, r.device, r.dtype, r.status, fmt(r.max_err_out), fmt(r.max_err_grad), r.detail)
-    console = Console()
+    console = Console(width=200)
     console.print(table)
-    console.print(doctor_summary(rows))
+    console.print(summary(rows), highlight=False)
     if json_out:
         atomic_write_json(json_out, rows_as_dicts(rows))
     if any(r.status == "FAIL" for r in rows):
         raise typer.Exit(1)
+
+
+def _usage_error(command: str, message: str) -> None:
+    """A bad argument of ``cortex <command>``: ``error: <message>`` on stderr, exit code 2 (see ``clikit``)."""
+    click.usage_error(message)
 
 
 @app.command()
@@ -191,8 +199,13 @@ def bench(
     step_compile: str = typer.Option("default", help="the stack's compiled CUDA-graph step: off, default or "
                                                      "max-autotune (inductor times Triton matmul templates: "
                                                      "minutes of compile)"),
+    goals_only: bool = typer.Option(False, "--goals-only", help="measure only what the speed goals need"),
+    first_call: bool = typer.Option(None, "--first-call/--no-first-call",
+                                    help="time the stack's first call in a fresh process, empty Triton cache "
+                                         "(default: on CUDA)"),
 ) -> None:
-    """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore and fla."""
+    """Forward+backward, step and first-call timings of our cells vs cuDNN LSTM, cortexcore, fla and SDPA; then
+    each speed goal with its measured ratio, met or not (bench.json: rows, ratios, goals)."""
     from pathlib import Path
 
     import torch
@@ -200,22 +213,29 @@ def bench(
     from rich.table import Table
 
     from cortexmem.core.io import atomic_write_json
-    from cortexmem.tools.bench import STEP_COMPILE_MODES, TF32_MODES, plot, ratios, rows_as_dicts, run_bench, tf32_mode
+    from cortexmem.tools import bench as tb
+    from cortexmem.tools.bench_goals import evaluate_goals, goals_as_dicts
+    from cortexmem.tools.bench_goals import summary as goals_summary
 
     try:
         torch.device("cpu" if device == "auto" else device)
     except RuntimeError:
-        raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if tf32 not in TF32_MODES:
-        raise typer.BadParameter(f"--tf32 must be one of {', '.join(TF32_MODES)}, got {tf32!r}")
-    if step_compile not in STEP_COMPILE_MODES:
-        raise typer.BadParameter(f"--step-compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
-    names = [c.strip() for c in cells.split(",") if c.strip()]
-    _check_bench_names(names, pattern)
+        _usage_error("bench", f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if tf32 not in tb.TF32_MODES:
+        _usage_error("bench", f"--tf32 must be one of {', '.join(tb.TF32_MODES)}, got {tf32!r}")
+    if step_compile not in tb.STEP_COMPILE_MODES:
+        _usage_error("bench", f"--step-compile must be one of {', '.join(tb.STEP_COMPILE_MODES)}, "
+                              f"got {step_compile!r}")
+    try:
+        names = tb.check_cells([c.strip() for c in cells.split(",") if c.strip()])
+    except ValueError as e:
+        _usage_error("bench", str(e))
     check_output_dir(out, "--out")
-    with tf32_mode(tf32) as precision:
-        rows = run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
-                         repeats=repeats, step_compile=step_compile)
+    with tb.tf32_mode(tf32) as precision:
+        rows = tb.run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
+                            repeats=repeats, step_compile=step_compile, goals_only=goals_only, first_call=first_call)
+    goals = evaluate_goals(rows, cells=names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern)
+    console = Console(width=200)
     table = Table(title=f"cortex bench  B={batch} T={seq} d={d}  tf32 {tf32} ({precision})")
     for col in ("name", "fwd+bwd ms", "fwd+bwd (graph) ms",
                 "step ms", "step (graph) ms", "step (compiled graph) ms", "first call s", "peak MB", "status"):
@@ -225,53 +245,57 @@ def bench(
         status = r.status if not r.extra else f"{r.status} {r.extra}"
         table.add_row(r.name, fmt(r.fwd_bwd_ms), fmt(r.fwd_bwd_graph_ms), fmt(r.step_ms), fmt(r.step_graph_ms),
                       fmt(r.step_graph_compiled_ms), fmt(r.first_call_s, 2), fmt(r.peak_mem_mb, 1), status)
-    console = Console(width=200)
     console.print(table)
-    for k, v in ratios(rows).items():
-        console.print(f"{k}: {v:.2f}x")
+    for k, v in tb.ratios(rows).items():
+        console.print(f"{k}: {v:.2f}x", highlight=False)
+    gtable = Table(title="speed goals (ratio above 1: better than the goal)")
+    for col in ("figure", "goal", "measured", "ratio", "status", "detail"):
+        gtable.add_column(col)
+    for g in goals:
+        gtable.add_row(g.figure, g.goal, "" if g.measured is None else f"{g.measured:.3f} {g.unit}",
+                       fmt(g.ratio, 2), g.status, g.detail)
+    console.print(gtable)
+    console.print(goals_summary(goals), highlight=False)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(out) / "bench.json", {"rows": rows_as_dicts(rows), "ratios": ratios(rows),
-                                                     "precision": {"tf32": tf32, **precision},
-                                                     "step_compile": step_compile})
-        plot(rows, Path(out) / "bench.png")
+        atomic_write_json(Path(out) / "bench.json", {
+            "meta": tb.run_metadata(device), "rows": tb.rows_as_dicts(rows), "ratios": tb.ratios(rows),
+            "goals": goals_as_dicts(goals), "precision": {"tf32": tf32, **precision}, "step_compile": step_compile,
+            "params": {"cells": names, "batch": batch, "seq": seq, "d": d, "layers": layers, "pattern": pattern,
+                       "repeats": repeats, "goals_only": goals_only}})
+        tb.plot(rows, Path(out) / "bench.png")
 
 
-def doctor_summary(rows: list) -> str:
-    """``cortex doctor``'s last line: how many checks passed, failed and were skipped."""
-    n = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "skipped")}
-    verdict = "FAILED" if n["FAIL"] else "all runnable backends match their references"
-    return (f"doctor: {len(rows)} checks, {n['pass']} passed, {n['FAIL']} failed, {n['skipped']} skipped "
-            f"(not runnable here): {verdict}")
+@app.command("bench-report")
+def bench_report(
+    results: str = typer.Argument(..., help="a bench.json written by cortex bench --out"),
+    doc: str = typer.Option(None, help="rewrite the generated part of this markdown file (e.g. docs/gpu.md)"),
+) -> None:
+    """Markdown tables (goals, cells, stacks, gated delta; with date and GPU) from a cortex bench results file."""
+    from cortexmem.core.io import read_json
+    from cortexmem.tools.bench_report import render, update_doc
 
-
-def _check_bench_names(names: list[str], pattern: str) -> None:
-    """Every ``--cells`` name a known cell (or pattern token) and ``--pattern`` a valid pattern, before timing."""
-    from .stacks.patterns import tokenize
-    from .tools.bench import CELL_TOKENS
-
-    if not names:
-        raise typer.BadParameter(f"--cells is empty; valid names: {', '.join(CELL_TOKENS)}")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise typer.BadParameter(f"--cells names {', '.join(dup)} more than once (bench rows have unique names)")
-    for name in names:
-        if name in CELL_TOKENS:
-            continue
-        try:
-            tokenize(name)
-        except (ValueError, KeyError):
-            raise typer.BadParameter(f"unknown cell {name!r} in --cells; valid: {', '.join(CELL_TOKENS)} "
-                                     f"or a pattern token") from None
     try:
-        tokenize(pattern)
-    except (ValueError, KeyError) as e:
-        raise typer.BadParameter(f"--pattern {pattern!r}: {e}") from None
+        if doc:
+            update_doc(results, doc)
+        else:
+            print(render(read_json(results, "bench results file"), results), end="")
+    except (OSError, ValueError, KeyError) as e:
+        _usage_error("bench-report", f"{type(e).__name__}: {e}" if isinstance(e, KeyError | OSError) else str(e))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``cortex``: every failure ends with ``error: <one line>`` on stderr, exit 2 (usage) or 1 (runtime)."""
-    app(args=argv)
+    """``cortex``: every failure ends with ``error: <one line>`` on stderr, exit 2 (usage) or 1 (runtime), no
+    traceback (``CORTEX_DEBUG=1`` shows it)."""
+    try:
+        app(args=argv)
+    except KeyboardInterrupt:
+        report(click.Abort())
+        raise SystemExit(130) from None
+    except USER_ERRORS as err:
+        if os.environ.get("CORTEX_DEBUG"):
+            raise
+        raise SystemExit(report(err)) from None
 
 
 if __name__ == "__main__":

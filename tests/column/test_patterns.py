@@ -42,6 +42,7 @@ EXPECTED = {  # token -> (block config, cell config, fields set on the cell)
     "S": ("PostUpBlockConfig", "sLSTMCellConfig", {}),
     "S^": ("PostUpBlockConfig", "sLSTMCellConfig", {"use_axon_layer": True}),
     "L": ("PassThroughBlockConfig", "LSTMCellConfig", {}),
+    "G": ("PassThroughBlockConfig", "GRUCellConfig", {}),
     "C": ("PassThroughBlockConfig", "CausalConv1dCellConfig", {}),
     "D": ("PreUpBlockConfig", "GatedDeltaCellConfig", {}),
     "H": ("PostUpGatedBlockConfig", "HybridCellConfig", {}),

@@ -98,15 +98,16 @@ def test_check_decay_flag_and_cells_skip_the_host_sync(monkeypatch):
     assert y.shape == (2, 37, 32) and len(calls) == 1
 
 
-def test_triton_autograd_backend_is_opt_in():
+def test_triton_autograd_backend_is_auto_for_training_on_cuda_only():
     from cortexmem.core.backends import select_backend
     from cortexmem.ops.gated_delta.checks import triton_autograd_rejects
 
-    backend = backends_for("gated_delta")["triton_autograd"]
-    assert backend.opt_in and not backend.forward_only and backend.needs_triton
-    assert backend.priority < backends_for("gated_delta")["torch"].priority
-    assert "unmeasured on GPU: opt-in" in backend.note
-    # never chosen by auto, with or without gradients (on CPU the torch path is the only one that can run)
+    table = backends_for("gated_delta")
+    backend = table["triton_autograd"]
+    assert not backend.opt_in and not backend.forward_only and backend.needs_triton
+    # between the forward-only kernel (no gradient) and the torch path
+    assert table["torch"].priority < backend.priority < table["triton"].priority
+    # on CPU the torch path is the only one that can run, with or without gradients
     for grad in (False, True):
         assert select_backend("gated_delta", device="cpu", dtype=torch.float32, needs_grad=grad).name == "torch"
     # its constraints: the Triton forward's shape limits, no refusal of gradients

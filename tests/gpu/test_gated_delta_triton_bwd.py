@@ -1,4 +1,4 @@
-"""GPU parity of the Triton backward of the gated delta rule (opt-in backend ``triton_autograd``): outputs and the
+"""GPU parity of the Triton backward of the gated delta rule (backend ``triton_autograd``): outputs and the
 gradients of every input vs autograd through the torch chunk path (fp32 on the same, upcast, inputs)."""
 
 from __future__ import annotations
@@ -135,3 +135,17 @@ def test_gated_delta_cell_trains_through_triton_autograd():
     for a, b in zip(*grads, strict=True):
         if b is not None:
             assert _rel_rms(a, b) <= 1e-3
+
+
+def test_auto_picks_triton_autograd_for_training_and_triton_for_inference():
+    pytest.importorskip("triton")
+    from cortexmem.core.backends import select_backend
+
+    for dtype in (torch.float32, torch.bfloat16):
+        pick = select_backend("gated_delta", device="cuda", dtype=dtype, chunk_size=64, needs_grad=True, dk=128)
+        assert pick.name == "triton_autograd"
+        pick = select_backend("gated_delta", device="cuda", dtype=dtype, chunk_size=64, needs_grad=False, dk=128)
+        assert pick.name == "triton"
+    # beyond the kernels' limits: the torch path
+    assert select_backend("gated_delta", device="cuda", dtype=torch.float32, chunk_size=64, needs_grad=True,
+                          dk=256).name == "torch"

@@ -124,11 +124,13 @@ def test_mlstm_cell_triton_backend_matches_torch_backend(dtype):
         assert err <= max(tol, floor), (i, err, floor)
 
 
-def test_mlstm_auto_stays_torch_on_cuda():
+def test_mlstm_auto_takes_triton_on_cuda_for_sequences():
     pytest.importorskip("triton")
     from cortexmem.core.backends import select_backend
 
-    # the kernels are unmeasured on GPU: opt-in only until a GPU session times them
-    assert select_backend("mlstm", device="cuda", dtype=torch.float32, head_dim_qk=64, head_dim_v=128).name == "torch"
+    assert select_backend("mlstm", device="cuda", dtype=torch.float32, head_dim_qk=64, head_dim_v=128,
+                          steps=257).name == "triton"
+    assert select_backend("mlstm", device="cuda", dtype=torch.float32, head_dim_qk=64, head_dim_v=128,
+                          steps=1).name == "torch"
     assert select_backend("mlstm", "triton", device="cuda", dtype=torch.bfloat16, head_dim_qk=64,
                           head_dim_v=128).name == "triton"

@@ -329,13 +329,14 @@ def test_piped_progress_prints_a_line_at_least_every_interval():
     assert quiet.getvalue() == ""  # a run shorter than the interval prints nothing
 
 
-def test_doctor_summary_and_compare_title():
-    from types import SimpleNamespace
+def test_eval_compare_is_titled_a_vs_b(tmp_path):
+    from cortexmem.evals.report import compare_table, load_results
 
-    from cortexmem.cli import doctor_summary
+    from .test_fuzz_loaders import _results_obj
 
-    rows = [SimpleNamespace(status=s) for s in ("pass", "pass", "skipped", "FAIL")]
-    assert doctor_summary(rows).startswith("doctor: 4 checks, 2 passed, 1 failed, 1 skipped")
+    (tmp_path / "results.json").write_text(json.dumps(_results_obj()))
+    res = load_results(tmp_path)
+    assert compare_table(res, res, "A", "B").title == "A vs B"
 
 
 def test_eval_help_shows_every_default():

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 pytest.importorskip("torchrl")
 gym = pytest.importorskip("gymnasium")
-from torchrl.modules import set_recurrent_mode  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cortexmem.cli import app  # noqa: E402
-from cortexmem.rl.ppo import PPOConfig, PPOTrainer, RecurrentPolicy  # noqa: E402
+from cortexmem.rl.policy import RecurrentPolicy  # noqa: E402
+from cortexmem.rl.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from cortexmem.rl.stacks import resolve_stack  # noqa: E402
 
 REPEAT = {"env": "cortexmem/RepeatK-v0", "env_kwargs": {"k": 2, "n": 2, "length": 16}}
@@ -57,21 +57,19 @@ def test_learns_k_step_recall_above_chance():
     assert result["mean_return"] > 0.5, result
 
 
-@pytest.mark.parametrize("stack", ["lstm", "conv_lstm"])
+@pytest.mark.parametrize("stack", ["lstm", "gru", "conv_lstm"])
 def test_training_replay_matches_rollout_log_probs(stack):
     """Before any update the PPO ratio is exactly 1: sequence-mode replay of bptt windows == rollout."""
     trainer = PPOTrainer(_tiny(stack=stack, env_kwargs={"k": 2, "n": 3, "length": 7}))
-    batch, returns, _ = trainer.collect()
+    batch, starts, returns, _ = trainer.collect()
     assert len(returns) > 0 and batch["is_init"][:, 1:].any(), "rollout must cross episode boundaries"
-    seqs = batch.reshape(-1, 8).clone()
-    dist_in = seqs.exclude("action_log_prob")
-    with set_recurrent_mode(True), torch.no_grad():
-        log_prob = trainer.policy.actor.get_dist(dist_in).log_prob(seqs["action"])
-        values = trainer.policy.critic(seqs.clone())["state_value"]
-    torch.testing.assert_close(log_prob, seqs["action_log_prob"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(values, seqs["state_value"], atol=1e-5, rtol=0)
-    out = trainer.loss(seqs.clone())
-    assert abs(float(out["kl_approx"])) < 1e-5
+    seqs, starts = batch.reshape(-1, 8), starts.reshape(-1)
+    with torch.no_grad():
+        dist, values, _ = trainer.policy(seqs["observation"], starts, seqs["is_init"])
+        out = trainer.minibatch_loss(seqs, starts)
+    torch.testing.assert_close(dist.log_prob(seqs["action"]), seqs["log_prob"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, seqs["value"], atol=1e-5, rtol=0)
+    assert abs(float(out["kl_approx"])) < 1e-6 and float(out["clip_fraction"]) == 0.0
 
 
 def test_checkpoint_resume_and_outputs(tmp_path):
@@ -151,7 +149,11 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown stack"):
         PPOTrainer(_tiny(stack="no-such-stack"))
     with pytest.raises(TypeError, match="action space"):
-        RecurrentPolicy(3, gym.spaces.MultiDiscrete([2, 2]), resolve_stack("lstm", 8))
+        RecurrentPolicy(3, gym.spaces.MultiDiscrete([[2, 2], [2, 2]]), resolve_stack("lstm", 8))
+    with pytest.raises(ValueError, match="no CUDA device|device must be"):
+        PPOTrainer(_tiny(device="cuda:7" if not torch.cuda.is_available() else "cuda:99"))
+    with pytest.raises(ValueError, match="amp"):
+        PPOTrainer(_tiny(device="cpu", amp=True))
 
 
 def test_cli_train_resume_eval(tmp_path):

@@ -8,6 +8,7 @@ from .axon_layer import AxonLayer
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig
 from .gated_delta import DeltaMemoryConfig, GatedDeltaCell, GatedDeltaCellConfig
+from .gru import GRUCell, GRUCellConfig
 from .hf_layer import HFDecoderLayerCell, HFDecoderLayerCellConfig
 from .hybrid import HybridCell, HybridCellConfig
 from .lstm import LSTMCell, LSTMCellConfig

@@ -35,7 +35,7 @@ class CausalConv1dCell(MemoryCell):
         super().__init__(config)
         H, K = self.hidden_size, config.kernel_size
         self.kernel_size = K
-        check_requested("causal_conv1d", config.backend)
+        check_requested("causal_conv1d", config.backend, depthwise=not config.channel_mixing)
         self.backend = config.backend
         shape = (H, H, K) if config.channel_mixing else (H, K)
         fan_in = K * (H if config.channel_mixing else 1)

@@ -42,7 +42,7 @@ class DeltaMemoryConfig(CellConfig):
     conv_kernel_size: int = Field(default=4, ge=1)
     compressor: Literal["none", "linear"] = "none"
     rank: int = Field(default=32, ge=1)
-    # of the chunkwise op: "auto", "torch", "triton" (no grad) or "triton_autograd" (opt-in; see `cortex info`)
+    # of the chunkwise op: "auto", "torch", "triton" (no grad) or "triton_autograd" (training on CUDA; see `cortex info`)
     backend: str = "auto"
 
     def resolved_head_dim(self) -> int:
@@ -69,9 +69,9 @@ class DeltaMemoryCell(MemoryCell):
 
     def __init__(self, config: DeltaMemoryConfig) -> None:
         super().__init__(config)
-        check_requested("gated_delta", config.backend)
-        self.backend = config.backend
         H, NH, Dh = self.hidden_size, config.num_heads, config.resolved_head_dim()
+        check_requested("gated_delta", config.backend, dk=Dh, chunk_size=config.chunk_size)
+        self.backend = config.backend
         self.num_heads, self.head_dim, self.chunk_size = NH, Dh, config.chunk_size
         width = NH * Dh
         write_in = H

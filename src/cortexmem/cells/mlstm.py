@@ -36,7 +36,7 @@ class mLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
     use_axon_qkv: bool = False
     #: config of those AxonLayers (default ``AxonCellConfig()``)
     axon: polymorphic(AxonCellConfig) | None = None
-    backend: str = "auto"  # of the recurrence: "auto", "torch" or "triton" (opt-in; see `cortex info`)
+    backend: str = "auto"  # of the recurrence: "auto", "torch" or "triton" (auto on CUDA; see `cortex info`)
 
     @classmethod
     def example(cls, hidden_size: int) -> mLSTMCellConfig:
@@ -108,11 +108,11 @@ class mLSTMCell(MemoryCell):  # noqa: N801
     def __init__(self, config: mLSTMCellConfig) -> None:
         super().__init__(config)
         H, NH = self.hidden_size, config.num_heads
-        check_requested("mlstm", config.backend)
-        self.backend = config.backend
-        self.num_heads = NH
         self.dk = head_sizes(H, config.qk_dim_factor, NH, "mLSTMCell q/k size")
         self.dv = head_sizes(H, config.v_dim_factor, NH, "mLSTMCell v size")
+        check_requested("mlstm", config.backend, head_dim_qk=self.dk, head_dim_v=self.dv)
+        self.backend = config.backend
+        self.num_heads = NH
         self.chunk_size = config.chunk_size
         self.kernel_size = config.conv1d_kernel_size
         if self.kernel_size > 0:

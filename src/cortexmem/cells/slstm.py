@@ -52,10 +52,10 @@ class sLSTMCell(MemoryCell):  # noqa: N801
     def __init__(self, config: sLSTMCellConfig) -> None:
         super().__init__(config)
         H, NH = self.hidden_size, config.num_heads
-        check_requested("slstm", config.backend)
+        self.dh = head_sizes(H, 1.0, NH, "sLSTMCell hidden size")
+        check_requested("slstm", config.backend, head_dim=self.dh)
         self.backend = config.backend
         self.num_heads = NH
-        self.dh = head_sizes(H, 1.0, NH, "sLSTMCell hidden size")
         self.kernel_size = config.conv1d_kernel_size
         if self.kernel_size > 0:
             bound = 1 / self.kernel_size**0.5

@@ -3,6 +3,12 @@
 ``select_backend(op, requested, device=..., dtype=...)`` picks the highest-priority backend that can run, or fails
 loudly when an explicitly requested one cannot. ``CORTEX_FORCE_PYTORCH=1`` or ``CORTEX_DISABLE_TRITON=1`` remove
 every Triton backend from consideration. The choice is logged at DEBUG level and listed by ``cortex info``.
+
+Inputs beyond a backend's shape limits (its ``supports`` constraint, described by ``limits``) make ``auto`` fall back
+to the next backend that can take them, never a crash: each distinct fallback is logged once at DEBUG level and
+kept in :func:`fallbacks`; ``cortex info`` lists every backend's limits and what ``auto`` falls back to. A backend
+asked for by name that cannot take the shapes is a ``ValueError`` (at build time when the cell passes its shapes
+to :func:`check_requested`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Backend:
     opt_in: bool = False  # only when requested by name: "auto" never picks it (e.g. not yet measured on a GPU)
     note: str = ""
     supports: Callable[..., str | None] | None = field(default=None, compare=False)
+    limits: str = ""  # ``supports`` in words, for ``cortex info`` (e.g. "Dk <= 128")
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run in this process at all (None when it can)."""
@@ -53,9 +60,11 @@ class Backend:
             return f"device {torch.device(device).type} not in {sorted(self.devices)}"
         if dtype is not None and dtype not in self.dtypes:
             return f"dtype {dtype} not supported"
-        if self.supports is not None:
-            return self.supports(**shape)
-        return None
+        return self.shape_reason(**shape)
+
+    def shape_reason(self, **shape: Any) -> str | None:
+        """Why this backend cannot take these shapes (None when it can, or when it has no shape limits)."""
+        return None if self.supports is None else self.supports(**shape)
 
 
 _BACKENDS: dict[str, dict[str, Backend]] = {}
@@ -67,7 +76,16 @@ def register_backend(op: str, name: str, fn: Callable[..., Any], **kwargs: Any) 
     return backend
 
 
+def _ensure_ops() -> None:
+    """Register every built-in op (``import cortexmem`` is lazy; the cells import the ops they use)."""
+    from .config import ensure_builtins
+
+    ensure_builtins()
+
+
 def backends_for(op: str) -> dict[str, Backend]:
+    if op not in _BACKENDS:
+        _ensure_ops()
     if op not in _BACKENDS:
         raise ValueError(f"unknown op {op!r}; ops with backends: {sorted(_BACKENDS)}")
     return dict(_BACKENDS[op])
@@ -75,6 +93,7 @@ def backends_for(op: str) -> dict[str, Backend]:
 
 def list_backends() -> dict[str, list[Backend]]:
     """``{op: [backends, highest priority first]}``."""
+    _ensure_ops()
     return {op: sorted(b.values(), key=lambda b: -b.priority) for op, b in sorted(_BACKENDS.items())}
 
 
@@ -90,8 +109,9 @@ def triton_available() -> bool:
     return _TRITON_INSTALLED
 
 
-def check_requested(op: str, requested: str) -> None:
-    """Build-time check: ``requested`` names a known backend of ``op`` that can run in this process."""
+def check_requested(op: str, requested: str, **shape: Any) -> None:
+    """Build-time check: ``requested`` names a known backend of ``op`` that can run in this process and, when the
+    caller passes its ``shape`` keywords (those of the backend's ``supports``), can take those shapes."""
     if requested == "auto":
         return
     table = backends_for(op)
@@ -100,6 +120,34 @@ def check_requested(op: str, requested: str) -> None:
     reason = table[requested].unavailable_reason()
     if reason:
         raise ValueError(f"{op}: backend {requested!r} was requested but cannot run here: {reason}")
+    reason = table[requested].shape_reason(**shape) if shape else None
+    if reason:
+        raise ValueError(f"{op}: backend {requested!r} was requested but cannot take these shapes: {reason}")
+
+
+_FALLBACKS: dict[tuple[str, str, str, str], int] = {}
+
+
+def _note_fallback(op: str, skipped: str, reason: str, chosen: str) -> None:
+    key = (op, skipped, reason, chosen)
+    if key not in _FALLBACKS:
+        log.debug("%s: backend %s cannot take these inputs (%s); falling back to %s", op, skipped, reason, chosen)
+        _FALLBACKS[key] = 0
+    _FALLBACKS[key] += 1
+
+
+def fallbacks() -> list[dict[str, Any]]:
+    """The fallbacks ``auto`` took in this process: a backend that runs here skipped for its shape limits."""
+    return [{"op": op, "skipped": skipped, "reason": reason, "chosen": chosen, "calls": n}
+            for (op, skipped, reason, chosen), n in _FALLBACKS.items()]
+
+
+def fallback_target(op: str, backend: Backend, device: Any, dtype: torch.dtype | None) -> str | None:
+    """The backend ``auto`` uses instead of ``backend`` for inputs beyond its shape limits (None if none can)."""
+    for other in sorted(backends_for(op).values(), key=lambda b: -b.priority):
+        if other.priority < backend.priority and not other.opt_in and other.rejects(device, dtype) is None:
+            return other.name
+    return None
 
 
 def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtype: torch.dtype | None = None,
@@ -114,7 +162,7 @@ def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtyp
         if reason:
             raise ValueError(f"{op}: backend {requested!r} cannot run these inputs: {reason}")
         return backend
-    reasons = {}
+    reasons, beyond_limits = {}, []
     for backend in sorted(table.values(), key=lambda b: -b.priority):
         if backend.opt_in:
             reasons[backend.name] = "opt-in: request it by name"
@@ -123,9 +171,33 @@ def select_backend(op: str, requested: str = "auto", *, device: Any = None, dtyp
         if reason is None:
             if not torch.compiler.is_compiling():  # dynamo cannot trace logging calls
                 log.debug("%s: using backend %s (device=%s, dtype=%s)", op, backend.name, device, dtype)
+                for skipped, why in beyond_limits:
+                    _note_fallback(op, skipped, why, backend.name)
             return backend
         reasons[backend.name] = reason
+        if backend.rejects(device, dtype) is None:  # it runs here, only not these shapes: a fallback
+            beyond_limits.append((backend.name, reason))
     raise ValueError(f"{op}: no backend can run device={device}, dtype={dtype}: {reasons}")
+
+
+def describe_op(op: str, device: Any, dtype: torch.dtype = torch.float32) -> str:
+    """One line for ``cortex info``: each backend with its limits and fallback, and what ``auto`` picks here."""
+    parts = []
+    for b in sorted(backends_for(op).values(), key=lambda b: -b.priority):
+        text = b.name + (f" ({b.note})" if b.opt_in else "")
+        if b.limits and b.opt_in:
+            text += f" (limits: {b.limits}; beyond them a request by name is an error)"
+        elif b.limits:
+            target = fallback_target(op, b, device, dtype)
+            text += f" (limits: {b.limits}; beyond them auto uses {target or 'nothing: an error'})"
+        if b.unavailable_reason():
+            text += f" (unavailable: {b.unavailable_reason()})"
+        parts.append(text)
+    try:
+        chosen = select_backend(op, device=device, dtype=dtype).name
+    except ValueError as e:
+        chosen = f"none ({e})"
+    return f"{', '.join(parts)}; chosen on {torch.device(device).type}: {chosen}"
 
 
 @dataclass(frozen=True)
@@ -145,4 +217,5 @@ def register_reference(op: str, fn: Callable[..., Any],
 
 
 def references() -> dict[str, Reference]:
+    _ensure_ops()
     return dict(_REFERENCES)

@@ -121,13 +121,14 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", *, expect: type 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CheckpointError(f"{what} {p} is not UTF-8 text (bad byte at offset {e.start})") from None
+        raise CheckpointError(f"{what} {p} is corrupted: not UTF-8 text (bad byte at offset {e.start})") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{what} {p} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise CheckpointError(f"{what} {p} is corrupted: not valid JSON ({e.msg} at line {e.lineno} column "
+                              f"{e.colno})") from None
     except RecursionError:
-        raise CheckpointError(f"{what} {p} is not valid JSON (nested too deeply)") from None
+        raise CheckpointError(f"{what} {p} is corrupted: not valid JSON (nested too deeply)") from None
     if expect is not None and not isinstance(obj, expect):
         raise CheckpointError(f"{what} {p} must hold a JSON {_json_kind(expect)}, got {_json_kind(type(obj))}")
     return obj
@@ -204,7 +205,7 @@ def load_safetensors_checked(path: str | os.PathLike, *, what: str = "weights fi
             from safetensors.torch import load
         tensors = load(blob)
     except Exception as e:  # safetensors raises SafetensorError (not a subclass of anything specific)
-        raise CheckpointError(f"{what} {p} is not a readable safetensors file ({one_line(e)})") from None
+        raise CheckpointError(f"{what} {p} is corrupted: not a readable safetensors file ({one_line(e)})") from None
     if expected is not None:
         check_tensors(tensors, expected, p, what)
     if not numpy and str(device) != "cpu":
@@ -242,7 +243,7 @@ def safetensors_metadata(path: str | os.PathLike, what: str = "safetensors file"
         with safe_open(str(p), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:
-        raise CheckpointError(f"{what} {p} is not a readable safetensors file ({one_line(e)})") from None
+        raise CheckpointError(f"{what} {p} is corrupted: not a readable safetensors file ({one_line(e)})") from None
 
 
 def load_state_checked(module: Any, tensors: dict[str, Any], path: str | os.PathLike,

@@ -136,6 +136,10 @@ def _lstm(d: int):
     return stack
 
 
+def _gru(d: int):
+    return _stack(d, [_block("PassThroughBlockConfig", config_class("GRUCellConfig")(hidden_size=None))])
+
+
 def _conv(d: int):
     conv = config_class("CausalConv1dCellConfig")(hidden_size=None, kernel_size=4, activation="silu")
     return _stack(d, [_block("PassThroughBlockConfig", conv) for _ in range(2)])
@@ -173,6 +177,7 @@ def _transformer(d: int):
 
 
 register_stack("lstm", _lstm, "PassThrough(LSTM), forget-gate bias +2")
+register_stack("gru", _gru, "PassThrough(GRU)")
 register_stack("conv", _conv, "2 x PassThrough(CausalConv1d k=4)")
 register_stack("mlstm", _cell_stack("mLSTMCellConfig", "PreUpBlockConfig"), "2 x PreUp(mLSTM)")
 register_stack("slstm", _cell_stack("sLSTMCellConfig", "PostUpBlockConfig"), "2 x PostUp(sLSTM)")

@@ -15,11 +15,14 @@ _EXPORTS = {
     "StateCache": ".cache",
     "PPOConfig": ".ppo",
     "PPOTrainer": ".ppo",
-    "RecurrentPolicy": ".ppo",
+    "RecurrentPolicy": ".policy",
+    "gae": ".gae",
+    "ppo_loss": ".loss",
     "resolve_stack": ".stacks",
     "stack_config": ".stacks",
     "make_vector_env": ".envs",
     "RepeatKEnv": ".envs",
+    "run_bench": ".bench",
 }
 
 __all__ = list(_EXPORTS)

@@ -39,10 +39,10 @@ def encode(space: spaces.Space, value: Any) -> np.ndarray:
         return out
     if isinstance(space, spaces.MultiDiscrete):
         nvec = np.asarray(space.nvec).reshape(-1)
-        parts = [
-            np.eye(int(n), dtype=np.float32)[int(v)] for n, v in zip(nvec, np.asarray(value).reshape(-1), strict=True)
-        ]
-        return np.concatenate(parts)
+        starts = np.concatenate([[0], np.cumsum(nvec)[:-1]])  # one scatter instead of one one-hot per part
+        out = np.zeros(int(nvec.sum()), np.float32)
+        out[starts + np.asarray(value, np.int64).reshape(-1) - np.asarray(space.start).reshape(-1)] = 1.0
+        return out
     if isinstance(space, spaces.MultiBinary | spaces.Box):
         return np.asarray(value, np.float32).reshape(-1)
     if isinstance(space, spaces.Tuple):
@@ -117,6 +117,31 @@ if REPEAT_K_ID not in gym.registry:
     gym.register(id=REPEAT_K_ID, entry_point=RepeatKEnv)
 
 
+def popgym_families() -> list[str]:
+    """POPGym environment families (class names without the Easy/Medium/Hard suffix); empty without popgym."""
+    try:
+        import popgym.envs
+    except ImportError:
+        return []
+    names = {n.removesuffix(d) for n in dir(popgym.envs) for d in ("Easy", "Medium", "Hard") if n.endswith(d)}
+    return sorted(names)
+
+
+def unknown_env_message(env_id: str, detail: str = "") -> str:
+    """One line naming the env families the runner accepts."""
+    fams = popgym_families()
+    popgym_part = (
+        f"POPGym <Family><Easy|Medium|Hard> or popgym-<Name>-v0 with families {', '.join(fams)}"
+        if fams
+        else "POPGym names (install popgym)"
+    )
+    why = f" ({detail})" if detail else ""
+    return (
+        f"unknown environment {env_id!r}{why}: expected a Gymnasium id such as CartPole-v1, {popgym_part}, "
+        f"or {REPEAT_K_ID}"
+    )
+
+
 def is_popgym(env_id: str) -> bool:
     """``popgym-<Name>-v0`` or a bare POPGym class name such as ``RepeatPreviousEasy``."""
     if env_id.startswith("popgym-"):
@@ -134,6 +159,8 @@ def make_env_fn(
     env_id: str, *, memory_inputs: bool | None = None, env_kwargs: dict | None = None
 ) -> Callable[[], gym.Env]:
     """A thunk building one flat-observation env; POPGym envs get previous action + first-step flag."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env must be a non-empty string, got {env_id!r}")
     popgym_env = is_popgym(env_id)
     wrap = popgym_env if memory_inputs is None else memory_inputs
     kwargs = dict(env_kwargs or {})
@@ -146,24 +173,60 @@ def make_env_fn(
                 raise ImportError("POPGym environments need the popgym package: pip install popgym") from e
             name = env_id[len("popgym-") :].rsplit("-v", 1)[0] if env_id.startswith("popgym-") else env_id
             cls = getattr(popgym.envs, name, None)
-            if cls is None:
-                raise ValueError(f"unknown POPGym environment {name!r}")
+            if not isinstance(cls, type):
+                raise ValueError(unknown_env_message(env_id))
             env = cls(**kwargs)
             env = gym.wrappers.TimeLimit(env, max_episode_steps=getattr(env, "max_episode_length", 1024) + 1)
         else:
             try:
                 env = gym.make(env_id, **kwargs)
             except gym.error.Error as e:  # gymnasium's own errors are not ValueErrors; callers expect one
-                raise ValueError(f"cannot make environment {env_id!r}: {e}") from e
+                raise ValueError(unknown_env_message(env_id, str(e).splitlines()[0] if str(e) else "")) from None
+        _check_spaces(env_id, env)
         return FlatObservation(env, memory_inputs=wrap)
 
     return thunk
 
 
+def _check_spaces(env_id: str, env: gym.Env) -> None:
+    try:
+        space_width(env.observation_space)
+    except TypeError:
+        raise TypeError(
+            f"environment {env_id!r} has observation space {env.observation_space}, which the runner does not "
+            "support: expected Discrete, MultiDiscrete, MultiBinary, Box, or a Tuple/Dict of those"
+        ) from None
+    act = env.action_space
+    ok = isinstance(act, spaces.Discrete | spaces.MultiDiscrete) or (
+        isinstance(act, spaces.Box) and len(act.shape) == 1
+    )
+    if isinstance(act, spaces.MultiDiscrete) and np.asarray(act.nvec).ndim != 1:
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"environment {env_id!r} has action space {act}, which the runner does not support: expected "
+            "Discrete, a 1-D MultiDiscrete or a 1-D Box"
+        )
+
+
+def check_env(
+    env_id: str, *, memory_inputs: bool | None = None, env_kwargs: dict | None = None
+) -> tuple[int, spaces.Space]:
+    """Build one env (raising one clear line for unknown ids or unsupported spaces): ``(obs width, action space)``."""
+    env = make_env_fn(env_id, memory_inputs=memory_inputs, env_kwargs=env_kwargs)()
+    try:
+        return int(env.observation_space.shape[0]), env.action_space
+    finally:
+        env.close()
+
+
 def make_vector_env(
     env_id: str, num_envs: int, *, memory_inputs: bool | None = None, env_kwargs: dict | None = None
 ) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies in a synchronous vector env that resets finished envs within the same step."""
+    """``num_envs`` copies in a synchronous vector env that resets finished envs within the same step.
+
+    An env that ends by truncation reports its last observation in ``info["final_obs"]`` (PPO bootstraps from it).
+    """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     fn = make_env_fn(env_id, memory_inputs=memory_inputs, env_kwargs=env_kwargs)

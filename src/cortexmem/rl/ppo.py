@@ -1,47 +1,52 @@
-"""Recurrent PPO over vectorised Gymnasium envs: CortexModule trunk, TorchRL's ClipPPOLoss and GAE."""
+"""Recurrent PPO over vectorised Gymnasium envs: policy, value and memory on one device, envs on CPU.
+
+Rollouts run the memory step by step and keep the state at each ``bptt`` window start; PPO epochs replay the
+windows in sequence mode from those states (resets inside a window are the cells' own masks), with one trunk
+pass feeding the actor and the critic.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
-from torch.distributions import Categorical
-from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import ProbabilisticActor, TanhNormal
-from torchrl.objectives import ClipPPOLoss
-from torchrl.objectives.value import GAE
 
 from ..core.io import (
     CheckpointError,
-    CheckpointNotFoundError,
     atomic_save_safetensors,
     atomic_write_json,
     check_optimizer_state,
-    load_safetensors_checked,
-    load_state_checked,
     one_line,
-    read_versioned,
-    validate_config,
+    validation_message,
 )
-from ..stacks import CortexStack, CortexStackConfig, build_cortex
-from .envs import is_popgym, make_vector_env
-from .module import CortexModule
+from ..stacks import CortexStackConfig, build_cortex
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    check_compatible,
+    load_weights,
+    read_checkpoint_meta,
+    read_tensors,
+)
+from .envs import check_env, is_popgym, make_vector_env
+from .gae import gae
+from .loss import ppo_loss
+from .module import resolve_store_dtype
+from .policy import RecurrentPolicy, mode
 from .stacks import resolve_stack
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "cortexmem.rl.ppo"
-CHECKPOINT_VERSION = 1
+__all__ = ["PPOConfig", "PPOTrainer", "RecurrentPolicy", "read_checkpoint_meta", "resolve_device", "plot_returns"]
 
 
 class PPOConfig(BaseModel):
@@ -63,6 +68,10 @@ class PPOConfig(BaseModel):
     gamma: float = Field(default=0.99, gt=0, le=1)
     lmbda: float = Field(default=0.95, ge=0, le=1)
     clip_epsilon: float = Field(default=0.2, gt=0)
+    #: clip the value update to ``old_value +- value_clip`` (None: plain squared error)
+    value_clip: float | None = Field(default=None, gt=0)
+    #: normalise advantages within each minibatch
+    normalize_advantage: bool = True
     entropy_coeff: float = Field(default=0.01, ge=0)
     critic_coeff: float = Field(default=0.5, ge=0)
     max_grad_norm: float = Field(default=0.5, gt=0)
@@ -70,6 +79,10 @@ class PPOConfig(BaseModel):
     memory_inputs: bool | None = None
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     store_dtype: str = Field(default="fp32", pattern="^(fp32|bf16)$")
+    #: where policy, value and memory run (envs always step on CPU)
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
+    #: bf16 autocast for encoder and memory on CUDA (heads, log-probs, values and the loss stay fp32)
+    amp: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
@@ -82,78 +95,19 @@ class PPOConfig(BaseModel):
         return self
 
 
-class RecurrentPolicy(nn.Module):
-    """``obs -> Linear+SiLU -> CortexModule -> (actor head, value head)``; one trunk for both heads."""
-
-    def __init__(
-        self,
-        obs_dim: int,
-        action_space: spaces.Space,
-        stack: CortexStack,
-        *,
-        store_dtype: str = "fp32",
-    ) -> None:
-        super().__init__()
-        if not isinstance(stack, CortexStack):
-            raise TypeError(f"RecurrentPolicy expects a built CortexStack, got {type(stack).__name__}")
-        d = stack.d_hidden
-        self.encoder = nn.Sequential(nn.Linear(obs_dim, d), nn.SiLU())
-        self.core = CortexModule(stack, "embed", "features", store_dtype=store_dtype)
-        self.value_head = nn.Linear(d, 1)
-        enc = TensorDictModule(self.encoder, in_keys=["observation"], out_keys=["embed"])
-        if isinstance(action_space, spaces.Discrete):
-            self.action_head = nn.Linear(d, int(action_space.n))
-            head = TensorDictModule(self.action_head, in_keys=["features"], out_keys=["logits"])
-            actor = ProbabilisticActor(
-                TensorDictSequential(enc, self.core, head),
-                in_keys=["logits"],
-                distribution_class=Categorical,
-                return_log_prob=True,
-                default_interaction_type=ExplorationType.RANDOM,
-            )
-        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-            act = action_space.shape[0]
-            self.action_head = nn.Linear(d, act)
-            self.log_std = nn.Parameter(torch.full((act,), -0.5))
-            head = TensorDictModule(
-                _GaussianHead(self.action_head, self.log_std), in_keys=["features"], out_keys=["loc", "scale"]
-            )
-            low = torch.as_tensor(np.clip(action_space.low, -1e6, 1e6), dtype=torch.float32)
-            high = torch.as_tensor(np.clip(action_space.high, -1e6, 1e6), dtype=torch.float32)
-            actor = ProbabilisticActor(
-                TensorDictSequential(enc, self.core, head),
-                in_keys=["loc", "scale"],
-                distribution_class=TanhNormal,
-                distribution_kwargs={"low": low, "high": high},
-                return_log_prob=True,
-                default_interaction_type=ExplorationType.RANDOM,
-            )
-        else:
-            raise TypeError(f"unsupported action space {action_space!r}: expected Discrete or a 1-D Box")
-        critic = TensorDictSequential(
-            enc, self.core, TensorDictModule(self.value_head, in_keys=["features"], out_keys=["state_value"])
-        )
-        # actor and critic are views over the modules above; kept unregistered so each weight has one name
-        object.__setattr__(self, "actor", actor)
-        object.__setattr__(self, "critic", critic)
-
-    def value_from_features(self, td: TensorDict) -> torch.Tensor:
-        return self.value_head(td["features"])
-
-
-class _GaussianHead(nn.Module):
-    def __init__(self, linear: nn.Linear, log_std: nn.Parameter) -> None:
-        super().__init__()
-        self.linear, self.log_std = linear, log_std
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc = self.linear(h)
-        return loc, self.log_std.clamp(-5, 2).exp().expand_as(loc)
-
-
-def _action_to_env(action: torch.Tensor, space: spaces.Space) -> np.ndarray:
-    a = action.detach().cpu().numpy()
-    return a.astype(np.int64) if isinstance(space, spaces.Discrete) else a.astype(np.float32)
+def resolve_device(spec: str) -> torch.device:
+    """``cpu|cuda|cuda:N|auto`` -> a device that exists (``auto``: CUDA when available)."""
+    if not isinstance(spec, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", spec):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {spec!r}")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r}: no CUDA device is available here (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
 
 
 class PPOTrainer:
@@ -165,119 +119,158 @@ class PPOTrainer:
         """``stack_cfg`` (used when resuming) replaces resolving ``cfg.stack`` by name."""
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        torch.manual_seed(cfg.seed)
-        self.popgym = is_popgym(cfg.env)
-        self.envs = make_vector_env(cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
-        self.action_space = self.envs.single_action_space
-        obs_dim = int(self.envs.single_observation_space.shape[0])
+        self.device = resolve_device(cfg.device)
+        if cfg.amp and self.device.type != "cuda":
+            raise ValueError(f"amp (bf16 autocast) needs a CUDA device; this run is on {self.device}")
+        obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
         stack = (
             build_cortex(stack_cfg) if stack_cfg is not None else resolve_stack(cfg.stack, cfg.d_hidden, cfg.num_layers)
         )
+        torch.manual_seed(cfg.seed)
+        self.popgym = is_popgym(cfg.env)
+        self.envs = make_vector_env(cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
+        self.action_space = action_space
+        self.obs_dim = obs_dim
         self.stack_cfg = stack.config
-        self.policy = RecurrentPolicy(obs_dim, self.action_space, stack, store_dtype=cfg.store_dtype)
-        self.loss = ClipPPOLoss(
-            self.policy.actor,
-            self.policy.critic,
-            clip_epsilon=cfg.clip_epsilon,
-            entropy_coeff=cfg.entropy_coeff,
-            critic_coeff=cfg.critic_coeff,
-            normalize_advantage=True,
-            loss_critic_type="l2",
-            functional=False,
-        )
-        self.gae = GAE(gamma=cfg.gamma, lmbda=cfg.lmbda, value_network=None)
+        self.store_dtype = resolve_store_dtype(cfg.store_dtype)
+        self.policy = RecurrentPolicy(obs_dim, action_space, stack, store_dtype=cfg.store_dtype, amp=cfg.amp)
+        self.policy.to(self.device)
         self.optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.frames = 0
         self.updates = 0
         self.history: list[dict[str, Any]] = []
         self._start_envs(cfg.seed)
 
+    @property
+    def bptt(self) -> int:
+        return self.cfg.bptt or self.cfg.rollout_len
+
     # --- rollout ------------------------------------------------------------------------------
     def _start_envs(self, seed: int) -> None:
         obs, _ = self.envs.reset(seed=seed)
         n = self.cfg.num_envs
-        self._obs = torch.as_tensor(obs, dtype=torch.float32)
-        self._is_init = torch.ones(n, 1, dtype=torch.bool)
-        self._state = self.policy.core.stored_initial_state([n])
+        self._obs = self._tensor(obs)
+        self._is_init = torch.ones(n, dtype=torch.bool, device=self.device)
+        self._state = self.policy.initial_state(n, device=self.device)
         self._ep_return = np.zeros(n)
         self._ep_len = np.zeros(n, np.int64)
 
+    def _tensor(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(obs, np.float32)).to(self.device, non_blocking=True)
+
+    def _stored(self, state: TensorDict) -> TensorDict:
+        return state.apply(lambda v: v.to(self.store_dtype).clone() if v.is_floating_point() else v.clone())
+
+    def _step_envs(self, action: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, reward, term, trunc, info = self.envs.step(self.policy.to_env(action))
+        done = np.logical_or(term, trunc)
+        self._ep_return += reward
+        self._ep_len += 1
+        return obs, np.asarray(reward, np.float32), np.asarray(term, bool), done, info
+
     @torch.no_grad()
-    def collect(self) -> tuple[TensorDict, list[float], list[int]]:
-        """One rollout ``[num_envs, rollout_len]`` with values, log-probs, advantages; episode stats."""
+    def _truncation_values(self, trunc: np.ndarray, info: dict, state: TensorDict) -> torch.Tensor:
+        """Value of each truncated env's final observation, with the memory carried to it (0 elsewhere)."""
+        out = torch.zeros(self.cfg.num_envs, device=self.device)
+        if trunc.any():
+            idx = np.flatnonzero(trunc)
+            final = self._tensor(np.stack([info["final_obs"][i] for i in idx]))
+            rows = torch.as_tensor(idx, device=self.device)
+            features, _ = self.policy.trunk(final, state[rows], None)
+            out[rows] = self.policy.value(features)
+        return out
+
+    @torch.no_grad()
+    def collect(self) -> tuple[TensorDict, TensorDict, list[float], list[int]]:
+        """One rollout: ``(batch [N, T], window-start states [N, T // bptt], episode returns, lengths)``.
+
+        ``batch`` holds observation, is_init, action, log_prob, value, reward, terminated, done, next_value,
+        advantage and value_target; ``next_value`` is the value of the final observation at a truncation.
+        """
         n, steps = self.cfg.num_envs, self.cfg.rollout_len
-        rows, returns, lengths = [], [], []
-        with set_exploration_type(ExplorationType.RANDOM):
-            for _ in range(steps):
-                td = TensorDict({"observation": self._obs, "is_init": self._is_init}, batch_size=[n])
-                td.update(self._state)
-                self.policy.actor(td)
-                td.set("state_value", self.policy.value_from_features(td))
-                obs, reward, term, trunc, _ = self.envs.step(_action_to_env(td["action"], self.action_space))
-                done = np.logical_or(term, trunc)
-                # truncation is treated as termination (no bootstrap through the auto-reset observation)
-                td.set(("next", "reward"), torch.as_tensor(reward, dtype=torch.float32).unsqueeze(-1))
-                td.set(("next", "done"), torch.as_tensor(done).unsqueeze(-1))
-                td.set(("next", "terminated"), torch.as_tensor(done).unsqueeze(-1))
-                self._ep_return += reward
-                self._ep_len += 1
-                for i in np.flatnonzero(done):
-                    returns.append(float(self._ep_return[i]))
-                    lengths.append(int(self._ep_len[i]))
-                self._ep_return[done] = 0.0
-                self._ep_len[done] = 0
-                self._state = td.get("next").select(self.policy.core.state_prefix).clone()
-                self._obs = torch.as_tensor(obs, dtype=torch.float32)
-                self._is_init = torch.as_tensor(done).unsqueeze(-1)
-                rows.append(
-                    td.exclude("next", "embed", "features", "logits", "loc", "scale").update(
-                        {"next": td.get("next").exclude(self.policy.core.state_prefix)}
-                    )
-                )
-            # value of the observation after the last step, with the state carried to it
-            boot = TensorDict({"observation": self._obs, "is_init": self._is_init}, batch_size=[n])
-            boot.update(self._state)
-            self.policy.critic(boot)
-        batch = torch.stack(rows, dim=1)
-        values = batch["state_value"]
-        batch.set(("next", "state_value"), torch.cat([values[:, 1:], boot["state_value"].unsqueeze(1)], dim=1))
-        self.gae(batch)
+        cols: dict[str, list[torch.Tensor]] = {}
+        starts, returns, lengths = [], [], []
+        for t in range(steps):
+            if t % self.bptt == 0:
+                starts.append(self._stored(self._state))
+            dist, value, new_state = self.policy(self._obs, self._state, self._is_init)
+            action = dist.sample()
+            obs, reward, term, done, info = self._step_envs(action)
+            trunc = done & ~term
+            row = {
+                "observation": self._obs, "is_init": self._is_init, "action": action,
+                "log_prob": dist.log_prob(action), "value": value,
+                "reward": torch.as_tensor(reward).to(self.device), "terminated": torch.as_tensor(term).to(self.device),
+                "done": torch.as_tensor(done).to(self.device), "truncated": torch.as_tensor(trunc).to(self.device),
+                "truncation_value": self._truncation_values(trunc, info, new_state),
+            }
+            for k, v in row.items():
+                cols.setdefault(k, []).append(v)
+            for i in np.flatnonzero(done):
+                returns.append(float(self._ep_return[i]))
+                lengths.append(int(self._ep_len[i]))
+            self._ep_return[done] = 0.0
+            self._ep_len[done] = 0
+            self._state, self._obs = new_state, self._tensor(obs)
+            self._is_init = torch.as_tensor(done).to(self.device)
+        features, _ = self.policy.trunk(self._obs, self._state, self._is_init)
+        boot = self.policy.value(features)  # the observation after the last step, memory carried to it
+        batch = TensorDict({k: torch.stack(v, dim=1) for k, v in cols.items()}, batch_size=[n, steps])
+        next_value = torch.cat([batch["value"][:, 1:], boot[:, None]], dim=1)
+        next_value = torch.where(batch["truncated"], batch["truncation_value"], next_value)
+        batch.set("next_value", next_value)
+        adv, target = gae(
+            batch["reward"], batch["value"], next_value, batch["terminated"], batch["done"],
+            self.cfg.gamma, self.cfg.lmbda,
+        )
+        batch.update({"advantage": adv, "value_target": target})
         self.frames += n * steps
-        return batch, returns, lengths
+        return batch, torch.stack(starts, dim=1), returns, lengths
 
     # --- update -------------------------------------------------------------------------------
-    def update(self, batch: TensorDict) -> dict[str, float]:
-        """PPO epochs over ``bptt``-long sequences (each starting from its stored rollout state)."""
+    def minibatch_loss(self, seqs: TensorDict, starts: TensorDict) -> dict[str, torch.Tensor]:
+        """PPO loss terms of ``seqs`` ``[B, bptt]`` replayed from ``starts`` ``[B]``: one trunk pass."""
         cfg = self.cfg
-        bptt = cfg.bptt or cfg.rollout_len
-        seqs = batch.reshape(cfg.num_envs * (cfg.rollout_len // bptt), bptt)
-        stats: dict[str, list[float]] = {}
+        state = starts.apply(lambda v: v.float() if v.is_floating_point() else v)
+        dist, value, _ = self.policy(seqs["observation"], state, seqs["is_init"])
+        return ppo_loss(
+            dist.log_prob(seqs["action"]), seqs["log_prob"], seqs["advantage"], value, seqs["value"],
+            seqs["value_target"], dist.entropy(), clip_epsilon=cfg.clip_epsilon, value_clip=cfg.value_clip,
+            normalize_advantage=cfg.normalize_advantage, critic_coeff=cfg.critic_coeff,
+            entropy_coeff=cfg.entropy_coeff,
+        )
+
+    def update(self, batch: TensorDict, starts: TensorDict) -> dict[str, float]:
+        """PPO epochs over ``bptt``-long sequences, each starting from its stored rollout state."""
+        cfg = self.cfg
+        rows = cfg.num_envs * (cfg.rollout_len // self.bptt)
+        seqs = batch.reshape(rows, self.bptt)  # (N * W, bptt): row-major keeps each env's windows in order
+        starts = starts.reshape(rows)
+        stats: dict[str, list[torch.Tensor]] = {}
         for _ in range(cfg.epochs):
-            perm = torch.randperm(seqs.shape[0])
+            perm = torch.randperm(rows, device=self.device)
             for idx in perm.chunk(cfg.minibatches):
-                out = self.loss(seqs[idx].clone())
-                total = out["loss_objective"] + out["loss_critic"] + out.get("loss_entropy", 0.0)
+                out = self.minibatch_loss(seqs[idx], starts[idx])
+                total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
                 self.optim.zero_grad(set_to_none=True)
                 total.backward()
                 gn = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optim.step()
-                for k in ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx"):
-                    if k in out.keys():
-                        stats.setdefault(k, []).append(float(out[k].detach()))
-                stats.setdefault("grad_norm", []).append(float(gn))
+                for k, v in out.items():
+                    stats.setdefault(k, []).append(v.detach())
+                stats.setdefault("grad_norm", []).append(gn.detach())
         self.updates += 1
-        return {k: float(np.mean(v)) for k, v in stats.items()}
+        return {k: float(torch.stack(v).float().mean()) for k, v in stats.items()}  # one host sync per update
 
     # --- loop ---------------------------------------------------------------------------------
     @property
     def total_updates(self) -> int:
         return math.ceil(self.cfg.frames / (self.cfg.num_envs * self.cfg.rollout_len))
 
-    def train(self, *, progress: bool = True, checkpoint_every: int = 0) -> dict[str, Any]:
-        """Run until ``cfg.frames``; writes metrics/curve/checkpoint into ``out_dir`` when given."""
-        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        from ..core.progress import make_progress
+    def train(self, *, progress: bool = True, checkpoint_every: int = 0, plots: bool = True) -> dict[str, Any]:
+        """Run until ``cfg.frames``; writes metrics/checkpoint (and the curve unless ``plots=False``, which needs
+        no matplotlib) into ``out_dir`` when given."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         columns = [
             TextColumn("[bold]PPO"),
@@ -289,35 +282,43 @@ class PPOTrainer:
         ]
         t0 = time.perf_counter() - sum(h.get("update_seconds", 0.0) for h in self.history)
         target = self.total_updates * self.cfg.num_envs * self.cfg.rollout_len
-        with make_progress(*columns, disable=not progress) as bar:
+        frames0, run_t0 = self.frames, time.perf_counter()
+        with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task("train", total=target, completed=self.frames, info="")
             while self.frames < target:
                 tu = time.perf_counter()
-                batch, returns, lengths = self.collect()
-                stats = self.update(batch)
+                batch, starts, returns, lengths = self.collect()
+                tc = time.perf_counter()
+                stats = self.update(batch, starts)
+                seconds = time.perf_counter() - tu
                 record = {
                     "update": self.updates,
                     "frames": self.frames,
                     "mean_return": float(np.mean(returns)) if returns else None,
                     "episodes": len(returns),
                     "mean_length": float(np.mean(lengths)) if lengths else None,
-                    "update_seconds": time.perf_counter() - tu,
+                    "update_seconds": seconds,
+                    "collect_seconds": tc - tu,
+                    "frames_per_second": self.cfg.num_envs * self.cfg.rollout_len / seconds,
                     **stats,
                 }
                 self.history.append(record)
                 best = self.summary()["mmer"]
+                ret = record["mean_return"] if returns else float("nan")
                 bar.update(
                     task,
                     completed=self.frames,
-                    info=f"return {record['mean_return'] if returns else float('nan'):+.3f} best {best:+.3f}",
+                    info=f"return {ret:+.3f} best {best:+.3f} {record['frames_per_second']:,.0f} frames/s",
                 )
                 if self.out_dir is not None and checkpoint_every and self.updates % checkpoint_every == 0:
                     self.save(self.out_dir)
         summary = self.summary()
         summary["wall_seconds"] = time.perf_counter() - t0
+        run_seconds = time.perf_counter() - run_t0
+        summary["frames_per_second"] = (self.frames - frames0) / run_seconds if run_seconds > 0 else None
         if self.out_dir is not None:
             self.save(self.out_dir)
-            self.write_metrics(self.out_dir, summary)
+            self.write_metrics(self.out_dir, summary, plots=plots)
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -331,13 +332,18 @@ class PPOTrainer:
             "mmer": max(means) if means else float("nan"),
             "final_mean_return": float(np.mean(last)) if last else float("nan"),
             "popgym": self.popgym,
+            "device": str(self.device),
+            "amp": self.cfg.amp,
+            "num_envs": self.cfg.num_envs,
+            "params": sum(p.numel() for p in self.policy.parameters()),
         }
 
     # --- outputs ------------------------------------------------------------------------------
-    def write_metrics(self, out_dir: Path, summary: dict[str, Any]) -> None:
+    def write_metrics(self, out_dir: Path, summary: dict[str, Any], *, plots: bool = True) -> None:
         """``metrics.json`` (summary + per-update records) and ``returns.png``."""
         atomic_write_json(out_dir / "metrics.json", _json_safe({"summary": summary, "history": self.history}))
-        plot_returns({f"{self.cfg.stack}": self.history}, out_dir / "returns.png", title=self.cfg.env)
+        if plots:
+            plot_returns({f"{self.cfg.stack}": self.history}, out_dir / "returns.png", title=self.cfg.env)
 
     def save(self, out_dir: Path) -> Path:
         """``checkpoint/``: model + optimizer safetensors and a JSON with config, counters and history."""
@@ -357,6 +363,7 @@ class PPOTrainer:
                     "version": CHECKPOINT_VERSION,
                     "config": self.cfg.model_dump(mode="json"),
                     "stack_config": self.stack_cfg.model_dump(mode="json"),
+                    "spaces": {"obs_dim": self.obs_dim, "action_space": str(self.action_space)},
                     "frames": self.frames,
                     "updates": self.updates,
                     "param_groups": opt["param_groups"],
@@ -373,36 +380,47 @@ class PPOTrainer:
         out_dir: str | Path | None = None,
         overrides: dict[str, Any] | None = None,
     ) -> PPOTrainer:
-        """Rebuild a trainer from ``checkpoint/`` (weights, optimizer, counters); envs start afresh."""
-        meta = read_checkpoint_meta(checkpoint)
+        """Rebuild a trainer from ``checkpoint/`` (weights, optimizer, counters); envs start afresh.
+
+        ``overrides`` may change run settings (frames, device, env for evaluation); a checkpoint that does not
+        fit the resulting policy (observation width, action space, stack weights) is refused with one line.
+        """
         ckpt = Path(checkpoint)
-        meta_path = ckpt / "trainer.json"
-        cfg = validate_config(PPOConfig, {**meta["config"], **(overrides or {})}, meta_path, "PPO config")
-        stack_cfg = validate_config(CortexStackConfig, meta["stack_config"], meta_path, "stack config")
+        meta = read_checkpoint_meta(ckpt)
+        try:
+            cfg = PPOConfig.model_validate({**meta["config"], **(overrides or {})})
+            stack_cfg = CortexStackConfig.model_validate(meta["stack_config"])
+        except ValueError as e:
+            raise CheckpointError(f"{ckpt / 'trainer.json'}: invalid run or stack config "
+                                  f"({validation_message(e)})") from None
+        obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
+        check_compatible(meta, ckpt / "trainer.json", env=cfg.env, obs_dim=obs_dim, action_space=str(action_space))
+        model = read_tensors(ckpt / "model.safetensors")
+        flat = read_tensors(ckpt / "optim.safetensors")
         trainer = cls(cfg, out_dir, stack_cfg=stack_cfg)
-        model_path = ckpt / "model.safetensors"
-        load_state_checked(trainer.policy, load_safetensors_checked(model_path, what="PPO weights file"), model_path,
-                           "PPO weights file")
-        optim_path = ckpt / "optim.safetensors"
-        flat = load_safetensors_checked(optim_path, what="PPO optimizer file")
+        load_weights(trainer.policy, model, ckpt / "model.safetensors", f"the {cfg.stack!r} policy for {cfg.env!r}")
         state: dict[int, dict[str, torch.Tensor]] = {}
         try:
             for name, v in flat.items():
                 if name.startswith("state."):
                     _, i, k = name.split(".", 2)
-                    state.setdefault(int(i), {})[k] = v
+                    state.setdefault(int(i), {})[k] = v  # load_state_dict moves state to the params (step stays)
             opt_state = {"state": state, "param_groups": meta["param_groups"]}
             check_optimizer_state(trainer.optim, opt_state)
             trainer.optim.load_state_dict(opt_state)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{ckpt / 'optim.safetensors'} does not match the policy's parameters "
+                                  f"({one_line(e)[:200]})") from None
+        try:
             if "rng.torch" in flat:
                 torch.set_rng_state(flat["rng.torch"])
             trainer.frames, trainer.updates = int(meta["frames"]), int(meta["updates"])
+            trainer.history = list(meta["history"])
             if trainer.frames < 0 or trainer.updates < 0 or cfg.seed + 1_000_003 * trainer.updates < 0:
                 raise ValueError(f"frames {trainer.frames}, updates {trainer.updates} and seed {cfg.seed} must "
                                  f"be >= 0")
-            trainer.history = list(meta["history"])
-        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError, OverflowError) as e:
-            raise CheckpointError(f"PPO checkpoint {ckpt}: optimizer or trainer state does not fit "
+        except (ValueError, KeyError, TypeError, RuntimeError, OverflowError) as e:
+            raise CheckpointError(f"{ckpt / 'trainer.json'}: counters or RNG state do not fit "
                                   f"({one_line(e)[:200]})") from None
         trainer._start_envs(cfg.seed + 1_000_003 * trainer.updates)
         return trainer
@@ -412,21 +430,15 @@ class PPOTrainer:
         """Mean/std return over ``episodes`` finished episodes with the current policy (envs restarted)."""
         self._start_envs(self.cfg.seed + 7919)
         returns: list[float] = []
-        mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
-        n = self.cfg.num_envs
-        with set_exploration_type(mode):
-            while len(returns) < episodes:
-                td = TensorDict({"observation": self._obs, "is_init": self._is_init}, batch_size=[n])
-                td.update(self._state)
-                self.policy.actor(td)
-                obs, reward, term, trunc, _ = self.envs.step(_action_to_env(td["action"], self.action_space))
-                done = np.logical_or(term, trunc)
-                self._ep_return += reward
-                returns.extend(float(self._ep_return[i]) for i in np.flatnonzero(done))
-                self._ep_return[done] = 0.0
-                self._state = td.get("next").select(self.policy.core.state_prefix).clone()
-                self._obs = torch.as_tensor(obs, dtype=torch.float32)
-                self._is_init = torch.as_tensor(done).unsqueeze(-1)
+        while len(returns) < episodes:
+            dist, _, self._state = self.policy(self._obs, self._state, self._is_init)
+            action = mode(dist) if deterministic else dist.sample()
+            obs, _, _, done, _ = self._step_envs(action)
+            returns.extend(float(self._ep_return[i]) for i in np.flatnonzero(done))
+            self._ep_return[done] = 0.0
+            self._ep_len[done] = 0
+            self._obs = self._tensor(obs)
+            self._is_init = torch.as_tensor(done).to(self.device)
         returns = returns[:episodes]
         return {
             "env": self.cfg.env,
@@ -436,20 +448,6 @@ class PPOTrainer:
             "std_return": float(np.std(returns)),
             "deterministic": deterministic,
         }
-
-
-def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
-    """Validated ``trainer.json`` of a checkpoint directory."""
-    ckpt = Path(checkpoint)
-    if not ckpt.is_dir():
-        raise CheckpointNotFoundError(f"PPO checkpoint folder {ckpt} not found")
-    meta = read_versioned(ckpt / "trainer.json", format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
-                          what="cortexmem PPO checkpoint file",
-                          required=("config", "stack_config", "frames", "updates", "param_groups", "history"))
-    for key in ("config", "stack_config"):
-        if not isinstance(meta[key], dict):
-            raise CheckpointError(f"PPO checkpoint file {ckpt / 'trainer.json'}: {key!r} must be a JSON object")
-    return meta
 
 
 def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: str = "") -> None:
@@ -471,7 +469,8 @@ def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: 
     ax.set_ylabel("mean episodic return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     atomic_save_figure(fig, path, bbox_inches="tight")
     plt.close(fig)
 

@@ -6,13 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..blocks import PassThroughBlockConfig, PostUpGatedBlockConfig, PreUpBlockConfig
-from ..cells import CausalConv1dCellConfig, LSTMCellConfig
+from ..cells import CausalConv1dCellConfig, GRUCellConfig, LSTMCellConfig
 from ..core.io import CheckpointError, one_line, read_json, validate_config
 from ..stacks import CortexStack, CortexStackConfig, build_cortex
 
 
 def _lstm(d: int, layers: int) -> CortexStackConfig:
     return CortexStackConfig(d_hidden=d, blocks=[PassThroughBlockConfig(cell=LSTMCellConfig())] * layers)
+
+
+def _gru(d: int, layers: int) -> CortexStackConfig:
+    return CortexStackConfig(d_hidden=d, blocks=[PassThroughBlockConfig(cell=GRUCellConfig())] * layers)
 
 
 def _conv(d: int, layers: int) -> CortexStackConfig:
@@ -29,13 +33,14 @@ def _conv_lstm(d: int, layers: int) -> CortexStackConfig:
 #: name -> (d_hidden, num_layers) -> config; every name works without the optional builders on main
 BUILTIN_STACKS: dict[str, Callable[[int, int], CortexStackConfig]] = {
     "lstm": _lstm,
+    "gru": _gru,
     "conv": _conv,
     "conv_lstm": _conv_lstm,
 }
 
 
 def resolve_stack(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStack:
-    """Build the stack named by ``spec``, in this order: a built-in name (``lstm``, ``conv``, ``conv_lstm``), a
+    """Build the stack named by ``spec``, in this order: a built-in name (``lstm``, ``gru``, ``conv``, ``conv_lstm``), a
     stack-config ``.json`` file, a stack registered with ``cortexmem.evals`` (``num_layers`` must be 1: those
     builders fix their depth), or a pattern for ``cortexmem.build_cortex_auto_stack``."""
     if not isinstance(spec, str) or not spec:

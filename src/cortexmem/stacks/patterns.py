@@ -73,6 +73,7 @@ BUILTIN_TOKENS: dict[str, BuiltinToken] = {
     "S": BuiltinToken("PostUpBlockConfig", "sLSTMCellConfig"),
     "S^": BuiltinToken("PostUpBlockConfig", "sLSTMCellConfig", {"use_axon_layer": True}),
     "L": BuiltinToken("PassThroughBlockConfig", "LSTMCellConfig"),
+    "G": BuiltinToken("PassThroughBlockConfig", "GRUCellConfig"),
     "C": BuiltinToken("PassThroughBlockConfig", "CausalConv1dCellConfig"),
     "D": BuiltinToken("PreUpBlockConfig", "GatedDeltaCellConfig"),
     "H": BuiltinToken("PostUpGatedBlockConfig", "HybridCellConfig"),

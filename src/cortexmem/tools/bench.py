@@ -1,7 +1,8 @@
 """``cortex bench``: timings of our cells and stacks against peers measured in the same process.
 
-Peers: ``torch.nn.LSTM`` (cuDNN on GPU), the peer library ``cortexcore`` (import name ``cortex``) and fla's
-``chunk_gated_delta_rule``, each reported as "not installed" or "failed: reason" when it cannot run.
+Peers: ``torch.nn.LSTM`` (cuDNN on GPU), the peer library ``cortexcore`` (import name ``cortex``), fla's
+``chunk_gated_delta_rule`` and causal ``scaled_dot_product_attention``, each reported as "not installed" or
+"failed: reason" when it cannot run. :mod:`.bench_goals` turns the rows into the speed goals, met or not.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ..core.graphed import GraphedModule
 from ..core.io import atomic_save_figure
 from ..core.step_runner import StepRunner
 
-CELL_TOKENS = {"lstm": "L", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X", "agalite": "Ag",
-               "gated_delta": "D", "hybrid": "H"}
+CELL_TOKENS = {"lstm": "L", "gru": "G", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X",
+               "agalite": "Ag", "gated_delta": "D", "hybrid": "H"}
 
 
 @dataclass
@@ -89,7 +90,8 @@ def _stack_for(cell: str, d: int, layers: int):
 
 def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, batch: int, seq: int, d: int,
                     device: torch.device, repeats: int, step_api: str = "cortex",
-                    step_compile: str = "off") -> BenchRow:
+                    step_compile: str = "off", light: bool = False) -> BenchRow:
+    """First call, eager forward+backward, peak memory; unless ``light``, the step and the CUDA-graph timings too."""
     row = BenchRow(name, kind)
     try:
         t0 = time.perf_counter()
@@ -109,6 +111,8 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
         row.fwd_bwd_ms = _time(fwd_bwd, device, repeats)
         if device.type == "cuda":
             row.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        if light:
+            return row
         xs = torch.randn(batch, d, device=device)
         with torch.no_grad():
             if step_api == "lstm":
@@ -198,56 +202,105 @@ def tf32_mode(mode: str) -> Iterator[dict[str, bool]]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def check_cells(cells: list[str]) -> list[str]:
+    """``cells`` without repeats, or a ``ValueError`` naming the first unknown one and the valid names."""
+    unknown = [c for c in cells if c not in CELL_TOKENS]
+    if unknown:
+        raise ValueError(f"unknown cell {unknown[0]!r}; valid cells: {', '.join(CELL_TOKENS)}")
+    if not cells:
+        raise ValueError(f"no cells given; valid cells: {', '.join(CELL_TOKENS)}")
+    return list(dict.fromkeys(cells))
+
+
 def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256, layers: int = 4,
               pattern: str = "AXMS", device: str = "auto", repeats: int = 10,
-              gated_delta_shapes: bool = True, step_compile: str = "default") -> list[BenchRow]:
+              gated_delta_shapes: bool = True, step_compile: str = "default", goals_only: bool = False,
+              first_call: bool | None = None) -> list[BenchRow]:
     """All measurements of one run (ours first, then peers), at the fp32 precision in force (:func:`tf32_mode`).
 
     ``step_compile``: the stack's compiled step (CUDA only): ``off``, ``default`` or ``max-autotune``
-    (:class:`StepRunner`'s ``compile``).
+    (:class:`StepRunner`'s ``compile``). ``goals_only``: just the rows :func:`.bench_goals.evaluate_goals` reads
+    (cells and their peers eager forward+backward only; no bare LSTMs, no 1-layer cuDNN, no cortexcore stack).
+    ``first_call``: time the stack's first call in a fresh process with an empty Triton cache (default: on CUDA,
+    where the Triton compiles it measures happen).
     """
     if step_compile not in STEP_COMPILE_MODES:
         raise ValueError(f"step_compile must be one of {', '.join(STEP_COMPILE_MODES)}, got {step_compile!r}")
+    cells = check_cells(cells)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     kw = dict(batch=batch, seq=seq, d=d, device=dev, repeats=repeats)
     _warm_up(dev)
-    rows = [_measure_module(f"cell:{c}", "ours", lambda c=c: _stack_for(c, d, 1), **kw) for c in cells]
+    rows = [_measure_module(f"cell:{c}", "ours", lambda c=c: _stack_for(c, d, 1), light=goals_only, **kw)
+            for c in cells]
     rows.append(_measure_module(f"stack:{layers}x{pattern}", "ours", lambda: _stack_for(pattern, d, layers),
                                 step_compile=step_compile if dev.type == "cuda" else "off", **kw))
-    rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers), **kw))
-    # the bare cell (no block around it: no norm, FFN or residual), the like-for-like match of nn.LSTM
-    rows.append(_measure_module("bare:lstm-1", "ours", lambda: _bare_lstm(d, 1), **kw))
-    if layers != 1:
-        rows.append(_measure_module(f"bare:lstm-{layers}", "ours", lambda: _bare_lstm(d, layers), **kw))
-    if layers != 1:  # the 1-layer row follows; row names are unique
-        rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers),
-                                    step_api="lstm", **kw))
-    rows.append(_measure_module("peer:cudnn-lstm-1", "peer", lambda: _CudnnLSTM(d, 1), step_api="lstm", **kw))
-    build, why = _peer_cortexcore(pattern, layers, d)
-    rows.append(BenchRow(f"peer:cortexcore-{layers}x{pattern}", "peer", status=why) if build is None else
-                _measure_module(f"peer:cortexcore-{layers}x{pattern}", "peer", build, **kw))
+    if not goals_only:
+        rows.append(_measure_module(f"stack:{layers}xL (cortex LSTM)", "ours", lambda: _stack_for("L", d, layers),
+                                    **kw))
+        # the bare cell (no block around it: no norm, FFN or residual), the like-for-like match of nn.LSTM
+        rows.append(_measure_module("bare:lstm-1", "ours", lambda: _bare_lstm(d, 1), **kw))
+        if layers != 1:
+            rows.append(_measure_module(f"bare:lstm-{layers}", "ours", lambda: _bare_lstm(d, layers), **kw))
+    rows.append(_measure_module(f"peer:cudnn-lstm-{layers}", "peer", lambda: _CudnnLSTM(d, layers), step_api="lstm",
+                                light=goals_only, **kw))
+    if not goals_only and layers != 1:
+        rows.append(_measure_module("peer:cudnn-lstm-1", "peer", lambda: _CudnnLSTM(d, 1), step_api="lstm", **kw))
+    if not goals_only:
+        build, why = _peer_cortexcore(pattern, layers, d)
+        rows.append(BenchRow(f"peer:cortexcore-{layers}x{pattern}", "peer", status=why) if build is None else
+                    _measure_module(f"peer:cortexcore-{layers}x{pattern}", "peer", build, **kw))
     for c in cells:
         tok = CELL_TOKENS.get(c, c)
         build, why = _peer_cortexcore(tok, 1, d)
         name = f"peer:cortexcore-cell:{c}"
-        rows.append(BenchRow(name, "peer", status=why) if build is None else _measure_module(name, "peer", build, **kw))
+        rows.append(BenchRow(name, "peer", status=why) if build is None else
+                    _measure_module(name, "peer", build, light=goals_only, **kw))
     if gated_delta_shapes and dev.type == "cuda":
-        rows.extend(_gated_delta_vs_fla(dev, repeats))
+        rows.extend(_gated_delta_rows(dev, repeats))
+    if first_call or (first_call is None and dev.type == "cuda"):
+        rows.append(_first_call_row(pattern, layers, d, batch, seq, dev))
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"bench rows must have unique names, got {names}")
     return rows
 
 
-def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
+GATED_DELTA_SHAPES = ((8, 2048, 4, 64), (4, 8192, 16, 128))  # (B, T, H, D)
+
+
+def gated_delta_shape_name(B: int, T: int, H: int, D: int) -> str:
+    return f"B{B}xT{T}xH{H}xD{D}"
+
+
+def _first_call_row(pattern: str, layers: int, d: int, batch: int, seq: int, dev: torch.device) -> BenchRow:
+    """A fresh process, an empty Triton cache: build + first forward + backward of the stack."""
+    from .first_call import first_call_fresh_process
+
+    row = BenchRow(f"first-call:{layers}x{pattern}", "ours")
+    try:
+        res = first_call_fresh_process(pattern, layers, d, batch, seq, str(dev))
+        row.first_call_s = res["total_s"]
+        row.extra["build_s"] = round(res["build_s"], 3)
+        row.extra["triton_cache"] = "empty"
+    except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
+        row.status = f"failed: {type(e).__name__}: {e}"[:300]
+    return row
+
+
+def _gated_delta_rows(dev: torch.device, repeats: int) -> list[BenchRow]:
+    """Ours (backend by the registry) vs fla and causal SDPA (flash) at the issue's two bf16 shapes; forward+backward
+    gives every input (q, k, v, g, beta) a gradient, as training does."""
     rows = []
     try:
-        ours = importlib.import_module("cortexmem.ops.gated_delta").gated_delta_rule  # backend by the registry
+        ours = importlib.import_module("cortexmem.ops.gated_delta").gated_delta_rule
     except Exception as e:  # noqa: BLE001
         return [BenchRow("gated_delta:ours", "ours", status=f"not available ({type(e).__name__}: {e})")]
     try:
         fla = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
     except Exception as e:  # noqa: BLE001
         fla, fla_why = None, f"not installed ({type(e).__name__})"
-    for B, T, H, D in [(8, 2048, 4, 64), (4, 8192, 16, 128)]:
+    for B, T, H, D in GATED_DELTA_SHAPES:
         g = torch.Generator(device=dev).manual_seed(0)
         q = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
         k = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
@@ -255,19 +308,22 @@ def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
         alpha = torch.rand(B, T, H, device=dev, generator=g).mul(0.1).add(0.89).bfloat16()
         gl = alpha.float().log().bfloat16()  # both ops take the LOG decay
         beta = torch.rand(B, T, H, device=dev, generator=g).bfloat16()
-        shape = f"B{B}xT{T}xH{H}xD{D}"
+        shape = gated_delta_shape_name(B, T, H, D)
+
+        def fwd_bwd(fn, **kw):
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v, gl, beta)]
+
+            def run():
+                fn(*leaves, **kw)[0].float().sum().backward()
+            return run
+
         row = BenchRow(f"gated_delta:ours {shape}", "ours")
         try:
             with torch.no_grad():
-                row.fwd_bwd_ms = None
                 row.extra["fwd_ms"] = _time(lambda: ours(q, k, v, gl, beta), dev, repeats)
-            qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
-
-            def fb():
-                o = ours(qq, kk, vv, gl, beta)[0]
-                o.float().sum().backward()
-
-            row.fwd_bwd_ms = _time(fb, dev, repeats)
+            torch.cuda.reset_peak_memory_stats(dev)
+            row.fwd_bwd_ms = _time(fwd_bwd(ours), dev, repeats)
+            row.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
         except Exception as e:  # noqa: BLE001
             row.status = f"failed: {type(e).__name__}: {e}"[:300]
         rows.append(row)
@@ -281,14 +337,31 @@ def _gated_delta_vs_fla(dev: torch.device, repeats: int) -> list[BenchRow]:
             except Exception as e:  # noqa: BLE001
                 peer.status = f"failed: {type(e).__name__}: {e}"[:300]
             try:
-                qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
-                o = fla(qq, kk, vv, gl, beta, scale=1.0)[0]
-                o.float().sum().backward()
-                peer.extra["backward"] = "ok"
-            except Exception as e:  # noqa: BLE001
+                peer.fwd_bwd_ms = _time(fwd_bwd(fla, scale=1.0), dev, repeats)
+            except Exception as e:  # noqa: BLE001 - fla's backward refuses to run on Hopper with Triton 3.6
                 peer.extra["backward"] = f"failed: {type(e).__name__}: {e}"[:200]
         rows.append(peer)
+        rows.append(_sdpa_row(shape, B, T, H, D, dev, repeats))
     return rows
+
+
+def _sdpa_row(shape: str, B: int, T: int, H: int, D: int, dev: torch.device, repeats: int) -> BenchRow:
+    """Causal scaled-dot-product attention (flash on a GPU), bf16, forward+backward of q, k and v."""
+    row = BenchRow(f"peer:sdpa-causal {shape}", "peer")
+    try:
+        gen = torch.Generator(device=dev).manual_seed(1)
+        qkv = [torch.randn(B, H, T, D, device=dev, generator=gen).bfloat16().requires_grad_(True) for _ in range(3)]
+
+        def run():
+            nn.functional.scaled_dot_product_attention(*qkv, is_causal=True).float().sum().backward()
+
+        with torch.no_grad():
+            row.extra["fwd_ms"] = _time(lambda: nn.functional.scaled_dot_product_attention(*qkv, is_causal=True),
+                                        dev, repeats)
+        row.fwd_bwd_ms = _time(run, dev, repeats)
+    except Exception as e:  # noqa: BLE001
+        row.status = f"failed: {type(e).__name__}: {e}"[:300]
+    return row
 
 
 def ratios(rows: list[BenchRow]) -> dict[str, float]:
@@ -325,6 +398,26 @@ def ratios(rows: list[BenchRow]) -> dict[str, float]:
             if p and p.extra.get("fwd_ms"):
                 out[f"{p.name} / {r.name} (fwd_ms)"] = p.extra["fwd_ms"] / r.extra["fwd_ms"]
     return out
+
+
+def run_metadata(device: str = "auto") -> dict[str, Any]:
+    """When and where a run was measured: date (UTC), GPU (or CPU), library versions."""
+    import datetime
+    import platform
+
+    import cortexmem
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    try:
+        triton = importlib.import_module("triton").__version__
+    except Exception:  # noqa: BLE001
+        triton = None
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
+            "cortexmem": cortexmem.__version__, "torch": torch.__version__, "triton": triton,
+            "cuda": torch.version.cuda, "python": platform.python_version()}
 
 
 def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:

@@ -22,7 +22,7 @@ def _depthwise_only(depthwise: bool = True, **_: object) -> str | None:
 
 register_backend("causal_conv1d", "torch", causal_conv1d_torch, priority=0, note="one unfold + einsum")
 register_backend("causal_conv1d", "triton", _triton, devices=frozenset({"cuda"}), priority=10, needs_triton=True,
-                 supports=_depthwise_only, note="fused fwd/bwd kernels")
+                 supports=_depthwise_only, limits="depthwise weights", note="fused fwd/bwd kernels")
 
 
 def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:

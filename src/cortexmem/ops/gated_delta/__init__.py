@@ -2,10 +2,9 @@
 ``triton_bwd``.
 
 All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. Op ``gated_delta`` has
-backends ``torch`` (the chunked op, with autograd), ``triton`` (CUDA, forward only: chosen by
-:func:`gated_delta_rule` only when no gradient is needed) and ``triton_autograd`` (CUDA, Triton forward and
-backward; not yet run on a GPU, so opt-in: never chosen by ``auto``); ``cortex doctor`` checks each against the
-naive loop (gradients too, for the differentiable ones).
+backends ``torch`` (the chunked op, with autograd), ``triton`` (CUDA, forward only: chosen by ``auto`` when no
+gradient is needed) and ``triton_autograd`` (CUDA, Triton forward and backward: chosen by ``auto`` for training on
+CUDA); ``cortex doctor`` checks each against the naive loop (gradients too, for the differentiable ones).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.backends import register_backend, register_reference, select_backend
-from .checks import needs_grad, triton_autograd_rejects, triton_rejects
+from .checks import TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .step import gated_delta_rule_step
@@ -59,12 +58,13 @@ register_backend("gated_delta", "torch", _chunk_positional, priority=0,
 register_backend("gated_delta", "triton", _triton_positional, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
                  forward_only=True, supports=triton_rejects,
+                 limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64, no gradients",
                  note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
-# opt-in and below torch: "auto" never picks it (never run on a GPU yet); backend="triton_autograd" asks for it
+# below the forward-only kernel (which "auto" takes when no gradient is needed), above torch: training on CUDA
 register_backend("gated_delta", "triton_autograd", _triton_autograd_positional, devices=frozenset({"cuda"}),
-                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=-10, needs_triton=True,
-                 opt_in=True, supports=triton_autograd_rejects,
-                 note="unmeasured on GPU: opt-in; Triton forward and backward")
+                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=5, needs_triton=True,
+                 supports=triton_autograd_rejects, limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64",
+                 note="Triton forward and backward (fp32 accumulation)")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
 
@@ -87,7 +87,7 @@ def gated_delta_rule(
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
     grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
     explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``; ``backend="triton_autograd"``
-    (opt-in, not yet run on a GPU) runs the Triton forward and backward. ``check_decay=False`` skips
+    runs the Triton forward and backward (``auto``'s choice on CUDA when a gradient is needed). ``check_decay=False`` skips
     the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by construction).
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,

@@ -69,6 +69,30 @@ def _dot(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
+def _tf32x3(a, b):
+    """fp32 product to about fp32 accuracy from three TF32 passes: ``a = a_hi + a_lo`` with ``a_hi`` the top 10
+    mantissa bits (exact in TF32) and ``a_lo`` the rest; ``a_lo b_hi + a_hi b_lo + a_hi b_hi`` (``a_lo b_lo`` is
+    below fp32 rounding). Written out for the backward: Triton 3.6's own ``input_precision="tf32x3"`` lowering
+    reads shared memory out of bounds on sm_90 in its dq/dk kernel (an illegal memory access on an H100). The
+    forward keeps Triton's own, whose fp32 layouts are checked spill-free."""
+    a_hi = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    b_hi = (b.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    r = tl.dot(a - a_hi, b_hi, input_precision="tf32")
+    r = tl.dot(a_hi, b - b_hi, r, input_precision="tf32")
+    return tl.dot(a_hi, b_hi, r, input_precision="tf32")
+
+
+@triton.jit
+def _bdot(a, b, DOT: tl.constexpr):
+    """The backward's products (:mod:`.triton_bwd`): :func:`_tf32x3` for fp32 inputs, else :func:`_dot`."""
+    if DOT == DOT_TF32X3:
+        r = _tf32x3(a.to(tl.float32), b.to(tl.float32))
+    else:
+        r = _dot(a, b, DOT)
+    return r
+
+
+@triton.jit
 def _gates(G, R, b, h, t, T, NH, HAS_R: tl.constexpr):
     """Log decays with resets zeroed, and reset flags (int32), at the time steps ``t`` (0 past ``T``)."""
     ok = t < T
@@ -116,13 +140,19 @@ def _rows(Q, b, h, tc, ok, T, NH, DKR, rk):
 
 
 @triton.jit
-def _block_keys_dot(K, b, h, ti, oki, tj, okj, T, NH, DKR, DK: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
+def _block_keys_dot(K, b, h, ti, oki, tj, okj, T, NH, DKR, DK: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+                    BWD: tl.constexpr = False):
     """``k_i . k_j [16, 16]`` of two 16-row blocks of keys (steps ``ti``, ``tj``), accumulated over ``BK``-column
-    blocks: whole-width [16, DK] operands, split into two TF32 parts in registers by 3xTF32, spill at Dk = 128."""
+    blocks: whole-width [16, DK] operands, split into two TF32 parts in registers by 3xTF32, spill at Dk = 128.
+    ``BWD``: the backward's products (:func:`_bdot`)."""
     acc = tl.zeros((16, 16), dtype=tl.float32)
     for k0 in range(0, DK, BK):  # one block, masked past DKR, where BK > DK
         rk = k0 + tl.arange(0, BK)
-        acc += _dot(_rows(K, b, h, ti, oki, T, NH, DKR, rk), _keys_t(K, b, h, tj, okj, T, NH, DKR, rk), DOT)
+        a, b_t = _rows(K, b, h, ti, oki, T, NH, DKR, rk), _keys_t(K, b, h, tj, okj, T, NH, DKR, rk)
+        if BWD:
+            acc += _bdot(a, b_t, DOT)
+        else:
+            acc += _dot(a, b_t, DOT)
     return acc
 
 

@@ -24,7 +24,7 @@ never bf16 ones. Then three kernels (four with 3xTF32):
   ``dbeta``, and ``dg`` as the in-chunk reverse cumulative sum of ``d gamma`` (0 at reset steps, whose decay
   acts on a zeroed state).
 
-Not yet run on a GPU: registered as the opt-in backend ``triton_autograd``, never chosen by ``auto``.
+Registered as the backend ``triton_autograd``, ``auto``'s choice for training on CUDA.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from ...core.precompile import launch
 from .checks import check_gated_delta_inputs, triton_autograd_rejects
 from .triton import (
     PRODUCTS,
+    _bdot,
     _block_gates,
     _block_keys_dot,
     _chunk_gates,
     _default_block_v,
-    _dot,
     _gates,
     _keys_t,
     _pow2_at_least_16,
@@ -87,18 +87,18 @@ def _bwd_intra_kernel(Q, K, G, R, DO, DSC, DU, T, N, NH, DKR, DVR, DK: tl.conste
     ok = tc < T
     do = tl.load(DO + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=ok[:, None] & (rv[None, :] < DVR),
                  other=0.0).to(tl.float32)
-    kq = _dot(_rows(K, b, h, tc, ok, T, NH, DKR, rk), _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), DOT)
+    kq = _bdot(_rows(K, b, h, tc, ok, T, NH, DKR, rk), _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), DOT)
     if SPLIT:
-        kq += _dot(_rows(K, b, h, tc, ok, T, NH, DKR, DH + rk), _keys_t(Q, b, h, tc, ok, T, NH, DKR, DH + rk), DOT)
+        kq += _bdot(_rows(K, b, h, tc, ok, T, NH, DKR, DH + rk), _keys_t(Q, b, h, tc, ok, T, NH, DKR, DH + rk), DOT)
     # (Q K^T . M)^T with rows j, columns i: joined j <= i
     link_t = (rc[:, None] <= rc[None, :]) & (seg[:, None] == seg[None, :])
     dec_t = tl.exp(tl.where(link_t, gamma[None, :] - gamma[:, None], float("-inf")))
-    tl.store(DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :], _dot(kq * dec_t, do, DOT))
+    tl.store(DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :], _bdot(kq * dec_t, do, DOT))
     dod = do * d_in[:, None]
     x_ptr = DSC + (bh * N + n) * DK * DV + rk[:, None] * DV + rv[None, :]
-    tl.store(x_ptr, _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), dod, DOT))
+    tl.store(x_ptr, _bdot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), dod, DOT))
     if SPLIT:
-        tl.store(x_ptr + DH * DV, _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, DH + rk), dod, DOT))
+        tl.store(x_ptr + DH * DV, _bdot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, DH + rk), dod, DOT))
 
 
 @triton.jit
@@ -130,14 +130,14 @@ def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DSC, DU, DS0, T, N, NH, DKR, DVR, 
         if SPLIT:
             tl.store(dsc + DH * DV, dS2)
         k = _rows(K, b, h, tc, ok, T, NH, DKR, rk)  # [C, DH]
-        kds = _dot(k, dS, DOT)
+        kds = _bdot(k, dS, DOT)
         if not PRE:
-            kq = _dot(k, _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), DOT)
+            kq = _bdot(k, _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), DOT)
         if SPLIT:
             k2 = _rows(K, b, h, tc, ok, T, NH, DKR, rk2)
-            kds += _dot(k2, dS2, DOT)
+            kds += _bdot(k2, dS2, DOT)
             if not PRE:
-                kq += _dot(k2, _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk2), DOT)
+                kq += _bdot(k2, _keys_t(Q, b, h, tc, ok, T, NH, DKR, rk2), DOT)
         d_in, d_out, d_c = _chunk_decays(gamma, seg, C)
         du_ptr = DU + (bh * N * C + n * C + rc[:, None]) * DV + rv[None, :]
         if PRE:
@@ -148,16 +148,16 @@ def _bwd_state_kernel(Q, K, G, R, W, DO, DSF, DSC, DU, DS0, T, N, NH, DKR, DVR, 
             # (Q K^T . M)^T with rows j, columns i: joined j <= i
             link_t = (rc[:, None] <= rc[None, :]) & (seg[:, None] == seg[None, :])
             dec_t = tl.exp(tl.where(link_t, gamma[None, :] - gamma[:, None], float("-inf")))
-            du = _dot(kq * dec_t, do, DOT) + d_out[:, None] * kds
+            du = _bdot(kq * dec_t, do, DOT) + d_out[:, None] * kds
             dod = do * d_in[:, None]
-            x = _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), dod, DOT)
+            x = _bdot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk), dod, DOT)
             if SPLIT:
-                x2 = _dot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk2), dod, DOT)
+                x2 = _bdot(_keys_t(Q, b, h, tc, ok, T, NH, DKR, rk2), dod, DOT)
         tl.store(du_ptr, du)
         w_t = W + (bh * N * C + n * C + rc[None, :]) * DK + rk[:, None]  # W^T rows of this key half: [DH, C]
-        dS = dS * d_c + x - _dot(tl.load(w_t), du, DOT)
+        dS = dS * d_c + x - _bdot(tl.load(w_t), du, DOT)
         if SPLIT:
-            dS2 = dS2 * d_c + x2 - _dot(tl.load(w_t + DH), du, DOT)
+            dS2 = dS2 * d_c + x2 - _bdot(tl.load(w_t + DH), du, DOT)
     if HAS_S0:
         tl.store(DS0 + s_off, dS.to(DS0.dtype.element_ty), mask=s_mask)
         if SPLIT:
@@ -195,23 +195,23 @@ def _bwd_dqk_kernel(Q, K, G, R, DO, U, H, DSC, DU, DQ, DKD, DW, DGP, T, N, NH, D
         du = tl.load(DU + rows[:, None] * DV + rv[None, :])
         sT = tl.load(H + chunk * DK * DV + rk[None, :] * DV + rv[:, None])  # [BV, BK]
         dsT = tl.load(DSC + chunk * DK * DV + rk[None, :] * DV + rv[:, None])
-        dos += _dot(do, sT, DOT)
-        uds += _dot(u, dsT, DOT)
-        dus += _dot(du, sT, DOT)
-        dou += _dot(do, tl.trans(u), DOT)
+        dos += _bdot(do, sT, DOT)
+        uds += _bdot(u, dsT, DOT)
+        dus += _bdot(du, sT, DOT)
+        dou += _bdot(do, tl.trans(u), DOT)
         ddc += tl.sum(sT * dsT, 0)
     q = _rows(Q, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)  # [C, BK]
     k = _rows(K, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)
     link = (rc[None, :] <= rc[:, None]) & (seg[:, None] == seg[None, :])
     dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
     dpm = dou * dec  # M_ij dO_i.u_j
-    dq = d_in[:, None] * dos + _dot(dpm, k, DOT)
+    dq = d_in[:, None] * dos + _bdot(dpm, k, DOT)
     tl.store(DQ + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], dq.to(DQ.dtype.element_ty),
              mask=ok[:, None] & (rk[None, :] < DKR))
-    tl.store(DKD + rows[:, None] * DK + rk[None, :], _dot(tl.trans(dpm), q, DOT) + d_out[:, None] * uds)
+    tl.store(DKD + rows[:, None] * DK + rk[None, :], _bdot(tl.trans(dpm), q, DOT) + d_out[:, None] * uds)
     tl.store(DW + rows[:, None] * DK + rk[None, :], -dus)
     # d gamma, this key block's share: M through the read-out, d_in, d_out and d_c (gamma_C is the last row's)
-    e = _dot(q, tl.trans(k), DOT) * dpm
+    e = _bdot(q, tl.trans(k), DOT) * dpm
     kuds = tl.sum(k * uds, 1)
     dgam = tl.sum(e, 1) - tl.sum(e, 0) + d_in * tl.sum(q * dos, 1) - d_out * kuds
     last = tl.sum(d_out * kuds, 0) + d_c * tl.sum(ddc, 0)
@@ -249,16 +249,16 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
             tj = n * C + rj
             gam_j, seg_j = _block_gates(G, R, b, h, n * C, jb * 16, g_c, r_c, rc, rb, T, NH, HAS_R)
             dec = tl.exp(tl.where(seg_j[None, :] == seg_i[:, None], gam_i[:, None] - gam_j[None, :], float("-inf")))
-            a_ij = _block_keys_dot(K, b, h, ti, oki, tj, tj < T, T, NH, DKR, DK, BK, DOT) * dec * beta_i[:, None]
-            rhs -= _dot(a_ij, tl.load(li_base + rj[:, None] * C + rc[None, :]), DOT)
+            a_ij = _block_keys_dot(K, b, h, ti, oki, tj, tj < T, T, NH, DKR, DK, BK, DOT, True) * dec * beta_i[:, None]
+            rhs -= _bdot(a_ij, tl.load(li_base + rj[:, None] * C + rc[None, :]), DOT)
         link_d = (seg_i[:, None] == seg_i[None, :]) & (rb[None, :] < rb[:, None])
         dec_d = tl.exp(tl.where(link_d, gam_i[:, None] - gam_i[None, :], float("-inf")))
-        m = -_block_keys_dot(K, b, h, ti, oki, ti, oki, T, NH, DKR, DK, BK, DOT) * dec_d * beta_i[:, None]
+        m = -_block_keys_dot(K, b, h, ti, oki, ti, oki, T, NH, DKR, DK, BK, DOT, True) * dec_d * beta_i[:, None]
         for i in range(1, 16):  # forward substitution of the 16x16 diagonal block, row by row
             row = tl.sum(tl.where(rb[:, None] == i, m, 0.0), 0)
             row = row + tl.sum(row[:, None] * m, 0)
             m = tl.where(rb[:, None] == i, row[None, :], m)
-        tl.store(li_base + ri[:, None] * C + rc[None, :], _dot(m + eye, rhs, DOT))
+        tl.store(li_base + ri[:, None] * C + rc[None, :], _bdot(m + eye, rhs, DOT))
         tl.debug_barrier()  # later blocks, and the transposed read below, use rows written by other threads
     tc = n * C + rc
     ok = tc < T
@@ -270,8 +270,8 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
     dbeta = tl.zeros((C,), dtype=tl.float32)
     for bv in range(DV // BV):
         rv = bv * BV + tl.arange(0, BV)
-        dy = _dot(linvT, tl.load(DU + rows[:, None] * DV + rv[None, :]), DOT)
-        dA -= _dot(dy, tl.trans(tl.load(U + rows[:, None] * DV + rv[None, :])), DOT)
+        dy = _bdot(linvT, tl.load(DU + rows[:, None] * DV + rv[None, :]), DOT)
+        dA -= _bdot(dy, tl.trans(tl.load(U + rows[:, None] * DV + rv[None, :])), DOT)
         v_mask = ok[:, None] & (rv[None, :] < DVR)
         v = tl.load(V + ((b * T + tc[:, None]) * NH + h) * DVR + rv[None, :], mask=v_mask, other=0.0).to(tl.float32)
         dbeta += tl.sum(dy * v, 1)
@@ -281,10 +281,10 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
     xk = tl.zeros((C,), dtype=tl.float32)  # dX_i . k_i
     for kb in range(NKB):
         rk = kb * BK + tl.arange(0, BK)
-        dx = _dot(linvT, tl.load(DW + rows[:, None] * DK + rk[None, :]), DOT)
-        dA -= _dot(dx, tl.trans(tl.load(W + rows[:, None] * DK + rk[None, :])), DOT)
+        dx = _bdot(linvT, tl.load(DW + rows[:, None] * DK + rk[None, :]), DOT)
+        dA -= _bdot(dx, tl.trans(tl.load(W + rows[:, None] * DK + rk[None, :])), DOT)
         k = _rows(K, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)
-        kk += _dot(k, tl.trans(k), DOT)
+        kk += _bdot(k, tl.trans(k), DOT)
         xk += tl.sum(dx * k, 1)
     link = (rc[None, :] < rc[:, None]) & (seg[:, None] == seg[None, :])
     dec = tl.exp(tl.where(link, gamma[:, None] - gamma[None, :], float("-inf")))
@@ -297,10 +297,10 @@ def _bwd_wy_kernel(K, V, G, BETA, R, W, U, DU, DW, DKD, DGP, LI, DKO, DVO, DB, D
     gmat = dam * beta[:, None]  # d(k_i.k_j)
     for kb in range(NKB):
         rk = kb * BK + tl.arange(0, BK)
-        dx = _dot(linvT, tl.load(DW + rows[:, None] * DK + rk[None, :]), DOT)
+        dx = _bdot(linvT, tl.load(DW + rows[:, None] * DK + rk[None, :]), DOT)
         k = _rows(K, b, h, tc, ok, T, NH, DKR, rk).to(tl.float32)
         dk = tl.load(DKD + rows[:, None] * DK + rk[None, :]) + (beta * d_in)[:, None] * dx
-        dk += _dot(gmat, k, DOT) + _dot(tl.trans(gmat), k, DOT)
+        dk += _bdot(gmat, k, DOT) + _bdot(tl.trans(gmat), k, DOT)
         tl.store(DKO + ((b * T + tc[:, None]) * NH + h) * DKR + rk[None, :], dk.to(DKO.dtype.element_ty),
                  mask=ok[:, None] & (rk[None, :] < DKR))
     # gamma_i = g_1 + ... + g_i (reset steps zeroed): dg_t = sum_{i >= t} dgamma_i, 0 at a reset step
@@ -429,7 +429,7 @@ def triton_gated_delta_rule_autograd(
     check_decay: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Differentiable Triton gated delta rule: shapes as :func:`chunk_gated_delta_rule`; gradients of q, k, v, g,
-    beta and the initial state by Triton kernels (fp32 accumulation). Not yet run on a GPU: opt-in."""
+    beta and the initial state by Triton kernels (fp32 accumulation)."""
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     reason = triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1])
     if reason:

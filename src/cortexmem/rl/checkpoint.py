@@ -1,0 +1,49 @@
+"""PPO checkpoints: ``checkpoint/{model,optim}.safetensors`` and ``trainer.json``; every failure is one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.io import CheckpointError, load_safetensors_checked, load_state_checked, read_versioned
+
+CHECKPOINT_FORMAT = "cortexmem.rl.ppo"
+CHECKPOINT_VERSION = 1
+_REQUIRED = ("config", "stack_config", "frames", "updates", "param_groups", "history")
+
+
+def read_checkpoint_meta(checkpoint: str | Path) -> dict[str, Any]:
+    """Validated ``trainer.json`` of a checkpoint directory (read by ``core.io``: every fault is one line)."""
+    path = Path(checkpoint) / "trainer.json"
+    meta = read_versioned(path, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                          what="cortexmem PPO checkpoint file", required=_REQUIRED)
+    for key in ("config", "stack_config"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"cortexmem PPO checkpoint file {path} is corrupted: {key!r} is not an object")
+    return meta
+
+
+def read_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file as ``{name: tensor}`` on ``device``; a damaged file is one ``CheckpointError`` line."""
+    return load_safetensors_checked(path, what="checkpoint file", device=device)
+
+
+def check_compatible(meta: dict[str, Any], path: Path, *, env: str, obs_dim: int, action_space: str) -> None:
+    """Refuse a checkpoint whose policy was built for another observation width or action space."""
+    want = meta.get("spaces")
+    if not isinstance(want, dict):
+        return  # written before spaces were recorded: the weight shapes are checked instead
+    if want.get("obs_dim") != obs_dim or want.get("action_space") != action_space:
+        raise ValueError(
+            f"{path} does not fit environment {env!r}: the checkpoint's policy was trained on "
+            f"{meta['config'].get('env')!r} with {want.get('obs_dim')} observation features and action space "
+            f"{want.get('action_space')}; {env!r} gives {obs_dim} features and {action_space}"
+        )
+
+
+def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """``module.load_state_dict(tensors)`` with one line naming missing, unexpected or reshaped entries."""
+    load_state_checked(module, tensors, path, f"checkpoint file (for {what})")
