@@ -2,11 +2,113 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(help="cortex-memory: recurrent memory that updates in constant time.", no_args_is_help=True)
+from . import clikit as click
+from .clikit import LOG_LEVELS, USER_ERRORS, check_output_dir, check_output_file, log_level_callback, report
+
+#: sub-commands imported only when used, so ``cortex --help`` does not import torch:
+#: name -> (module, attribute, one-line help)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "lm": ("cortexmem.lm.cli", "app", "Small LM with STM -> LTM -> Archive memory that learns while it runs."),
+    "rl": ("cortexmem.rl.cli", "app", "Reinforcement learning with cortexmem stacks (recurrent PPO)."),
+    "llm": ("cortexmem.llm.cli", "app", "Memory sidecar for frozen Hugging Face causal LMs."),
+    "eval": ("cortexmem.evals.cli", "eval_command", "Train stacks on synthetic memory tasks and report."),
+}
+
+
+def _log_level_option() -> click.Parameter:
+    """The ``--log-level`` option every sub-command gets (typer's own option class, so help lists it)."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(log_level: str = typer.Option("INFO", "--log-level", help=f"logging detail: {', '.join(LOG_LEVELS)}",
+                                             show_default=True)) -> None:
+        """probe"""
+
+    opt = typer.main.get_command(probe).params[0]
+    opt.expose_value = False
+    opt.is_eager = True
+    opt.callback = log_level_callback
+    return opt
+
+
+def _with_log_level(cmd: click.Command) -> click.Command:
+    if isinstance(getattr(cmd, "commands", None), dict):  # a group
+        for sub in cmd.commands.values():
+            _with_log_level(sub)
+    elif not any(p.name == "log_level" for p in cmd.params):
+        cmd.params.append(_log_level_option())
+    return cmd
+
+
+class _LazyCommand(TyperCommand):
+    """Stands in for a sub-command in ``cortex --help``; the real one is imported when it runs."""
+
+    def __init__(self, name: str, module: str, attr: str, help: str) -> None:
+        super().__init__(name, help=help, short_help=help)
+        self.module, self.attr = module, attr
+        self._real: click.Command | None = None
+
+    def real(self) -> click.Command:
+        if self._real is None:
+            obj = getattr(importlib.import_module(self.module), self.attr)
+            if not isinstance(obj, typer.Typer):
+                one = typer.Typer(add_completion=False)
+                one.command(self.name)(obj)
+                obj = one
+            self._real = _with_log_level(typer.main.get_command(obj))
+            self._real.name = self.name
+        return self._real
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return self.real().invoke(ctx)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return self.real().get_params(ctx)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list:
+        return self.real().shell_complete(ctx, incomplete)
+
+
+class CortexGroup(TyperGroup):
+    """The root group: lazy sub-commands, ``--log-level`` everywhere, and one error style (see ``clikit``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            return _LazyCommand(name, *LAZY_COMMANDS[name])
+        cmd = super().get_command(ctx, name)
+        return None if cmd is None else _with_log_level(cmd)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Usage errors (bad flags or values) end here as ``error: <one line>``, exit 2; runtime errors propagate
+        to :func:`main` (so an embedding caller, or a test runner, still sees the exception itself)."""
+        try:
+            rv = super().main(args, prog_name or "cortex", complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except (click.ClickException, click.Abort) as err:
+            code = report(err)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+app = typer.Typer(cls=CortexGroup, help="cortex-memory: recurrent memory that updates in constant time.",
+                  no_args_is_help=True)
 
 
 @app.callback()
@@ -59,6 +161,7 @@ def doctor(
     from cortexmem.core.io import atomic_write_json
     from cortexmem.tools.doctor import rows_as_dicts, run_doctor, summary
 
+    check_output_file(json_out, "--json")
     wanted = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
     try:
         rows = run_doctor(ops=wanted, imports=imports, timeout_s=timeout, jobs=jobs, isolate=isolate)
@@ -80,11 +183,8 @@ def doctor(
 
 
 def _usage_error(command: str, message: str) -> None:
-    """A bad argument: one line on stderr, exit code 2."""
-    import sys
-
-    print(f"cortex {command}: error: {message}", file=sys.stderr)
-    raise typer.Exit(2)
+    """A bad argument of ``cortex <command>``: ``error: <message>`` on stderr, exit code 2 (see ``clikit``)."""
+    click.usage_error(message)
 
 
 @app.command()
@@ -130,6 +230,7 @@ def bench(
         names = tb.check_cells([c.strip() for c in cells.split(",") if c.strip()])
     except ValueError as e:
         _usage_error("bench", str(e))
+    check_output_dir(out, "--out")
     with tb.tf32_mode(tf32) as precision:
         rows = tb.run_bench(names, batch=batch, seq=seq, d=d, layers=layers, pattern=pattern, device=device,
                             repeats=repeats, step_compile=step_compile, goals_only=goals_only, first_call=first_call)
@@ -171,46 +272,30 @@ def bench_report(
     doc: str = typer.Option(None, help="rewrite the generated part of this markdown file (e.g. docs/gpu.md)"),
 ) -> None:
     """Markdown tables (goals, cells, stacks, gated delta; with date and GPU) from a cortex bench results file."""
-    import json
-
+    from cortexmem.core.io import read_json
     from cortexmem.tools.bench_report import render, update_doc
 
     try:
         if doc:
             update_doc(results, doc)
         else:
-            print(render(json.loads(open(results).read()), results), end="")
+            print(render(read_json(results, "bench results file"), results), end="")
     except (OSError, ValueError, KeyError) as e:
         _usage_error("bench-report", f"{type(e).__name__}: {e}" if isinstance(e, KeyError | OSError) else str(e))
 
 
-from .lm.cli import app as _lm_app  # noqa: E402
-from .rl.cli import app as rl_app  # noqa: E402
-
-app.add_typer(_lm_app, name="lm")
-app.add_typer(rl_app, name="rl")
-
-from .llm.cli import app as _llm_app  # noqa: E402
-
-app.add_typer(_llm_app, name="llm")
-
-from .evals.cli import eval_command  # noqa: E402
-
-app.command("eval")(eval_command)
-
-
-USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
-
-
-def main() -> None:
-    """``cortex``: bad input (``USER_ERRORS``) ends with a one-line message and exit code 1, not a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """``cortex``: every failure ends with ``error: <one line>`` on stderr, exit 2 (usage) or 1 (runtime), no
+    traceback (``CORTEX_DEBUG=1`` shows it)."""
     try:
-        app()
+        app(args=argv)
+    except KeyboardInterrupt:
+        report(click.Abort())
+        raise SystemExit(130) from None
     except USER_ERRORS as err:
         if os.environ.get("CORTEX_DEBUG"):
             raise
-        typer.echo(f"error: {err}", err=True)
-        raise SystemExit(1) from None
+        raise SystemExit(report(err)) from None
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def test_cli_bad_arguments_are_one_line_exit_2(args, msg):
     r = runner.invoke(app, ["eval", *args])
     assert r.exit_code == 2
     err = r.stderr.strip()
-    assert "\n" not in err and err.startswith("cortex eval: error: ") and msg in err
+    assert "\n" not in err and err.startswith("error: ") and msg in err
 
 
 def test_quick_suite_per_task_settings():

@@ -111,5 +111,5 @@ def test_main_turns_user_errors_into_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cortexmem.cli", "lm", "prepare", "--input", ABSENT,
                           "--output", str(tmp_path / "o.bin")], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr  # a missing --input is a usage error
     assert res.stderr.startswith("error:") and ABSENT in res.stderr

@@ -62,11 +62,16 @@ def test_fuzz_prepare_skips_bad_lines_with_line_numbers(tmp_path_factory, lines,
     end = b"\r\n" if crlf else b"\n"
     raw = end.join(line for line, _ in lines) + (end if final_newline and lines else b"")
     (d / "in.jsonl").write_bytes(raw)
+    good = [text for _, text in lines if text is not None and text != "blank"]
+    if not good:  # an input without one document is an error naming it, and nothing is written
+        with pytest.raises(ValueError, match="in.jsonl"):
+            prepare(d / "in.jsonl", d / "out.bin", TOK, val_fraction=0.0)
+        assert sorted(p.name for p in d.iterdir()) == ["in.jsonl"]
+        return
     report = prepare(d / "in.jsonl", d / "out.bin", TOK, val_fraction=0.0)
     expected_bad = [i for i, (_, text) in enumerate(lines, start=1) if text is None]
     assert [n for n, _ in report.bad_lines] == expected_bad
     assert all(reason for _, reason in report.bad_lines)
-    good = [text for _, text in lines if text is not None and text != "blank"]
     assert report.docs == len(good)
     tokens = np.fromfile(d / "out.bin", dtype=np.uint16)
     want = [t for text in good for t in (*TOK.encode(text), TOK.eos_id)]

@@ -28,15 +28,19 @@ class BlockConfig(TaggedConfig):
 
 
 class CellBlockConfig(BlockConfig):
-    """A block holding exactly one cell."""
+    """A block holding exactly one cell. ``cell`` may be left out only in a global override
+    (``override_global_configs=[PostUpGatedBlockConfig(proj_factor=2.0)]``); building such a block is an error."""
 
-    cell: polymorphic(CellConfig)
+    cell: polymorphic(CellConfig) | None = None
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
 
     def cell_hidden_size(self, d_hidden: int) -> int:
         return d_hidden
 
     def resolve(self, d_hidden: int) -> CellBlockConfig:
+        if self.cell is None:
+            raise ValueError(f"{type(self).__name__} has no cell: set cell=... (a block config without one is only "
+                             f"valid as a global override)")
         need = self.cell_hidden_size(d_hidden)
         have = self.cell.hidden_size
         if have is None:

@@ -3,7 +3,7 @@
 import types as _types
 
 from .agalite import AGaLiTeCell, AGaLiTeCellConfig
-from .axon import AxonCell, AxonCellConfig
+from .axon import AxonCell, AxonCellConfig, AxonConfig
 from .axon_layer import AxonLayer
 from .base import CellConfig, MemoryCell, build_cell
 from .conv import CausalConv1dCell, CausalConv1dCellConfig

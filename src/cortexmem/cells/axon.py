@@ -23,7 +23,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from tensordict import TensorDict
 from torch import Tensor, nn
 
@@ -53,6 +53,11 @@ class AxonCellConfig(CellConfig):
     seed: int = 0
     backend: str = "auto"  # of the diagonal scan: "auto", "torch" or "triton" (the traces stay in torch)
 
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v  # the peer library spells "SiLU", "Tanh"
+
     @model_validator(mode="after")
     def _check(self) -> AxonCellConfig:
         if self.r_min > self.r_max:
@@ -65,6 +70,10 @@ class AxonCellConfig(CellConfig):
     def example(cls, hidden_size: int) -> AxonCellConfig:
         return cls(hidden_size=hidden_size, chunk_size=8, activation="tanh")
 
+
+
+#: the peer library's name of this config (docs/migration.md lists every name mapping)
+AxonConfig = AxonCellConfig
 
 _ACT = {"identity": lambda v: v, "tanh": torch.tanh, "silu": nn.functional.silu, "relu": torch.relu}
 

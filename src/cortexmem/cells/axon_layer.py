@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from .axon import AxonCell, AxonCellConfig
 
+_UNSET: Any = object()
+
 
 class AxonLayer(nn.Module):
     """``x [B, T, in_features]`` (or ``[B, in_features]``) -> ``y [B, T, out_features]`` via one RTU."""
@@ -65,9 +67,15 @@ class AxonLayer(nn.Module):
         return self.init_state(batch, device=device, dtype=dtype)
 
     def forward(
-        self, x: Tensor, parent: TensorDict | None = None, resets: Tensor | None = None
-    ) -> tuple[Tensor, TensorDict]:
-        """Returns ``(y, next_sub_state)``; write the latter back with :meth:`update_parent_state`."""
+        self, x: Tensor, parent: TensorDict | None = None, resets: Tensor | None = None, *, state: Any = _UNSET
+    ) -> tuple[Tensor, TensorDict] | Tensor:
+        """Returns ``(y, next_sub_state)``; write the latter back with :meth:`update_parent_state`.
+
+        The peer library's keyword form ``y = layer(x, state=parent, resets=r)`` returns ``y`` only and stores the
+        new sub-state in ``parent[group][name]`` in place (with ``state=None``: in the layer itself).
+        """
+        if state is not _UNSET:
+            return self._forward_in_place(x, state, resets)
         is_step = x.dim() == 2
         if is_step:
             x = x[:, None]
@@ -81,6 +89,26 @@ class AxonLayer(nn.Module):
         sub = self.read_state(parent, x.shape[0], x.device, dtype)
         y, nxt = self.cell.forward_sequence(x, sub, resets)
         return (y[:, 0] if is_step else y), nxt
+
+    def _forward_in_place(self, x: Tensor, parent: TensorDict | None, resets: Tensor | None) -> Tensor:
+        if parent is None:
+            y, self._local_state = self.forward(x, self._local_state, resets)
+            return y
+        y, nxt = self.forward(x, parent, resets)
+        if parent.get(self.group, None) is None:
+            parent.set(self.group, TensorDict({}, batch_size=parent.batch_size, device=parent.device))
+        parent.set((self.group, self.name), nxt)
+        return y
+
+    @property
+    def _local_state(self) -> TensorDict | None:
+        """The layer's own state for ``state=None`` calls, kept as ``{group: {name: sub}}``."""
+        return self.__dict__.get("_local_parent")
+
+    @_local_state.setter
+    def _local_state(self, sub: TensorDict) -> None:
+        inner = TensorDict({self.name: sub}, batch_size=sub.batch_size)
+        self.__dict__["_local_parent"] = TensorDict({self.group: inner}, batch_size=sub.batch_size)
 
     def update_parent_state(self, next_state: TensorDict, parent: TensorDict) -> TensorDict:
         """A new parent with ``[group][name] = next_state``; neither ``parent`` nor its groups are mutated."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from pydantic import Field
+from tensordict import TensorDict
+from torch import Tensor
 
 from ..core.config import TaggedConfig
 from ..core.module import MemoryModule
@@ -22,23 +25,70 @@ class CellConfig(TaggedConfig):
 
 
 class MemoryCell(MemoryModule):
-    """A recurrent cell. Subclasses set ``self.hidden_size`` and implement the state and sequence hooks."""
+    """A recurrent cell. Subclasses implement ``init_state`` and either ``forward_sequence`` (a whole sequence,
+    the native form) or ``forward(x, state, *, resets)`` for one step ``[B, H]`` (the peer library's form): the
+    other one is derived, and every call still goes through the shared checks of :class:`MemoryModule`."""
 
     config_class: type[CellConfig]
 
-    def __init__(self, config: CellConfig) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "forward" in own and "forward_sequence" not in own and not _has_sequence(cls):
+            # a step-only cell: its forward is the step; forward itself stays the checked shared entry point
+            cls._step_forward = own["forward"]
+            cls.forward = MemoryModule.forward
+
+    def __init__(self, config: CellConfig | int | None = None, *, hidden_size: int | None = None) -> None:
         super().__init__()
-        if config.hidden_size is None:
+        if isinstance(config, int) and not isinstance(config, bool):  # the peer's MemoryCell(hidden_size)
+            config, hidden_size = None, config
+        size = config.hidden_size if isinstance(config, CellConfig) else hidden_size
+        if size is None:
             raise ValueError(
                 f"{type(self).__name__}: hidden_size is None; build the cell inside a block (which infers it) "
                 f"or set hidden_size explicitly"
             )
+        if not _has_sequence(type(self)) and getattr(type(self), "_step_forward", None) is None:
+            raise TypeError(f"{type(self).__name__} must define forward_sequence(x, state, resets) for a sequence "
+                            f"or forward(x, state, *, resets=None) for one step")
         self.config = config
-        self.hidden_size = config.hidden_size
-        self.input_size = config.hidden_size
+        self.hidden_size = size
+        self.input_size = size
+
+    def forward_sequence(self, x: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
+        """The default for a step-only cell: its ``forward`` over ``t``, resets applied before each step."""
+        step = type(self)._step_forward
+        state = _fresh_tree(state)  # a step may update its state in place; the caller's stays untouched
+        ys = []
+        for t in range(x.shape[1]):
+            r = None if resets is None else resets[:, t]
+            if r is not None:
+                state = self.reset_state(state, r)
+            y, state = step(self, x[:, t], state, resets=r)  # (B, H_out)
+            ys.append(y)
+        return torch.stack(ys, dim=1), state  # (B, T, H_out)
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}"
+
+
+def _has_sequence(cls: type) -> bool:
+    """Whether a class below ``MemoryCell`` in ``cls``'s MRO defines ``forward_sequence``."""
+    for klass in cls.__mro__:
+        if klass is MemoryCell:
+            return False
+        if "forward_sequence" in klass.__dict__:
+            return True
+    return False
+
+
+def _fresh_tree(state: TensorDict) -> TensorDict:
+    """The same tensors in new (nested) TensorDicts, so setting an entry never reaches the caller's."""
+    if not isinstance(state, TensorDict):
+        return state
+    return TensorDict({k: _fresh_tree(v) if isinstance(v, TensorDict) else v for k, v in state.items()},
+                      batch_size=state.batch_size, device=state.device)
 
 
 def build_cell(config: CellConfig, **kwargs: Any) -> MemoryCell:

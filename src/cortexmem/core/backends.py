@@ -76,7 +76,16 @@ def register_backend(op: str, name: str, fn: Callable[..., Any], **kwargs: Any) 
     return backend
 
 
+def _ensure_ops() -> None:
+    """Register every built-in op (``import cortexmem`` is lazy; the cells import the ops they use)."""
+    from .config import ensure_builtins
+
+    ensure_builtins()
+
+
 def backends_for(op: str) -> dict[str, Backend]:
+    if op not in _BACKENDS:
+        _ensure_ops()
     if op not in _BACKENDS:
         raise ValueError(f"unknown op {op!r}; ops with backends: {sorted(_BACKENDS)}")
     return dict(_BACKENDS[op])
@@ -84,6 +93,7 @@ def backends_for(op: str) -> dict[str, Backend]:
 
 def list_backends() -> dict[str, list[Backend]]:
     """``{op: [backends, highest priority first]}``."""
+    _ensure_ops()
     return {op: sorted(b.values(), key=lambda b: -b.priority) for op, b in sorted(_BACKENDS.items())}
 
 
@@ -207,4 +217,5 @@ def register_reference(op: str, fn: Callable[..., Any],
 
 
 def references() -> dict[str, Reference]:
+    _ensure_ops()
     return dict(_REFERENCES)

@@ -35,6 +35,8 @@ class TaggedConfig(BaseModel):
         if isinstance(value, dict) and "type" in value:
             tag = value["type"]
             target = _CONFIG_CLASSES.get(tag)
+            if target is None and ensure_builtins():
+                target = _CONFIG_CLASSES.get(tag)
             if target is None:
                 raise ValueError(f"unknown config type {tag!r}; known: {sorted(_CONFIG_CLASSES)}")
             if not issubclass(target, cls):
@@ -55,8 +57,20 @@ class TaggedConfig(BaseModel):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
+def ensure_builtins() -> bool:
+    """Import the built-in cells, blocks and stacks (``import cortexmem`` is lazy); True if that added any."""
+    import importlib
+
+    before = len(_CONFIG_CLASSES)
+    for pkg in ("cortexmem.cells", "cortexmem.blocks", "cortexmem.stacks"):
+        importlib.import_module(pkg)
+    return len(_CONFIG_CLASSES) > before
+
+
 def config_class(name: str) -> type[TaggedConfig]:
     """Look up a config class by its tag name."""
+    if name not in _CONFIG_CLASSES:
+        ensure_builtins()
     try:
         return _CONFIG_CLASSES[name]
     except KeyError:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .config import TaggedConfig
+from .config import TaggedConfig, ensure_builtins
 
 
 class Registry:
@@ -30,6 +30,8 @@ class Registry:
 
     def module_class(self, config: Any) -> type[nn.Module]:
         cls = self._by_config.get(type(config))
+        if cls is None and ensure_builtins():
+            cls = self._by_config.get(type(config))
         if cls is None:
             raise TypeError(
                 f"cannot build {self.kind} from {type(config).__name__}; registered {self.kind} configs: "
@@ -38,10 +40,12 @@ class Registry:
         return cls
 
     def names(self) -> list[str]:
+        ensure_builtins()
         return sorted(m.__name__ for m in self._by_config.values())
 
     def config_types(self) -> dict[str, type[TaggedConfig]]:
         """``{module class name: config class}``, sorted by name."""
+        ensure_builtins()
         return {m.__name__: c for c, m in sorted(self._by_config.items(), key=lambda kv: kv[1].__name__)}
 
 

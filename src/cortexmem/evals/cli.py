@@ -12,8 +12,9 @@ import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+from ..core.progress import make_progress
 from .ddp import init_distributed, shutdown
 from .report import compare_table, load_results, results_table, write_results
 from .schema import EvalResults, EvalSettings, RunResult, SkippedStack
@@ -29,8 +30,9 @@ class UsageError(Exception):
 
 
 def _fail(msg: str) -> None:
-    print(f"cortex eval: error: {msg}", file=sys.stderr)
-    raise typer.Exit(2)
+    from ..clikit import usage_error
+
+    usage_error(msg)
 
 
 def _names(value: str | None, valid: list[str], what: str) -> list[str] | None:
@@ -101,29 +103,33 @@ def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict]]
 
 
 def eval_command(
-    task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}). Default: all."),
-    stack: str = typer.Option(None, help="Stack name, comma list, or 'all'. Default: the quick set."),
-    epochs: int = typer.Option(None, help="Passes over the training split [default: 6; quick suite: 4 for "
-                                          "mqar/needle]."),
-    batch_size: int = typer.Option(None, help="Sequences per step (per process under torchrun) [default: 32; "
-                                              "quick suite: 16 for needle]."),
+    task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}).", show_default="all"),
+    stack: str = typer.Option(None, help="Stack name, comma list, or 'all'.", show_default="the quick set"),
+    epochs: int = typer.Option(None, help="Passes over the training split.",
+                               show_default="6; quick suite: 4 for mqar/needle"),
+    batch_size: int = typer.Option(None, help="Sequences per step (per process under torchrun).",
+                                   show_default="32; quick suite: 16 for needle"),
     lr: float = typer.Option(3e-3, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
     weight_decay: float = typer.Option(0.01),
     seed: int = typer.Option(0, help="Seed of data generation and model init."),
-    lengths: str = typer.Option(None, help="Comma-separated lengths (default: each task's short one)."),
-    mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'."),
-    chunk_size: int = typer.Option(None, help="Truncated BPTT: chunks of N steps, state detached."),
+    lengths: str = typer.Option(None, help="Comma-separated lengths.", show_default="each task's short one"),
+    mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'.",
+                                    show_default="none"),
+    chunk_size: int = typer.Option(None, help="Truncated BPTT: chunks of N steps, state detached.",
+                                   show_default="off: full BPTT"),
     d_hidden: int = typer.Option(32, help="Stack width."),
-    train_size: int = typer.Option(None, help="Training sequences per task [default: 1024; quick suite: 8192 "
-                                              "for mqar, 4096 for needle]."),
+    train_size: int = typer.Option(None, help="Training sequences per task.",
+                                   show_default="1024; quick suite: 8192 for mqar, 4096 for needle"),
     test_size: int = typer.Option(256, help="Held-out test sequences per task."),
     grad_clip: float = typer.Option(1.0),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     threads: int = typer.Option(1, help="CPU threads per process (0: torch's default)."),
-    out: Path = typer.Option(None, help="Output directory (default runs/<timestamp>/)."),
+    out: Path = typer.Option(None, help="Output directory.", show_default="runs/<timestamp>/"),
     plots: bool = typer.Option(True, help="Write PNG plots (needs matplotlib: the 'plot' extra)."),
-    compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B."),
-    list_: bool = typer.Option(False, "--list", help="List stacks and tasks with availability, then exit."),
+    compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B.",
+                                                     show_default="off"),
+    list_: bool = typer.Option(False, "--list", help="List stacks and tasks with availability, then exit.",
+                               show_default=True),
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR."),
 ) -> None:
     """Train stacks on synthetic memory tasks; no arguments: the quick suite (a few stacks, all tasks)."""
@@ -169,6 +175,9 @@ def eval_command(
         _fail("--device cuda requested but CUDA is not available; valid here: cpu, auto")
     if threads < 0:
         _fail(f"--threads must be >= 0, got {threads}")
+    from ..clikit import check_output_dir
+
+    check_output_dir(out, "--out")
     if threads:
         # The models are tiny: extra intra-op threads mostly add contention (use torchrun to scale out).
         torch.set_num_threads(threads)
@@ -210,9 +219,11 @@ def _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, 
     for L in lens or []:
         for t in tasks:
             try:
-                make_task(t, L)
+                spec = make_task(t, L)
             except ValueError as e:
                 raise UsageError(f"--lengths {L} does not fit task {t}: {e}") from None
+            if spec.length != L:  # mqar needs an even length, dyck an odd one: say so rather than change it
+                raise UsageError(f"--lengths {L} does not fit task {t}: it needs a length like {spec.length}")
     for L, p in slices or []:
         try:
             make_task("mqar", L, pairs=p)
@@ -234,9 +245,9 @@ def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Cons
     runs: list[RunResult] = []
     plan = plan_runs(settings)
     try:
-        with Progress(TextColumn("{task.description:32s}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
-                      disable=not ctx.is_main) as progress:
+        with make_progress(TextColumn("{task.description:32s}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+                           disable=not ctx.is_main) as progress:
             for stack, task, length, opts in plan:
                 spec = make_task(task, length, **opts)
                 bar = progress.add_task(f"{stack} / {spec.name}@{spec.length}", total=None, info="")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +11,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.table import Table
 
-from ..core.io import atomic_save_figure, atomic_write_text
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_save_figure,
+    atomic_write_text,
+    read_json,
+    validation_message,
+)
 from .schema import EvalResults, RunResult
 
 log = logging.getLogger(__name__)
@@ -74,12 +80,13 @@ def load_results(path: str | Path) -> EvalResults:
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_JSON
-    if not p.is_file():
-        raise ValueError(f"no {RESULTS_JSON} at {p}")
+    if not p.exists():
+        raise CheckpointNotFoundError(f"no {RESULTS_JSON} at {p}")
+    obj = read_json(p, "results file")
     try:
-        return EvalResults.model_validate(json.loads(p.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as e:
-        raise ValueError(f"{p} is not a valid results file: {str(e).splitlines()[0]}") from None
+        return EvalResults.model_validate(obj)
+    except ValidationError as e:
+        raise CheckpointError(f"{p} is not a valid results file: {validation_message(e)}") from None
 
 
 # --- plots --------------------------------------------------------------------------------------------------
@@ -168,7 +175,7 @@ def _smooth(values: list[float], window: int = 10) -> list[float]:
 def compare_table(a: EvalResults, b: EvalResults, name_a: str, name_b: str) -> Table:
     """Runs matched on (stack, task, length, options): accuracies, their difference, loss and speed."""
     bi = {r.key: r for r in b.runs}
-    t = Table(title=f"{name_b} vs {name_a}")
+    t = Table(title=f"{name_a} vs {name_b}")
     for col in ["stack", "task", "len", "acc A", "acc B", "Δ acc", "loss A", "loss B", "tok/s B÷A"]:
         t.add_column(col, justify="left" if col in ("stack", "task") else "right")
     seen = set()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,20 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..cells.base import build_cell
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.extras import require
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors_checked,
+    load_state_checked,
+    one_line,
+    read_json,
+    require_keys,
+    safetensors_metadata,
+    validate_config,
+)
 from .config import MemoryConfig
 from .sessions import Fingerprint, SessionStore, tensor_digest
 
@@ -706,26 +720,73 @@ class MemoryLM(nn.Module):
 
     def load_memory(self, directory: str | Path, *, strict_base: bool = True) -> MemoryLM:
         """Load sidecar weights written by ``save_memory`` (the same base model is checked)."""
-        from safetensors.torch import load_file
-
+        directory = resolve_adapter_dir(directory)
         meta = read_adapter_config(directory)
-        cfg = MemoryConfig.model_validate(meta["memory"])
+        cfg = validate_config(MemoryConfig, meta["memory"], directory / _ADAPTER_CONFIG, "memory config")
         if cfg.model_dump() != self.config.model_dump() or meta["layers"] != self.layer_ids:
-            raise ValueError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
+            raise CheckpointError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
                              f"load_with_memory(..., adapter=...) to build a matching sidecar")
         if strict_base and meta["base_fingerprint"] != self._base_fp:
-            raise ValueError(f"adapter in {directory} was trained on a different base model (fingerprint "
+            raise CheckpointError(f"adapter in {directory} was trained on a different base model (fingerprint "
                              f"{meta['base_fingerprint']}, this base has {self._base_fp})")
-        weights = load_file(str(Path(directory) / _ADAPTER_WEIGHTS), device=str(self.device))
-        self.memory.load_state_dict(weights)
+        path = directory / _ADAPTER_WEIGHTS
+        weights = load_safetensors_checked(path, what="memory adapter weights file", device=self.device)
+        load_state_checked(self.memory, weights, path, "memory adapter weights file")
         return self
 
 
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """The folder holding ``memory_config.json``: ``path`` itself, or ``path/memory`` / ``path/ckpt/memory``
+    of a ``train-niah`` run folder."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(f"memory adapter folder {p} not found")
+    for cand in (p, p / "memory", p / "ckpt" / "memory"):
+        if (cand / _ADAPTER_CONFIG).exists():
+            return cand
+    raise CheckpointNotFoundError(f"no {_ADAPTER_CONFIG} in {p} (nor in {p / 'memory'}): not a memory adapter "
+                                  f"or train-niah run folder")
+
+
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / _ADAPTER_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"no {_ADAPTER_CONFIG} in {directory}")
-    return json.loads(path.read_text())
+    """The validated ``memory_config.json`` of an adapter folder (or of a run folder, see ``resolve_adapter_dir``)."""
+    path = resolve_adapter_dir(directory) / _ADAPTER_CONFIG
+    meta = read_json(path, "memory adapter config")
+    if meta.get("format", "cortexmem-llm-memory-1") != "cortexmem-llm-memory-1":
+        raise CheckpointError(f"{path} is not a cortexmem memory adapter config (format {meta.get('format')!r})")
+    require_keys(meta, path, ("memory", "layers", "base_fingerprint"), "memory adapter config")
+    if not isinstance(meta["memory"], dict):
+        raise CheckpointError(f"memory adapter config {path}: 'memory' must be a JSON object")
+    return meta
+
+
+def _looks_like_path(name: str) -> bool:
+    return Path(name).exists() or name.startswith(("/", "./", "../", "~")) or name.endswith((".json", ".safetensors"))
+
+
+def _load_base(name_or_path: str, **hf_kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` whose failures on a local folder are one line naming it."""
+    transformers = require("transformers", "llm", "the LLM memory sidecar")
+    if not sys.stderr.isatty():  # tqdm bars would interleave with our log lines
+        transformers.utils.logging.disable_progress_bar()
+    if not _looks_like_path(name_or_path):
+        return transformers.AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
+    p = Path(name_or_path).expanduser()
+    if not p.exists():
+        raise CheckpointNotFoundError(f"base model folder {p} not found")
+    if not p.is_dir():
+        raise CheckpointError(f"base model {p} is a file, expected a folder with config.json and weights")
+    read_json(p / "config.json", "base model config")
+    for weights in sorted(p.glob("*.safetensors")):
+        safetensors_metadata(weights, "base model weights file")
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(str(p), **hf_kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"base model folder {p} cannot be loaded ({one_line(e)[:300]})") from None
+    except Exception as e:  # safetensors' SafetensorError derives from Exception only
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise CheckpointError(f"base model folder {p} has an unreadable weights file ({one_line(e)})") from None
 
 
 def attach_memory(model: nn.Module, cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
@@ -744,11 +805,18 @@ def load_with_memory(name_or_path: str | Path, cfg: MemoryConfig | None = None, 
 
     spec = resolve_base(name_or_path)  # bad input fails here, before any weight is read
     if adapter is not None:
-        saved = MemoryConfig.model_validate(read_adapter_config(adapter)["memory"])
+        adapter = resolve_adapter_dir(adapter)
+        saved = validate_config(MemoryConfig, read_adapter_config(adapter)["memory"], adapter / _ADAPTER_CONFIG,
+                                "memory config")
         if cfg is not None and cfg.model_dump() != saved.model_dump():
             raise ValueError("cfg differs from the adapter's saved MemoryConfig; pass one or the other")
         cfg = saved
-    base, tok, _ = load_base(spec, **hf_kwargs)
+    if spec.is_gguf:
+        base, tok, _ = load_base(spec, **hf_kwargs)
+    else:  # a Hugging Face name or folder: a bad folder is one line naming it
+        from .tokenizer import load_tokenizer
+
+        base, tok = _load_base(spec.source, **hf_kwargs), load_tokenizer(spec.source)
     mlm = MemoryLM(base, cfg, sessions=sessions, tokenizer=tok)
     if adapter is not None:
         mlm.load_memory(adapter)

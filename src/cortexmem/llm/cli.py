@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..clikit import check_output_dir, setup_logging
+
 app = typer.Typer(help="Memory sidecar for frozen Hugging Face causal LMs.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Inspect and manage stored memory sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
@@ -20,9 +22,10 @@ _STORE = typer.Option(None, "--store", help="sessions.db path (default $CORTEXME
 
 
 def _store(path: Path | None):
+    """The session store, opened without creating anything (listing, showing and deleting never write)."""
     from .sessions import SessionStore
 
-    return SessionStore(path)
+    return SessionStore(path, create=False)
 
 
 def _device(device: str) -> str:
@@ -36,6 +39,11 @@ def _device(device: str) -> str:
     except RuntimeError as err:
         raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r} ({err})") from None
     return device
+
+
+def _logging() -> None:
+    if not logging.getLogger().handlers:
+        setup_logging("INFO")
 
 
 def _ts(t: float) -> str:
@@ -153,7 +161,8 @@ def train_niah_cmd(
     from .attach import load_with_memory
     from .train import TrainNiahConfig, train_niah
 
-    logging.basicConfig(level=logging.INFO)
+    _logging()
+    check_output_dir(out, "--out")
     dev = _device(device)
     cfg = _memory_cfg(chunk_size, use_hybrid, num_heads, head_dim, rank, layers, compressor, alpha_max,
                       decay_init or None, write_init or None, window, read_from=read_from, conv_kernel=conv_kernel,
@@ -195,7 +204,8 @@ def eval_niah_cmd(
 
     from .eval import eval_niah, parse_depths, parse_lengths
 
-    logging.basicConfig(level=logging.INFO)
+    _logging()
+    check_output_dir(out, "--out")
     dev = _device(device)
     mlm = _load_for_cli(base, adapter)
     mlm = mlm.to(dev)
@@ -214,11 +224,16 @@ def eval_niah_cmd(
 @app.command("pretrain-base")
 def pretrain_base_cmd(
     out: Path = typer.Option(...), arch: str = "llama", hidden: int = 256, layers: int = 4, heads: int = 4,
-    seq_len: int = 512, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+    seq_len: int = typer.Option(512, min=2), steps: int = typer.Option(2000, min=1),
+    batch_size: int = typer.Option(16, min=1), lr: float = 1e-3, seed: int = 0,
     device: str = typer.Option("auto"),
 ) -> None:
     """Train a small base LM on generated text (character tokenizer) and save it for train-niah."""
     from .pretrain import pretrain_base
+
+    check_output_dir(out, "--out")
+    if not lr > 0:
+        raise typer.BadParameter(f"--lr must be > 0, got {lr}")
 
     res = pretrain_base(out, arch=arch, hidden=hidden, layers=layers, heads=heads, seq_len=seq_len, steps=steps,
                         batch_size=batch_size, lr=lr, seed=seed, device=None if device == "auto" else _device(device))

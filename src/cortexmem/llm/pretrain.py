@@ -74,9 +74,9 @@ def pretrain_base(out_dir: str | Path, *, arch: str = "llama", hidden: int = 256
     losses: list[float] = []
     bar = None
     if progress:
-        from rich.progress import Progress
+        from ..core.progress import make_progress
 
-        bar = Progress()
+        bar = make_progress()
         bar.start()
         tid = bar.add_task("pretrain-base", total=steps)
     t0 = time.perf_counter()

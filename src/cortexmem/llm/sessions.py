@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from ..core.io import atomic_write_bytes
+from ..core.io import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_safetensors_checked,
+    one_line,
+    read_bytes,
+    safetensors_metadata,
+)
 from ..core.paths import safe_name
 
 _FORMAT = "cortexmem-session-1"
@@ -93,10 +100,20 @@ def default_store_path() -> Path:
 class SessionStore:
     """Persistent, multi-process-safe store of memory states keyed by ``session_id``."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0, create: bool = True) -> None:
+        """Open (or with ``create`` make) the store; ``create=False`` never writes: a missing store is empty."""
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         self.blob_dir = self.path.parent / f"{self.path.name}.blobs"
         self.timeout = timeout
+        if self.path.is_dir():
+            raise CheckpointError(f"session store {self.path} is a directory, expected an SQLite file")
+        self.absent = not create and not self.path.exists()
+        if self.absent:
+            return
+        if not create:
+            with self._connect() as conn:
+                conn.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.blob_dir.mkdir(mode=0o700, exist_ok=True)
         if not self.path.exists():
@@ -111,9 +128,12 @@ class SessionStore:
 
     # --- connection -----------------------------------------------------------------------------
     def _connect(self) -> _Conn:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return _Conn(conn)
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as e:
+            raise _store_error(self.path, e) from None
+        return _Conn(conn, self.path)
 
     # --- API ------------------------------------------------------------------------------------
     def save(
@@ -170,6 +190,8 @@ class SessionStore:
     def info(self, session_id: str) -> SessionInfo:
         """Metadata of one session (``SessionNotFoundError`` if absent)."""
         _check_id(session_id)
+        if self.absent:
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.path} (no store there)")
         with self._connect() as conn:
             row = conn.execute(_SELECT_ONE, (session_id,)).fetchone()
         if row is None:
@@ -178,6 +200,8 @@ class SessionStore:
 
     def exists(self, session_id: str) -> bool:
         _check_id(session_id)
+        if self.absent:
+            return False
         with self._connect() as conn:
             return conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone() is not None
 
@@ -195,12 +219,13 @@ class SessionStore:
                     f"another session id"
                 )
             try:
-                data = (self.blob_dir / self._blob_name(session_id, info)).read_bytes()
+                blob = self.blob_dir / self._blob_name(session_id, info)
+                data = blob.read_bytes()
             except FileNotFoundError:
                 # a concurrent writer replaced the blob between our two reads; read the row again
                 time.sleep(0.01)
                 continue
-            return _deserialise(data, info.batch, device), info
+            return _deserialise(data, info.batch, device, blob), info
         raise RuntimeError(f"session {session_id!r}: blob kept disappearing under concurrent writes")
 
     def _blob_name(self, session_id: str, info: SessionInfo) -> str:
@@ -213,6 +238,8 @@ class SessionStore:
 
     def list(self) -> list[SessionInfo]:
         """All sessions, most recently updated first."""
+        if self.absent:
+            return []
         with self._connect() as conn:
             rows = conn.execute(_SELECT_ALL).fetchall()
         return [_info(r) for r in rows]
@@ -220,6 +247,8 @@ class SessionStore:
     def delete(self, session_id: str) -> bool:
         """Remove a session; ``False`` if it did not exist."""
         _check_id(session_id)
+        if self.absent:
+            return False
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute("SELECT blob FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
@@ -243,16 +272,20 @@ class SessionStore:
 
     def import_file(self, path: str | os.PathLike, session_id: str | None = None) -> SessionInfo:
         """Add a file written by ``export`` (under its own id unless ``session_id`` is given)."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = safetensors_metadata(path, "session export")
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a cortexmem session export (format {meta.get('format')!r})")
-        state = _deserialise(Path(path).read_bytes(), int(meta["batch"]), None)
-        fp = Fingerprint(meta["base_fingerprint"], meta["adapter_fingerprint"])
-        return self.save(session_id or meta["session_id"], state, fingerprint=fp,
-                         tokens_seen=int(meta["tokens_seen"]), meta=json.loads(meta.get("meta", "{}")))
+            raise CheckpointError(f"{path} is not a cortexmem session export (format {meta.get('format')!r})")
+        try:
+            batch, tokens = int(meta["batch"]), int(meta["tokens_seen"])
+            fp = Fingerprint(meta["base_fingerprint"], meta["adapter_fingerprint"])
+            extra = json.loads(meta.get("meta", "{}"))
+            sid = session_id or meta["session_id"]
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"session export {path} has bad metadata ({one_line(e)})") from None
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"session export {path}: 'meta' must be a JSON object")
+        state = _deserialise(read_bytes(path, "session export"), batch, None, Path(path))
+        return self.save(sid, state, fingerprint=fp, tokens_seen=tokens, meta=extra)
 
     def remove_orphans(self, older_than_s: float = 3600.0) -> int:
         """Delete blobs no row points to (left by crashed writers) older than ``older_than_s``."""
@@ -274,25 +307,43 @@ _SELECT_ALL = ("SELECT session_id, tokens_seen, fingerprint, base_fingerprint, a
 
 
 class _Conn:
-    """Context manager that always closes the sqlite connection (sqlite3's own one only commits)."""
+    """Context manager that always closes the sqlite connection (sqlite3's own one only commits) and reports a
+    database fault as one ``CheckpointError`` line naming the store."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn, self.path = conn, path
 
     def __enter__(self) -> sqlite3.Connection:
         return self.conn
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-        self.conn.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self.conn.close()
+        if exc_type is not None and issubclass(exc_type, sqlite3.DatabaseError):
+            raise _store_error(self.path, exc) from None
+
+
+def _store_error(path: Path, err: Exception) -> CheckpointError:
+    msg = one_line(err)
+    if isinstance(err, sqlite3.OperationalError) and "locked" in msg:
+        return CheckpointError(f"session store {path}: {msg}")
+    return CheckpointError(f"session store {path} is not a readable cortexmem session database ({msg})")
 
 
 def _info(row: tuple) -> SessionInfo:
+    try:
+        meta = json.loads(row[10])
+    except (TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"session {row[0]!r}: its stored metadata is not a JSON object")
     return SessionInfo(
         session_id=row[0], tokens_seen=row[1], fingerprint=row[2], base_fingerprint=row[3],
         adapter_fingerprint=row[4], batch=row[5], nbytes=row[6], created_at=row[7], updated_at=row[8],
-        version=row[9], meta=json.loads(row[10]),
+        version=row[9], meta=meta,
     )
 
 
@@ -313,11 +364,12 @@ def _serialise(state: TensorDict, metadata: dict[str, str]) -> bytes:
     return save(tensors, metadata=metadata)
 
 
-def _deserialise(data: bytes, batch: int, device: Any) -> TensorDict:
-    from safetensors.torch import load
-
-    tensors = load(data)
-    td = TensorDict(tensors, batch_size=[batch]).unflatten_keys(".")
+def _deserialise(data: bytes, batch: int, device: Any, source: Path) -> TensorDict:
+    tensors = load_safetensors_checked(source, what="session state", data=data)
+    try:
+        td = TensorDict(tensors, batch_size=[batch]).unflatten_keys(".")
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"session state {source} does not fit batch {batch} ({one_line(e)[:200]})") from None
     return td.to(device) if device is not None else td
 
 

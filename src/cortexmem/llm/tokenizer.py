@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import string
 from pathlib import Path
 from typing import Any
 
-from ..core.io import atomic_write_json
+from ..core.io import CheckpointError, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,17 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> CharTokenizer:
-        data = json.loads((Path(directory) / TOKENIZER_FILE).read_text())
+        path = Path(directory) / TOKENIZER_FILE
+        data = read_json(path, "tokenizer file")
         if data.get("type") != "char":
-            raise ValueError(f"unknown tokenizer type {data.get('type')!r} in {directory}")
-        return cls(data["chars"])
+            raise CheckpointError(f"tokenizer file {path}: unknown tokenizer type {data.get('type')!r}")
+        chars = data.get("chars")
+        if not isinstance(chars, str) or not chars:
+            raise CheckpointError(f"tokenizer file {path}: 'chars' must be a non-empty string")
+        try:
+            return cls(chars)
+        except ValueError as e:
+            raise CheckpointError(f"tokenizer file {path}: {e}") from None
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:

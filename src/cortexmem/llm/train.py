@@ -7,7 +7,6 @@ Each chunk is activation-checkpointed so memory stays bounded by one chunk's act
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -18,7 +17,17 @@ from typing import Any
 
 import torch
 
-from ..core.io import atomic_save_figure, atomic_save_safetensors, atomic_write_json
+from ..core.io import (
+    CheckpointError,
+    atomic_save_figure,
+    atomic_save_safetensors,
+    atomic_write_json,
+    check_optimizer_state,
+    load_safetensors_checked,
+    one_line,
+    read_json,
+    require_keys,
+)
 from ..core.schedule import warmup_cosine
 from .attach import MemoryLM
 from .niah import NiahSample, NiahTask, needle_mask
@@ -236,9 +245,11 @@ def _step_losses(mlm: MemoryLM, task: NiahTask, cfg: TrainNiahConfig, rng: rando
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    from ..core.progress import make_progress
+
+    bar = make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     bar.start()
     return bar
 
@@ -255,17 +266,22 @@ def _save_checkpoint(mlm: MemoryLM, opt: torch.optim.Optimizer, d: Path, step: i
 
 
 def _load_checkpoint(mlm: MemoryLM, opt: torch.optim.Optimizer, d: Path) -> tuple[int, TrainHistory]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((d / "trainer.json").read_text())
+    meta = read_json(d / "trainer.json", "train-niah trainer file")
+    require_keys(meta, d / "trainer.json", ("step", "history", "param_groups"), "train-niah trainer file")
     mlm.load_memory(d / "memory")
-    flat = load_file(str(d / "optimizer.safetensors"), device=str(mlm.device))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in flat.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"]), TrainHistory(**meta["history"])
+    flat = load_safetensors_checked(d / "optimizer.safetensors", what="train-niah optimizer file", device=mlm.device)
+    try:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in flat.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        opt_state = {"state": state, "param_groups": meta["param_groups"]}
+        check_optimizer_state(opt, opt_state)
+        opt.load_state_dict(opt_state)
+        return int(meta["step"]), TrainHistory(**meta["history"])
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError, OverflowError) as e:
+        raise CheckpointError(f"train-niah checkpoint {d}: optimizer or trainer state does not fit "
+                              f"({one_line(e)[:200]})") from None
 
 
 def plot_curves(hist: TrainHistory, path: str | Path) -> None:

@@ -9,14 +9,31 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..clikit import check_input_file, check_output_dir, check_output_file, setup_logging
+
 app = typer.Typer(help="Small LM with STM -> LTM -> Archive memory that learns while it runs.", no_args_is_help=True)
 console = Console()
 
 
-def _setup_logging() -> None:
-    from rich.logging import RichHandler
+class _Counted:
+    """An iterator that counts what it yields (to tell an empty corpus from a small one)."""
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)], force=True)
+    def __init__(self, it) -> None:
+        self.it, self.n = iter(it), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        self.n += 1
+        return item
+
+
+def _setup_logging() -> None:
+    """Kept for callers; ``--log-level`` (added to every sub-command by ``cortex``) sets logging up."""
+    if not logging.getLogger().handlers:
+        setup_logging("INFO")
 
 
 @app.command()
@@ -30,7 +47,16 @@ def tokenizer(
     """Train a byte-level BPE on a JSONL corpus (or save the byte fallback)."""
     from .tokenizer import ByteTokenizer, iter_jsonl_texts, train_bpe
 
-    tok = ByteTokenizer() if byte else train_bpe(iter_jsonl_texts(input, field), vocab_size)
+    check_output_dir(output, "--output")
+    if byte:
+        tok = ByteTokenizer()
+    else:
+        check_input_file(input, "--input")
+        texts = _Counted(iter_jsonl_texts(input, field))
+        tok = train_bpe(texts, vocab_size)
+        if texts.n == 0:
+            raise typer.BadParameter(f"--input {input} has no JSONL line with a {field!r} string field; "
+                                     f"nothing to train on")
     tok.save(output)
     console.print(f"saved {tok.kind} tokenizer ({tok.vocab_size} tokens) to {output}")
 
@@ -50,6 +76,9 @@ def prepare(
     from .data import val_path_for
     from .tokenizer import load_tokenizer
 
+    check_input_file(input, "--input")
+    check_output_file(output, "--output")
+    check_output_file(val_output, "--val-output")
     _setup_logging()
     rep = run_prepare(
         input,
@@ -78,6 +107,7 @@ def demo_data(
     """Write a small generated corpus (fictional countries, capitals, rivers) so everything runs offline."""
     from .data import write_demo_data
 
+    check_output_file(output, "--output")
     write_demo_data(output, docs, seed)
     console.print(f"wrote {docs} documents to {output}")
 
@@ -116,6 +146,10 @@ def train(
     from ..cells.lstm import LSTMCellConfig
     from .train import TrainConfig, Trainer, resolve_resume
 
+    check_output_dir(checkpoint_dir, "--checkpoint-dir")
+    for flag, path in (("--train-data", train_data), ("--val-data", val_data)):
+        if path is not None:
+            check_input_file(path, flag)
     _setup_logging()
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -181,7 +215,7 @@ def _load(checkpoint: Path):
 def generate(
     checkpoint: Path = typer.Option(..., "--checkpoint"),
     prompt: str = typer.Option(..., "--prompt"),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy"),
     top_k: int = typer.Option(0, "--top-k"),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -215,7 +249,7 @@ def generate(
 @app.command()
 def chat(
     checkpoint: Path = typer.Option(..., "--checkpoint"),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature"),
     top_k: int = typer.Option(0, "--top-k"),
     top_p: float = typer.Option(1.0, "--top-p"),

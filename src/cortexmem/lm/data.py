@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.io import atomic_write_json
+from ..core.io import CheckpointError, atomic_write_json, check_file, read_json, require_keys
 from .tokenizer import LMTokenizer
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def prepare(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     input_path, output = Path(input_path), Path(output)
     val_output = Path(val_output) if val_output is not None else val_path_for(output)
-    if not input_path.is_file():
-        raise FileNotFoundError(f"prepare: input {input_path} not found")
+    check_file(input_path, "input")
     dtype = token_dtype(tokenizer.vocab_size)
     rng = np.random.default_rng(seed)
     report = PrepareReport()
@@ -179,6 +178,11 @@ def prepare(
         for fh in files.values():
             fh.close()
         prog.close()
+    if report.docs == 0:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+        raise ValueError(f"input {input_path} has no JSONL line with a {text_field!r} string field "
+                         f"({len(report.bad_lines)} bad lines); nothing written")
     for split, p in paths.items():
         os.replace(tmp[split], p)
         atomic_write_json(
@@ -218,9 +222,9 @@ class _progress:
     def __init__(self, enabled: bool, total: int) -> None:
         self.bar = None
         if enabled:
-            from rich.progress import Progress
+            from ..core.progress import make_progress
 
-            self.bar = Progress(transient=True)
+            self.bar = make_progress(transient=True)
             self.bar.start()
             self.task = self.bar.add_task("tokenizing", total=total)
 
@@ -238,21 +242,36 @@ def meta_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
+_SCAN = 1 << 24  # tokens per chunk of the vocabulary check at load
+
+
 class TokenData:
     """A prepared token file as a read-only memmap, cut into non-overlapping windows of ``seq_len + 1``."""
 
     def __init__(self, path: str | os.PathLike, seq_len: int) -> None:
         path = Path(path)
         mp = meta_path(path)
-        if not path.is_file() or not mp.is_file():
-            raise FileNotFoundError(f"TokenData: need {path} and {mp.name} (run `cortex lm prepare`)")
-        meta = json.loads(mp.read_text(encoding="utf-8"))
-        self.vocab_size = int(meta["vocab_size"])
-        self.tokens = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+        meta = read_json(mp, "token-file metadata (from `cortex lm prepare`)")
+        require_keys(meta, mp, ("dtype", "vocab_size"), "token-file metadata")
+        if meta["dtype"] not in ("uint16", "uint32"):
+            raise CheckpointError(f"token-file metadata {mp}: dtype must be uint16 or uint32, got {meta['dtype']!r}")
+        vocab = meta["vocab_size"]
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+            raise CheckpointError(f"token-file metadata {mp}: vocab_size must be an integer >= 1, got {vocab!r}")
+        self.vocab_size = vocab
+        dtype = np.dtype(meta["dtype"])
+        size = check_file(path, "token file")
+        if size % dtype.itemsize:
+            raise CheckpointError(f"token file {path} has {size} bytes, not a whole number of {dtype.name} tokens")
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        top = max((int(self.tokens[i : i + _SCAN].max()) for i in range(0, len(self.tokens), _SCAN)), default=0)
+        if top >= self.vocab_size:
+            raise CheckpointError(f"token file {path} holds token id {top}, outside the vocabulary of "
+                                  f"{self.vocab_size} in {mp.name}")
         self.seq_len = seq_len
         self.n_windows = (len(self.tokens) - 1) // seq_len
         if self.n_windows < 1:
-            raise ValueError(f"TokenData: {path} has {len(self.tokens)} tokens, need at least {seq_len + 1}")
+            raise CheckpointError(f"token file {path} has {len(self.tokens)} tokens, need at least {seq_len + 1}")
 
     def epoch_order(self, epoch: int, seed: int) -> np.ndarray:
         """Window order for ``epoch`` (a pure function of seed and epoch: resume needs no sampler state)."""

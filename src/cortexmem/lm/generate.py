@@ -41,6 +41,8 @@ def generate_ids(
     """Continue ``ids``; returns only the new tokens."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not ids:
         raise ValueError("generate needs a non-empty prompt")
     was_training = model.training

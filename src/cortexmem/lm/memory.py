@@ -6,7 +6,6 @@ logical clock (``tick``). Keys are L2-normalised, so every tier scores by inner 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +17,17 @@ import numpy as np
 from pydantic import Field
 
 from ..core.config import TaggedConfig
-from ..core.io import atomic_write_bytes, atomic_write_json
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_tensors,
+    load_safetensors_checked,
+    one_line,
+    read_versioned,
+    validate_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +300,19 @@ class FaissStore:
         self.kind = kind
 
 
+def _check_store_arrays(store: FaissStore, arrays: dict[str, np.ndarray], kind: str, path: Path) -> None:
+    p = store.name
+    if kind not in ("flat", "ivf", "pq"):
+        raise ValueError(f"unknown {p} index kind {kind!r}")
+    n = arrays.get(f"{p}.ids", np.zeros((0, 0))).shape
+    need = {f"{p}.ids": n, f"{p}.meta": (*n, 3), f"{p}.values": (*n, store.cfg.value_dim)}
+    if f"{p}.keys" in arrays:
+        need[f"{p}.keys"] = (*n, store.cfg.key_dim)
+    if len(n) != 1 or f"{p}.index" not in arrays or arrays[f"{p}.index"].ndim != 1:
+        raise ValueError(f"{p}.ids and {p}.index must be 1-D arrays")
+    check_tensors({k: arrays[k] for k in need if k in arrays}, need, path, "memory arrays file")
+
+
 class MemorySystem:
     """STM -> LTM -> Archive: usage-driven consolidation, promotion on use, homeostatic write strength."""
 
@@ -547,27 +569,31 @@ class MemorySystem:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> MemorySystem:
-        from safetensors.numpy import load
-
+        """Read what :meth:`save` wrote; any fault in either file -> one-line ``CheckpointError``."""
         directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointNotFoundError(f"memory folder {directory} not found")
         meta_path, arr_path = directory / "memory.json", directory / "memory.safetensors"
-        for p in (meta_path, arr_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"MemorySystem.load: expected {p.name} in {directory}, not found")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != MEMORY_FORMAT or meta.get("version") != MEMORY_VERSION:
-            raise ValueError(
-                f"MemorySystem.load: expected format {MEMORY_FORMAT} v{MEMORY_VERSION}, got "
-                f"{meta.get('format')!r} v{meta.get('version')!r}"
-            )
-        mem = cls(MemorySystemConfig.model_validate(meta["config"]))
-        arrays = load(arr_path.read_bytes())
+        meta = read_versioned(meta_path, format=MEMORY_FORMAT, version=MEMORY_VERSION, what="cortexmem memory file",
+                              required=("config", "clock", "next_id", "strength", "counters", "stm_evictions",
+                                        "ltm_kind", "archive_kind"))
+        mem = cls(validate_config(MemorySystemConfig, meta["config"], meta_path, "memory config"))
+        arrays = load_safetensors_checked(arr_path, what="memory arrays file", numpy=True)
         s = mem.stm
-        s.keys, s.values, s.ids = arrays["stm.keys"], arrays["stm.values"], arrays["stm.ids"]
-        s.uses, s.created, s.last_used = arrays["stm.uses"], arrays["stm.created"], arrays["stm.last_used"]
-        s.evictions = meta["stm_evictions"]
-        mem.ltm.load_arrays("ltm", arrays, meta["ltm_kind"])
-        mem.archive.load_arrays("archive", arrays, meta["archive_kind"])
-        mem.clock, mem.next_id, mem.strength = meta["clock"], meta["next_id"], meta["strength"]
-        mem.counters.update(meta["counters"])
+        stm = {f"stm.{k}": getattr(s, k) for k in ("keys", "values", "ids", "uses", "created", "last_used")}
+        check_tensors({k: arrays[k] for k in stm if k in arrays}, stm, arr_path, "memory arrays file")
+        try:
+            for k, ref in stm.items():
+                setattr(s, k.split(".", 1)[1], arrays[k].astype(ref.dtype, copy=False))
+            s.evictions = int(meta["stm_evictions"])
+            for store, kind in ((mem.ltm, meta["ltm_kind"]), (mem.archive, meta["archive_kind"])):
+                _check_store_arrays(store, arrays, kind, arr_path)
+                store.load_arrays(store.name, arrays, kind)
+                if store.index.ntotal != len(store.meta) or store.index.d != mem.config.key_dim:
+                    raise ValueError(f"the {store.name} index holds {store.index.ntotal} vectors of size "
+                                     f"{store.index.d}, expected {len(store.meta)} of size {mem.config.key_dim}")
+            mem.clock, mem.next_id, mem.strength = int(meta["clock"]), int(meta["next_id"]), float(meta["strength"])
+            mem.counters.update({str(k): int(v) for k, v in dict(meta["counters"]).items()})
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, OverflowError) as e:
+            raise CheckpointError(f"memory checkpoint {directory} is inconsistent ({one_line(e)[:200]})") from None
         return mem

@@ -10,7 +10,6 @@ only when a match is close.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -23,7 +22,16 @@ from torch import Tensor, nn
 
 from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors_checked,
+    load_state_checked,
+    read_versioned,
+    validate_config,
+)
 from .memory import MemorySystem, MemorySystemConfig
 from .tokenizer import LMTokenizer, load_tokenizer
 
@@ -304,22 +312,22 @@ class CortexLM(nn.Module):
 
 def load_pretrained(directory: str | os.PathLike, *, map_location: str = "cpu") -> CortexLM:
     """Load a model written by :meth:`CortexLM.save_pretrained` (safetensors + JSON only)."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"LM checkpoint folder {directory} not found")
     meta_file = directory / "model.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"load_pretrained: expected model.json in {directory}, not found")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_VERSION:
-        raise ValueError(
-            f"load_pretrained: expected {MODEL_FORMAT} v{MODEL_VERSION}, got "
-            f"{meta.get('format')!r} v{meta.get('version')!r}"
-        )
+    meta = read_versioned(meta_file, format=MODEL_FORMAT, version=MODEL_VERSION, what="cortexmem LM model file",
+                          required=("config",))
     tok_dir = directory / "tokenizer"
     tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
-    model = CortexLM(LMConfig.model_validate(meta["config"]), tokenizer)
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=map_location))
-    if (directory / "memory" / "memory.json").is_file():
+    cfg = validate_config(LMConfig, meta["config"], meta_file, "LM config")
+    try:
+        model = CortexLM(cfg, tokenizer)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"LM config in {meta_file} cannot be built: {' '.join(str(e).split())}") from None
+    weights_file = directory / "model.safetensors"
+    load_state_checked(model, load_safetensors_checked(weights_file, what="LM weights file"), weights_file,
+                       "LM weights file")
+    if (directory / "memory").exists():
         model.memory = MemorySystem.load(directory / "memory")
     return model.to(map_location)

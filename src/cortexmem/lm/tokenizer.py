@@ -8,7 +8,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..core.io import atomic_write_json, atomic_write_text
+from ..core.extras import require
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_write_json,
+    atomic_write_text,
+    one_line,
+    read_bytes,
+    read_json,
+)
 
 SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>")
 META_FILE = "tokenizer_meta.json"
@@ -90,6 +99,7 @@ def _check_text(text: object) -> None:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE of ``vocab_size`` tokens (>= 256 bytes + specials) on ``texts``."""
+    require("tokenizers", "lm", "training a BPE tokenizer")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     floor = 256 + len(SPECIALS)
@@ -126,14 +136,21 @@ def load_tokenizer(directory: str | os.PathLike | None) -> LMTokenizer:
     if directory is None:
         return ByteTokenizer()
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"tokenizer folder {directory} not found")
     meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"load_tokenizer: expected {META_FILE} in {directory}, not found")
-    kind = json.loads(meta_path.read_text(encoding="utf-8")).get("kind")
+    kind = read_json(meta_path, "tokenizer file").get("kind")
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
-        from tokenizers import Tokenizer
-
-        return BPETokenizer(Tokenizer.from_file(str(directory / BPE_FILE)))
-    raise ValueError(f"load_tokenizer: unknown tokenizer kind {kind!r}, expected 'bpe' or 'byte'")
+        Tokenizer = require("tokenizers", "lm", "a BPE tokenizer").Tokenizer
+        bpe_path = directory / BPE_FILE
+        read_bytes(bpe_path, "BPE tokenizer file")
+        try:
+            tok = BPETokenizer(Tokenizer.from_file(str(bpe_path)))
+        except Exception as e:  # the tokenizers library raises a plain Exception for a corrupt file
+            raise CheckpointError(f"BPE tokenizer file {bpe_path} cannot be read ({one_line(e)})") from None
+        if None in (tok.pad_id, tok.bos_id, tok.eos_id):
+            raise CheckpointError(f"BPE tokenizer file {bpe_path} lacks the special tokens {', '.join(SPECIALS)}")
+        return tok
+    raise CheckpointError(f"tokenizer file {meta_path}: unknown tokenizer kind {kind!r}, expected 'bpe' or 'byte'")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -20,7 +19,18 @@ from pydantic import Field
 
 from ..blocks.base import BlockConfig
 from ..core.config import TaggedConfig, polymorphic
-from ..core.io import atomic_save_safetensors, atomic_write_json, fsync_dir
+from ..core.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    check_optimizer_state,
+    fsync_dir,
+    load_safetensors_checked,
+    load_state_checked,
+    one_line,
+    read_versioned,
+)
 from ..core.paths import safe_name
 from ..core.schedule import warmup_cosine
 from .data import TokenData
@@ -182,6 +192,8 @@ class Trainer:
         vocab = tokenizer.vocab_size if tokenizer else self.data.vocab_size
         if vocab != self.data.vocab_size:
             raise ValueError(f"tokenizer vocab {vocab} != vocab {self.data.vocab_size} of {cfg.train_data}")
+        if self.val is not None and self.val.vocab_size != vocab:
+            raise ValueError(f"--val-data {cfg.val_data} has vocab {self.val.vocab_size}, the training data {vocab}")
         lm_cfg = LMConfig(
             vocab_size=vocab,
             dim=sizes["dim"],
@@ -349,9 +361,9 @@ class Trainer:
     def _progress(self, end: int):
         if not self.cfg.progress:
             return None
-        from rich.progress import Progress
+        from ..core.progress import make_progress
 
-        bar = Progress()
+        bar = make_progress()
         bar.start()
         return bar, bar.add_task("training", total=end, completed=self.step)
 
@@ -359,8 +371,8 @@ class Trainer:
     def save_checkpoint(self, name: str) -> Path:
         """``<checkpoint_dir>/<name>/``: model + memory, ``train_state.safetensors``, ``trainer.json``.
 
-        Written into a fresh hidden directory, then published by atomically swapping the symlink ``<name>``,
-        so a crash at any point leaves the previous checkpoint whole.
+        Written into a fresh hidden directory, then published as the real folder ``<name>`` by an atomic swap,
+        so a crash at any point leaves the previous checkpoint whole (``cp -r`` copies a plain folder).
         """
         root = Path(self.cfg.checkpoint_dir)
         name = safe_name(name, "checkpoint name")
@@ -390,50 +402,94 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore model, memory, optimizer, RNGs and counters (safetensors + JSON; nothing unpickled)."""
-        from safetensors.torch import load_file
-
         d = Path(path)
         meta_file = d / "trainer.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"resume: expected trainer.json in {d}, not found")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("format") != TRAIN_FORMAT or meta.get("version") != TRAIN_VERSION:
-            raise ValueError(
-                f"resume: expected {TRAIN_FORMAT} v{TRAIN_VERSION}, got {meta.get('format')!r} v{meta.get('version')!r}"
-            )
+        meta = read_versioned(meta_file, format=TRAIN_FORMAT, version=TRAIN_VERSION, what="cortexmem LM trainer file",
+                              required=("step", "best_val", "rollbacks", "guard", "optimizer", "rng", "history"))
         loaded = load_pretrained(d, map_location=str(self.device))
-        self.model.load_state_dict(loaded.state_dict())
+        load_state_checked(self.model, loaded.state_dict(), d / "model.safetensors", "LM weights file")
+        state_file = d / "train_state.safetensors"
+        tensors = load_safetensors_checked(state_file, what="LM train-state file", device=self.device)
+        try:
+            opt_state = unflatten_optimizer(tensors, meta["optimizer"])
+            check_optimizer_state(self.opt, opt_state)
+            self.opt.load_state_dict(opt_state)
+            cpu = {k: v.cpu() for k, v in tensors.items() if k.startswith("rng.")}
+            set_rng_state(cpu, meta["rng"])
+            step, rollbacks = int(meta["step"]), int(meta["rollbacks"])
+            best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
+            self.guard.load(meta["guard"])
+            history = list(meta["history"])
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError, OverflowError) as e:
+            raise CheckpointError(f"LM checkpoint {d}: optimizer or trainer state does not fit "
+                                  f"({one_line(e)[:200]})") from None
         self.model.memory = loaded.memory
-        tensors = load_file(str(d / "train_state.safetensors"), device=str(self.device))
-        self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-        cpu = {k: v.cpu() for k, v in tensors.items() if k.startswith("rng.")}
-        set_rng_state(cpu, meta["rng"])
-        self.step, self.rollbacks = int(meta["step"]), int(meta["rollbacks"])
-        self.best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
-        self.guard.load(meta["guard"])
-        self.history = list(meta["history"])
+        self.step, self.rollbacks, self.best_val, self.history = step, rollbacks, best_val, history
 
 
 def _publish_dir(tmp: Path, final: Path) -> Path:
-    """Point the symlink ``final`` at the finished directory ``tmp`` (one atomic rename), then drop the old one."""
-    link = final.with_name(f"{tmp.name}.link")
-    os.symlink(tmp.name, link)  # relative: the checkpoint directory can be moved as a whole
-    old = os.readlink(final) if final.is_symlink() else None
-    if final.exists() and not final.is_symlink():
-        # a plain directory (older layout): move it aside; it stays readable under the hidden name until replaced
-        old = f"{tmp.name}.legacy"
-        os.replace(final, final.with_name(old))
-    os.replace(link, final)
+    """Make the finished directory ``tmp`` the real folder ``final`` in one atomic step, then drop the old one.
+
+    On Linux the two paths are exchanged with ``renameat2(RENAME_EXCHANGE)``, so ``final`` is never missing;
+    elsewhere the old folder is first moved aside, and :func:`_recover` puts it back if a crash falls in between.
+    A symlink ``final`` (the older layout) is replaced by the folder and its target removed.
+    """
+    old: Path | None = None
+    if final.is_symlink():
+        target = os.readlink(final)
+        os.replace(tmp, final)
+        if "/" not in target:
+            old = final.parent / target
+    elif final.exists():
+        if _exchange(tmp, final):
+            old = tmp
+        else:
+            old = final.with_name(f"{tmp.name}.old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+    else:
+        os.replace(tmp, final)
     fsync_dir(final.parent)
-    if old is not None and "/" not in old and old != tmp.name:
-        shutil.rmtree(final.parent / old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where the system cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _recover(root: Path, name: str) -> None:
+    """If a crash left no ``<name>`` folder between the two renames of the fallback, restore the newest whole one."""
+    final = root / name
+    if final.exists() or final.is_symlink() or not root.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}(\.old)?")
+    whole = [p for p in root.iterdir() if pattern.fullmatch(p.name) and (p / "trainer.json").is_file()]
+    if whole:
+        best = min(whole, key=lambda p: (p.name.endswith(".old"), -p.stat().st_mtime))
+        os.replace(best, final)
+        fsync_dir(root)
+
+
 def _remove_stale(root: Path, name: str) -> None:
-    """Delete hidden directories and links of ``name`` left by a writer that crashed before publishing."""
+    """Delete hidden directories of ``name`` left by a writer that crashed before publishing."""
+    _recover(root, name)
     live = os.readlink(root / name) if (root / name).is_symlink() else None
-    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}(\.link|\.legacy)?")
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}(\.link|\.legacy|\.old)?")
     for p in root.iterdir():
         if pattern.fullmatch(p.name) and p.name != live:
             if p.is_symlink() or p.is_file():
@@ -447,9 +503,14 @@ def resolve_resume(resume: str | None, checkpoint_dir: str) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
-        last = Path(checkpoint_dir) / "last"
-        return last if (last / "trainer.json").is_file() else None
+        root = Path(checkpoint_dir)
+        if root.is_dir():
+            _recover(root, "last")
+        last = root / "last"
+        return last if (last / "trainer.json").exists() else None
     p = Path(resume)
+    if not p.exists():
+        raise CheckpointNotFoundError(f"--resume {resume}: no such checkpoint folder")
     if not (p / "trainer.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: no trainer.json there")
+        raise CheckpointNotFoundError(f"--resume {resume}: not an LM checkpoint folder (no trainer.json there)")
     return p

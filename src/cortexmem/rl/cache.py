@@ -22,7 +22,7 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
 
-from ..core.io import atomic_save_safetensors
+from ..core.io import CheckpointError, atomic_save_safetensors, load_safetensors_checked, one_line
 from ..core.module import MemoryModule
 from .module import _key, resolve_store_dtype
 
@@ -121,15 +121,17 @@ class StateCache:
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore caches written by :meth:`save` (checked like :meth:`set_memory`)."""
-        from safetensors.torch import load_file
-
         memory = {"rollout": self._fresh(), "training": self._fresh()}
-        for name, v in load_file(str(path)).items():
+        for name, v in load_safetensors_checked(path, what="state cache file").items():
             which, *rest = name.split("/")
-            if which not in memory:
-                raise ValueError(f"{path}: unexpected entry {name!r}, expected rollout/... or training/...")
+            if which not in memory or not rest:
+                raise CheckpointError(f"state cache file {path}: unexpected entry {name!r}, expected rollout/... or "
+                                      f"training/...")
             memory[which].set(tuple(rest), v)
-        self.set_memory(memory)
+        try:
+            self.set_memory(memory)
+        except (ValueError, TypeError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"state cache file {path} does not fit this cache ({one_line(e)[:200]})") from None
 
     def _cache(self, which: str) -> TensorDict:
         if which == "rollout":

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from ..clikit import check_output_dir, check_output_file
+from ..core.extras import MissingExtraError
+
 app = typer.Typer(help="Reinforcement learning with cortexmem stacks (recurrent PPO).", no_args_is_help=True)
 
 
@@ -15,7 +18,7 @@ def _require_rl() -> None:
 
     missing = [m for m in ("torchrl", "gymnasium") if importlib.util.find_spec(m) is None]
     if missing:
-        raise typer.BadParameter(f"cortex rl needs {', '.join(missing)}: pip install 'cortex-memory[rl]'")
+        raise MissingExtraError(f"cortex rl needs {', '.join(missing)}: pip install 'cortex-memory[rl]'")
 
 
 def _device_option() -> typer.Option:
@@ -51,6 +54,9 @@ def train(
 ) -> None:
     """Train recurrent PPO; prints the summary (MMER for POPGym envs, frames/s) as JSON."""
     _require_rl()
+    check_output_dir(out, "--out")
+    if stack and ("/" in stack or stack.endswith(".json")) and not Path(stack).exists():
+        raise typer.BadParameter(f"--stack {stack}: no such stack file")
     import torch
 
     from .ppo import PPOConfig, PPOTrainer, read_checkpoint_meta, resolve_device
@@ -118,6 +124,7 @@ def evaluate(
     resolve_device(device)
     if episodes < 1:
         raise typer.BadParameter(f"--episodes must be >= 1, got {episodes}")
+    check_output_file(out, "--out")
     saved = read_checkpoint_meta(checkpoint)["config"]
     if stack is not None and stack != saved.get("stack"):
         raise ValueError(f"{checkpoint} was trained with --stack {saved.get('stack')!r}, not {stack!r}")

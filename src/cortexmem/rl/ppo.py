@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tensordict import TensorDict
 from torch import nn
 
-from ..core.io import atomic_save_safetensors, atomic_write_json
+from ..core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    check_optimizer_state,
+    one_line,
+    validation_message,
+)
 from ..stacks import CortexStackConfig, build_cortex
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -384,8 +391,8 @@ class PPOTrainer:
             cfg = PPOConfig.model_validate({**meta["config"], **(overrides or {})})
             stack_cfg = CortexStackConfig.model_validate(meta["stack_config"])
         except ValueError as e:
-            detail = str(e).splitlines()[0]
-            raise ValueError(f"{ckpt / 'trainer.json'}: invalid run or stack config ({detail})") from None
+            raise CheckpointError(f"{ckpt / 'trainer.json'}: invalid run or stack config "
+                                  f"({validation_message(e)})") from None
         obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
         check_compatible(meta, ckpt / "trainer.json", env=cfg.env, obs_dim=obs_dim, action_space=str(action_space))
         model = read_tensors(ckpt / "model.safetensors")
@@ -393,17 +400,28 @@ class PPOTrainer:
         trainer = cls(cfg, out_dir, stack_cfg=stack_cfg)
         load_weights(trainer.policy, model, ckpt / "model.safetensors", f"the {cfg.stack!r} policy for {cfg.env!r}")
         state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, v in flat.items():
-            if name.startswith("state."):
-                _, i, k = name.split(".", 2)
-                state.setdefault(int(i), {})[k] = v  # load_state_dict moves state to the params (step stays put)
         try:
-            trainer.optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{ckpt / 'optim.safetensors'} does not match the policy's parameters ({e})") from None
-        if "rng.torch" in flat:
-            torch.set_rng_state(flat["rng.torch"])
-        trainer.frames, trainer.updates, trainer.history = meta["frames"], meta["updates"], meta["history"]
+            for name, v in flat.items():
+                if name.startswith("state."):
+                    _, i, k = name.split(".", 2)
+                    state.setdefault(int(i), {})[k] = v  # load_state_dict moves state to the params (step stays)
+            opt_state = {"state": state, "param_groups": meta["param_groups"]}
+            check_optimizer_state(trainer.optim, opt_state)
+            trainer.optim.load_state_dict(opt_state)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{ckpt / 'optim.safetensors'} does not match the policy's parameters "
+                                  f"({one_line(e)[:200]})") from None
+        try:
+            if "rng.torch" in flat:
+                torch.set_rng_state(flat["rng.torch"])
+            trainer.frames, trainer.updates = int(meta["frames"]), int(meta["updates"])
+            trainer.history = list(meta["history"])
+            if trainer.frames < 0 or trainer.updates < 0 or cfg.seed + 1_000_003 * trainer.updates < 0:
+                raise ValueError(f"frames {trainer.frames}, updates {trainer.updates} and seed {cfg.seed} must "
+                                 f"be >= 0")
+        except (ValueError, KeyError, TypeError, RuntimeError, OverflowError) as e:
+            raise CheckpointError(f"{ckpt / 'trainer.json'}: counters or RNG state do not fit "
+                                  f"({one_line(e)[:200]})") from None
         trainer._start_envs(cfg.seed + 1_000_003 * trainer.updates)
         return trainer
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ..blocks import PassThroughBlockConfig, PostUpGatedBlockConfig, PreUpBlockConfig
 from ..cells import CausalConv1dCellConfig, GRUCellConfig, LSTMCellConfig
+from ..core.io import CheckpointError, one_line, read_json, validate_config
 from ..stacks import CortexStack, CortexStackConfig, build_cortex
 
 
@@ -51,10 +51,15 @@ def resolve_stack(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStack:
     if key in BUILTIN_STACKS:
         return build_cortex(BUILTIN_STACKS[key](d_hidden, num_layers))
     path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        cfg = meta.get("config", meta) if isinstance(meta, dict) else meta
-        return build_cortex(CortexStackConfig.model_validate(cfg))
+    if path.suffix == ".json" or "/" in spec or "\\" in spec or path.exists():
+        # a path-like value is a stack file, never a pattern
+        meta = read_json(path, "--stack file")
+        cfg = meta.get("config", meta)
+        stack_cfg = validate_config(CortexStackConfig, cfg, path, "stack config")
+        try:
+            return build_cortex(stack_cfg)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"stack config in {path} cannot be built: {one_line(e)}") from None
     stack = _from_eval_registry(spec, d_hidden, num_layers)
     if stack is None:
         import cortexmem

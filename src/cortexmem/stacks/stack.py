@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,16 @@ from torch import Tensor, nn
 from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
 from ..core.finite import enable_finite_check, finite_check_requested
-from ..core.io import atomic_write_bytes, atomic_write_json
+from ..core.io import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_safetensors_checked,
+    load_state_checked,
+    read_bytes,
+    read_versioned,
+    validate_config,
+)
 from ..core.module import MemoryModule
 from ..core.paths import safe_join
 
@@ -100,37 +108,24 @@ def build_cortex(config: CortexStackConfig) -> CortexStack:
 
 def load_stack(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> CortexStack:
     """Load a stack written by :meth:`CortexStack.save` (JSON config + safetensors; nothing unpickled)."""
-    from safetensors.torch import load as st_load
-
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"load_stack: expected {CONFIG_FILE} in {directory}, not found")
+    meta = read_versioned(cfg_path, format=STACK_FORMAT, version=STACK_FORMAT_VERSION, what="cortexmem stack config",
+                          required=("config", "weights", "sha256"))
+    if not isinstance(meta["config"], dict):
+        raise CheckpointError(f"stack config {cfg_path} has no 'config' object")
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"load_stack: {cfg_path} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"load_stack: {cfg_path} must hold a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != STACK_FORMAT:
-        raise ValueError(f"load_stack: {cfg_path} is not a cortexmem stack config (format={meta.get('format')!r})")
-    if meta.get("version") != STACK_FORMAT_VERSION:
-        raise ValueError(f"load_stack: unsupported version {meta.get('version')!r}, expected {STACK_FORMAT_VERSION}")
-    if not isinstance(meta.get("config"), dict):
-        raise ValueError(f"load_stack: {cfg_path} has no 'config' object")
-    weights_path = safe_join(directory, meta.get("weights"), "weights file name")
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"load_stack: weights file {weights_path.name} named in {cfg_path} not found")
-    blob = weights_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        raise ValueError(f"load_stack: {weights_path} does not match the sha256 recorded in {cfg_path}")
-    stack = build_cortex(CortexStackConfig.model_validate(meta["config"]))
+        weights_path = safe_join(directory, meta["weights"], "weights file name")
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"stack config {cfg_path}: {e}") from None
+    blob = read_bytes(weights_path, "stack weights file")
+    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise CheckpointError(f"stack weights file {weights_path} does not match the sha256 recorded in {cfg_path}")
+    cfg = validate_config(CortexStackConfig, meta["config"], cfg_path, "stack config")
     try:
-        weights = st_load(blob)
-    except Exception as e:  # safetensors raises its own error type for corrupt files
-        raise ValueError(f"load_stack: {weights_path} is not a readable safetensors file ({e})") from None
-    try:
-        stack.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f"load_stack: weights in {weights_path} do not match the config: {e}") from None
+        stack = build_cortex(cfg)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"stack config {cfg_path} cannot be built: {' '.join(str(e).split())}") from None
+    weights = load_safetensors_checked(weights_path, what="stack weights file", data=blob)
+    load_state_checked(stack, weights, weights_path, "stack weights file")
     return stack.to(map_location)

@@ -38,8 +38,8 @@ from ...core.precompile import launch
 from .checks import check_gated_delta_inputs, triton_autograd_rejects
 from .triton import (
     PRODUCTS,
-    _block_gates,
     _bdot,
+    _block_gates,
     _block_keys_dot,
     _chunk_gates,
     _default_block_v,
