@@ -142,8 +142,9 @@ def test_widths_sweep_plans_one_run_per_width():
 @pytest.mark.parametrize("args,msg", [
     (["--task", "mqar", "--lengths", "3"], "--lengths 3 does not fit task mqar: mqar needs an even length"),
     (["--preset", "nope"], "unknown --preset 'nope'; valid: zoology"),
-    (["--preset", "zoology", "--d-hidden", "64"], "--preset zoology sets --task, --lengths, --mqar-slices, "
-                                                  "--d-hidden, --chunk-size itself; drop --d-hidden (presets: zoology)"),
+    (["--preset", "zoology", "--d-hidden", "64"],
+     "--preset zoology sets --task, --lengths, --mqar-slices, --d-hidden, --chunk-size itself; drop --d-hidden "
+     "(presets: zoology)"),
     (["--preset", "zoology", "--task", "mqar"], "drop --task"),
     (["--quick"], "--quick shrinks a preset: use it with --preset (zoology)"),
     (["--d-hidden", "32,x"], "--d-hidden must be comma-separated integers > 0"),

@@ -189,4 +189,5 @@ register_stack("hybrid_w32", _cell_stack("HybridCellConfig", "PostUpGatedBlockCo
                "2 x PostUpGated(Hybrid, window 32): recall past 32 tokens goes through the delta memory")
 register_stack("column_axms", _column_axms, "build_cortex_auto_stack(d, 1, 'AXMS')")
 register_stack("hf_llama", _hf_llama, "2 pretrained-style Llama decoder layers as cells (tiny config, mem_len 64)")
-register_stack("transformer", _transformer, "2 x (short conv, rotary causal attention, MLP) over the full context (non-recurrent)")
+register_stack("transformer", _transformer,
+               "2 x (short conv, rotary causal attention, MLP) over the full context (non-recurrent)")
