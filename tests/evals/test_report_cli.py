@@ -181,3 +181,23 @@ def test_zoology_preset_quick_smoke(tmp_path):
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"d_hidden", "chance", "state_floats"} <= set(header)
     assert "chance" in r.output and "state" in r.output
+
+
+def test_merge_joins_a_sweep_split_by_stack(settings, tmp_path):
+    from cortexmem.evals.report import merge_results
+
+    res = _results(settings, lengths=(8,))
+    a = res.model_copy(update={"runs": [r for r in res.runs if r.stack == "lstm"]})
+    b = res.model_copy(update={"runs": [r for r in res.runs if r.stack == "conv"]})
+    for name, part in (("a", a), ("b", b)):
+        write_results(part, tmp_path / name, plots=False)
+    r = runner.invoke(app, ["eval", "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b"), "--out",
+                            str(tmp_path / "m"), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    merged = load_results(tmp_path / "m")
+    assert [x.key for x in merged.runs] == [x.key for x in res.runs] and merged.wall_time_s == 2.0
+    with pytest.raises(ValueError, match="appears twice"):
+        merge_results([a, a])
+    other = b.model_copy(update={"settings": b.settings.model_copy(update={"epochs": 9})})
+    with pytest.raises(ValueError, match="epochs differ"):
+        merge_results([a, other])

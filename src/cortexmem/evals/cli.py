@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .ddp import DistContext, init_distributed, resolve_device, shutdown
 from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
-from .report import compare_table, load_results, mqar_summary_table, results_table, write_results
+from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results
 from .schema import EvalResults, EvalSettings, RunResult, SkippedStack
 from .stacks import DEFAULT_D_HIDDEN, QUICK_STACKS, available_stacks, list_stacks, stack_status
 from .tasks import MQAR_SLICES, TASKS, make_task
@@ -114,6 +114,8 @@ def eval_command(
     out: Path = typer.Option(None, help="Output directory (default runs/<timestamp>/)."),
     plots: bool = typer.Option(True, help="Write PNG plots (needs matplotlib: the 'plot' extra)."),
     compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B."),
+    merge: list[Path] = typer.Option(None, help="Merge run dirs of one sweep split by --stack: --merge A --merge B "
+                                                "--out C (the first one's settings, every run)."),
     list_: bool = typer.Option(False, "--list", help="List stacks and tasks with availability, then exit."),
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR."),
 ) -> None:
@@ -133,6 +135,18 @@ def eval_command(
         except ValueError as e:
             _fail(str(e))
         console.print(compare_table(a, b, str(compare[0]), str(compare[1])))
+        return
+    if merge:
+        if out is None:
+            _fail("--merge needs --out DIR for the merged results")
+        try:
+            merged = merge_results([load_results(p) for p in merge])
+        except ValueError as e:
+            _fail(str(e))
+        console.print(mqar_summary_table(merged) if any(r.task == "mqar" for r in merged.runs)
+                      else results_table(merged))
+        paths = write_results(merged, out, plots=plots)
+        console.print(f"wrote {', '.join(p.name for p in paths)} to {out}/")
         return
     try:
         widths = _ints(d_hidden, "--d-hidden")

@@ -138,6 +138,25 @@ def load_results(path: str | Path) -> EvalResults:
         raise ValueError(f"{p} is not a valid results file: {str(e).splitlines()[0]}") from None
 
 
+def merge_results(parts: list[EvalResults]) -> EvalResults:
+    """One results file from runs of the same sweep split over several invocations (``--stack`` subsets)."""
+    first = parts[0]
+    keys = [r.key for p in parts for r in p.runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("--merge: the same run (stack, task, length, options, width) appears twice")
+    for p in parts[1:]:
+        a, b = (x.settings.model_dump(exclude={"stacks"}) for x in (first, p))
+        if a != b:
+            diff = sorted(k for k in a if a[k] != b[k])
+            raise ValueError(f"--merge: runs of different settings ({', '.join(diff)} differ)")
+    runs = [r for p in parts for r in p.runs]
+    stacks = list(dict.fromkeys(r.stack for r in runs))
+    skipped = [s for p in parts for s in p.skipped if s.stack not in stacks]
+    settings = first.settings.model_copy(update={"stacks": stacks})
+    return first.model_copy(update={"runs": runs, "skipped": skipped, "settings": settings,
+                                    "wall_time_s": sum(p.wall_time_s for p in parts)})
+
+
 # --- plots --------------------------------------------------------------------------------------------------
 def _save(fig, path: Path) -> Path:
     atomic_save_figure(fig, path, bbox_inches="tight")
