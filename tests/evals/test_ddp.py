@@ -30,7 +30,7 @@ def test_torchrun_two_processes_same_schema(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     ddp, single = load_results(ddp_out), load_results(single_out)
     assert ddp.world_size == 2 and single.world_size == 1
-    assert sorted(os.listdir(ddp_out)) == ["results.csv", "results.json"]
+    assert sorted(os.listdir(ddp_out)) == ["mqar_summary.md", "results.csv", "results.json"]
     assert [r.key for r in ddp.runs] == [r.key for r in single.runs]
     for a, b in zip(ddp.runs, single.runs, strict=True):
         assert set(a.model_dump()) == set(b.model_dump())

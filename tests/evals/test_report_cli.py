@@ -45,6 +45,9 @@ def test_results_json_csv_and_plots(settings, tmp_path):
 
 def test_schema_rejects_bad_files(settings, tmp_path):
     data = json.loads(_results(settings, lengths=(8,)).model_dump_json())
+    (tmp_path / "results.json").write_text(json.dumps({**data, "schema_version": 1}))
+    with pytest.raises(ValueError, match="has schema_version 1; this cortexmem reads 2"):
+        load_results(tmp_path)
     data["runs"][0]["test_accuracy"] = 1.5
     (tmp_path / "results.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="not a valid results file"):
@@ -95,26 +98,106 @@ def test_cli_bad_arguments_are_one_line_exit_2(args, msg):
     assert "\n" not in err and err.startswith("error: ") and msg in err
 
 
-def test_quick_suite_per_task_settings():
-    from cortexmem.evals.cli import DEFAULT_TRAINING, QUICK_TASK_SETTINGS, _settings, plan_runs
+ARGS = dict(task=None, stack=None, epochs=None, batch_size=None, lr=3e-3, weight_decay=0.01, seed=0, lengths=None,
+            mqar_slices=None, chunk_size=None, widths=None, train_size=None, test_size=None, grad_clip=1.0,
+            device="cpu")
 
-    args = dict(task=None, stack=None, epochs=None, batch_size=None, lr=3e-3, weight_decay=0.01, seed=0,
-                lengths=None, mqar_slices=None, chunk_size=None, d_hidden=32, train_size=None, test_size=256,
-                grad_clip=1.0, device="cpu")
-    quick = _settings(**args)
-    assert quick.quick and quick.epochs == DEFAULT_TRAINING["epochs"]
-    for task, kv in QUICK_TASK_SETTINGS.items():
-        per_task = quick.for_task(task)
-        assert {k: getattr(per_task, k) for k in kv} == kv
+
+def test_per_task_settings_survive_named_tasks_and_stacks():
+    from cortexmem.evals.cli import _settings, plan_runs
+    from cortexmem.evals.presets import DEFAULT_TRAINING, TASK_TRAINING
+
+    quick, notes = _settings(**ARGS)
+    assert quick.quick and quick.epochs == DEFAULT_TRAINING["epochs"] and not notes
+    for task, kv in TASK_TRAINING.items():
+        assert {k: getattr(quick.for_task(task), k) for k in kv} == kv
     assert quick.for_task("dyck") == quick
-    opts = {(t, tuple(sorted(o.items()))) for _, t, _, o in plan_runs(quick)}
+    opts = {(t, tuple(sorted(o.items()))) for _, t, _, o, _ in plan_runs(quick)}
     assert ("mqar", (("vocab_size", 66),)) in opts and ("needle", ()) in opts
-    # the quick MQAR vocabulary keeps Zoology's constraint V > L at the quick length
     spec = make_task("mqar", None, vocab_size=66)
     assert spec.vocab_size > spec.length
-    # a flag given explicitly applies to every task; outside the quick suite nothing is replaced
-    given = _settings(**{**args, "epochs": 2})
+    # naming the task and a stack keeps MQAR's own training and vocabulary (it used to fall back to chance)
+    named, notes = _settings(**{**ARGS, "task": "mqar", "stack": "lstm"})
+    assert not named.quick and not notes
+    assert named.for_task("mqar").train_size == TASK_TRAINING["mqar"]["train_size"]
+    assert [o for _, _, _, o, _ in plan_runs(named)] == [{"vocab_size": 66}]
+    # a flag applies to every task and says whose default it replaced, in one line
+    given, notes = _settings(**{**ARGS, "epochs": 2})
     assert all(given.for_task(t).epochs == 2 for t in given.tasks)
-    assert given.for_task("mqar").train_size == QUICK_TASK_SETTINGS["mqar"]["train_size"]
-    named = _settings(**{**args, "task": "mqar,needle"})
-    assert not named.quick and named.for_task("mqar") == named and not named.task_options
+    assert given.for_task("mqar").train_size == TASK_TRAINING["mqar"]["train_size"]
+    assert notes == ["--epochs 2 replaces the per-task default of mqar (4), needle (4)"]
+    # away from the default length MQAR's vocabulary follows the length, and the run says so
+    sliced, notes = _settings(**{**ARGS, "task": "mqar", "mqar_slices": "128:8"})
+    assert not sliced.task_options and len(notes) == 1 and "vocabulary of each length" in notes[0]
+
+
+def test_widths_sweep_plans_one_run_per_width():
+    from cortexmem.evals.cli import _settings, plan_runs
+
+    s, _ = _settings(**{**ARGS, "task": "dyck", "stack": "lstm,conv", "widths": [8, 16]})
+    assert s.widths == [8, 16] and s.d_hidden == 8
+    assert [(st, d) for st, _, _, _, d in plan_runs(s)] == [("lstm", 8), ("lstm", 16), ("conv", 8), ("conv", 16)]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--task", "mqar", "--lengths", "3"], "--lengths 3 does not fit task mqar: mqar needs an even length"),
+    (["--preset", "nope"], "unknown --preset 'nope'; valid: zoology"),
+    (["--preset", "zoology", "--d-hidden", "64"],
+     "--preset zoology sets --task, --lengths, --mqar-slices, --d-hidden, --chunk-size itself; drop --d-hidden "
+     "(presets: zoology)"),
+    (["--preset", "zoology", "--task", "mqar"], "drop --task"),
+    (["--quick"], "--quick shrinks a preset: use it with --preset (zoology)"),
+    (["--d-hidden", "32,x"], "--d-hidden must be comma-separated integers > 0"),
+    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+])
+def test_cli_more_bad_arguments(args, msg):
+    r = runner.invoke(app, ["eval", *args])
+    assert r.exit_code == 2
+    err = r.stderr.strip()
+    assert "\n" not in err and err.startswith("cortex eval: error: ") and msg in err, err
+
+
+def test_zoology_preset_quick_smoke(tmp_path):
+    from cortexmem.evals.presets import QUICK_PRESETS
+    from cortexmem.evals.stacks import available_stacks
+
+    out = tmp_path / "z"
+    r = runner.invoke(app, ["eval", "--preset", "zoology", "--quick", "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = load_results(out)
+    pr = QUICK_PRESETS["zoology"]
+    ok = set(available_stacks(pr.widths[0])[0]) & set(available_stacks(pr.widths[1])[0])
+    assert res.settings.preset == "zoology" and res.settings.widths == list(pr.widths)
+    assert {r.stack for r in res.runs} == ok and "transformer" in ok and "hybrid_w32" in ok
+    assert len(res.runs) == len(ok) * len(pr.widths) * len(pr.slices)
+    for run in res.runs:
+        assert run.task == "mqar" and run.chance == pytest.approx(1 / 64) and run.state_floats > 0
+    # the transformer's state is its KV cache at the sequence length: it grows with the width
+    kv = {x.d_hidden: x.state_floats for x in res.runs if x.stack == "transformer"}
+    assert kv[16] == 2 * kv[8] == 2 * 2 * (2 * 32 * 8 + 2 * 8)
+    summary = (out / "mqar_summary.md").read_text()
+    assert summary.count("\n") == 2 + len(ok) * len(pr.widths) and "32/2 (chance 0.0156)" in summary
+    assert (out / "accuracy_vs_state.png").read_bytes()[:4] == b"\x89PNG"
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"d_hidden", "chance", "state_floats"} <= set(header)
+    assert "chance" in r.output and "state" in r.output
+
+
+def test_merge_joins_a_sweep_split_by_stack(settings, tmp_path):
+    from cortexmem.evals.report import merge_results
+
+    res = _results(settings, lengths=(8,))
+    a = res.model_copy(update={"runs": [r for r in res.runs if r.stack == "lstm"]})
+    b = res.model_copy(update={"runs": [r for r in res.runs if r.stack == "conv"]})
+    for name, part in (("a", a), ("b", b)):
+        write_results(part, tmp_path / name, plots=False)
+    r = runner.invoke(app, ["eval", "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b"), "--out",
+                            str(tmp_path / "m"), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    merged = load_results(tmp_path / "m")
+    assert [x.key for x in merged.runs] == [x.key for x in res.runs] and merged.wall_time_s == 2.0
+    with pytest.raises(ValueError, match="appears twice"):
+        merge_results([a, a])
+    other = b.model_copy(update={"settings": b.settings.model_copy(update={"epochs": 9})})
+    with pytest.raises(ValueError, match="epochs differ"):
+        merge_results([a, other])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +18,8 @@ def _cell(**kw):
 
 
 def _reference(cell, x, resets):
-    """Token by token: softmax over the last ``window`` tokens of the segment + delta memory of older ones."""
+    """Token by token: softmax (``tau * cos``) over the last ``window`` tokens of the segment + delta memory of older
+    ones."""
     B, T, _ = x.shape
     W, NH, Dh = cell.window, cell.num_heads, cell.head_dim
     conv0 = cell.init_state(B, dtype=x.dtype).get("conv", None)
@@ -34,8 +33,8 @@ def _reference(cell, x, resets):
             if resets[b, t]:
                 start = t
             lo = max(start, t - W + 1)
-            scores = torch.einsum("hd,shd->hs", q[b, t], k[b, lo : t + 1]) / math.sqrt(Dh)
-            attn = torch.einsum("hs,shd->hd", scores.softmax(-1), v[b, lo : t + 1])
+            scores = torch.einsum("hd,shd->hs", qn[b, t], kn[b, lo : t + 1]) * cell.log_tau.exp()[:, None]
+            attn = cell.attn_norm(torch.einsum("hs,shd->hd", scores.softmax(-1), v[b, lo : t + 1]))
             S = torch.zeros(1, NH, Dh, Dh, dtype=x.dtype)
             if t - W + 1 > start:
                 sl = slice(start, t - W + 1)

@@ -3,16 +3,18 @@
 Semantics (``W = window``; token ``t`` counts from the last reset):
 
 * **Local part.** Token ``t`` attends causally (softmax, ``F.scaled_dot_product_attention``) to tokens
-  ``max(t - W + 1, reset) .. t``: a *sliding* window of ``W`` tokens including itself, with the raw
-  (post short-conv) q, k and ``1/sqrt(Dh)`` scale. No positional encoding; the short conv supplies order.
+  ``max(t - W + 1, reset) .. t``: a *sliding* window of ``W`` tokens including itself. Logits are
+  ``tau_h * <q_t, k_s>`` with the L2-normalised (post short-conv) q, k the memory also uses and a learned
+  per-head temperature ``tau_h`` (initialised to ``sqrt(Dh)``, the logit scale of unit-variance q, k). No
+  positional encoding; the short conv supplies order.
 * **Memory part.** A token leaves the window exactly when it is written: at step ``t`` the gated delta
   memory ``S`` first writes token ``t - W`` (with that token's own k, v, decay and write strength), then is
-  read with the L2-normalised ``q_t``. So the memory holds exactly the tokens ``<= t - W`` and the window the
+  read with ``q_t``. So the memory holds exactly the tokens ``<= t - W`` and the window the
   rest: no token is counted twice or lost. Before ``W`` tokens have been seen the write is the identity.
-* **Mix.** Per head ``h_t = m_t * attn_t + (1 - m_t) * RMSNorm(mem_t)`` with ``m_t = sigmoid(W_m x_t)``,
+* **Mix.** Per head ``h_t = m_t * RMSNorm_a(attn_t) + (1 - m_t) * RMSNorm(mem_t)`` with ``m_t = sigmoid(W_m x_t)``,
   then the output gate ``silu(W_g x_t)`` and projection, as in :class:`GatedDeltaCell`.
 * **State** (constant in the number of tokens seen): ``S [B, NH, Dh, Dh]``; the last ``W`` tokens'
-  ``k, v [B, W, NH, Dh]`` and write gates ``g, beta [B, W, NH]`` (oldest first, empty slots zero);
+  ``k`` (normalised), ``v [B, W, NH, Dh]`` and write gates ``g, beta [B, W, NH]`` (oldest first, empty slots zero);
   ``n [B]`` (int64) = how many slots hold real tokens (``<= W``); ``conv`` with ``use_short_conv``.
 * **Resets.** ``resets[b, t]`` empties ``S``, the window and ``conv`` before token ``t``: earlier tokens are
   neither attended to nor written later.
@@ -23,6 +25,7 @@ of ``min(W, T)`` (each block sees ``W + block`` keys) and runs the delayed write
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -53,6 +56,12 @@ class HybridCell(DeltaMemoryCell):
         super().__init__(config)
         self.window = config.window
         self.mix_proj = nn.Linear(self.hidden_size, self.num_heads)
+        # Normalised q, k bound every logit by tau, so tau is learned. The raw post-conv SiLU q, k were ~0.2 per
+        # element at init: logits ~0.03, attention uniform over the window, and recall never started to learn.
+        self.log_tau = nn.Parameter(torch.full((self.num_heads,), 0.5 * math.log(self.head_dim)))
+        # The window's output is normalised like the memory's: an average of many small post-SiLU values is
+        # itself tiny, and it reached the residual stream at ~1% of its scale.
+        self.attn_norm = nn.RMSNorm(self.head_dim)
 
     def init_state(self, batch: int, *, device: Any = None, dtype: torch.dtype | None = None) -> TensorDict:
         dtype = dtype or torch.float32
@@ -71,6 +80,7 @@ class HybridCell(DeltaMemoryCell):
         B, T, _ = x.shape
         W = self.window
         q, k, v, conv = self.qkv(x, state.get("conv", None), resets)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         g, beta = self.write_gates(x, beta_bias)
         dt = q.dtype
         # the window extended by this call: index j < W is a carried slot, j = W + t is token t
@@ -92,12 +102,12 @@ class HybridCell(DeltaMemoryCell):
         # carried log decays are <= 0 by construction; clamp so a foreign state cannot make the memory grow
         g_w = torch.where(active[..., None], ext["g"][:, :T].clamp(max=0.0), zero)
         b_w = torch.where(active[..., None], ext["beta"][:, :T], zero)
-        k_w = F.normalize(ext["k"][:, :T], dim=-1)
-        mem, S = self.memory(F.normalize(q, dim=-1), k_w, ext["v"][:, :T], g_w, b_w, state["S"], resets)
+        mem, S = self.memory(q, ext["k"][:, :T], ext["v"][:, :T], g_w, b_w, state["S"], resets)
 
-        attn = self._local_attention(q, ext["k"], ext["v"], seg, seg_ext, valid_ext)
+        q_attn = q * self.log_tau.exp().to(dt)[:, None]
+        attn = self._local_attention(q_attn, ext["k"], ext["v"], seg, seg_ext, valid_ext)
         m = torch.sigmoid(self.mix_proj(x))[..., None]
-        y = self.output(x, m * attn + (1 - m) * self.o_norm(mem.to(dt)))
+        y = self.output(x, m * self.attn_norm(attn) + (1 - m) * self.o_norm(mem.to(dt)))
 
         if resets is None:
             n_new = (n + T).clamp(max=W)
@@ -147,7 +157,7 @@ class HybridCell(DeltaMemoryCell):
             qb.reshape(B * nb, NH, Bq, Dh),
             kb.permute(0, 1, 2, 4, 3).reshape(B * nb, NH, span, Dh),
             vb.permute(0, 1, 2, 4, 3).reshape(B * nb, NH, span, Dh),
-            attn_mask=allow.reshape(B * nb, 1, Bq, span),
+            attn_mask=allow.reshape(B * nb, 1, Bq, span), scale=1.0,
         )
         return out.view(B, nb, NH, Bq, Dh).permute(0, 1, 3, 2, 4).reshape(B, nb * Bq, NH, Dh)[:, :T]
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -15,10 +19,11 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from ..core.progress import make_progress
-from .ddp import init_distributed, shutdown
-from .report import compare_table, load_results, results_table, write_results
+from .ddp import DistContext, init_distributed, resolve_device, shutdown
+from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
+from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results
 from .schema import EvalResults, EvalSettings, RunResult, SkippedStack
-from .stacks import QUICK_STACKS, available_stacks, list_stacks, stack_status
+from .stacks import DEFAULT_D_HIDDEN, QUICK_STACKS, available_stacks, list_stacks, stack_status
 from .tasks import MQAR_SLICES, TASKS, make_task
 from .train import run_one
 
@@ -73,63 +78,48 @@ def _slices(value: str | None) -> list[tuple[int, int]] | None:
     return out
 
 
-#: training defaults of every task (``--epochs``, ``--batch-size``, ``--train-size``)
-DEFAULT_TRAINING: dict[str, int] = {"epochs": 6, "batch_size": 32, "train_size": 1024}
-#: the quick suite's per-task training where a flag is not given. The recall tasks score few positions per
-#: sequence (needle one, MQAR ``pairs``) and must learn to bind keys to values: at the default 192 steps over
-#: 1024 sequences every recurrent stack stays at chance, so both get 1024 steps. MQAR also needs many
-#: sequences (the attention baseline leaves its "one of the 4 context values" plateau only after ~30k; with 16
-#: or 64 per batch it did not), needle learns with half batches, which are cheaper.
-QUICK_TASK_SETTINGS: dict[str, dict[str, int]] = {
-    "mqar": {"epochs": 4, "batch_size": 32, "train_size": 8192},
-    "needle": {"epochs": 4, "batch_size": 16, "train_size": 4096},
-}
-#: the quick suite's generator options: MQAR at its 64-token length with the smallest vocabulary Zoology's
-#: constraint ``V > L`` allows (keys 1..32, values 33..65) instead of 128, halving the key/value sets to learn
-QUICK_TASK_OPTIONS: dict[str, dict[str, int]] = {"mqar": {"vocab_size": 66}}
-
-
-def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict]]:
-    """Every (stack, task, length, task options) to train, in order."""
+def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict, int]]:
+    """Every (stack, task, length, task options, d_hidden) to train, in order."""
     plan = []
     for stack in settings.stacks:
-        for task in settings.tasks:
-            extra = settings.task_options.get(task, {})
-            if task == "mqar" and settings.mqar_slices:
-                plan += [(stack, task, L, {**extra, "pairs": p}) for L, p in settings.mqar_slices]
-            else:
-                plan += [(stack, task, L, dict(extra)) for L in (settings.lengths or [None])]
+        for d in settings.widths or [settings.d_hidden]:
+            for task in settings.tasks:
+                extra = settings.task_options.get(task, {})
+                if task == "mqar" and settings.mqar_slices:
+                    plan += [(stack, task, L, {**extra, "pairs": p}, d) for L, p in settings.mqar_slices]
+                else:
+                    plan += [(stack, task, L, dict(extra), d) for L in (settings.lengths or [None])]
     return plan
 
 
 def eval_command(
-    task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}).", show_default="all"),
-    stack: str = typer.Option(None, help="Stack name, comma list, or 'all'.", show_default="the quick set"),
-    epochs: int = typer.Option(None, help="Passes over the training split.",
-                               show_default="6; quick suite: 4 for mqar/needle"),
-    batch_size: int = typer.Option(None, help="Sequences per step (per process under torchrun).",
-                                   show_default="32; quick suite: 16 for needle"),
+    task: str = typer.Option(None, help=f"Task, comma list or 'all' ({', '.join(TASKS)}). Default: all."),
+    stack: str = typer.Option(None, help="Stack name, comma list, or 'all'. Default: the quick set."),
+    epochs: int = typer.Option(None, help="Passes over the training split [default: 6; mqar, needle: 4]."),
+    batch_size: int = typer.Option(None, help="Sequences per step (per process under torchrun) [default: 32; "
+                                              "needle: 16]."),
     lr: float = typer.Option(3e-3, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
     weight_decay: float = typer.Option(0.01),
     seed: int = typer.Option(0, help="Seed of data generation and model init."),
-    lengths: str = typer.Option(None, help="Comma-separated lengths.", show_default="each task's short one"),
-    mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'.",
-                                    show_default="none"),
-    chunk_size: int = typer.Option(None, help="Truncated BPTT: chunks of N steps, state detached.",
-                                   show_default="off: full BPTT"),
-    d_hidden: int = typer.Option(32, help="Stack width."),
-    train_size: int = typer.Option(None, help="Training sequences per task.",
-                                   show_default="1024; quick suite: 8192 for mqar, 4096 for needle"),
-    test_size: int = typer.Option(256, help="Held-out test sequences per task."),
+    lengths: str = typer.Option(None, help="Comma-separated lengths (default: each task's short one)."),
+    mqar_slices: str = typer.Option(None, help="MQAR (length:pairs) slices, e.g. 64:4,128:8, or 'zoology'."),
+    chunk_size: int = typer.Option(None, help="Truncated BPTT: chunks of N steps, state detached."),
+    d_hidden: str = typer.Option(None, help="Stack width, or a comma list of widths (one run each) [default: 32]."),
+    train_size: int = typer.Option(None, help="Training sequences per task [default: 1024; mqar: 8192, needle: "
+                                              "4096]."),
+    test_size: int = typer.Option(None, help="Held-out test sequences per task [default: 256]."),
     grad_clip: float = typer.Option(1.0),
+    preset: str = typer.Option(None, help=f"A named sweep: {', '.join(PRESETS)} (sets task, slices and widths)."),
+    quick: bool = typer.Option(False, "--quick", help="With --preset: its CPU smoke (tiny sizes)."),
+    workers: int = typer.Option(1, help="Runs trained at once, one process each, sharing the device."),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     threads: int = typer.Option(1, help="CPU threads per process (0: torch's default)."),
     out: Path = typer.Option(None, help="Output directory.", show_default="runs/<timestamp>/"),
     plots: bool = typer.Option(True, help="Write PNG plots (needs matplotlib: the 'plot' extra)."),
-    compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B.",
-                                                     show_default="off"),
-    list_: bool = typer.Option(False, "--list", help="List stacks and tasks with availability, then exit.",
-                               show_default=True),
+    compare: tuple[Path, Path] | None = typer.Option(None, help="Compare two run dirs: --compare A B."),
+    merge: list[Path] = typer.Option(None, help="Merge run dirs of one sweep split by --stack: --merge A --merge B "
+                                                "--out C (the first one's settings, every run)."),
+    list_: bool = typer.Option(False, "--list", help="List stacks and tasks with availability, then exit."),
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR."),
 ) -> None:
     """Train stacks on synthetic memory tasks; no arguments: the quick suite (a few stacks, all tasks)."""
@@ -149,28 +139,48 @@ def eval_command(
             _fail(str(e))
         console.print(compare_table(a, b, str(compare[0]), str(compare[1])))
         return
-    if list_:
-        ok, missing = available_stacks(d_hidden)
-        for name in list_stacks():
-            state = "available" if name in ok else f"[dim]unavailable: {missing[name]}[/]"
-            console.print(f"{name:14s} {state}")
-        console.print("tasks: " + ", ".join(TASKS))
+    if merge:
+        if out is None:
+            _fail("--merge needs --out DIR for the merged results")
+        try:
+            merged = merge_results([load_results(p) for p in merge])
+        except ValueError as e:
+            _fail(str(e))
+        console.print(mqar_summary_table(merged) if any(r.task == "mqar" for r in merged.runs)
+                      else results_table(merged))
+        paths = write_results(merged, out, plots=plots)
+        console.print(f"wrote {', '.join(p.name for p in paths)} to {out}/")
         return
     try:
-        settings = _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, mqar_slices,
-                             chunk_size, d_hidden, train_size, test_size, grad_clip, device)
+        widths = _ints(d_hidden, "--d-hidden")
+        if list_:
+            _list_stacks(console, widths[0] if widths else DEFAULT_D_HIDDEN)
+            return
+        settings, notes = _settings(task=task, stack=stack, epochs=epochs, batch_size=batch_size, lr=lr,
+                                    weight_decay=weight_decay, seed=seed, lengths=lengths, mqar_slices=mqar_slices,
+                                    chunk_size=chunk_size, widths=widths, train_size=train_size,
+                                    test_size=test_size, grad_clip=grad_clip, device=device, preset=preset,
+                                    quick=quick)
+        if workers < 1:
+            raise UsageError(f"--workers must be an integer >= 1, got {workers}")
+        if workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--workers runs several trainings in one process tree; under torchrun use one")
     except UsageError as e:
         _fail(str(e))
-    if settings.quick or stack == "all":
-        _, missing = available_stacks(d_hidden)
+    all_widths = settings.widths or [settings.d_hidden]
+    if settings.quick or settings.preset or stack == "all":
+        missing = {}
+        for d in all_widths:
+            missing.update({s: f"{r} (d_hidden={d})" for s, r in available_stacks(d)[1].items() if s not in missing})
         skipped = [SkippedStack(stack=s, reason=missing[s]) for s in settings.stacks if s in missing]
         settings = settings.model_copy(update={"stacks": [s for s in settings.stacks if s not in missing]})
     else:
         skipped = []
         for s in settings.stacks:
-            reason = stack_status(s, d_hidden)
-            if reason is not None:
-                _fail(f"stack {s!r} is unavailable: {reason}")
+            for d in all_widths:
+                reason = stack_status(s, d)
+                if reason is not None:
+                    _fail(f"stack {s!r} is unavailable at d_hidden={d}: {reason}")
     if device == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda requested but CUDA is not available; valid here: cpu, auto")
     if threads < 0:
@@ -178,13 +188,17 @@ def eval_command(
     from ..clikit import check_output_dir
 
     check_output_dir(out, "--out")
+    for note in notes:
+        console.print(f"cortex eval: {note}")
     if threads:
         # The models are tiny: extra intra-op threads mostly add contention (use torchrun to scale out).
         torch.set_num_threads(threads)
-    results = run_suite(settings, skipped, console)
+    results = run_suite(settings, skipped, console, workers=workers, threads=threads)
     if results is None:
         return
     console.print(results_table(results))
+    if any(r.task == "mqar" for r in results.runs):
+        console.print(mqar_summary_table(results))
     for s in skipped:
         console.print(f"[yellow]skipped {s.stack}: {s.reason}[/]")
     run_dir = out or Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -192,12 +206,47 @@ def eval_command(
     console.print(f"wrote {', '.join(p.name for p in paths)} to {run_dir}/")
 
 
-def _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, mqar_slices, chunk_size,
-              d_hidden, train_size, test_size, grad_clip, device) -> EvalSettings:
-    given = {"epochs": epochs, "batch_size": batch_size, "train_size": train_size}
-    epochs, batch_size, train_size = (DEFAULT_TRAINING[k] if v is None else v for k, v in given.items())
-    for flag, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--d-hidden", d_hidden, 1),
-                             ("--train-size", train_size, 1), ("--test-size", test_size, 1),
+def _list_stacks(console: Console, d_hidden: int) -> None:
+    ok, missing = available_stacks(d_hidden)
+    for name in list_stacks():
+        state = "available" if name in ok else f"[dim]unavailable: {missing[name]}[/]"
+        console.print(f"{name:14s} {state}")
+    console.print("tasks: " + ", ".join(TASKS))
+    console.print("presets: " + ", ".join(f"{p.name} ({p.description})" for p in PRESETS.values()))
+
+
+def _preset(name: str, quick: bool, flags: dict[str, object]) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"unknown --preset {name!r}; valid: {', '.join(PRESETS)}")
+    clash = [f for f in PRESET_FLAGS if flags.get(f) is not None]
+    if clash:
+        raise UsageError(f"--preset {name} sets {', '.join(PRESET_FLAGS)} itself; drop {', '.join(clash)} "
+                         f"(presets: {', '.join(PRESETS)})")
+    return (QUICK_PRESETS if quick else PRESETS)[name]
+
+
+def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, mqar_slices, chunk_size,
+              widths, train_size, test_size, grad_clip, device, preset=None, quick=False
+              ) -> tuple[EvalSettings, list[str]]:
+    """The settings of one invocation and one-line notes on per-task defaults that flags replaced."""
+    given = {"epochs": epochs, "batch_size": batch_size, "train_size": train_size, "test_size": test_size}
+    notes: list[str] = []
+    if quick and preset is None:
+        raise UsageError(f"--quick shrinks a preset: use it with --preset ({', '.join(PRESETS)})")
+    if preset is not None:
+        pr = _preset(preset, quick, {"--task": task, "--lengths": lengths, "--mqar-slices": mqar_slices,
+                                     "--d-hidden": widths, "--chunk-size": chunk_size})
+        task, mqar_slices = "mqar", ",".join(f"{L}:{p}" for L, p in pr.slices)
+        widths = list(pr.widths)
+        stack = stack or ("all" if pr.stacks is None else ",".join(pr.stacks))
+        base = {"epochs": pr.epochs, "batch_size": pr.batch_size, "train_size": pr.train_size,
+                "test_size": pr.test_size}
+    else:
+        base = DEFAULT_TRAINING
+    values = {k: base[k] if v is None else v for k, v in given.items()}
+    d_hidden = widths[0] if widths else DEFAULT_D_HIDDEN
+    for flag, value, low in (("--epochs", values["epochs"], 1), ("--batch-size", values["batch_size"], 1),
+                             ("--train-size", values["train_size"], 1), ("--test-size", values["test_size"], 1),
                              ("--chunk-size", 1 if chunk_size is None else chunk_size, 1)):
         if value < low:
             raise UsageError(f"{flag} must be an integer >= {low}, got {value}")
@@ -207,17 +256,14 @@ def _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, 
     if weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {weight_decay}")
     tasks = _names(task, list(TASKS), "task") or list(TASKS)
-    quick = task is None and stack is None and lengths is None and mqar_slices is None
-    # a flag given on the command line applies to every task, the quick per-task values fill only the others
-    task_settings = {t: {k: v for k, v in kv.items() if given[k] is None}
-                     for t, kv in QUICK_TASK_SETTINGS.items()} if quick else {}
-    task_settings = {t: kv for t, kv in task_settings.items() if kv}
-    task_options = dict(QUICK_TASK_OPTIONS) if quick else {}
+    is_quick = preset is None and task is None and stack is None and lengths is None and mqar_slices is None
     stacks = _names(stack, list_stacks(), "stack") or list(QUICK_STACKS)
     lens = _ints(lengths, "--lengths")
     slices = _slices(mqar_slices)
     for L in lens or []:
         for t in tasks:
+            if t == "mqar" and slices:
+                continue
             try:
                 spec = make_task(t, L)
             except ValueError as e:
@@ -229,33 +275,55 @@ def _settings(task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, 
             make_task("mqar", L, pairs=p)
         except ValueError as e:
             raise UsageError(f"--mqar-slices {L}:{p}: {e}") from None
-    return EvalSettings(tasks=tasks, stacks=stacks, lengths=lens, mqar_slices=slices, epochs=epochs,
-                        batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, d_hidden=d_hidden,
-                        train_size=train_size, test_size=test_size, chunk_size=chunk_size,
-                        grad_clip=grad_clip, device=device, quick=quick, task_settings=task_settings,
-                        task_options=task_options)
+    # per-task training fills what no flag set; a flag applies to every task, and says whose default it replaced
+    task_settings = {}
+    if preset is None:
+        for t in tasks:
+            own = {k: v for k, v in TASK_TRAINING.get(t, {}).items() if given[k] is None}
+            if own:
+                task_settings[t] = own
+        for k, v in given.items():
+            replaced = [f"{t} ({TASK_TRAINING[t][k]})" for t in tasks if k in TASK_TRAINING.get(t, {})
+                        and TASK_TRAINING[t][k] != v and v is not None]
+            if replaced:
+                notes.append(f"--{k.replace('_', '-')} {v} replaces the per-task default of {', '.join(replaced)}")
+    at_default_length = lens is None and (slices is None or "mqar" not in tasks)
+    task_options = {t: dict(o) for t, o in TASK_OPTIONS.items() if t in tasks and at_default_length}
+    if "mqar" in tasks and not at_default_length and preset is None:
+        notes.append(f"mqar away from its default length uses the vocabulary of each length (the smallest power of "
+                     f"two above it, >= 128), not {TASK_OPTIONS['mqar']['vocab_size']}")
+    return EvalSettings(tasks=tasks, stacks=stacks, lengths=lens, mqar_slices=slices, epochs=values["epochs"],
+                        batch_size=values["batch_size"], lr=lr, weight_decay=weight_decay, seed=seed,
+                        d_hidden=d_hidden, widths=widths if widths and len(widths) > 1 else None,
+                        train_size=values["train_size"], test_size=values["test_size"], chunk_size=chunk_size,
+                        grad_clip=grad_clip, device=device, quick=is_quick or quick, preset=preset,
+                        task_settings=task_settings, task_options=task_options), notes
 
 
-def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Console) -> EvalResults | None:
-    """Train every planned run; the results on rank 0, None on the other ranks."""
+def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Console, workers: int = 1,
+              threads: int = 1) -> EvalResults | None:
+    """Train every planned run (``workers`` at a time); the results on rank 0, None on the other ranks."""
     import cortexmem
 
     ctx = init_distributed(settings.device)
     start = time.perf_counter()
-    runs: list[RunResult] = []
     plan = plan_runs(settings)
+    runs: list[RunResult | None] = [None] * len(plan)
     try:
-        with make_progress(TextColumn("{task.description:32s}"), BarColumn(), MofNCompleteColumn(),
+        with make_progress(TextColumn("{task.description:40s}"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
                            disable=not ctx.is_main) as progress:
-            for stack, task, length, opts in plan:
+            if workers > 1:
+                _run_pool(settings, plan, runs, progress, workers, threads)
+            for i, (stack, task, length, opts, d) in enumerate(plan):
+                if runs[i] is not None:
+                    continue
                 spec = make_task(task, length, **opts)
-                bar = progress.add_task(f"{stack} / {spec.name}@{spec.length}", total=None, info="")
-                result = run_one(stack, spec, settings.for_task(task), ctx,
-                                 on_step=lambda done, total, bar=bar: progress.update(bar, completed=done,
-                                                                                      total=total))
-                progress.update(bar, info=f"acc {result.test_accuracy:.3f}")
-                runs.append(result)
+                bar = progress.add_task(_label(stack, spec.name, spec.length, d), total=None, info="")
+                runs[i] = run_one(stack, spec, _run_settings(settings, task, d), ctx,
+                                  on_step=lambda done, total, bar=bar: progress.update(bar, completed=done,
+                                                                                       total=total))
+                progress.update(bar, info=f"acc {runs[i].test_accuracy:.3f}")
         wall = time.perf_counter() - start
     finally:
         world = ctx.world_size
@@ -268,3 +336,42 @@ def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Cons
         torch_version=torch.__version__, device=str(ctx.device), world_size=world, wall_time_s=wall,
         settings=settings, runs=runs, skipped=skipped,
     )
+
+
+def _label(stack: str, task: str, length: int, d: int) -> str:
+    return f"{stack} / {task}@{length} d={d}"
+
+
+def _run_settings(settings: EvalSettings, task: str, d: int) -> EvalSettings:
+    return settings.for_task(task).model_copy(update={"d_hidden": d})
+
+
+def _run_pool(settings: EvalSettings, plan: list, runs: list, progress: Any, workers: int,
+              threads: int) -> None:
+    """Train the plan in ``workers`` spawned processes on the same device; fills ``runs`` in plan order."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+    with pool:
+        futures = {}
+        for i, (stack, task, length, opts, d) in enumerate(plan):
+            spec = make_task(task, length, **opts)
+            bar = progress.add_task(_label(stack, spec.name, spec.length, d), total=None, info="queued")
+            payload = _run_settings(settings, task, d).model_dump_json()
+            futures[pool.submit(_worker_run, stack, task, length, opts, payload)] = (i, bar)
+        for fut in as_completed(futures):
+            i, bar = futures[fut]
+            runs[i] = RunResult.model_validate_json(fut.result())
+            progress.update(bar, total=1, completed=1, info=f"acc {runs[i].test_accuracy:.3f} "
+                                                            f"({runs[i].train_time_s:.0f}s)")
+
+
+def _worker_init(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _worker_run(stack: str, task: str, length: int | None, opts: dict, settings_json: str) -> str:
+    """One run in a pool process (a fresh interpreter: only stacks registered on import are known)."""
+    settings = EvalSettings.model_validate_json(settings_json)
+    ctx = DistContext(device=resolve_device(settings.device))
+    return run_one(stack, make_task(task, length, **opts), settings, ctx).model_dump_json()

@@ -19,17 +19,22 @@ from ..core.io import (
     read_json,
     validation_message,
 )
-from .schema import EvalResults, RunResult
+from .schema import SCHEMA_VERSION, EvalResults, RunResult
 
 log = logging.getLogger(__name__)
 
-RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
-CSV_FIELDS = ["stack", "task", "length", "options", "test_accuracy", "test_loss", "final_loss", "params",
-              "train_time_s", "tokens_per_s", "step_seq_max_abs_err", "step_check", "chunk_size", "steps"]
+RESULTS_JSON, RESULTS_CSV, MQAR_SUMMARY = "results.json", "results.csv", "mqar_summary.md"
+CSV_FIELDS = ["stack", "task", "length", "options", "d_hidden", "test_accuracy", "chance", "state_floats",
+              "test_loss", "final_loss", "params", "train_time_s", "tokens_per_s", "step_seq_max_abs_err",
+              "step_check", "chunk_size", "steps"]
 
 
 def _opts(run: RunResult) -> str:
     return " ".join(f"{k}={v:g}" for k, v in sorted(run.options.items()))
+
+
+def _length(run: RunResult) -> str:
+    return f"{run.length}/{int(run.options['pairs'])}" if run.task == "mqar" else str(run.length)
 
 
 def _err(run: RunResult) -> str:
@@ -41,17 +46,60 @@ def _err(run: RunResult) -> str:
 def results_table(results: EvalResults) -> Table:
     """The final table: one row per run."""
     t = Table(title=f"cortex eval ({results.device}, world {results.world_size}, {results.wall_time_s:.0f}s)",
-              caption="step-vs-seq err: max |logits(sequence) - logits(step loop)| on test data;"
-                      " * = prefix recompute (non-recurrent model); mqar len = length/pairs")
-    for col, just in [("stack", "left"), ("task", "left"), ("len", "right"), ("test acc", "right"),
-                      ("final loss", "right"), ("params", "right"), ("train s", "right"),
-                      ("tokens/s", "right"), ("step-vs-seq err", "right")]:
+              caption="chance: accuracy of a uniform guess among the answers; state: state floats per sequence"
+                      " over all layers (transformer: KV cache at that length); step-vs-seq err: max"
+                      " |logits(sequence) - logits(step loop)| on test data; * = prefix recompute (non-recurrent"
+                      " model); mqar len = length/pairs")
+    for col, just in [("stack", "left"), ("task", "left"), ("len", "right"), ("d", "right"),
+                      ("test acc", "right"), ("chance", "right"), ("state", "right"), ("final loss", "right"),
+                      ("params", "right"), ("train s", "right"), ("tokens/s", "right"),
+                      ("step-vs-seq err", "right")]:
         t.add_column(col, justify=just)
     for r in results.runs:
-        length = f"{r.length}/{int(r.options['pairs'])}" if r.task == "mqar" else str(r.length)
-        t.add_row(r.stack, r.task, length, f"{r.test_accuracy:.3f}", f"{r.final_loss:.3f}",
-                  f"{r.params:,}", f"{r.train_time_s:.1f}", f"{r.tokens_per_s:,.0f}", _err(r))
+        t.add_row(r.stack, r.task, _length(r), str(r.d_hidden), f"{r.test_accuracy:.3f}", f"{r.chance:.3f}",
+                  f"{r.state_floats:,}", f"{r.final_loss:.3f}", f"{r.params:,}", f"{r.train_time_s:.1f}",
+                  f"{r.tokens_per_s:,.0f}", _err(r))
     return t
+
+
+def _mqar_grid(results: EvalResults) -> tuple[list[str], dict[tuple[str, int], dict[str, RunResult]]]:
+    """MQAR slices ("L/pairs", in run order) and ``{(stack, d_hidden): {slice: run}}``."""
+    runs = [r for r in results.runs if r.task == "mqar"]
+    slices = list(dict.fromkeys(_length(r) for r in runs))
+    grid: dict[tuple[str, int], dict[str, RunResult]] = {}
+    for r in runs:
+        grid.setdefault((r.stack, r.d_hidden), {})[_length(r)] = r
+    return slices, grid
+
+
+def mqar_summary_table(results: EvalResults) -> Table:
+    """MQAR accuracy per (stack, width) and slice, with the state size that bought it."""
+    slices, grid = _mqar_grid(results)
+    chance = {_length(r): r.chance for r in results.runs if r.task == "mqar"}
+    t = Table(title="MQAR: test accuracy (state floats per sequence)",
+              caption="chance: " + ", ".join(f"{k} {v:.4f}" for k, v in chance.items()))
+    for col in ["stack", "d", "params", *slices]:
+        t.add_column(col, justify="left" if col == "stack" else "right")
+    for (stack, d), row in grid.items():
+        params = next(iter(row.values())).params
+        t.add_row(stack, str(d), f"{params:,}", *(_cell(row.get(s)) for s in slices))
+    return t
+
+
+def mqar_summary_markdown(results: EvalResults) -> str:
+    """:func:`mqar_summary_table` as a Markdown table (what docs quote)."""
+    slices, grid = _mqar_grid(results)
+    chance = {_length(r): r.chance for r in results.runs if r.task == "mqar"}
+    lines = ["| stack | d | params | " + " | ".join(f"{s} (chance {chance[s]:.4f})" for s in slices) + " |",
+             "|---|---|---|" + "---|" * len(slices)]
+    for (stack, d), row in grid.items():
+        params = next(iter(row.values())).params
+        lines.append(f"| {stack} | {d} | {params:,} | " + " | ".join(_cell(row.get(s)) for s in slices) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(run: RunResult | None) -> str:
+    return "-" if run is None else f"{run.test_accuracy:.3f} ({run.state_floats:.2g})"
 
 
 def to_csv(results: EvalResults) -> str:
@@ -70,6 +118,9 @@ def write_results(results: EvalResults, out: Path, plots: bool = True) -> list[P
     atomic_write_text(out / RESULTS_JSON, results.model_dump_json(indent=2) + "\n")
     atomic_write_text(out / RESULTS_CSV, to_csv(results))
     paths = [out / RESULTS_JSON, out / RESULTS_CSV]
+    if any(r.task == "mqar" for r in results.runs):
+        atomic_write_text(out / MQAR_SUMMARY, mqar_summary_markdown(results))
+        paths.append(out / MQAR_SUMMARY)
     if plots:
         paths += write_plots(results, out)
     return paths
@@ -84,9 +135,32 @@ def load_results(path: str | Path) -> EvalResults:
         raise CheckpointNotFoundError(f"no {RESULTS_JSON} at {p}")
     obj = read_json(p, "results file")
     try:
+        version = obj.get("schema_version") if isinstance(obj, dict) else None
+        if version is not None and version != SCHEMA_VERSION:
+            raise CheckpointError(f"{p} has schema_version {version}; this cortexmem reads {SCHEMA_VERSION} (rerun "
+                                  "the eval to compare it)")
         return EvalResults.model_validate(obj)
     except ValidationError as e:
         raise CheckpointError(f"{p} is not a valid results file: {validation_message(e)}") from None
+
+
+def merge_results(parts: list[EvalResults]) -> EvalResults:
+    """One results file from runs of the same sweep split over several invocations (``--stack`` subsets)."""
+    first = parts[0]
+    keys = [r.key for p in parts for r in p.runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("--merge: the same run (stack, task, length, options, width) appears twice")
+    for p in parts[1:]:
+        a, b = (x.settings.model_dump(exclude={"stacks"}) for x in (first, p))
+        if a != b:
+            diff = sorted(k for k in a if a[k] != b[k])
+            raise ValueError(f"--merge: runs of different settings ({', '.join(diff)} differ)")
+    runs = [r for p in parts for r in p.runs]
+    stacks = list(dict.fromkeys(r.stack for r in runs))
+    skipped = [s for p in parts for s in p.skipped if s.stack not in stacks]
+    settings = first.settings.model_copy(update={"stacks": stacks})
+    return first.model_copy(update={"runs": runs, "skipped": skipped, "settings": settings,
+                                    "wall_time_s": sum(p.wall_time_s for p in parts)})
 
 
 # --- plots --------------------------------------------------------------------------------------------------
@@ -133,7 +207,8 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
     grid = [[mean(acc[(s, t)]) for t in tasks] for s in stacks]
     fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 0.5 * len(stacks) + 1.5))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    chance = {r.task: r.chance for r in runs}
+    ax.set_xticks(range(len(tasks)), [f"{t}\n(chance {chance[t]:.2g})" for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(stacks)), stacks)
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
@@ -149,6 +224,7 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
                 pts = sorted((r.length, r.test_accuracy) for r in runs if r.task == task and r.stack == s)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
+            ax.axhline(max(r.chance for r in runs if r.task == task), color="gray", ls="--", lw=1, label="chance")
             ax.set_xscale("log", base=2)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(task)
@@ -158,7 +234,34 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "accuracy_vs_length.png"))
         plt.close(fig)
+    if any(r.task == "mqar" for r in runs):
+        written.append(_accuracy_vs_state(results, out, plt))
     return written
+
+
+def _accuracy_vs_state(results: EvalResults, out: Path, plt) -> Path:
+    """Zoology's figure: MQAR accuracy against state floats (log x), one line per stack, a panel per slice."""
+    slices, grid = _mqar_grid(results)
+    stacks = list(dict.fromkeys(stack for stack, _ in grid))
+    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 3.6), squeeze=False, sharey=True)
+    for ax, sl in zip(axes[0], slices, strict=True):
+        for stack in stacks:
+            pts = sorted((row[sl].state_floats, row[sl].test_accuracy)
+                         for (s, _), row in grid.items() if s == stack and sl in row)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=stack)
+        chance = next(row[sl].chance for row in grid.values() if sl in row)
+        ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"MQAR {sl} (length/pairs)")
+        ax.set_xlabel("state floats per sequence (all layers)")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path = _save(fig, out / "accuracy_vs_state.png")
+    plt.close(fig)
+    return path
 
 
 def _smooth(values: list[float], window: int = 10) -> list[float]:

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+#: 2: every run carries ``d_hidden``, ``chance`` and ``state_floats``; settings carry ``widths`` and ``preset``
+SCHEMA_VERSION = 2
 
 
 class _Strict(BaseModel):
@@ -26,6 +27,10 @@ class EvalSettings(_Strict):
     weight_decay: float = Field(ge=0)
     seed: int
     d_hidden: int = Field(ge=1)
+    #: the widths swept (``--d-hidden 64,128``; one run per width); None: only ``d_hidden``
+    widths: list[int] | None = None
+    #: the preset that chose these settings (``--preset``), with ``quick`` its CPU smoke
+    preset: str | None = None
     train_size: int = Field(ge=1)
     test_size: int = Field(ge=1)
     chunk_size: int | None = Field(default=None, ge=1)
@@ -58,6 +63,11 @@ class RunResult(_Strict):
     task: str
     length: int = Field(ge=1)
     options: dict[str, float]
+    d_hidden: int = Field(ge=1)
+    #: accuracy of a uniform guess among the answers the task can score (e.g. 1 / #values for MQAR)
+    chance: float = Field(gt=0, le=1)
+    #: state elements one sequence carries, summed over layers (the KV cache at ``length`` for the transformer)
+    state_floats: int = Field(ge=0)
     test_accuracy: float = Field(ge=0, le=1)
     test_loss: float
     final_loss: float
@@ -73,8 +83,8 @@ class RunResult(_Strict):
     curves: Curves
 
     @property
-    def key(self) -> tuple[str, str, int, tuple]:
-        return self.stack, self.task, self.length, tuple(sorted(self.options.items()))
+    def key(self) -> tuple[str, str, int, tuple, int]:
+        return self.stack, self.task, self.length, tuple(sorted(self.options.items())), self.d_hidden
 
 
 class SkippedStack(_Strict):
@@ -85,7 +95,7 @@ class SkippedStack(_Strict):
 class EvalResults(_Strict):
     """Top level of ``results.json``."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     created: str
     cortexmem_version: str
     torch_version: str

@@ -188,7 +188,11 @@ register_stack("agalite", _cell_stack("AGaLiTeCellConfig", "PostUpGatedBlockConf
                "2 x PostUpGated(AGaLiTe)")
 register_stack("gated_delta", _cell_stack("GatedDeltaCellConfig", "PreUpBlockConfig"),
                "2 x PreUp(GatedDelta)")
-register_stack("hybrid", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(Hybrid)")
+register_stack("hybrid", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig"),
+               "2 x PostUpGated(Hybrid), window 512: attention over sequences up to 512")
+register_stack("hybrid_w32", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig", window=32),
+               "2 x PostUpGated(Hybrid, window 32): recall past 32 tokens goes through the delta memory")
 register_stack("column_axms", _column_axms, "build_cortex_auto_stack(d, 1, 'AXMS')")
 register_stack("hf_llama", _hf_llama, "2 pretrained-style Llama decoder layers as cells (tiny config, mem_len 64)")
-register_stack("transformer", _transformer, "2-layer causal attention over the full context (non-recurrent)")
+register_stack("transformer", _transformer,
+               "2 x (short conv, rotary causal attention, MLP) over the full context (non-recurrent)")

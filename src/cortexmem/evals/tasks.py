@@ -41,6 +41,13 @@ class TaskSpec:
     num_classes: int
     options: dict[str, int]
     make: Callable[[int, torch.Generator], TaskData]
+    #: how many answers a scored position can have, equally likely: chance accuracy is ``1 / answers``
+    answers: int = 0
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of a uniform guess among the possible answers."""
+        return 1.0 / (self.answers or self.num_classes)
 
     @property
     def label(self) -> str:
@@ -267,7 +274,8 @@ def mqar(length: int, pairs: int = 0, vocab_size: int = 0, power_a: float = 0.01
         mask.scatter_(1, qpos, True)
         return TaskData(tokens, targets, mask)
 
-    return TaskSpec("mqar", length, vocab_size, vocab_size, {"pairs": pairs, "vocab_size": vocab_size}, make)
+    return TaskSpec("mqar", length, vocab_size, vocab_size, {"pairs": pairs, "vocab_size": vocab_size}, make,
+                    answers=vocab_size - half)
 
 
 # --- needle (RULER S-NIAH) ----------------------------------------------------------------------------------
@@ -321,7 +329,5 @@ def make_task(name: str, length: int | None = None, **options: int) -> TaskSpec:
     if length <= 0:
         raise ValueError(f"length must be > 0, got {length}")
     if name == "dyck" and length % 2 == 0:
-        length += 1
-    if name == "mqar" and length % 2:
         length += 1
     return TASKS[name](length, **options)

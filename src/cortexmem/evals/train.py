@@ -15,7 +15,7 @@ from torch.utils.data import DistributedSampler
 
 from ..core.schedule import warmup_cosine
 from .ddp import DistContext
-from .models import EvalModel, step_vs_sequence_error
+from .models import EvalModel, state_floats, step_vs_sequence_error
 from .schema import Curves, EvalSettings, RunResult
 from .stacks import build_stack
 from .tasks import TEST, TRAIN, TaskData, TaskSpec
@@ -163,7 +163,8 @@ def run_one(stack: str, spec: TaskSpec, cfg: EvalSettings, ctx: DistContext,
     err, mode = step_vs_sequence_error(model, test.tokens[:CHECK_SAMPLES])
     last_epoch = losses[-per_epoch:] if losses else [float("nan")]
     return RunResult(
-        stack=stack, task=spec.name, length=spec.length, options=dict(spec.options),
+        stack=stack, task=spec.name, length=spec.length, options=dict(spec.options), d_hidden=cfg.d_hidden,
+        chance=spec.chance, state_floats=state_floats(model, spec.length),
         test_accuracy=acc, test_loss=test_loss, final_loss=sum(last_epoch) / len(last_epoch), params=params,
         train_time_s=train_time, tokens_per_s=tokens_all / max(train_time, 1e-9), step_seq_max_abs_err=err,
         step_check=mode, chunk_size=chunk, steps=step, slices=slices,

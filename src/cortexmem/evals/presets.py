@@ -1,0 +1,50 @@
+"""Per-task training defaults and named presets (``cortex eval --preset NAME [--quick]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: training defaults of every task (``--epochs``, ``--batch-size``, ``--train-size``, ``--test-size``)
+DEFAULT_TRAINING: dict[str, int] = {"epochs": 6, "batch_size": 32, "train_size": 1024, "test_size": 256}
+#: per-task training where a flag is not given. The recall tasks score few positions per sequence (needle
+#: one, MQAR ``pairs``) and must learn to bind keys to values: at the default 192 steps over 1024 sequences
+#: every recurrent stack stays at chance, so both get 1024 steps; needle learns with half batches (cheaper).
+TASK_TRAINING: dict[str, dict[str, int]] = {
+    "mqar": {"epochs": 4, "batch_size": 32, "train_size": 8192},
+    "needle": {"epochs": 4, "batch_size": 16, "train_size": 4096},
+}
+#: generator options at a task's default length: MQAR at 64 tokens with the smallest vocabulary Zoology's
+#: constraint ``V > L`` allows (keys 1..32, values 33..65) instead of 128, halving the key/value sets to learn
+TASK_OPTIONS: dict[str, dict[str, int]] = {"mqar": {"vocab_size": 66}}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A sweep: MQAR ``slices`` x ``widths`` over ``stacks`` (None: every available stack)."""
+
+    name: str
+    description: str
+    slices: tuple[tuple[int, int], ...]
+    widths: tuple[int, ...]
+    epochs: int
+    batch_size: int
+    train_size: int
+    test_size: int
+    stacks: tuple[str, ...] | None = None
+
+
+#: ``--preset zoology``: Zoology's accuracy-vs-state-size sweep. Its GPU budget: 6 epochs over 12,800
+#: sequences in batches of 64 (1,200 steps) per run; run it with ``--workers`` so that the 9 runs per stack
+#: share one GPU (docs/evals.md gives the measured time).
+PRESETS: dict[str, Preset] = {
+    "zoology": Preset("zoology", "MQAR 256:16, 256:64, 512:128 x d_hidden 64, 128, 256, every stack",
+                      slices=((256, 16), (256, 64), (512, 128)), widths=(64, 128, 256), epochs=6, batch_size=64,
+                      train_size=12800, test_size=1000),
+}
+#: ``--preset NAME --quick``: the same sweep shrunk to a CPU smoke (seconds per stack, accuracy meaningless)
+QUICK_PRESETS: dict[str, Preset] = {
+    "zoology": Preset("zoology", "CPU smoke of the zoology preset", slices=((32, 2),), widths=(8, 16), epochs=1,
+                      batch_size=16, train_size=32, test_size=16),
+}
+#: flags a preset sets itself: combining them with ``--preset`` is an error
+PRESET_FLAGS: tuple[str, ...] = ("--task", "--lengths", "--mqar-slices", "--d-hidden", "--chunk-size")
