@@ -79,7 +79,7 @@ def test_cli_end_to_end_and_compare(tmp_path):
 
 @pytest.mark.parametrize("args,msg", [
     (["--task", "nope"], "unknown task 'nope'; valid: delayed_recall, majority, dyck, mqar, needle, all"),
-    (["--stack", "nope"], "unknown stack 'nope'; valid: lstm, conv,"),
+    (["--stack", "nope"], "unknown stack 'nope'; valid: lstm, gru, conv,"),
     (["--lengths", "64,0"], "--lengths must be comma-separated integers > 0"),
     (["--lengths", "abc"], "--lengths must be comma-separated integers > 0"),
     (["--device", "tpu"], "unknown --device 'tpu'; valid: cpu, cuda, auto"),
@@ -154,7 +154,7 @@ def test_cli_more_bad_arguments(args, msg):
     r = runner.invoke(app, ["eval", *args])
     assert r.exit_code == 2
     err = r.stderr.strip()
-    assert "\n" not in err and err.startswith("cortex eval: error: ") and msg in err, err
+    assert "\n" not in err and err.startswith("error: ") and msg in err, err
 
 
 def test_zoology_preset_quick_smoke(tmp_path):

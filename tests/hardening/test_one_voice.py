@@ -196,7 +196,7 @@ def test_pydantic_errors_are_one_line_per_field_without_url(capsys):
     (["lm", "tokenizer", "--input", "{empty}", "--output", "{dir}/t"], "is empty"),
     (["lm", "tokenizer", "--input", "{binary}", "--output", "{dir}/t"], "nothing to train on"),
     (["doctor", "--json", "{dir}"], "is a directory"),
-    (["eval", "--task", "mqar", "--lengths", "3"], "needs a length like 4"),
+    (["eval", "--task", "mqar", "--lengths", "3"], "mqar needs an even length"),
 ])
 def test_usage_errors_before_work(tmp_path, capsys, argv, needle):
     (tmp_path / "f").write_text("x")

