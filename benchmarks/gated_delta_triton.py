@@ -7,7 +7,7 @@ torch path; relative errors of ours vs fla and vs the torch path (and fla vs tor
 time (goal <= 1.3x).
 
 ``--shape B,T,H,D`` picks shapes (default: both below), ``--max-configs N`` caps the sweep (0: defaults only),
-``--backward`` adds forward + backward and backward-alone timings of our Triton backward (opt-in backend
+``--backward`` adds forward + backward and backward-alone timings of our Triton backward (backend
 ``triton_autograd``), the torch chunk path and fla, with gradient errors vs the torch path in fp32. A
 CUDA error kills the process's context, so run shapes you doubt in their own process.
 """
@@ -148,7 +148,7 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
 
 def bench_backward_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str) -> None:
     """bf16 forward + backward (gradients of q, k, v, g, beta, initial state) and the backward alone: our Triton
-    backward (opt-in backend ``triton_autograd``) vs the torch chunk path vs fla; gradient errors vs torch (fp32)."""
+    backward (backend ``triton_autograd``) vs the torch chunk path vs fla; gradient errors vs torch (fp32)."""
     from cortexmem.ops.gated_delta.triton_bwd import triton_gated_delta_rule_autograd
 
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -375,7 +375,7 @@ def main() -> None:
     p.add_argument("--gate-context", type=int, default=16, help="taps of the causal conv feeding the write gate")
     p.add_argument("--gate-context-hidden", type=int, default=32)
     p.add_argument("--memory-backend", default="auto",
-                   help="gated-delta backend of the memory: auto, torch or triton_autograd (opt-in Triton backward)")
+                   help="gated-delta backend of the memory: auto, torch or triton_autograd (Triton backward, bf16)")
     p.add_argument("--no-checkpoint", action="store_true", help="no per-chunk recompute in training (more memory)")
     p.add_argument("--min-train-length", type=int, default=1024, help="length curriculum start (0: none)")
     p.add_argument("--curriculum-steps", type=int, default=300)

@@ -140,7 +140,7 @@ def train_niah_cmd(
     zero_init: str = typer.Option("up", help="what starts at zero: up or gate"),
     gate_context: int = typer.Option(16, help="taps of the causal conv feeding the write gate (0: off)"),
     memory_backend: str = typer.Option("auto", help="gated-delta backend of the memory: auto, torch or "
-                                                    "triton_autograd (opt-in Triton backward; `cortex info`)"),
+                                                    "triton_autograd (Triton backward, bf16; `cortex info`)"),
     lm_tokens: int = typer.Option(8192, help="no-harm LM loss on this many plain-text tokens per step instead of "
                                              "the haystack (0: on the haystack)"),
     lm_seq_len: int = typer.Option(1024, help="row length of the plain text (0: min(lm_tokens, 2 chunks))"),

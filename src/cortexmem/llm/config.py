@@ -69,7 +69,7 @@ class MemoryConfig(TaggedConfig):
     memory_backend: str = Field(
         default="auto",
         description="backend of the gated-delta op in the memory cell: auto, torch, triton (no grad) or "
-                    "triton_autograd (Triton forward + backward, opt-in; `cortex info` lists them)")
+                    "triton_autograd (Triton forward + backward, bf16; `cortex info` lists them)")
 
     @field_validator("layers")
     @classmethod
