@@ -5,6 +5,7 @@ one checked reader (``read_json``, ``read_versioned``, ``load_safetensors_checke
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o64
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats (NaN, inf) as ``None``, in nested dicts, lists and tuples: strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, mode: int = 0o644) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.io import atomic_save_figure, atomic_write_json, atomic_write_text
+from ..core.io import atomic_save_figure, atomic_write_json, atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def run_bench(
 
     def save() -> None:
         data = {"format": RESULTS_FORMAT, "settings": settings, "runs": done, "not_run": skipped, "failed": failed}
-        atomic_write_json(path, _json_safe(data))
+        atomic_write_json(path, json_safe(data))
 
     out.mkdir(parents=True, exist_ok=True)
     log.info("%d runs to do, %d already in %s", len(todo), len(done), path)
@@ -315,16 +315,7 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
               "not_run": [j for d in datas for j in d.get("not_run", [])],
               "failed": [j for d in datas for j in d.get("failed", [])]}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", _json_safe(merged))
+    atomic_write_json(out / "results.json", json_safe(merged))
     report(runs, out)
     return merged
 
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj

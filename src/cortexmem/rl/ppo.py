@@ -25,6 +25,7 @@ from ..core.io import (
     atomic_save_safetensors,
     atomic_write_json,
     check_optimizer_state,
+    json_safe,
     one_line,
     validation_message,
 )
@@ -341,7 +342,7 @@ class PPOTrainer:
     # --- outputs ------------------------------------------------------------------------------
     def write_metrics(self, out_dir: Path, summary: dict[str, Any], *, plots: bool = True) -> None:
         """``metrics.json`` (summary + per-update records) and ``returns.png``."""
-        atomic_write_json(out_dir / "metrics.json", _json_safe({"summary": summary, "history": self.history}))
+        atomic_write_json(out_dir / "metrics.json", json_safe({"summary": summary, "history": self.history}))
         if plots:
             plot_returns({f"{self.cfg.stack}": self.history}, out_dir / "returns.png", title=self.cfg.env)
 
@@ -357,7 +358,7 @@ class PPOTrainer:
         atomic_save_safetensors(ckpt / "optim.safetensors", tensors, metadata={"format": CHECKPOINT_FORMAT})
         atomic_write_json(
             ckpt / "trainer.json",
-            _json_safe(
+            json_safe(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "version": CHECKPOINT_VERSION,
@@ -474,12 +475,3 @@ def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: 
     atomic_save_figure(fig, path, bbox_inches="tight")
     plt.close(fig)
 
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
