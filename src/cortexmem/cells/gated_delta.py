@@ -42,7 +42,8 @@ class DeltaMemoryConfig(CellConfig):
     conv_kernel_size: int = Field(default=4, ge=1)
     compressor: Literal["none", "linear"] = "none"
     rank: int = Field(default=32, ge=1)
-    # of the chunkwise op: "auto", "torch", "triton" (no grad) or "triton_autograd" (training on CUDA; see `cortex info`)
+    # of the chunkwise op: "auto", "torch", "triton" (no grad) or "triton_autograd" (bf16 training on CUDA; see
+    # `cortex info`)
     backend: str = "auto"
 
     def resolved_head_dim(self) -> int:

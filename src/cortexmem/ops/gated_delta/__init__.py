@@ -89,8 +89,9 @@ def gated_delta_rule(
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
     grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
     explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``; ``backend="triton_autograd"``
-    runs the Triton forward and backward (``auto``'s choice on CUDA for bf16 inputs that need a gradient). ``check_decay=False`` skips
-    the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by construction).
+    runs the Triton forward and backward (``auto``'s choice on CUDA for bf16 inputs that need a gradient).
+    ``check_decay=False`` skips the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by
+    construction).
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
                           needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1])
