@@ -394,7 +394,12 @@ class PPOTrainer:
         except ValueError as e:
             raise CheckpointError(f"{ckpt / 'trainer.json'}: invalid run or stack config "
                                   f"({validation_message(e)})") from None
-        obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
+        try:
+            obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
+        except ValueError as e:
+            if overrides and "env" in overrides:  # the caller's env, not the file's
+                raise
+            raise CheckpointError(f"{ckpt / 'trainer.json'}: its environment cannot be made ({one_line(e)})") from None
         check_compatible(meta, ckpt / "trainer.json", env=cfg.env, obs_dim=obs_dim, action_space=str(action_space))
         model = read_tensors(ckpt / "model.safetensors")
         flat = read_tensors(ckpt / "optim.safetensors")
