@@ -114,7 +114,7 @@ def eval_command(
     grad_clip: float = typer.Option(1.0),
     preset: str = typer.Option(None, help=f"A named sweep: {', '.join(PRESETS)} (sets task, slices and widths).",
                                show_default="none"),
-    quick: bool = typer.Option(False, "--quick", help="With --preset: its CPU smoke (tiny sizes).", show_default=True),
+    quick: bool = typer.Option(False, "--quick", help="With --preset: its CPU smoke (tiny sizes).", show_default="off"),
     workers: int = typer.Option(1, help="Runs trained at once, one process each, sharing the device."),
     device: str = typer.Option("auto", help="cpu | cuda | auto."),
     threads: int = typer.Option(1, help="CPU threads per process (0: torch's default)."),

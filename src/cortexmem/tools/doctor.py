@@ -96,8 +96,9 @@ def _worker_main(task: dict) -> None:
     import faulthandler
 
     faulthandler.enable()  # a segfault leaves "Fatal Python error: ..." on stderr for the parent to quote
-    import cortexmem  # noqa: F401 - registers every op
+    from ..core.backends import list_backends, references
 
+    list_backends(), references()  # the built-in ops register on first lookup: part of the start, not of a row
     for module in task["imports"]:
         importlib.import_module(module)
     print(_MARK + json.dumps({"ready": True}), flush=True)
