@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..core.config import config_class
+from ..core.registry import cell_names, cell_tokens
 from .stack import CortexStack, CortexStackConfig, build_cortex
 
 Builder = Callable[[int], nn.Module]
@@ -50,6 +51,7 @@ def register_stack(name: str, builder: Builder, description: str = "", *,
 
 def list_stacks() -> list[str]:
     """All registered stack names, in registration order."""
+    _sync_cells()
     return list(_STACKS)
 
 
@@ -80,7 +82,7 @@ def stack_status(name: str, d_hidden: int = DEFAULT_D_HIDDEN) -> str | None:
 def available_stacks(d_hidden: int = DEFAULT_D_HIDDEN) -> tuple[list[str], dict[str, str]]:
     """``(available names, {unavailable name: reason})``."""
     ok, missing = [], {}
-    for name in _STACKS:
+    for name in list_stacks():
         reason = stack_status(name, d_hidden)
         if reason is None:
             ok.append(name)
@@ -90,6 +92,8 @@ def available_stacks(d_hidden: int = DEFAULT_D_HIDDEN) -> tuple[list[str], dict[
 
 
 def _entry(name: str) -> StackEntry:
+    if name not in _STACKS:
+        _sync_cells()
     if name not in _STACKS:
         raise ValueError(f"unknown stack {name!r}; valid: {', '.join(_STACKS)}")
     return _STACKS[name]
@@ -120,16 +124,26 @@ def _block(block_name: str, cell, **kw):
     return config_class(block_name)(cell=cell, **kw)
 
 
-def _cell_stack(config_name: str, block_name: str, n_blocks: int = 2, **over) -> LayeredBuilder:
-    """A builder: ``n_blocks`` blocks ``block_name`` around the cell ``config_name``, per repeat."""
+def _cell_stack(token: str, n_blocks: int = 2, **over) -> LayeredBuilder:
+    """A builder: ``n_blocks`` blocks of the cell token ``token`` (its block around its cell), per repeat."""
 
     def build(d: int, num_layers: int) -> CortexStack:
-        pre_up = block_name == "PreUpBlockConfig"
+        tok = cell_tokens()[token]
+        pre_up = tok.block == "PreUpBlockConfig"
         inner, kw = (2 * d, {"proj_factor": 2.0}) if pre_up else (d, {})
-        n = n_blocks * num_layers
-        return _stack(d, [_block(block_name, _cell(config_name, inner, **over), **kw) for _ in range(n)])
+        cell = _cell(tok.config.__name__, inner, **tok.fields, **over)
+        return _stack(d, [_block(tok.block, cell, **kw) for _ in range(n_blocks * num_layers)])
 
     return build
+
+
+def _sync_cells() -> None:
+    """Every registered cell with a short name is a stack of 2 of its token's blocks, unless a stack has its name."""
+    for name, token in cell_names().items():
+        if name not in _STACKS:
+            tok = cell_tokens()[token]
+            what = f"{tok.block.removesuffix('BlockConfig')}({tok.config.__name__.removesuffix('CellConfig')})"
+            _register(name, _cell_stack(token), f"2 x {what}")
 
 
 # --- the stacks ---------------------------------------------------------------------------------------------
@@ -202,16 +216,10 @@ def _hf_llama(d: int) -> nn.Module:
 _register("lstm", _lstm, "PassThrough(LSTM), forget-gate bias +2")
 _register("gru", _gru, "PassThrough(GRU)")
 _register("conv", _conv, "2 x PassThrough(CausalConv1d k=4)")
-_register("mlstm", _cell_stack("mLSTMCellConfig", "PreUpBlockConfig"), "2 x PreUp(mLSTM)")
-_register("slstm", _cell_stack("sLSTMCellConfig", "PostUpBlockConfig"), "2 x PostUp(sLSTM)")
+_sync_cells()  # mlstm, slstm, axon, xl, agalite, gated_delta, hybrid, ...: 2 x their token's block
+_register("hybrid", _cell_stack("H"), "2 x PostUpGated(Hybrid), window 512: attention over sequences up to 512")
 _register("xlstm", _xlstm, "build_xlstm_stack(d, 2): PreUp(mLSTM), PostUp(sLSTM)")
-_register("axon", _cell_stack("AxonCellConfig", "PostUpBlockConfig"), "2 x PostUp(Axon)")
-_register("xl", _cell_stack("XLCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(XL)")
-_register("agalite", _cell_stack("AGaLiTeCellConfig", "PostUpGatedBlockConfig"), "2 x PostUpGated(AGaLiTe)")
-_register("gated_delta", _cell_stack("GatedDeltaCellConfig", "PreUpBlockConfig"), "2 x PreUp(GatedDelta)")
-_register("hybrid", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig"),
-          "2 x PostUpGated(Hybrid), window 512: attention over sequences up to 512")
-_register("hybrid_w32", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig", window=32),
+_register("hybrid_w32", _cell_stack("H", window=32),
           "2 x PostUpGated(Hybrid, window 32): recall past 32 tokens goes through the delta memory")
 _register("column_axms", _column_axms, "build_cortex_auto_stack(d, 1, 'AXMS')")
 register_stack("hf_llama", _hf_llama, "2 pretrained-style Llama decoder layers as cells (tiny config, mem_len 64)")
