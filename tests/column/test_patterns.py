@@ -298,6 +298,11 @@ def test_override_merges_only_explicit_fields():
     assert custom["Q"].cell.num_layers == 3  # the caller's configs are untouched
 
 
+def test_explicit_fields_is_a_deprecated_alias_of_model_fields_set():
+    with pytest.warns(DeprecationWarning, match="model_fields_set"):
+        assert LSTMCellConfig(num_layers=2).explicit_fields() == {"num_layers": 2}
+
+
 def test_override_order_blocks_and_json():
     cfg = build_cortex_auto_config(8, 1, "LC", override_global_configs=[
         LSTMCellConfig(num_layers=2), LSTMCellConfig(num_layers=3),
