@@ -107,4 +107,5 @@ def test_bench_rejects_unknown_cells_in_one_line():
     res = CliRunner().invoke(app, ["bench", "--cells", "lstm,nosuch"])
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: unknown cell 'nosuch'; valid cells: lstm, ")
+    assert len(lines) == 1 and lines[0].startswith("error: unknown cell 'nosuch'; valid cells: ")
+    assert "lstm, " in lines[0] and "gated_delta" in lines[0]  # the names the cells registered

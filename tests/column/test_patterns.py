@@ -30,7 +30,8 @@ from cortexmem import (
     tokenize,
     unregister_token,
 )
-from cortexmem.stacks.patterns import BuiltinToken
+from cortexmem.core.config import config_class
+from cortexmem.core.registry import CellToken, register_cell_token
 
 EXPECTED = {  # token -> (block config, cell config, fields set on the cell)
     "A": ("PostUpBlockConfig", "AxonCellConfig", {}),
@@ -49,14 +50,6 @@ EXPECTED = {  # token -> (block config, cell config, fields set on the cell)
 }
 
 
-def require_cells(pattern: str) -> None:
-    """Skip (the cell is being built on another branch) when a built-in token's cell config is missing."""
-    for tok in tokenize(pattern):
-        missing = BUILTIN_TOKENS[tok].missing()
-        if missing is not None:
-            pytest.skip(f"cell not built yet: token {tok!r} needs {missing}")
-
-
 @pytest.fixture(autouse=True)
 def _clean_registry():
     before = dict(cortexmem.stacks.patterns._REGISTERED)
@@ -72,7 +65,6 @@ def test_builtin_table_is_complete():
 
 @pytest.mark.parametrize("tok", sorted(EXPECTED))
 def test_builtin_token_builds_its_block(tok, tmp_path):
-    require_cells(tok)
     block, cell, fields = EXPECTED[tok]
     cfg = build_cortex_auto_config(16, 1, tok)
     b = cfg.blocks[0]
@@ -88,18 +80,22 @@ def test_builtin_token_builds_its_block(tok, tmp_path):
     torch.testing.assert_close(stack(x)[0], loaded(x)[0], rtol=0, atol=0)
 
 
-def test_missing_cell_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(BUILTIN_TOKENS, "Zq", BuiltinToken("PassThroughBlockConfig", "NoSuchCellConfig"))
-    with pytest.raises(ValueError, match="token 'Zq' needs the cell config NoSuchCellConfig, which is not"):
-        build_cortex_auto_config(8, 1, "L Zq")
-    monkeypatch.setitem(BUILTIN_TOKENS, "Zq", BuiltinToken("PassThroughBlockConfig", "LSTMCellConfig",
-                                                           {"use_axon_qkv": True}))
-    with pytest.raises(ValueError, match=r"token 'Zq' needs LSTMCellConfig fields \['use_axon_qkv'\]"):
-        build_column_auto_config(8, "Zq")
-    monkeypatch.setitem(BUILTIN_TOKENS, "Zq", BuiltinToken("PassThroughBlockConfig", "LSTMCellConfig",
-                                                           {"num_layers": 0}))
-    with pytest.raises(ValueError, match=r"token 'Zq': cannot build LSTMCellConfig\(\*\*\{'num_layers': 0"):
-        build_column_auto_config(8, "Zq")
+def test_builtin_tokens_come_from_the_cell_registry(monkeypatch):
+    from cortexmem.core import registry
+
+    monkeypatch.setattr(registry, "_TOKENS", dict(registry._TOKENS))
+    monkeypatch.setattr(registry, "_CELL_NAMES", dict(registry._CELL_NAMES))
+    assert BUILTIN_TOKENS["D"] == CellToken(config_class("GatedDeltaCellConfig"), "PreUpBlockConfig")
+    register_cell_token(LSTMCellConfig, "Zq", block="PostUpBlockConfig", axon={"num_layers": 2}, name="zq_lstm")
+    assert {"Zq", "Zq^"} <= set(BUILTIN_TOKENS) and registry.cell_names()["zq_lstm"] == "Zq"
+    assert build_column_auto_config(8, "Zq^ L").experts[0].cell.num_layers == 2
+    with pytest.raises(ValueError, match=r"LSTMCellConfig has no fields \['use_axon_qkv'\]"):
+        register_cell_token(LSTMCellConfig, "Zr", axon={"use_axon_qkv": True})  # fails when declared, not used
+    with pytest.raises(ValueError, match="token 'L' is already declared by LSTMCellConfig"):
+        register_cell_token(CausalConv1dCellConfig, "L")
+    register_cell_token(LSTMCellConfig, "Zs", axon={"num_layers": 0})
+    with pytest.raises(ValueError, match=r"token 'Zs\^': cannot build LSTMCellConfig\(\*\*\{'num_layers': 0"):
+        build_column_auto_config(8, "Zs^")
 
 
 # --- tokenising ---------------------------------------------------------------------------------------------
@@ -302,6 +298,11 @@ def test_override_merges_only_explicit_fields():
     assert custom["Q"].cell.num_layers == 3  # the caller's configs are untouched
 
 
+def test_explicit_fields_is_a_deprecated_alias_of_model_fields_set():
+    with pytest.warns(DeprecationWarning, match="model_fields_set"):
+        assert LSTMCellConfig(num_layers=2).explicit_fields() == {"num_layers": 2}
+
+
 def test_override_order_blocks_and_json():
     cfg = build_cortex_auto_config(8, 1, "LC", override_global_configs=[
         LSTMCellConfig(num_layers=2), LSTMCellConfig(num_layers=3),
@@ -362,7 +363,6 @@ def test_generated_stack_round_trips_through_save_and_load(tmp_path):
 
 @pytest.mark.parametrize("pattern", ["AXMS", "X^M^S^", "AgDH", "LC"])
 def test_multi_token_patterns_round_trip(pattern, tmp_path):
-    require_cells(pattern)
     cfg = build_cortex_auto_config(16, 2, pattern)
     assert CortexStackConfig.model_validate_json(cfg.model_dump_json()) == cfg
     torch.manual_seed(0)

@@ -63,21 +63,21 @@ def test_prefix_check_catches_a_non_causal_model():
 
 
 def test_registry_reports_unavailable_stacks(monkeypatch):
-    from cortexmem.evals import stacks
+    from cortexmem.stacks import named
 
-    monkeypatch.setattr(stacks, "_STACKS", dict(stacks._STACKS))
+    monkeypatch.setattr(named, "_STACKS", dict(named._STACKS))
     ok, missing = available_stacks(16)
     assert {"lstm", "conv", "transformer"} <= set(ok)
     assert set(ok) | set(missing) == set(list_stacks())
     assert all(isinstance(v, str) and v for v in missing.values())
     register_stack("_missing_cell", lambda d: _needs("NoSuchCellConfig", d))
-    assert "NoSuchCellConfig is not available" in stack_status("_missing_cell", 16)
+    assert "unknown config type 'NoSuchCellConfig'" in stack_status("_missing_cell", 16)
     with pytest.raises(ValueError, match="unknown stack 'zzz'; valid: lstm"):
         build_stack("zzz", 16)
 
 
 def _needs(name, d):
-    from cortexmem.evals.stacks import _cell
+    from cortexmem.stacks.named import _cell
 
     return _cell(name, d)
 

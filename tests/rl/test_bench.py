@@ -25,7 +25,7 @@ def test_suite_covers_the_required_abilities():
         assert ability in SUITE.values(), ability
     for env in SUITE:
         check_env(env)  # every suite env builds and has spaces the runner supports
-    assert {"lstm", "gru"} <= set(STACKS) and len(STACKS) >= 5
+    assert {"lstm_plain", "gru"} <= set(STACKS) and len(STACKS) >= 5
 
 
 def test_bench_smoke_outputs_resume_and_report(tmp_path):

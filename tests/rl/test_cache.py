@@ -39,7 +39,7 @@ def _run_rollout(module, obs, dones, order):
     return out
 
 
-@pytest.mark.parametrize("name", ["lstm", "conv_lstm"])
+@pytest.mark.parametrize("name", ["lstm_plain", "conv_lstm"])
 def test_rollout_steps_equal_training_sequence(name):
     torch.manual_seed(0)
     module = CachedCortexModule(resolve_stack(name, H), "obs", "feat", ENVS)
@@ -63,7 +63,7 @@ def test_rollout_steps_equal_training_sequence(name):
 
 def test_batch_shape_layout_and_resets_from_truncateds():
     torch.manual_seed(2)
-    module = CachedCortexModule(resolve_stack("lstm", H), "obs", "feat", ENVS)
+    module = CachedCortexModule(resolve_stack("lstm_plain", H), "obs", "feat", ENVS)
     obs = torch.randn(ENVS, 6, H)
     trunc = torch.zeros(ENVS, 6, dtype=torch.bool)
     trunc[:, 3] = True
@@ -111,7 +111,7 @@ def test_get_set_memory_round_trip(tmp_path):
 
 
 def test_reset_memory_and_validation():
-    stack = resolve_stack("lstm", H)
+    stack = resolve_stack("lstm_plain", H)
     cache = StateCache(stack, ENVS, store_dtype="bf16")
     assert all(v.dtype == torch.bfloat16 for v in cache.rollout.values(include_nested=True, leaves_only=True))
     state = stack.init_state(2).apply(lambda v: v + 1.0)
@@ -126,7 +126,7 @@ def test_reset_memory_and_validation():
         cache.gather("eval", torch.tensor([0]))
     with pytest.raises(ValueError, match="keys"):
         cache.set_memory({"rollout": cache.rollout})
-    other = StateCache(resolve_stack("lstm", H + 2), ENVS).get_memory()
+    other = StateCache(resolve_stack("lstm_plain", H + 2), ENVS).get_memory()
     with pytest.raises(ValueError, match="expected"):
         cache.set_memory(other)
     with pytest.raises(ValueError, match="num_envs"):

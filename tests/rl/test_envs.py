@@ -71,14 +71,14 @@ def test_stack_resolution(tmp_path):
     for name in BUILTIN_STACKS:
         stack = resolve_stack(name, 8, 2)
         assert stack.d_hidden == 8
-    assert len(stack_config("lstm", 8, 3).blocks) == 3
+    assert len(stack_config("lstm_plain", 8, 3).blocks) == 3
     path = tmp_path / "stack.json"
     path.write_text(stack_config("conv", 8).model_dump_json())
     assert stack_config(str(path), 8) == stack_config("conv", 8)
     with pytest.raises(ValueError, match="unknown stack"):
         stack_config("definitely-not-a-stack", 8)
     with pytest.raises(ValueError, match="d_hidden"):
-        stack_config("lstm", 0)
+        stack_config("lstm_plain", 0)
 
 
 def test_patterns_and_eval_registry_when_available():
@@ -96,5 +96,16 @@ def test_patterns_and_eval_registry_when_available():
         from cortexmem.evals import list_stacks
 
         assert "lstm" in list_stacks()
+        assert len(stack_config("mlstm", 8, 2).blocks) == 4  # named stacks repeat their blocks
         with pytest.raises(ValueError, match="num_layers"):
-            resolve_stack(next(n for n in list_stacks() if n not in BUILTIN_STACKS), 8, 2)
+            resolve_stack("hf_llama", 8, 2)  # a stack that fixes its depth
+
+
+def test_old_rl_names_keep_their_meaning():
+    with pytest.warns(DeprecationWarning, match="lstm_plain"):
+        old = stack_config("lstm", 8, 2)
+    assert old == stack_config("lstm_plain", 8, 2)
+    assert type(stack_config("conv_preup", 8).blocks[0]).__name__ == "PreUpBlockConfig"  # the former rl conv
+    from cortexmem.stacks.named import build_stack
+
+    assert stack_config("conv", 8) == build_stack("conv", 8).config  # one meaning per name, as in cortex eval

@@ -21,7 +21,7 @@ H = 8
 
 
 def _stacks():
-    return {"lstm": resolve_stack("lstm", H, 2), "conv_lstm": resolve_stack("conv_lstm", H)}
+    return {"lstm": resolve_stack("lstm_plain", H, 2), "conv_lstm": resolve_stack("conv_lstm", H)}
 
 
 def _rollout(module: CortexModule, obs: torch.Tensor, init: torch.Tensor) -> TensorDict:

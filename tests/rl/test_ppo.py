@@ -23,7 +23,7 @@ REPEAT = {"env": "cortexmem/RepeatK-v0", "env_kwargs": {"k": 2, "n": 2, "length"
 def _tiny(**kw) -> PPOConfig:
     base = {
         **REPEAT,
-        "stack": "lstm",
+        "stack": "lstm_plain",
         "d_hidden": 16,
         "frames": 256,
         "num_envs": 4,
@@ -57,7 +57,7 @@ def test_learns_k_step_recall_above_chance():
     assert result["mean_return"] > 0.5, result
 
 
-@pytest.mark.parametrize("stack", ["lstm", "gru", "conv_lstm"])
+@pytest.mark.parametrize("stack", ["lstm_plain", "gru", "conv_lstm"])
 def test_training_replay_matches_rollout_log_probs(stack):
     """Before any update the PPO ratio is exactly 1: sequence-mode replay of bptt windows == rollout."""
     trainer = PPOTrainer(_tiny(stack=stack, env_kwargs={"k": 2, "n": 3, "length": 7}))
@@ -149,7 +149,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown stack"):
         PPOTrainer(_tiny(stack="no-such-stack"))
     with pytest.raises(TypeError, match="action space"):
-        RecurrentPolicy(3, gym.spaces.MultiDiscrete([[2, 2], [2, 2]]), resolve_stack("lstm", 8))
+        RecurrentPolicy(3, gym.spaces.MultiDiscrete([[2, 2], [2, 2]]), resolve_stack("lstm_plain", 8))
     with pytest.raises(ValueError, match="no CUDA device|device must be"):
         PPOTrainer(_tiny(device="cuda:7" if not torch.cuda.is_available() else "cuda:99"))
     with pytest.raises(ValueError, match="amp"):

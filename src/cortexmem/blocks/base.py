@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from ..cells.base import CellConfig, build_cell
 from ..core.config import TaggedConfig, polymorphic
 from ..core.module import MemoryModule
-from ..core.registry import CELLS
 
 
 class BlockConfig(TaggedConfig):
@@ -93,7 +92,3 @@ def build_block(config: BlockConfig, d_hidden: int) -> MemoryBlock:
     if not isinstance(config, BlockConfig):
         raise TypeError(f"build_block expects a BlockConfig, got {type(config).__name__}")
     return BLOCKS.module_class(config)(config, d_hidden)
-
-
-def cell_class_name(config: CellConfig) -> str:
-    return CELLS.module_class(config).__name__

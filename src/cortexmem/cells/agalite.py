@@ -34,7 +34,7 @@ class AGaLiTeCellConfig(CellConfig):
         return cls(hidden_size=hidden_size, n_heads=2, eta=2, r=3, chunk_size=8)
 
 
-@register_cell(AGaLiTeCellConfig)
+@register_cell(AGaLiTeCellConfig, token="Ag", block="PostUpGatedBlockConfig", name="agalite")
 class AGaLiTeCell(MemoryCell):
     def __init__(self, config: AGaLiTeCellConfig) -> None:
         super().__init__(config)

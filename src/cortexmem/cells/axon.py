@@ -83,7 +83,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-@register_cell(AxonCellConfig)
+@register_cell(AxonCellConfig, token="A", block="PostUpBlockConfig", name="axon")
 class AxonCell(MemoryCell):
     def __init__(self, config: AxonCellConfig) -> None:
         super().__init__(config)

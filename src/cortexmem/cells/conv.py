@@ -27,7 +27,7 @@ class CausalConv1dCellConfig(CellConfig):
 _ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": torch.relu, "tanh": torch.tanh}
 
 
-@register_cell(CausalConv1dCellConfig)
+@register_cell(CausalConv1dCellConfig, token="C", name="conv")
 class CausalConv1dCell(MemoryCell):
     """Depthwise (default) or channel-mixing causal conv; state ``conv`` is ``[B, kernel_size - 1, H]``."""
 

@@ -19,7 +19,7 @@ class GRUCellConfig(CellConfig):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-@register_cell(GRUCellConfig)
+@register_cell(GRUCellConfig, token="G", name="gru")
 class GRUCell(MemoryCell):
     def __init__(self, config: GRUCellConfig) -> None:
         super().__init__(config)

@@ -19,7 +19,7 @@ class LSTMCellConfig(CellConfig):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-@register_cell(LSTMCellConfig)
+@register_cell(LSTMCellConfig, token="L", name="lstm")
 class LSTMCell(MemoryCell):
     def __init__(self, config: LSTMCellConfig) -> None:
         super().__init__(config)

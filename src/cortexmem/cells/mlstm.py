@@ -96,7 +96,8 @@ def _fused(x: Tensor, projs: tuple[nn.Linear, ...]) -> list[Tensor]:
     return list(F.linear(x, w, b).split(sizes, dim=-1))
 
 
-@register_cell(mLSTMCellConfig)
+@register_cell(mLSTMCellConfig, token="M", block="PreUpBlockConfig", name="mlstm",
+               axon={"use_axon_layer": True, "use_axon_qkv": True})
 class mLSTMCell(MemoryCell):  # noqa: N801
     """State ``C [B, NH, dk, dv]``, ``n [B, NH, dk]``, ``m [B, NH]`` (+ ``conv [B, K-1, H]``); fresh = zeros.
 

@@ -38,7 +38,7 @@ class sLSTMCellConfig(CellConfig):  # noqa: N801 (name fixed across the project)
         return cls(hidden_size=hidden_size, num_heads=2, conv1d_kernel_size=4)
 
 
-@register_cell(sLSTMCellConfig)
+@register_cell(sLSTMCellConfig, token="S", block="PostUpBlockConfig", name="slstm", axon={"use_axon_layer": True})
 class sLSTMCell(MemoryCell):  # noqa: N801
     """State ``h, c, n, m`` ``[B, H]`` (+ ``conv [B, K-1, H]``); fresh = zeros.
 

@@ -43,7 +43,7 @@ def sinusoid(dist: Tensor, dim: int) -> Tensor:
     return torch.cat([ang.sin(), ang.cos()], -1)[:, :dim]
 
 
-@register_cell(XLCellConfig)
+@register_cell(XLCellConfig, token="X", block="PostUpGatedBlockConfig", name="xl", axon={"use_axon_qkv": True})
 class XLCell(MemoryCell):
     def __init__(self, config: XLCellConfig) -> None:
         super().__init__(config)

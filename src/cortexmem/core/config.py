@@ -7,6 +7,7 @@ through JSON.
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_serializer, model_validator
@@ -53,7 +54,9 @@ class TaggedConfig(BaseModel):
         return {"type": type(self).__name__, **data}
 
     def explicit_fields(self) -> dict[str, Any]:
-        """The fields the user set explicitly (used by global overrides)."""
+        """Deprecated (nothing in cortexmem used it): ``{k: getattr(cfg, k) for k in cfg.model_fields_set}``."""
+        warnings.warn("TaggedConfig.explicit_fields() is deprecated; read model_fields_set instead",
+                      DeprecationWarning, stacklevel=2)
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 

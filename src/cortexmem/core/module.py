@@ -47,7 +47,7 @@ class MemoryModule(nn.Module, ABC):
         batch, steps = x.shape[0], x.shape[1]
         resets = self._check_resets(resets, batch, steps, is_step, x.device)
         if state is None:
-            state = self.init_state(batch, device=x.device, dtype=_state_dtype(x.dtype))
+            state = self.init_state(batch, device=x.device, dtype=x.dtype)
         else:
             self._check_state(state, batch)
         if precompile.enabled(x.device) and not self.__dict__.get("_cortex_precompiled", False):
@@ -177,10 +177,6 @@ def _as_bool_mask(mask: Any, shape: tuple[int, ...], what: str, device: Any) -> 
             raise TypeError(f"{what} must be bool (or integer 0/1), got dtype {mask.dtype}")
         mask = mask != 0
     return mask.to(device)
-
-
-def _state_dtype(x_dtype: torch.dtype) -> torch.dtype:
-    return x_dtype
 
 
 def _float_dtype(state: TensorDict) -> torch.dtype:

@@ -40,7 +40,7 @@ SUITE: dict[str, str] = {
     "MineSweeperEasy": "game",
 }
 #: baselines first, then cortex stacks: gated delta, a Column of GRU + gated delta experts, the AXMS Column
-STACKS: tuple[str, ...] = ("lstm", "gru", "D", "GD", "AXMS")
+STACKS: tuple[str, ...] = ("lstm_plain", "gru", "D", "GD", "AXMS")
 #: PPO settings of a bench run unless overridden (``--num-envs`` etc.)
 DEFAULTS: dict[str, Any] = {
     "d_hidden": 64, "num_envs": 256, "rollout_len": 64, "bptt": 32, "epochs": 4, "minibatches": 8, "lr": 5e-4,

@@ -28,8 +28,8 @@ def _device_option() -> typer.Option:
 @app.command()
 def train(
     env: str = typer.Option(..., help="Gymnasium id, popgym-<Name>-v0 / a POPGym class name, or cortexmem/RepeatK-v0"),
-    stack: str = typer.Option(None, help="built-in name (lstm, gru, conv, conv_lstm), stack JSON, or pattern "
-                                         "[default: lstm; with --resume: the checkpoint's]"),
+    stack: str = typer.Option(None, help="named stack (lstm_plain, gru, conv, conv_lstm, ...), stack JSON, or "
+                                         "pattern [default: lstm_plain; with --resume: the checkpoint's]"),
     frames: int = typer.Option(100_000, help="environment steps in total"),
     num_envs: int = typer.Option(16, help="vectorised environment copies (256+ to feed a GPU)"),
     seed: int = typer.Option(0),
@@ -80,7 +80,7 @@ def train(
     else:
         cfg = PPOConfig(
             env=env,
-            stack=stack or "lstm",
+            stack=stack or "lstm_plain",
             frames=frames,
             num_envs=num_envs,
             seed=seed,
@@ -139,7 +139,7 @@ def evaluate(
 @app.command()
 def bench(
     envs: str = typer.Option("suite", help="comma-separated env ids, or 'suite' (10 POPGym envs at Easy)"),
-    stacks: str = typer.Option("suite", help="comma-separated stacks, or 'suite' (lstm, gru, D, GD, AXMS)"),
+    stacks: str = typer.Option("suite", help="comma-separated stacks, or 'suite' (lstm_plain, gru, D, GD, AXMS)"),
     seeds: int = typer.Option(3, help="seeds 0..N-1 per (env, stack)"),
     frames: int = typer.Option(1_000_000, help="frames per run (the same for every stack)"),
     jobs: int = typer.Option(1, help="runs at a time, each in its own process (one CPU core each)"),

@@ -56,7 +56,7 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     env: str
-    stack: str = "lstm"
+    stack: str = "lstm_plain"
     d_hidden: int = Field(default=64, ge=1)
     num_layers: int = Field(default=1, ge=1)
     frames: int = Field(default=100_000, ge=1)

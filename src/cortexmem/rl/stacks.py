@@ -1,100 +1,70 @@
-"""Resolve ``--stack``: a built-in name, a registered eval stack, a pattern, or a stack-config JSON file."""
+"""Resolve ``--stack``: a named stack (:mod:`cortexmem.stacks.named`), a stack-config JSON file, or a pattern."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 from pathlib import Path
 
-from ..blocks import PassThroughBlockConfig, PostUpGatedBlockConfig, PreUpBlockConfig
-from ..cells import CausalConv1dCellConfig, GRUCellConfig, LSTMCellConfig
 from ..core.io import CheckpointError, one_line, read_json, validate_config
-from ..stacks import CortexStack, CortexStackConfig, build_cortex
+from ..stacks import CortexStack, CortexStackConfig, build_cortex, build_cortex_auto_stack
+from ..stacks.named import build_stack, list_stacks
 
-
-def _lstm(d: int, layers: int) -> CortexStackConfig:
-    return CortexStackConfig(d_hidden=d, blocks=[PassThroughBlockConfig(cell=LSTMCellConfig())] * layers)
-
-
-def _gru(d: int, layers: int) -> CortexStackConfig:
-    return CortexStackConfig(d_hidden=d, blocks=[PassThroughBlockConfig(cell=GRUCellConfig())] * layers)
-
-
-def _conv(d: int, layers: int) -> CortexStackConfig:
-    cell = CausalConv1dCellConfig(kernel_size=4, activation="silu")
-    return CortexStackConfig(d_hidden=d, blocks=[PreUpBlockConfig(cell=cell, proj_factor=2.0)] * layers)
-
-
-def _conv_lstm(d: int, layers: int) -> CortexStackConfig:
-    conv = PreUpBlockConfig(cell=CausalConv1dCellConfig(kernel_size=4, activation="silu"), proj_factor=2.0)
-    lstm = PostUpGatedBlockConfig(cell=LSTMCellConfig())
-    return CortexStackConfig(d_hidden=d, blocks=[conv, lstm] * layers)
-
-
-#: name -> (d_hidden, num_layers) -> config; every name works without the optional builders on main
-BUILTIN_STACKS: dict[str, Callable[[int, int], CortexStackConfig]] = {
-    "lstm": _lstm,
-    "gru": _gru,
-    "conv": _conv,
-    "conv_lstm": _conv_lstm,
-}
+#: the names ``cortex rl`` has always offered; ``--num-layers`` repeats their blocks (so does every built-in stack)
+BUILTIN_STACKS: tuple[str, ...] = ("lstm_plain", "gru", "conv", "conv_lstm")
+#: old ``cortex rl`` names whose meaning the shared named stacks changed: old name -> the stack it built
+DEPRECATED_STACKS: dict[str, str] = {"lstm": "lstm_plain"}
 
 
 def resolve_stack(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStack:
-    """Build the stack named by ``spec``, in this order: a built-in name (``lstm``, ``gru``, ``conv``, ``conv_lstm``), a
-    stack-config ``.json`` file, a stack registered with ``cortexmem.evals`` (``num_layers`` must be 1: those
-    builders fix their depth), or a pattern for ``cortexmem.build_cortex_auto_stack``."""
+    """Build the stack named by ``spec``, in this order: a named stack (``cortexmem.stacks.named``; the old
+    ``lstm`` warns and builds ``lstm_plain``), a stack-config ``.json`` file, or a pattern for
+    ``cortexmem.build_cortex_auto_stack``."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"--stack must be a non-empty string, got {spec!r}")
     if d_hidden < 1 or num_layers < 1:
         raise ValueError(f"d_hidden and num_layers must be >= 1, got {d_hidden} and {num_layers}")
-    key = spec.lower().replace("-", "_")
-    if key in BUILTIN_STACKS:
-        return build_cortex(BUILTIN_STACKS[key](d_hidden, num_layers))
-    path = Path(spec)
-    if path.suffix == ".json" or "/" in spec or "\\" in spec or path.exists():
-        # a path-like value is a stack file, never a pattern
-        meta = read_json(path, "--stack file")
-        cfg = meta.get("config", meta)
-        stack_cfg = validate_config(CortexStackConfig, cfg, path, "stack config")
+    name = _named(spec)
+    if name is not None:
+        stack = build_stack(name, d_hidden, num_layers)
+    elif Path(spec).suffix == ".json" or "/" in spec or "\\" in spec or Path(spec).exists():
+        stack = _from_file(Path(spec))  # a path-like value is a stack file, never a pattern
+    else:
         try:
-            return build_cortex(stack_cfg)
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"stack config in {path} cannot be built: {one_line(e)}") from None
-    stack = _from_eval_registry(spec, d_hidden, num_layers)
-    if stack is None:
-        import cortexmem
-
-        builder = getattr(cortexmem, "build_cortex_auto_stack", None)
-        if builder is None:
-            raise ValueError(
-                f"unknown stack {spec!r}: expected one of {sorted(BUILTIN_STACKS)}, a stack-config .json file or "
-                "a cortexmem.evals stack name; patterns need cortexmem.build_cortex_auto_stack, which this "
-                "install does not have"
-            )
-        try:
-            stack = builder(d_hidden, num_layers, spec)
+            stack = build_cortex_auto_stack(d_hidden, num_layers, spec)
         except (ValueError, KeyError) as e:
             raise ValueError(
-                f"unknown stack {spec!r}: not a built-in or registered name, and not a valid pattern ({e})"
+                f"unknown stack {spec!r}: not a named stack ({', '.join(list_stacks())}), a stack-config .json "
+                f"file, or a valid pattern ({e})"
             ) from None
     if not isinstance(stack, CortexStack):
         raise TypeError(f"stack {spec!r} built a {type(stack).__name__}; the RL runner needs a recurrent CortexStack")
     return stack
 
 
-def _from_eval_registry(spec: str, d_hidden: int, num_layers: int) -> CortexStack | None:
-    try:
-        from ..evals import stacks as registry
-    except ImportError:
-        return None
-    if spec not in registry.list_stacks():
-        return None
-    if num_layers != 1:
-        raise ValueError(
-            f"stack {spec!r} comes from the cortexmem.evals registry, which fixes its depth; "
-            f"got num_layers={num_layers}, expected 1"
+def _named(spec: str) -> str | None:
+    key = spec.replace("-", "_")
+    if key.lower() in DEPRECATED_STACKS:
+        new = DEPRECATED_STACKS[key.lower()]
+        warnings.warn(
+            f"--stack {spec}: in cortex rl, {spec!r} built {new!r} (PyTorch's LSTM init); pass --stack {new} to keep "
+            f"it. {spec!r} will mean the shared named stack (forget-gate bias +2), as in cortex eval.",
+            DeprecationWarning, stacklevel=3,
         )
-    return registry.build_stack(spec, d_hidden)
+        return new
+    names = list_stacks()
+    if key in names:
+        return key
+    # the original four rl names were case-insensitive; none of their upper-case spellings is a valid pattern
+    return key.lower() if key.lower() in BUILTIN_STACKS else None
+
+
+def _from_file(path: Path) -> CortexStack:
+    meta = read_json(path, "--stack file")
+    stack_cfg = validate_config(CortexStackConfig, meta.get("config", meta), path, "stack config")
+    try:
+        return build_cortex(stack_cfg)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"stack config in {path} cannot be built: {one_line(e)}") from None
 
 
 def stack_config(spec: str, d_hidden: int, num_layers: int = 1) -> CortexStackConfig:

@@ -1,9 +1,8 @@
 """The pattern language: token strings such as ``"AXMS"`` or ``"Y X^ Q"`` become columns and stacks.
 
-A token names a block config. Built-in tokens are declared by config class NAME and resolved when used, so
-a token whose cell is not registered fails with a clear error instead of at import. Lookup order: the
-call's ``custom_map``, tokens from ``register_token``, built-ins, then the ``cortexmem.tokens`` entry-point
-group (discovered on first use, each loaded only when its token is used).
+A token names a block config. Built-in tokens are declared by their cells (``register_cell(cfg, token="D",
+block="PreUpBlockConfig")``). Lookup order: the call's ``custom_map``, tokens from ``register_token``, built-ins,
+then the ``cortexmem.tokens`` entry-point group (discovered on first use, each loaded only when its token is used).
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, TypeVar
 
 from ..blocks.base import BlockConfig
 from ..blocks.column import ColumnBlockConfig, RouterConfig
 from ..core.config import TaggedConfig, config_class
+from ..core.registry import CellToken, cell_tokens
 from .stack import CortexStack, CortexStackConfig, build_cortex
 
 log = logging.getLogger(__name__)
@@ -31,53 +30,31 @@ TokenSpec = BlockConfig | Callable[[], BlockConfig]
 F = TypeVar("F")
 
 
-@dataclass(frozen=True)
-class BuiltinToken:
-    """A built-in token: block and cell config class names plus fixed cell fields."""
+class _BuiltinTokens(Mapping[str, CellToken]):
+    """The tokens the registered cells declared (``register_cell(cfg, token="D", ...)``), read live."""
 
-    block: str
-    cell: str
-    cell_fields: dict[str, Any] = field(default_factory=dict)
+    def __getitem__(self, symbol: str) -> CellToken:
+        return cell_tokens()[symbol]
 
-    def missing(self) -> str | None:
-        """What this token needs that is not registered (``None`` when it can be built)."""
-        try:
-            cell_cls = config_class(self.cell)
-        except ValueError:
-            return f"the cell config {self.cell}, which is not registered (cell not built yet or not imported)"
-        absent = sorted(set(self.cell_fields) - set(cell_cls.model_fields))
-        if absent:
-            return f"{self.cell} fields {absent}, which that config does not have (option not built yet)"
-        return None
+    def __iter__(self) -> Iterator[str]:
+        return iter(cell_tokens())
 
-    def make(self, symbol: str) -> BlockConfig:
-        missing = self.missing()
-        if missing is not None:
-            raise ValueError(f"token {symbol!r} needs {missing}")
-        cell_cls = config_class(self.cell)
-        try:
-            cell = cell_cls(**self.cell_fields)
-        except ValueError as e:
-            what = f"{self.cell}(**{self.cell_fields})"
-            raise ValueError(f"token {symbol!r}: cannot build {what}: {e}") from None
-        return config_class(self.block)(cell=cell)
+    def __len__(self) -> int:
+        return len(cell_tokens())
 
 
-BUILTIN_TOKENS: dict[str, BuiltinToken] = {
-    "A": BuiltinToken("PostUpBlockConfig", "AxonCellConfig"),
-    "Ag": BuiltinToken("PostUpGatedBlockConfig", "AGaLiTeCellConfig"),
-    "X": BuiltinToken("PostUpGatedBlockConfig", "XLCellConfig"),
-    "X^": BuiltinToken("PostUpGatedBlockConfig", "XLCellConfig", {"use_axon_qkv": True}),
-    "M": BuiltinToken("PreUpBlockConfig", "mLSTMCellConfig"),
-    "M^": BuiltinToken("PreUpBlockConfig", "mLSTMCellConfig", {"use_axon_layer": True, "use_axon_qkv": True}),
-    "S": BuiltinToken("PostUpBlockConfig", "sLSTMCellConfig"),
-    "S^": BuiltinToken("PostUpBlockConfig", "sLSTMCellConfig", {"use_axon_layer": True}),
-    "L": BuiltinToken("PassThroughBlockConfig", "LSTMCellConfig"),
-    "G": BuiltinToken("PassThroughBlockConfig", "GRUCellConfig"),
-    "C": BuiltinToken("PassThroughBlockConfig", "CausalConv1dCellConfig"),
-    "D": BuiltinToken("PreUpBlockConfig", "GatedDeltaCellConfig"),
-    "H": BuiltinToken("PostUpGatedBlockConfig", "HybridCellConfig"),
-}
+#: ``{symbol: CellToken}``: the built-in tokens, declared by the cells themselves
+BUILTIN_TOKENS: Mapping[str, CellToken] = _BuiltinTokens()
+
+
+def _make_builtin(symbol: str, token: CellToken) -> BlockConfig:
+    try:
+        cell = token.config(**token.fields)
+    except ValueError as e:
+        what = f"{token.config.__name__}(**{dict(token.fields)})"
+        raise ValueError(f"token {symbol!r}: cannot build {what}: {e}") from None
+    return config_class(token.block)(cell=cell)
+
 
 _REGISTERED: dict[str, TokenSpec] = {}
 _ENTRY_POINTS: dict[str, metadata.EntryPoint] | None = None
@@ -197,8 +174,8 @@ def _tokenize(pattern: str, table: Mapping[str, Any]) -> list[str]:
 
 
 def _make(symbol: str, spec: Any) -> BlockConfig:
-    if isinstance(spec, BuiltinToken):
-        return spec.make(symbol)
+    if isinstance(spec, CellToken):
+        return _make_builtin(symbol, spec)
     if isinstance(spec, metadata.EntryPoint):
         try:
             spec = spec.load()

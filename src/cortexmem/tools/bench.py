@@ -20,10 +20,12 @@ from torch import nn
 
 from ..core.graphed import GraphedModule
 from ..core.io import atomic_save_figure
+from ..core.registry import cell_names
 from ..core.step_runner import StepRunner
+from ..stacks import build_cortex_auto_stack
 
-CELL_TOKENS = {"lstm": "L", "gru": "G", "conv": "C", "mlstm": "M", "slstm": "S", "axon": "A", "xl": "X",
-               "agalite": "Ag", "gated_delta": "D", "hybrid": "H"}
+#: bench cell name -> pattern token, as the cells declared them (``register_cell(cfg, token="D", name="gated_delta")``)
+CELL_TOKENS: dict[str, str] = cell_names()
 
 
 @dataclass
@@ -73,19 +75,7 @@ def _warm_up(device: torch.device, seconds: float = 1.5) -> None:
 
 
 def _stack_for(cell: str, d: int, layers: int):
-    import cortexmem
-
-    token = CELL_TOKENS.get(cell, cell)
-    builder = getattr(cortexmem, "build_cortex_auto_stack", None)
-    if builder is not None:
-        return builder(d, layers, token)
-    if token == "L":
-        block = cortexmem.PassThroughBlockConfig(cell=cortexmem.LSTMCellConfig())
-    elif token == "C":
-        block = cortexmem.PassThroughBlockConfig(cell=cortexmem.CausalConv1dCellConfig())
-    else:
-        raise ValueError(f"cell {cell!r} needs the pattern builder (build_cortex_auto_stack), not available")
-    return cortexmem.build_cortex(cortexmem.CortexStackConfig(d_hidden=d, blocks=[block] * layers))
+    return build_cortex_auto_stack(d, layers, CELL_TOKENS.get(cell, cell))
 
 
 def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, batch: int, seq: int, d: int,
