@@ -236,6 +236,9 @@ register_stack("hybrid", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig
                "2 x PostUpGated(Hybrid), window 512: attention over sequences up to 512")
 register_stack("hybrid_w32", _cell_stack("HybridCellConfig", "PostUpGatedBlockConfig", window=32),
                "2 x PostUpGated(Hybrid, window 32): recall past 32 tokens goes through the delta memory")
+register_stack("hybrid_w8", _delta_stack("HybridCellConfig", "PostUpBlockConfig", window=8),
+               "2 x PostUp(Hybrid, window 8), as gated_delta's heads and decays: recall past 8 tokens goes through "
+               "the delta memory")
 register_stack("column_axms", _column_axms, "build_cortex_auto_stack(d, 1, 'AXMS')")
 register_stack("hf_llama", _hf_llama, "2 pretrained-style Llama decoder layers as cells (tiny config, mem_len 64)")
 register_stack("transformer", _transformer,
