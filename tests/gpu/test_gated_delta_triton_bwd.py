@@ -119,6 +119,10 @@ def test_triton_backward_small_dims_and_no_final_state(chunk_size):
 
 
 def test_gated_delta_cell_trains_through_triton_autograd():
+    """bf16 cell gradients through the Triton backward are as close to an fp32 reference as the torch path's.
+
+    Some parameter gradients of a bf16 cell are tiny (about 1e-7) and carry mostly bf16 rounding, so each is
+    judged against the fp32 cell's: the Triton path's error may be at most twice the torch path's (or 3e-2)."""
     pytest.importorskip("triton")
     import cortexmem
 
@@ -126,20 +130,29 @@ def test_gated_delta_cell_trains_through_triton_autograd():
     torch.manual_seed(0)
     ours = cortexmem.build_cell(cfg.model_copy(update={"backend": "triton_autograd"})).cuda().bfloat16()
     ref = cortexmem.build_cell(cfg.model_copy(update={"backend": "torch"})).cuda().bfloat16()
+    ref32 = cortexmem.build_cell(cfg.model_copy(update={"backend": "torch"})).cuda()
     ref.load_state_dict(ours.state_dict())
+    ref32.load_state_dict({k: t.float() for k, t in ours.state_dict().items()})
     x = torch.randn(2, 300, 128, device="cuda", dtype=torch.bfloat16)
     r = torch.rand(2, 300, device="cuda") < 0.01
+    state0 = ours.init_state(2, device=x.device, dtype=x.dtype).apply(lambda t: t.detach().clone().normal_())
     grads = []
-    for cell in (ours, ref):
-        state = cell.init_state(2, device=x.device, dtype=x.dtype).apply(
-            lambda t: t.detach().clone().normal_().requires_grad_())
-        y, new = cell(x, state, resets=r)
-        loss = y.pow(2).mean() + sum(t.float().pow(2).mean() for t in new.values())
+    for cell, dtype in ((ours, torch.bfloat16), (ref, torch.bfloat16), (ref32, torch.float32)):
+        state = state0.apply(lambda t, d=dtype: t.to(d).requires_grad_())
+        y, new = cell(x.to(dtype), state, resets=r)
+        loss = y.float().pow(2).mean() + sum(t.float().pow(2).mean() for t in new.values())
+        names = [*state.keys(), *(n for n, _ in cell.named_parameters())]
         leaves = [*state.values(), *cell.parameters()]
         grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
-    for a, b in zip(*grads, strict=True):
-        if b is not None:
-            assert _rel_rms(a, b) <= 3e-2
+    checked = 0
+    for name, a, b, c in zip(names, *grads, strict=True):
+        if c is None:
+            continue
+        err_ours, err_torch = _rel_rms(a, c), _rel_rms(b, c)
+        print(f"{name}: triton {err_ours:.2e}, torch {err_torch:.2e} (vs fp32)")
+        assert err_ours <= max(3e-2, 2 * err_torch), name
+        checked += 1
+    assert checked >= 6
 
 
 def test_auto_picks_triton_autograd_for_training_and_triton_for_inference():
