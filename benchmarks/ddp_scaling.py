@@ -105,7 +105,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        from cortexmem.core.io import atomic_write_json
+        from cortexmem.utils.io import atomic_write_json
 
         atomic_write_json(args.out, result)
 

@@ -87,7 +87,7 @@ def main() -> None:
                       f"{r['fwd_bwd_ms']:.2f}")
     Console().print(table)
     if args.out is not None:
-        from cortexmem.core.io import atomic_write_json
+        from cortexmem.utils.io import atomic_write_json
 
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / "eager_ops.json", {"config": {k: str(v) for k, v in vars(args).items()},

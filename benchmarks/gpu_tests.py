@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from cortexmem.core.io import atomic_write_json, atomic_write_text
+from cortexmem.utils.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 _CUDA_ERROR = re.compile(r"illegal memory access|CUDA error|cudaError", re.I)

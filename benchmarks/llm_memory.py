@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from cortexmem.core.io import atomic_write_text
 from cortexmem.llm import MemoryConfig, TextNiah, attach_memory, load_with_memory
 from cortexmem.llm.bases import BaseModelError, resolve_base
 from cortexmem.llm.corpus import stdlib_corpus
@@ -49,6 +48,7 @@ from cortexmem.llm.eval import (
 from cortexmem.llm.pretrain import build_base_config, pretrain_base, pretrain_document
 from cortexmem.llm.tokenizer import CharTokenizer
 from cortexmem.llm.train import TrainNiahConfig, niah_accuracy, train_niah
+from cortexmem.utils.io import atomic_write_text
 
 log = logging.getLogger("llm_memory")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from cortexmem.core.io import atomic_write_json
 from cortexmem.rl.ppo import PPOConfig, PPOTrainer, plot_returns
+from cortexmem.utils.io import atomic_write_json
 
 
 def main() -> None:

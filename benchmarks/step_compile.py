@@ -16,9 +16,9 @@ import time
 import torch
 
 from cortexmem import StepRunner, build_cortex_auto_stack
-from cortexmem.core.io import atomic_write_json
-from cortexmem.core.step_runner import COMPILE_MODES
+from cortexmem.runtime.step_runner import COMPILE_MODES
 from cortexmem.tools.bench import _time
+from cortexmem.utils.io import atomic_write_json
 
 
 def main() -> None:

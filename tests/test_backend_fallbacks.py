@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import cortexmem
-from cortexmem.core import backends
-from cortexmem.core.backends import (
+from cortexmem.ops import registry as backends
+from cortexmem.ops.registry import (
     check_requested,
     describe_op,
     fallbacks,

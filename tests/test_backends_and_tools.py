@@ -9,7 +9,7 @@ import torch
 
 import cortexmem
 from cortexmem import StepRunner
-from cortexmem.core.backends import check_requested, list_backends, select_backend
+from cortexmem.ops.registry import check_requested, list_backends, select_backend
 
 
 def test_registry_lists_and_selects():

@@ -149,7 +149,7 @@ def test_atomic_save_figure_writes_a_png_and_no_temp_file(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cortexmem.core.io import atomic_save_figure
+    from cortexmem.utils.io import atomic_save_figure
 
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])

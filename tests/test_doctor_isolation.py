@@ -14,7 +14,7 @@ import pytest
 PLUGIN = textwrap.dedent("""
     import ctypes, os, time
     import torch
-    from cortexmem.core.backends import register_backend, register_reference
+    from cortexmem.ops.registry import register_backend, register_reference
 
     F32 = frozenset({torch.float32})
 

@@ -1,4 +1,5 @@
-"""The tree's layering: ``core → ops → cells → blocks → stacks → apps → cli``; a module imports only from its left.
+"""The tree's layering: ``utils → core → ops / runtime → cells → blocks → stacks → apps → cli``; a module imports
+only from its left.
 
 Read from the source with ``ast``: every ``import``/``from ... import`` (also inside functions) and every string
 constant that names a ``cortexmem.<package>`` module (``importlib.import_module`` targets, lazy-import tables).
@@ -14,8 +15,8 @@ import cortexmem
 
 ROOT = Path(cortexmem.__file__).parent
 APPS = ("evals", "llm", "lm", "rl", "tools")
-RANK = {"core": 0, "clikit": 1, "ops": 1, "cells": 2, "blocks": 3, "stacks": 4, **dict.fromkeys(APPS, 5),
-        "cli": 6, "__init__": 6, "__main__": 7}
+RANK = {"utils": 0, "core": 1, "clikit": 2, "ops": 2, "runtime": 2, "cells": 3, "blocks": 4, "stacks": 5,
+        **dict.fromkeys(APPS, 6), "cli": 7, "__init__": 7, "__main__": 8}
 #: (importer, imported) pairs that go against the order on purpose, with the reason
 ALLOWED = {
     ("core", "cells"): "core.config.ensure_builtins imports the built-in packages so tags resolve under a lazy import",
@@ -83,3 +84,24 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     monkeypatch.setattr(f"{__name__}.ROOT", fake)
     bad = _violations()
     assert len(bad) == 2 and "one app imports another" in bad[1] and "upward" in bad[0]
+
+
+def test_modules_moved_out_of_core_still_import_by_their_old_names_with_a_warning():
+    import importlib
+    import sys
+
+    import pytest
+
+    assert cortexmem.MOVED, "the alias table is empty"
+    for old, new in cortexmem.MOVED.items():
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+    from cortexmem.core import io  # noqa: F401 - the from-import form resolves through the alias too
+
+    assert io is importlib.import_module("cortexmem.utils.io")
+
+
+def test_core_holds_only_the_contract():
+    assert sorted(p.stem for p in (ROOT / "core").glob("*.py")) == ["__init__", "config", "module", "registry"]

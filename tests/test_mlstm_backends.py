@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import cortexmem
-from cortexmem.core.backends import backends_for, check_requested, references, select_backend
 from cortexmem.ops.mlstm import mlstm_chunkwise, mlstm_naive, mlstm_sequence
+from cortexmem.ops.registry import backends_for, check_requested, references, select_backend
 
 
 def _inputs(T, dtype=torch.float32, seed=0):

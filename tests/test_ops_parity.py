@@ -96,3 +96,25 @@ def test_gru_segmented_matches_naive(T, layers, with_resets):
     params = [x, h0, *gru.parameters()]
     for a, c in zip(_grads(out_f, params), _grads(out_n, params), strict=True):
         torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
+
+
+def test_every_op_package_is_registered_with_a_reference():
+    import pkgutil
+
+    from cortexmem import ops
+    from cortexmem.ops.registry import list_backends, references
+
+    packages = {m.name for m in pkgutil.iter_modules(ops.__path__) if m.ispkg}
+    table = list_backends()
+    missing = sorted(p for p in packages if not any(op == p or op.startswith(f"{p}_") for op in table))
+    assert not missing, f"op packages that register no op named after them: {missing}"
+    assert set(table) <= set(references()), f"ops without a reference: {sorted(set(table) - set(references()))}"
+
+
+@pytest.mark.parametrize("op", ["agalite", "gru", "hadamard", "lstm", "xl_attention"])
+def test_newly_registered_ops_pass_their_doctor_row_on_cpu(op):
+    from cortexmem.tools.doctor import check_row
+
+    row = check_row(op, "torch", "cpu", "float32")
+    assert row.status == "pass", row
+    assert row.max_err_grad is not None and row.max_err_grad < 1e-5, row

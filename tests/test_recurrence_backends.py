@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cortexmem
-from cortexmem.core.backends import backends_for, select_backend
+from cortexmem.ops.registry import backends_for, select_backend
 from cortexmem.ops.rtu import rtu_diag_scan, rtu_naive
 from cortexmem.ops.slstm import slstm_naive, slstm_sequence
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cortexmem.core.schedule import warmup_cosine
+from cortexmem.utils.schedule import warmup_cosine
 
 
 def test_warmup_then_cosine_to_the_floor():

@@ -133,7 +133,7 @@ def info() -> None:
     cuda = torch.cuda.is_available()
     table.add_row("CUDA", f"yes ({torch.cuda.get_device_name(0)})" if cuda else "no")
     table.add_row("Triton", "installed" if importlib.util.find_spec("triton") else "not installed")
-    from cortexmem.core.backends import describe_op, list_backends
+    from cortexmem.ops.registry import describe_op, list_backends
 
     for op in list_backends():
         table.add_row(f"op {op}", describe_op(op, "cuda" if cuda else "cpu"))
@@ -158,8 +158,8 @@ def doctor(
     from rich.table import Table
 
     import cortexmem  # noqa: F401 - registers every op
-    from cortexmem.core.io import atomic_write_json
     from cortexmem.tools.doctor import rows_as_dicts, run_doctor, summary
+    from cortexmem.utils.io import atomic_write_json
 
     check_output_file(json_out, "--json")
     wanted = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
@@ -212,10 +212,10 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from cortexmem.core.io import atomic_write_json
     from cortexmem.tools import bench as tb
     from cortexmem.tools.bench_goals import evaluate_goals, goals_as_dicts
     from cortexmem.tools.bench_goals import summary as goals_summary
+    from cortexmem.utils.io import atomic_write_json
 
     try:
         torch.device("cpu" if device == "auto" else device)
@@ -272,8 +272,8 @@ def bench_report(
     doc: str = typer.Option(None, help="rewrite the generated part of this markdown file (e.g. docs/gpu.md)"),
 ) -> None:
     """Markdown tables (goals, cells, stacks, gated delta; with date and GPU) from a cortex bench results file."""
-    from cortexmem.core.io import read_json
     from cortexmem.tools.bench_report import render, update_doc
+    from cortexmem.utils.io import read_json
 
     try:
         if doc:

@@ -59,7 +59,7 @@ def error_lines(err: BaseException) -> tuple[list[str], int]:
     if isinstance(err, Abort):
         return ["aborted"], 1
     if type(err).__name__ == "ValidationError" and hasattr(err, "errors"):
-        from .core.io import validation_message
+        from .utils.io import validation_message
 
         return [part for part in validation_message(err).split("; ")], 2
     if isinstance(err, ModuleNotFoundError) and not isinstance(err, _missing_extra_type()):
@@ -72,7 +72,7 @@ def error_lines(err: BaseException) -> tuple[list[str], int]:
 
 
 def _missing_extra_type() -> type:
-    from .core.extras import MissingExtraError
+    from .utils.extras import MissingExtraError
 
     return MissingExtraError
 

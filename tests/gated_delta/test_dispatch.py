@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cortexmem.core.backends import backends_for
 from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule
 from cortexmem.ops.gated_delta.checks import triton_rejects
+from cortexmem.ops.registry import backends_for
 
 
 def _inputs(T=21):
@@ -99,8 +99,8 @@ def test_check_decay_flag_and_cells_skip_the_host_sync(monkeypatch):
 
 
 def test_triton_autograd_backend_is_auto_for_training_on_cuda_only():
-    from cortexmem.core.backends import select_backend
     from cortexmem.ops.gated_delta.checks import triton_autograd_rejects
+    from cortexmem.ops.registry import select_backend
 
     table = backends_for("gated_delta")
     backend = table["triton_autograd"]

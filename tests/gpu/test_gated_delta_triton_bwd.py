@@ -157,7 +157,7 @@ def test_gated_delta_cell_trains_through_triton_autograd():
 
 def test_auto_picks_triton_autograd_for_training_and_triton_for_inference():
     pytest.importorskip("triton")
-    from cortexmem.core.backends import select_backend
+    from cortexmem.ops.registry import select_backend
 
     bf16 = torch.bfloat16
     assert select_backend("gated_delta", device="cuda", dtype=bf16, chunk_size=64, needs_grad=True,

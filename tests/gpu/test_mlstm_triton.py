@@ -126,7 +126,7 @@ def test_mlstm_cell_triton_backend_matches_torch_backend(dtype):
 
 def test_mlstm_auto_takes_triton_on_cuda_for_sequences():
     pytest.importorskip("triton")
-    from cortexmem.core.backends import select_backend
+    from cortexmem.ops.registry import select_backend
 
     assert select_backend("mlstm", device="cuda", dtype=torch.float32, head_dim_qk=64, head_dim_v=128,
                           steps=257).name == "triton"

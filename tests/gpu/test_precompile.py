@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 
 _SCRIPT = r"""
 import json, sys, time, torch, cortexmem
-from cortexmem.core import precompile
+from cortexmem.ops import precompile
 calls = []
 orig = precompile.precompile
 precompile.precompile = lambda fn, dev: calls.append(orig(fn, dev)) or calls[-1]

@@ -70,7 +70,7 @@ def test_step_runner_matches_step_on_cuda():
 
 def test_backend_choice_on_cuda_is_triton_and_can_be_forced_off(monkeypatch):
     pytest.importorskip("triton")
-    from cortexmem.core.backends import select_backend
+    from cortexmem.ops.registry import select_backend
 
     assert select_backend("causal_conv1d", device="cuda", dtype=torch.float32).name == "triton"
     monkeypatch.setenv("CORTEX_FORCE_PYTORCH", "1")

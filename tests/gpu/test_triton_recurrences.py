@@ -173,7 +173,7 @@ def test_cells_triton_backend_matches_torch_backend(name, dtype):
 
 def test_recurrence_backends_on_cuda_are_triton_and_can_be_forced_off(monkeypatch):
     pytest.importorskip("triton")
-    from cortexmem.core.backends import select_backend
+    from cortexmem.ops.registry import select_backend
 
     assert select_backend("slstm", device="cuda", dtype=torch.float32, head_dim=64).name == "triton"
     assert select_backend("slstm", device="cuda", dtype=torch.float32, head_dim=96).name == "torch"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cortexmem.core.io import CheckpointError
+from cortexmem.utils.io import CheckpointError
 
 from . import artifacts as A
 

@@ -13,11 +13,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortexmem.core.paths import safe_name
 from cortexmem.lm.data import prepare, val_path_for
 from cortexmem.lm.model import load_pretrained
 from cortexmem.lm.tokenizer import ByteTokenizer
 from cortexmem.lm.train import TrainConfig, Trainer
+from cortexmem.utils.paths import safe_name
 
 TOK = ByteTokenizer()
 

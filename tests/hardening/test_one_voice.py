@@ -313,7 +313,7 @@ def test_every_subcommand_has_log_level():
 def test_piped_progress_prints_a_line_at_least_every_interval():
     import io
 
-    from cortexmem.core.progress import LineProgress
+    from cortexmem.utils.progress import LineProgress
 
     buf = io.StringIO()
     bar = LineProgress(interval=0.05, stream=buf)

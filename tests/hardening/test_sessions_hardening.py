@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tensordict import TensorDict
 
-from cortexmem.core.paths import safe_name
 from cortexmem.llm.sessions import Fingerprint, SessionNotFoundError, SessionStore
+from cortexmem.utils.paths import safe_name
 
 FP = Fingerprint("base", "adapter")
 BAD_IDS = ["../x", "/etc/passwd", "a\x00b", "..", "a/b", "a\\b", ".hidden", "x" * 201, "", " ", "ok\n",

@@ -10,8 +10,8 @@ import torch
 def main() -> None:
     store, part, out = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
-    from cortexmem.core.io import atomic_save_safetensors
     from cortexmem.llm import attach_memory
+    from cortexmem.utils.io import atomic_save_safetensors
     from tests.llm.helpers import open_gates, small_memory, tiny_base
 
     mlm = attach_memory(tiny_base("qwen2"), small_memory(8), sessions=store)

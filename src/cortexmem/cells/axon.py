@@ -27,9 +27,9 @@ from pydantic import Field, field_validator, model_validator
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.hadamard import srht
+from ..ops.registry import check_requested
 from ..ops.rtu import inject_traces, rtu_diag_scan, rtu_final_traces, rtu_full_chunked
 from ..ops.rtu.step import rtu_step_traces
 from .base import CellConfig, MemoryCell

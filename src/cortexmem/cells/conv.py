@@ -10,9 +10,9 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
+from ..ops.registry import check_requested
 from .base import CellConfig, MemoryCell
 
 

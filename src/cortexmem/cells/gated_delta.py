@@ -24,10 +24,10 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..core.backends import check_requested
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.gated_delta import gated_delta_rule, gated_delta_rule_step
+from ..ops.registry import check_requested
 from .base import CellConfig, MemoryCell
 
 

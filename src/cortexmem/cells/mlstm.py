@@ -10,11 +10,11 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..core.backends import check_requested
 from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
 from ..ops.mlstm import mlstm_sequence
+from ..ops.registry import check_requested
 from .axon import AxonCellConfig
 from .axon_layer import LayerCalls, axon_groups, linear_or_axon
 from .base import CellConfig, MemoryCell

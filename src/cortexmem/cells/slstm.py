@@ -9,9 +9,9 @@ from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ..core.backends import check_requested
 from ..core.config import polymorphic
 from ..core.registry import register_cell
+from ..ops.registry import check_requested
 from ..ops.slstm import slstm_sequence
 from .axon import AxonCellConfig
 from .axon_layer import AxonLayer, LayerCalls, axon_groups

@@ -1,1 +1,1 @@
-"""Core machinery shared by every level: tagged configs, registries, state helpers, atomic I/O."""
+"""The contract: :class:`~cortexmem.core.module.MemoryModule`, tagged configs and the cell/block registry."""

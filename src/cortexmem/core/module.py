@@ -7,19 +7,22 @@ value *before* ``x[b, t]`` is read. A ``[B]`` mask in sequence mode means "reset
 Subclasses implement ``init_state`` and ``forward_sequence`` (always ``[B, T, H]`` and ``[B, T]``-or-None
 resets); this base class validates the call once at the entry point, so composite modules call their children's
 ``forward_sequence`` directly. The first CUDA call of a module compiles the Triton kernels it needs in parallel
-first (:mod:`cortexmem.core.precompile`).
+first (:mod:`cortexmem.ops.precompile`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from . import precompile
+#: ``hook(device) -> bool`` (may this first call be prepared?) and ``prepare(dry_call, device)``; set once by
+#: :mod:`cortexmem.ops.precompile` at import, None where nothing prepares first calls
+FIRST_CALL: tuple[Callable[[torch.device], bool], Callable[[Callable[[], Any], torch.device], Any]] | None = None
 
 
 class MemoryModule(nn.Module, ABC):
@@ -50,9 +53,9 @@ class MemoryModule(nn.Module, ABC):
             state = self.init_state(batch, device=x.device, dtype=x.dtype)
         else:
             self._check_state(state, batch)
-        if precompile.enabled(x.device) and not self.__dict__.get("_cortex_precompiled", False):
+        if FIRST_CALL is not None and not self.__dict__.get("_cortex_precompiled", False) and FIRST_CALL[0](x.device):
             self.__dict__["_cortex_precompiled"] = True
-            precompile.precompile(lambda: self.forward_sequence(x, state, resets), x.device)
+            FIRST_CALL[1](lambda: self.forward_sequence(x, state, resets), x.device)
         y, new_state = self.forward_sequence(x, state, resets)
         return (y[:, 0] if is_step else y), new_state
 

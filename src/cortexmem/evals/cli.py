@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from ..core.progress import make_progress
+from ..utils.progress import make_progress
 from .ddp import DistContext, init_distributed, resolve_device, shutdown
 from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
 from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.table import Table
 
-from ..core.io import (
+from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_save_figure,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from ..core.schedule import warmup_cosine
+from ..utils.schedule import warmup_cosine
 from .ddp import DistContext
 from .models import EvalModel, state_floats, step_vs_sequence_error
 from .schema import Curves, EvalSettings, RunResult

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..cells.base import build_cell
-from ..core.extras import require
-from ..core.io import (
+from ..utils.extras import require
+from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_save_safetensors,

@@ -168,7 +168,7 @@ def train_niah_cmd(
                       decay_init or None, write_init or None, window, read_from=read_from, conv_kernel=conv_kernel,
                       induction_init=induction_init, zero_init=zero_init, gate_context=gate_context,
                       memory_backend=memory_backend)
-    from ..core.backends import check_requested
+    from ..ops.registry import check_requested
 
     try:
         check_requested("gated_delta", memory_backend)  # here, not deep inside the model build

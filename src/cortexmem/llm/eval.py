@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.io import atomic_save_figure, atomic_write_json
+from ..utils.io import atomic_save_figure, atomic_write_json
 from .attach import MemoryLM
 from .niah import NiahTask, needle_mask, stack_samples
 

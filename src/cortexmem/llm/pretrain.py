@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..core.io import atomic_write_json
-from ..core.schedule import warmup_cosine
+from ..utils.io import atomic_write_json
+from ..utils.schedule import warmup_cosine
 from .niah import plain_document
 from .tokenizer import CharTokenizer
 
@@ -74,7 +74,7 @@ def pretrain_base(out_dir: str | Path, *, arch: str = "llama", hidden: int = 256
     losses: list[float] = []
     bar = None
     if progress:
-        from ..core.progress import make_progress
+        from ..utils.progress import make_progress
 
         bar = make_progress()
         bar.start()

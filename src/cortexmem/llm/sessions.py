@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from ..core.io import (
+from ..utils.io import (
     CheckpointError,
     atomic_write_bytes,
     load_safetensors_checked,
@@ -28,7 +28,7 @@ from ..core.io import (
     read_bytes,
     safetensors_metadata,
 )
-from ..core.paths import safe_name
+from ..utils.paths import safe_name
 
 _FORMAT = "cortexmem-session-1"
 _SCHEMA = """

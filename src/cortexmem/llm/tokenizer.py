@@ -7,7 +7,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from ..core.io import CheckpointError, atomic_write_json, read_json
+from ..utils.io import CheckpointError, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core.io import (
+from ..utils.io import (
     CheckpointError,
     atomic_save_figure,
     atomic_save_safetensors,
@@ -28,7 +28,7 @@ from ..core.io import (
     read_json,
     require_keys,
 )
-from ..core.schedule import warmup_cosine
+from ..utils.schedule import warmup_cosine
 from .attach import MemoryLM
 from .niah import NiahSample, NiahTask, needle_mask
 
@@ -247,7 +247,7 @@ def _progress(enabled: bool) -> Any:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from ..core.progress import make_progress
+    from ..utils.progress import make_progress
 
     bar = make_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     bar.start()

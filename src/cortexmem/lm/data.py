@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.io import CheckpointError, atomic_write_json, check_file, read_json, require_keys
+from ..utils.io import CheckpointError, atomic_write_json, check_file, read_json, require_keys
 from .tokenizer import LMTokenizer
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def demo_corpus(n_docs: int = 2000, seed: int = 0, n_countries: int = 300) -> li
 
 def write_demo_data(path: str | os.PathLike, n_docs: int = 2000, seed: int = 0) -> Path:
     """Write the demo corpus as JSONL ``{"text": ...}`` lines."""
-    from ..core.io import atomic_write_text
+    from ..utils.io import atomic_write_text
 
     path = Path(path)
     atomic_write_text(
@@ -222,7 +222,7 @@ class _progress:
     def __init__(self, enabled: bool, total: int) -> None:
         self.bar = None
         if enabled:
-            from ..core.progress import make_progress
+            from ..utils.progress import make_progress
 
             self.bar = make_progress(transient=True)
             self.bar.start()

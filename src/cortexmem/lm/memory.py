@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from ..core.config import TaggedConfig
-from ..core.io import (
+from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_write_bytes,

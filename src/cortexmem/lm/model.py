@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
-from ..core.io import (
+from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_save_safetensors,

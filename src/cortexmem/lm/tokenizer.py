@@ -8,8 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..core.extras import require
-from ..core.io import (
+from ..utils.extras import require
+from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_write_json,

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..blocks.base import BlockConfig
 from ..core.config import TaggedConfig, polymorphic
-from ..core.io import (
+from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_save_safetensors,
@@ -31,8 +31,8 @@ from ..core.io import (
     one_line,
     read_versioned,
 )
-from ..core.paths import safe_name
-from ..core.schedule import warmup_cosine
+from ..utils.paths import safe_name
+from ..utils.schedule import warmup_cosine
 from .data import TokenData
 from .memory import MemorySystemConfig
 from .model import CortexLM, LMConfig, load_pretrained
@@ -361,7 +361,7 @@ class Trainer:
     def _progress(self, end: int):
         if not self.cfg.progress:
             return None
-        from ..core.progress import make_progress
+        from ..utils.progress import make_progress
 
         bar = make_progress()
         bar.start()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.io import atomic_save_figure, atomic_write_json, atomic_write_text, json_safe
+from ..utils.io import atomic_save_figure, atomic_write_json, atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
 

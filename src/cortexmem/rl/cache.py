@@ -22,8 +22,8 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor
 
-from ..core.io import CheckpointError, atomic_save_safetensors, load_safetensors_checked, one_line
 from ..core.module import MemoryModule
+from ..utils.io import CheckpointError, atomic_save_safetensors, load_safetensors_checked, one_line
 from .module import _key, resolve_store_dtype
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.io import CheckpointError, load_safetensors_checked, load_state_checked, read_versioned
+from ..utils.io import CheckpointError, load_safetensors_checked, load_state_checked, read_versioned
 
 CHECKPOINT_FORMAT = "cortexmem.rl.ppo"
 CHECKPOINT_VERSION = 1

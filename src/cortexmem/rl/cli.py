@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..clikit import check_output_dir, check_output_file
-from ..core.extras import MissingExtraError
+from ..utils.extras import MissingExtraError
 
 app = typer.Typer(help="Reinforcement learning with cortexmem stacks (recurrent PPO).", no_args_is_help=True)
 
@@ -117,7 +117,7 @@ def evaluate(
     _require_rl()
     import torch
 
-    from ..core.io import atomic_write_json
+    from ..utils.io import atomic_write_json
     from .ppo import PPOTrainer, read_checkpoint_meta, resolve_device
 
     torch.set_num_threads(1)

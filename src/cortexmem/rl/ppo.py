@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tensordict import TensorDict
 from torch import nn
 
-from ..core.io import (
+from ..stacks import CortexStackConfig, build_cortex
+from ..utils.io import (
     CheckpointError,
     atomic_save_safetensors,
     atomic_write_json,
@@ -29,7 +30,6 @@ from ..core.io import (
     one_line,
     validation_message,
 )
-from ..stacks import CortexStackConfig, build_cortex
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -464,7 +464,7 @@ def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..core.io import atomic_save_figure
+    from ..utils.io import atomic_save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, hist in curves.items():

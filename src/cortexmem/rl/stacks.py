@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..core.io import CheckpointError, one_line, read_json, validate_config
 from ..stacks import CortexStack, CortexStackConfig, build_cortex, build_cortex_auto_stack
 from ..stacks.named import build_stack, list_stacks
+from ..utils.io import CheckpointError, one_line, read_json, validate_config
 
 #: the names ``cortex rl`` has always offered; ``--num-layers`` repeats their blocks (so does every built-in stack)
 BUILTIN_STACKS: tuple[str, ...] = ("lstm_plain", "gru", "conv", "conv_lstm")

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from ..blocks.base import BlockConfig, build_block
 from ..core.config import TaggedConfig, polymorphic
-from ..core.finite import enable_finite_check, finite_check_requested
-from ..core.io import (
+from ..core.module import MemoryModule
+from ..runtime.finite import enable_finite_check, finite_check_requested
+from ..utils.io import (
     CheckpointError,
     atomic_write_bytes,
     atomic_write_json,
@@ -25,8 +26,7 @@ from ..core.io import (
     read_versioned,
     validate_config,
 )
-from ..core.module import MemoryModule
-from ..core.paths import safe_join
+from ..utils.paths import safe_join
 
 STACK_FORMAT = "cortexmem.stack"
 STACK_FORMAT_VERSION = 1

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.graphed import GraphedModule
-from ..core.io import atomic_save_figure
 from ..core.registry import cell_names
-from ..core.step_runner import StepRunner
+from ..runtime.graphed import GraphedModule
+from ..runtime.step_runner import StepRunner
 from ..stacks import build_cortex_auto_stack
+from ..utils.io import atomic_save_figure
 
 #: bench cell name -> pattern token, as the cells declared them (``register_cell(cfg, token="D", name="gated_delta")``)
 CELL_TOKENS: dict[str, str] = cell_names()

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..core.backends import list_backends, references
+from ..ops.registry import list_backends, references
 
 DTYPES = ("float32", "bfloat16")
 STARTUP_TIMEOUT_S = 300.0
@@ -96,7 +96,7 @@ def _worker_main(task: dict) -> None:
     import faulthandler
 
     faulthandler.enable()  # a segfault leaves "Fatal Python error: ..." on stderr for the parent to quote
-    from ..core.backends import list_backends, references
+    from ..ops.registry import list_backends, references
 
     list_backends(), references()  # the built-in ops register on first lookup: part of the start, not of a row
     for module in task["imports"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...core.backends import register_backend, register_reference, select_backend
+from ...ops.registry import register_backend, register_reference, select_backend
 from .naive import causal_conv1d_naive
 from .parallel import causal_conv1d_torch
 

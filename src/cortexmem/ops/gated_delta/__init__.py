@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...core.backends import register_backend, register_reference, select_backend
+from ...ops.registry import register_backend, register_reference, select_backend
 from .checks import TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive

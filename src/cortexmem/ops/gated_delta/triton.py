@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...core.precompile import launch
+from ...ops.precompile import launch
 from .checks import check_gated_delta_inputs, needs_grad, triton_rejects
 
 # Product modes (constexpr ``DOT``): fp32 operands with 3xTF32 (about fp32 accuracy), fp32 operands with one TF32

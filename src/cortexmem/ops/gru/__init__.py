@@ -1,4 +1,11 @@
+"""GRU: ``naive`` (step loop, the reference), ``torch`` (``nn.GRU`` over the segments between resets)."""
+
+from torch import nn
+
+from ..lstm.rnn import register_rnn
 from .naive import gru_naive
 from .segmented import gru_segmented
+
+register_rnn("gru", nn.GRU, gru_segmented, gru_naive, gates=3, n_states=1)
 
 __all__ = ["gru_naive", "gru_segmented"]

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...core.precompile import dry_run_active, launch
+from ...ops.precompile import dry_run_active, launch
 from .chunk import _check_shapes
 from .naive import MAX_NEG_M
 

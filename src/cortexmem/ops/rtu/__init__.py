@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...core.backends import register_backend, register_reference, select_backend
+from ...ops.registry import register_backend, register_reference, select_backend
+from . import step as _step  # noqa: F401 - registers rtu_step_trace_w
 from .chunk import rtu_final_traces, rtu_full_chunked, rtu_scan
 from .naive import inject_traces, rtu_full_naive, rtu_naive
 

@@ -76,3 +76,14 @@ def inject_traces(c0: Tensor, e_lam0: Tensor, e_w0: Tensor, lam: Tensor, w: Tens
     dw = w - w.detach()
     through_w = (e_w0 * dw).sum(-1) if e_w0.dim() == 3 else e_w0 * dw
     return c0 + e_lam0 * (lam - lam.detach()) + through_w
+
+
+def trace_w_step_naive(ew0: Tensor, drive: Tensor, lam_re: Tensor, lam_im: Tensor, keep: Tensor | None) -> Tensor:
+    """One step of the dense trace in complex fp64, the spec of ``rtu_step_trace_w``: ``e_w <- keep lam e_w +
+    drive`` with ``ew0 [B, 2, H, Z]`` (real, imaginary), ``drive [B, Z]``, ``lam [H]``, ``keep [B]`` or None."""
+    ew = torch.complex(ew0[:, 0].double(), ew0[:, 1].double())
+    lam = torch.complex(lam_re.double(), lam_im.double())[None, :, None]
+    if keep is not None:
+        lam = lam * keep.double()[:, None, None]
+    out = lam * ew + drive.double()[:, None, :]
+    return torch.stack([out.real, out.imag], 1).to(ew0.dtype)

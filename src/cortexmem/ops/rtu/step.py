@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...core.backends import register_backend, register_reference, select_backend
+from ...ops.registry import register_backend, register_reference, select_backend
+from .naive import trace_w_step_naive
 
 
 def trace_w_step_torch(ew0: Tensor, drive: Tensor, lam_re: Tensor, lam_im: Tensor, keep: Tensor | None) -> Tensor:
@@ -58,7 +59,7 @@ def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
             keep.to(device))
 
 
-register_reference("rtu_step_trace_w", lambda *a: trace_w_step_torch(*a).to(a[0].dtype), _doctor_inputs)
+register_reference("rtu_step_trace_w", trace_w_step_naive, _doctor_inputs)
 
 
 def rtu_step_traces(

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...core.precompile import dry_run_active, launch
+from ...ops.precompile import dry_run_active, launch
 
 _BH = 64
 

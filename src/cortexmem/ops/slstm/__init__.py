@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...core.backends import register_backend, register_reference, select_backend
+from ...ops.registry import register_backend, register_reference, select_backend
 from .naive import slstm_naive, slstm_pointwise
 from .scan import slstm_scan
 

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...core.precompile import dry_run_active, launch
+from ...ops.precompile import dry_run_active, launch
 
 _BB = 16  # batch rows per program: tl.dot needs at least 16
 # products on tensor cores in three TF32 passes: fp32-level accuracy, and far faster to compile and run than "ieee"

@@ -77,10 +77,14 @@ def register_backend(op: str, name: str, fn: Callable[..., Any], **kwargs: Any) 
 
 
 def _ensure_ops() -> None:
-    """Register every built-in op (``import cortexmem`` is lazy; the cells import the ops they use)."""
-    from .config import ensure_builtins
+    """Register every built-in op: each package under ``cortexmem.ops`` registers its backends on import."""
+    import pkgutil
 
-    ensure_builtins()
+    from .. import ops
+
+    for info in pkgutil.iter_modules(ops.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{ops.__name__}.{info.name}")
 
 
 def backends_for(op: str) -> dict[str, Backend]:

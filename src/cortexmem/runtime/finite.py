@@ -46,7 +46,7 @@ def enable_finite_check(module: nn.Module) -> list[torch.utils.hooks.RemovableHa
         if _bad(args) or _bad(list(kwargs.values())):
             raise NonFiniteError("<input>", type(mod).__name__, "inputs (x or state) given by the caller")
 
-    from .module import MemoryModule
+    from ..core.module import MemoryModule
 
     handles = [module.register_forward_pre_hook(check_input, with_kwargs=True)]
     for name, sub in module.named_modules():

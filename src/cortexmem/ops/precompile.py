@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .backends import triton_available, triton_disabled
+from .registry import triton_available, triton_disabled
 
 log = logging.getLogger("cortexmem.precompile")
 
@@ -134,3 +134,13 @@ def precompile(dry_call: Callable[[], Any], device: torch.device) -> int:
         executor.start_all()
     log.debug("precompiled %d Triton kernels in parallel", len(executor.jobs))
     return len(executor.jobs)
+
+
+def _install() -> None:
+    """Make every top-level module's first CUDA call precompile (the hook of :mod:`cortexmem.core.module`)."""
+    from ..core import module
+
+    module.FIRST_CALL = (enabled, precompile)
+
+
+_install()

@@ -22,7 +22,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from .module import MemoryModule
+from ..core.module import MemoryModule
 
 
 class _Flat(nn.Module):

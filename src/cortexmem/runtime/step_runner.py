@@ -20,8 +20,8 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from ..core.module import MemoryModule
 from .graphed import _Flat
-from .module import MemoryModule
 
 #: ``compile=`` values -> torch.compile mode (None: its default). The runner captures its own CUDA graph, so the
 #: modes that would make inductor capture one too map to their ``-no-cudagraphs`` form.

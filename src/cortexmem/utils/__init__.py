@@ -1,0 +1,2 @@
+"""Application utilities below every layer: atomic writes and checked reads (``io``), safe paths, schedules,
+progress bars, optional-extra checks."""
