@@ -114,6 +114,10 @@ def test_triton_autograd_backend_is_auto_for_training_on_cuda_only():
     assert triton_autograd_rejects(chunk_size=64, dk=128, needs_grad=True) is None
     assert "chunk_size must be 16, 32 or 64, got 8" in triton_autograd_rejects(chunk_size=8)
     assert "Dk <= 128" in triton_autograd_rejects(dk=256)
+    # heads narrower than 64 (16-wide dot tiles crashed on an H100) go to the torch path
+    assert "heads of 64 to 128 dims, got Dk=16" in triton_autograd_rejects(dk=16, dv=16)
+    assert "got Dv=32" in triton_autograd_rejects(dk=64, dv=32)
+    assert triton_autograd_rejects(dk=64, dv=64) is None
     q, k, v, g, beta = _inputs()
     with pytest.raises(ValueError, match="'triton_autograd' was requested but cannot run here"):
         gated_delta_rule(q, k, v, g, beta, backend="triton_autograd")

@@ -1,6 +1,7 @@
 """GPU parity of the Triton backward of the gated delta rule (backend ``triton_autograd`` for bf16; fp32 through
-:func:`triton_gated_delta_rule_autograd` itself, not registered until these pass on a GPU): outputs and the gradients
-of every input vs autograd through the torch chunk path (fp32 on the same, upcast, inputs)."""
+:func:`triton_gated_delta_rule_autograd` itself, not registered for ``auto`` until these pass on a GPU at D = 64 and
+128): outputs and the gradients of every input vs autograd through the torch chunk path (fp32 on the same, upcast,
+inputs)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def test_triton_backward_layouts_match_default(D, dtype, change):
 
 
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
-def test_triton_backward_small_dims_and_no_final_state(chunk_size):
+def test_triton_backward_odd_dims_and_no_final_state(chunk_size):
     pytest.importorskip("triton")
     from functools import partial
 
@@ -101,7 +102,7 @@ def test_triton_backward_small_dims_and_no_final_state(chunk_size):
     from cortexmem.ops.gated_delta.triton_bwd import triton_gated_delta_rule_autograd
 
     torch.manual_seed(0)
-    B, T, NH, Dk, Dv = 3, 77, 2, 24, 40  # padded to 32 / 64 inside
+    B, T, NH, Dk, Dv = 3, 77, 2, 72, 100  # padded to 128 inside
     q, k = (F.normalize(torch.randn(B, T, NH, Dk, device="cuda"), dim=-1) for _ in range(2))
     v = torch.randn(B, T, NH, Dv, device="cuda")
     g, beta = F.logsigmoid(torch.randn(B, T, NH, device="cuda") + 2), torch.rand(B, T, NH, device="cuda")
@@ -170,3 +171,13 @@ def test_auto_picks_triton_autograd_for_training_and_triton_for_inference():
                           dk=128).name == "torch"
     assert select_backend("gated_delta", device="cuda", dtype=bf16, chunk_size=64, needs_grad=True,
                           dk=256).name == "torch"
+
+
+def test_triton_backward_refuses_heads_narrower_than_64_on_the_gpu():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton_bwd import triton_gated_delta_rule_autograd
+
+    q = k = torch.randn(1, 8, 1, 16, device="cuda")
+    g, beta = torch.zeros(1, 8, 1, device="cuda"), torch.ones(1, 8, 1, device="cuda")
+    with pytest.raises(ValueError, match="heads of 64 to 128 dims, got Dk=16"):
+        triton_gated_delta_rule_autograd(q, k, torch.randn(1, 8, 1, 64, device="cuda"), g, beta)

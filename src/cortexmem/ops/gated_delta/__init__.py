@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...ops.registry import register_backend, register_reference, select_backend
-from .checks import TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
+from .checks import TRITON_BWD_MIN_DIM, TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .step import gated_delta_rule_step
@@ -61,11 +61,13 @@ register_backend("gated_delta", "triton", _triton_positional, devices=frozenset(
                  limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64, no gradients",
                  note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
 # below the forward-only kernel (which "auto" takes when no gradient is needed), above torch: training on CUDA in
-# bf16, the inputs it was seen right with on an H100. Its fp32 path (three explicit TF32 passes, after Triton's own
-# tf32x3 crashed there) has passed only the interpreter: reachable through triton_bwd for the GPU tests, not here
+# bf16, the inputs it was seen right with on an H100 (heads of 64 and 128). fp32 inputs (3xTF32 products) matched
+# the fp64 reference at D = 128 on an H100 with the wide dq/dk and WY blocks; until the fp32 GPU tests pass at
+# D = 64 too they are reachable through triton_bwd (the function), not through this registration
 register_backend("gated_delta", "triton_autograd", _triton_autograd_positional, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.bfloat16}), priority=5, needs_triton=True,
-                 supports=triton_autograd_rejects, limits=f"bf16, Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64",
+                 supports=triton_autograd_rejects,
+                 limits=f"bf16, heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, chunk_size 16/32/64",
                  note="Triton forward and backward (bf16 inputs, fp32 accumulation)")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
@@ -94,7 +96,8 @@ def gated_delta_rule(
     construction).
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
-                          needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1])
+                          needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1],
+                          dv=v.shape[-1])
     if impl.name == "triton":
         from .triton import triton_gated_delta_rule
 

@@ -83,7 +83,16 @@ def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | 
     return None
 
 
-def triton_autograd_rejects(*, chunk_size: int = 64, dk: int | None = None, **_: object) -> str | None:
-    """Why the differentiable Triton path (``triton_autograd``) cannot run: the forward's shape limits, no grad
-    refusal (None when it can); also that backend's ``supports`` constraint."""
+#: Narrowest head (keys and values) the Triton backward takes. Narrower heads give 16-wide dot tiles, which crashed
+#: with an illegal memory access on an H100 (Triton 3.6) in bf16 and fp32; ``auto`` sends them to the torch path.
+TRITON_BWD_MIN_DIM = 64
+
+
+def triton_autograd_rejects(*, chunk_size: int = 64, dk: int | None = None, dv: int | None = None,
+                            **_: object) -> str | None:
+    """Why the differentiable Triton path (``triton_autograd``) cannot run: the forward's shape limits, heads
+    narrower than :data:`TRITON_BWD_MIN_DIM` (None when it can); also that backend's ``supports`` constraint."""
+    for name, dim in (("Dk", dk), ("Dv", dv)):
+        if dim is not None and dim < TRITON_BWD_MIN_DIM:
+            return f"the Triton backward needs heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, got {name}={dim}"
     return triton_rejects(needs_grad=False, chunk_size=chunk_size, dk=dk)

@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...ops.precompile import launch
-from .checks import check_gated_delta_inputs, triton_autograd_rejects
+from .checks import check_gated_delta_inputs, triton_autograd_rejects, triton_rejects
 from .triton import (
     PRODUCTS,
     _bdot,
@@ -317,20 +317,20 @@ def backward_products(dtype: torch.dtype) -> str:
 
 def backward_config(DK: int, DV: int, n_bh: int, dot: int) -> dict:
     """Launch sizes of the backward kernels: ``(block(s), warps)`` per kernel, picked from their sm_90 compile
-    (``benchmarks/gated_delta_triton_compile.py --backward``: no register spills at C = 64, Dk = Dv = 64 and 128),
-    not yet timed.
+    (``benchmarks/gated_delta_triton_compile.py --backward``: no register spills at C = 64, Dk = Dv = 64 and 128).
 
     ``split``: the reverse state kernel keeps dS as two key halves (Dk > 64). 3xTF32 (fp32 inputs) splits every
     product operand into two TF32 parts in registers, so it takes ``intra``: the dS-independent terms come from
-    ``_bwd_intra_kernel`` (parallel over chunks; ``None`` for one-pass TF32), and narrower dq/dk and WY blocks.
+    ``_bwd_intra_kernel`` (parallel over chunks; ``None`` for one-pass TF32). The dq/dk and WY blocks are the same
+    in both modes and never 16 wide: 16-wide dot tiles with 8 warps crashed on an H100 (Triton 3.6) with an illegal
+    memory access, in fp32 and bf16, while these blocks matched the fp64 reference there.
     """
     split = DK > 64
     # V-blocks of 32 only where they leave >= 128 programs; the 16-row-narrower state spills at Dk = 128
     state_bv = min(DV, 32 if DK <= 64 and n_bh * (DV // 32) >= 128 else 16)
-    if dot == PRODUCTS["tf32"]:
-        return dict(state=(state_bv, 4), split=split, intra=None, dqk=(min(DK, 64), min(DV, 32), 8),
-                    wy=(min(DK, 32), min(DV, 64), 8))
-    return dict(state=(state_bv, 4), split=split, intra=(min(DV, 32), 4), dqk=(min(DK, 16), 16, 8), wy=(16, 16, 8))
+    intra = None if dot == PRODUCTS["tf32"] else (min(DV, 32), 4)
+    return dict(state=(state_bv, 4), split=split, intra=intra, dqk=(min(DK, 64), min(DV, 32), 8),
+                wy=(min(DK, 32), min(DV, 64), 8))
 
 
 def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, chunk_size, need_ds0, config=None):
@@ -431,7 +431,9 @@ def triton_gated_delta_rule_autograd(
     """Differentiable Triton gated delta rule: shapes as :func:`chunk_gated_delta_rule`; gradients of q, k, v, g,
     beta and the initial state by Triton kernels (fp32 accumulation)."""
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
-    reason = triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1])
+    # the narrow-head limit is the GPU's (sm_90 dot tiles); the interpreter (CPU tensors) runs every head size
+    reason = (triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1], dv=v.shape[-1]) if q.is_cuda
+              else triton_rejects(chunk_size=chunk_size, dk=k.shape[-1]))
     if reason:
         raise ValueError(f"gated delta rule, triton_autograd backend: {reason}")
     o, sf = GatedDeltaTriton.apply(q, k, v, g, beta, initial_state, resets, chunk_size)
