@@ -201,3 +201,65 @@ def test_merge_joins_a_sweep_split_by_stack(settings, tmp_path):
     other = b.model_copy(update={"settings": b.settings.model_copy(update={"epochs": 9})})
     with pytest.raises(ValueError, match="epochs differ"):
         merge_results([a, other])
+
+
+def test_a_failed_run_keeps_the_others_and_the_same_command_trains_only_the_missing(tmp_path):
+    from cortexmem.evals.stacks import build_stack, register_stack
+    from cortexmem.stacks import named
+
+    def flaky(d):  # an LSTM stack whose training fails on 13-token sequences (as a run out of memory would)
+        stack = build_stack("lstm", d)
+        real = stack.forward_sequence
+
+        def forward_sequence(x, state, resets):
+            if x.shape[1] >= 13:
+                raise RuntimeError("CUDA out of memory.\nTried to allocate 96.00 MiB")
+            return real(x, state, resets)
+
+        stack.forward_sequence = forward_sequence
+        return stack
+
+    out = tmp_path / "sweep"
+    cmd = ["eval", "--task", "majority", "--stack", "lstm,flaky", "--lengths", "9,13", "--out", str(out), *TINY]
+    register_stack("flaky", flaky)
+    try:
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 1, r.output
+        first = load_results(out)
+        assert [(x.stack, x.length) for x in first.runs] == [("lstm", 9), ("lstm", 13), ("flaky", 9)]
+        (failed,) = first.skipped
+        assert failed.stack == "flaky" and "majority@13" in failed.reason and "RuntimeError: CUDA out of memory. " \
+            "Tried to allocate 96.00 MiB" in failed.reason
+        assert (out / "runs.partial.jsonl").is_file() and "the same command trains only the missing" in r.output
+        # a different sweep into that folder is refused before any training
+        r = runner.invoke(app, [*cmd[:6], "9", *cmd[7:]])
+        assert r.exit_code == 2 and "holds a partial sweep with other settings" in r.stderr, r.output
+        register_stack("flaky", lambda d: build_stack("lstm", d))  # the cause is gone: rerun the same command
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 0, r.output
+        assert "resuming: 3 runs already done" in r.output
+        second = load_results(out)
+        assert [(x.stack, x.length) for x in second.runs] == [("lstm", 9), ("lstm", 13), ("flaky", 9), ("flaky", 13)]
+        assert second.runs[:3] == first.runs and not second.skipped  # kept, not retrained
+        assert not (out / "runs.partial.jsonl").exists()
+    finally:
+        named._STACKS.pop("flaky", None)
+
+
+def test_a_run_that_fails_in_a_worker_process_fails_alone(tmp_path):
+    from cortexmem.evals.stacks import build_stack, register_stack
+    from cortexmem.stacks import named
+
+    # registered in this process only: the spawned worker does not know it and its run raises there
+    register_stack("parent_only", lambda d: build_stack("lstm", d))
+    out = tmp_path / "pool"
+    try:
+        r = runner.invoke(app, ["eval", "--task", "majority", "--stack", "lstm,parent_only", "--lengths", "9",
+                                "--workers", "2", "--out", str(out), *TINY])
+    finally:
+        named._STACKS.pop("parent_only", None)
+    assert r.exit_code == 1, r.output
+    res = load_results(out)
+    assert [x.stack for x in res.runs] == ["lstm"]
+    (failed,) = res.skipped
+    assert failed.stack == "parent_only" and "majority@9 d=8 failed: ValueError" in failed.reason

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 
 from ..utils.progress import make_progress
 from .ddp import DistContext, init_distributed, resolve_device, shutdown
+from .journal import RunJournal, failure_line, plan_key
 from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
 from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results
 from .schema import EvalResults, EvalSettings, RunResult, SkippedStack
@@ -199,17 +200,35 @@ def eval_command(
     if threads:
         # The models are tiny: extra intra-op threads mostly add contention (use torchrun to scale out).
         torch.set_num_threads(threads)
-    results = run_suite(settings, skipped, console, workers=workers, threads=threads)
+    run_dir = out or Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    journal = RunJournal(run_dir, settings)
+    try:
+        done = journal.load()
+    except ValueError as e:
+        _fail(str(e))
+    if done:
+        console.print(f"cortex eval: resuming: {len(done)} runs already done in {journal.path}")
+    results = run_suite(settings, skipped, console, workers=workers, threads=threads, journal=journal, done=done)
     if results is None:
         return
+    if not results.runs:
+        for s in results.skipped:
+            console.print(f"[red]{s.stack}: {s.reason}[/]")
+        console.print("[red]cortex eval: no run finished; nothing written[/]")
+        raise typer.Exit(1)
     console.print(results_table(results))
     if any(r.task == "mqar" for r in results.runs):
         console.print(mqar_summary_table(results))
     for s in skipped:
         console.print(f"[yellow]skipped {s.stack}: {s.reason}[/]")
-    run_dir = out or Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     paths = write_results(results, run_dir, plots=plots)
     console.print(f"wrote {', '.join(p.name for p in paths)} to {run_dir}/")
+    failed = [s for s in results.skipped if FAILED_MARK in s.reason]
+    if failed:
+        console.print(f"[red]{len(failed)} runs failed (listed under 'skipped' in results.json); the finished runs "
+                      f"are kept in {journal.path}: the same command trains only the missing ones[/]")
+        raise typer.Exit(1)
+    journal.remove()
 
 
 def _list_stacks(console: Console, d_hidden: int) -> None:
@@ -306,29 +325,55 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
                         task_settings=task_settings, task_options=task_options), notes
 
 
+#: ends the ``skipped`` reason of a run that raised (``cortex eval`` then exits 1 after writing the others)
+FAILED_MARK = " failed: "
+
+
 def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Console, workers: int = 1,
-              threads: int = 1) -> EvalResults | None:
-    """Train every planned run (``workers`` at a time); the results on rank 0, None on the other ranks."""
+              threads: int = 1, journal: RunJournal | None = None,
+              done: dict[str, RunResult] | None = None) -> EvalResults | None:
+    """Train every planned run (``workers`` at a time); the results on rank 0, None on the other ranks.
+
+    Runs in ``done`` (by plan key, from ``journal``) are not trained again; each finished run is added to
+    ``journal``. A run that raises is listed in ``skipped`` with its error and the others go on (under torchrun,
+    where every rank trains the same run, the error stops the sweep)."""
     import cortexmem
 
     ctx = init_distributed(settings.device)
     start = time.perf_counter()
     plan = plan_runs(settings)
-    runs: list[RunResult | None] = [None] * len(plan)
+    done = done or {}
+    runs: list[RunResult | None] = [done.get(plan_key(entry)) for entry in plan]
+    failures: dict[int, str] = {}
+    journal = journal if ctx.is_main else None
+
+    def finished(i: int, run: RunResult) -> None:
+        runs[i] = run
+        if journal is not None:
+            journal.add(plan[i], run)
+
     try:
         with make_progress(TextColumn("{task.description:40s}"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
                            disable=not ctx.is_main) as progress:
             if workers > 1:
-                _run_pool(settings, plan, runs, progress, workers, threads)
+                _run_pool(settings, plan, runs, progress, workers, threads, finished, failures)
             for i, (stack, task, length, opts, d) in enumerate(plan):
-                if runs[i] is not None:
+                if runs[i] is not None or i in failures:
                     continue
                 spec = make_task(task, length, **opts)
-                bar = progress.add_task(_label(stack, spec.name, spec.length, d), total=None, info="")
-                runs[i] = run_one(stack, spec, _run_settings(settings, task, d), ctx,
-                                  on_step=lambda done, total, bar=bar: progress.update(bar, completed=done,
-                                                                                       total=total))
+                label = _label(stack, spec.name, spec.length, d)
+                bar = progress.add_task(label, total=None, info="")
+                try:
+                    finished(i, run_one(stack, spec, _run_settings(settings, task, d), ctx,
+                                        on_step=lambda n, total, bar=bar: progress.update(bar, completed=n,
+                                                                                          total=total)))
+                except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+                    if ctx.world_size > 1:
+                        raise
+                    failures[i] = failure_line(label, e)
+                    progress.update(bar, info="[red]failed[/]")
+                    continue
                 progress.update(bar, info=f"acc {runs[i].test_accuracy:.3f}")
         wall = time.perf_counter() - start
     finally:
@@ -337,10 +382,13 @@ def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Cons
         shutdown(ctx)
     if not is_main:
         return None
+    for i in sorted(failures):
+        console.print(f"[red]{failures[i]}[/]")
+    failed = [SkippedStack(stack=plan[i][0], reason=failures[i]) for i in sorted(failures)]
     return EvalResults(
         created=datetime.now(UTC).isoformat(timespec="seconds"), cortexmem_version=cortexmem.__version__,
         torch_version=torch.__version__, device=str(ctx.device), world_size=world, wall_time_s=wall,
-        settings=settings, runs=runs, skipped=skipped,
+        settings=settings, runs=[r for r in runs if r is not None], skipped=[*skipped, *failed],
     )
 
 
@@ -352,23 +400,32 @@ def _run_settings(settings: EvalSettings, task: str, d: int) -> EvalSettings:
     return settings.for_task(task).model_copy(update={"d_hidden": d})
 
 
-def _run_pool(settings: EvalSettings, plan: list, runs: list, progress: Any, workers: int,
-              threads: int) -> None:
-    """Train the plan in ``workers`` spawned processes on the same device; fills ``runs`` in plan order."""
+def _run_pool(settings: EvalSettings, plan: list, runs: list, progress: Any, workers: int, threads: int,
+              finished: Any, failures: dict[int, str]) -> None:
+    """Train the runs of ``plan`` not yet in ``runs`` in ``workers`` spawned processes on the same device; each
+    result goes to ``finished(i, run)``, each error (one line) to ``failures[i]``."""
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, initargs=(threads,))
     with pool:
         futures = {}
         for i, (stack, task, length, opts, d) in enumerate(plan):
+            if runs[i] is not None:
+                continue
             spec = make_task(task, length, **opts)
-            bar = progress.add_task(_label(stack, spec.name, spec.length, d), total=None, info="queued")
+            label = _label(stack, spec.name, spec.length, d)
+            bar = progress.add_task(label, total=None, info="queued")
             payload = _run_settings(settings, task, d).model_dump_json()
-            futures[pool.submit(_worker_run, stack, task, length, opts, payload)] = (i, bar)
+            futures[pool.submit(_worker_run, stack, task, length, opts, payload)] = (i, bar, label)
         for fut in as_completed(futures):
-            i, bar = futures[fut]
-            runs[i] = RunResult.model_validate_json(fut.result())
-            progress.update(bar, total=1, completed=1, info=f"acc {runs[i].test_accuracy:.3f} "
-                                                            f"({runs[i].train_time_s:.0f}s)")
+            i, bar, label = futures[fut]
+            try:
+                run = RunResult.model_validate_json(fut.result())
+            except Exception as e:  # noqa: BLE001 - a worker's error (say CUDA out of memory) fails its run only
+                failures[i] = failure_line(label, e)
+                progress.update(bar, total=1, completed=0, info="[red]failed[/]")
+                continue
+            finished(i, run)
+            progress.update(bar, total=1, completed=1, info=f"acc {run.test_accuracy:.3f} ({run.train_time_s:.0f}s)")
 
 
 def _worker_init(threads: int) -> None:

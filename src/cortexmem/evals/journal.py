@@ -1,0 +1,75 @@
+"""The runs a sweep has finished, kept as they finish: ``runs.partial.jsonl`` in the output directory.
+
+A sweep that stops early (a crash, a killed job, a time limit) keeps every run it completed, and the same command
+with the same ``--out`` trains only the runs still missing. The first line holds the sweep's settings; a journal
+written with other settings is refused rather than mixed in. The file goes away once ``results.json`` holds every
+run; it stays when some runs failed, so a rerun retries just those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..utils.io import one_line
+from .schema import EvalSettings, RunResult
+
+JOURNAL = "runs.partial.jsonl"
+
+
+def plan_key(entry: tuple) -> str:
+    """A plan entry ``(stack, task, length, options, d_hidden)`` as a stable string."""
+    return json.dumps(list(entry), sort_keys=True)
+
+
+class RunJournal:
+    """Append-only record of the finished runs of one sweep (see the module docstring)."""
+
+    def __init__(self, directory: Path, settings: EvalSettings) -> None:
+        self.path = Path(directory) / JOURNAL
+        self.settings = settings.model_dump(mode="json")
+
+    def load(self) -> dict[str, RunResult]:
+        """The runs a previous invocation finished, by plan key; a ValueError (one line) for a foreign journal."""
+        if not self.path.is_file():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if header.get("settings") != self.settings:
+            raise ValueError(f"{self.path} holds a partial sweep with other settings; rerun that command, or use "
+                             "another --out (or delete the file) to start afresh")
+        done: dict[str, RunResult] = {}
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+                done[rec["key"]] = RunResult.model_validate(rec["run"])
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash: that run is trained again
+                continue
+        return done
+
+    def add(self, entry: tuple, run: RunResult) -> None:
+        """Append one finished run (flushed to disk before returning)."""
+        self._append({"key": plan_key(entry), "run": json.loads(run.model_dump_json())})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with open(self.path, "a", encoding="utf-8") as f:
+            if new:
+                f.write(json.dumps({"settings": self.settings}) + "\n")
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def failure_line(label: str, err: BaseException) -> str:
+    """One line for a run that raised: its label and the error, for the results' ``skipped`` list."""
+    return f"{label} failed: {type(err).__name__}: {one_line(str(err))[:300]}"
