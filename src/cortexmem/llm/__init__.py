@@ -1,14 +1,8 @@
 """Memory sidecar for frozen Hugging Face causal LMs: streaming, persistent sessions, needle-in-a-haystack."""
 
-from .attach import (
-    MemoryAdapter,
-    MemoryLM,
-    MemoryLMOutput,
-    attach_memory,
-    find_decoder_layers,
-    load_qwen_with_cortex,
-    load_with_memory,
-)
+from .adapter import MemoryAdapter
+from .attach import MemoryLM, MemoryLMOutput, attach_memory, load_qwen_with_cortex, load_with_memory
+from .base import find_decoder_layers
 from .config import CortexWrapConfig, MemoryConfig
 from .niah import NiahSample, NiahTask, TextNiah, TokenNiah
 from .sessions import (

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,226 +24,24 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..cells.base import build_cell
-from ..utils.extras import require
 from ..utils.io import (
     CheckpointError,
-    CheckpointNotFoundError,
     atomic_save_safetensors,
     atomic_write_json,
     load_safetensors_checked,
     load_state_checked,
-    one_line,
-    read_json,
-    require_keys,
-    safetensors_metadata,
     validate_config,
 )
+from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SidecarMemory, read_adapter_config, resolve_adapter_dir
+from .base import base_fingerprint, find_decoder_layers, load_hf_base, model_width
 from .config import MemoryConfig
 from .sessions import Fingerprint, SessionStore, tensor_digest
 
 log = logging.getLogger(__name__)
 
-_ADAPTER_CONFIG = "memory_config.json"
-_ADAPTER_WEIGHTS = "memory.safetensors"
-
 
 class _StopForward(Exception):
     """Raised by the last memory hook during ingestion: layers above it cannot change the memory state."""
-
-
-def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(path, layers)``: the ``nn.ModuleList`` of ``num_hidden_layers`` same-class decoder layers."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = getattr(cfg, "num_hidden_layers", None)
-    found = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
-            if n is None or len(mod) == n:
-                found.append((name, mod))
-    # vision towers / encoders of multimodal models also hold layer lists; prefer the text decoder's
-    text = [f for f in found if not any(w in f[0] for w in ("vision", "visual", "encoder", "audio"))]
-    found = text or found
-    if not found:
-        raise ValueError(
-            f"could not find the decoder layers of {type(model).__name__}: expected an nn.ModuleList of "
-            f"{n} identical layers"
-        )
-    return min(found, key=lambda f: f[0].count("."))
-
-
-def model_width(model: nn.Module) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for attr in ("hidden_size", "n_embd", "d_model"):
-        if isinstance(getattr(cfg, attr, None), int):
-            return getattr(cfg, attr)
-    raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
-
-
-def base_fingerprint(model: nn.Module) -> str:
-    """Cheap identity of a base model: its config plus names, shapes and leading values of every weight."""
-    cfg = model.config.to_dict()
-    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash", "use_cache"):
-        cfg.pop(k, None)
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for name, p in model.named_parameters():
-        h.update(f"{name}:{tuple(p.shape)}".encode())
-        h.update(p.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
-class GateContext(nn.Module):
-    """Write-gate logit from the last ``taps`` memory inputs: ``Linear(silu(causal_conv(x)))``, zero at init.
-
-    State: the previous ``taps - 1`` inputs ``[B, taps - 1, width]``, so chunked calls equal one call.
-    """
-
-    def __init__(self, width: int, taps: int, hidden: int, heads: int) -> None:
-        super().__init__()
-        self.taps = taps
-        bound = 1 / math.sqrt(width * taps)
-        self.weight = nn.Parameter(torch.empty(hidden, width, taps).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(hidden))
-        self.out = nn.Linear(hidden, heads)
-        # zero read-out: the gate equals the cell's own at init and `out` gets gradient from step 0
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def init_state(self, batch: int, device: Any, dtype: torch.dtype) -> Tensor:
-        return torch.zeros(batch, self.taps - 1, self.weight.shape[1], device=device, dtype=dtype)
-
-    def forward(self, x: Tensor, buf: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [B, T, W]``, ``buf [B, taps-1, W]`` -> ``(logit [B, T, NH], new buf)``."""
-        T = x.shape[1]
-        xe = torch.cat([buf.to(x.dtype), x], dim=1)  # (B, taps-1+T, W)
-        hid = F.conv1d(xe.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype))  # (B, hidden, T)
-        logit = self.out(F.silu(hid).transpose(1, 2))
-        return logit, xe[:, T:]
-
-
-class MemoryAdapter(nn.Module):
-    """Reads and writes one layer's residual stream: ``h + gate * rms(h) * up(rmsnorm(cell(down(rmsnorm(h)))))``."""
-
-    def __init__(self, d_model: int, cfg: MemoryConfig) -> None:
-        super().__init__()
-        cell_cfg = cfg.cell_config()
-        width = cell_cfg.hidden_size
-        self.norm = nn.RMSNorm(d_model, eps=cfg.norm_eps)
-        self.down = nn.Linear(d_model, width, bias=False)
-        self.cell = build_cell(cell_cfg)
-        self.out_norm = nn.RMSNorm(width, eps=cfg.norm_eps)
-        self.up = nn.Linear(width, d_model, bias=False)
-        # zero gate: exactly the base model at init, yet the gate itself gets gradient from the first step
-        self.gate = nn.Parameter(torch.zeros(d_model))
-        self._conv_fill = cfg.induction_init
-        self.gate_ctx = None
-        if cfg.gate_context:
-            if not hasattr(self.cell, "write_gates"):
-                raise ValueError(f"gate_context needs a cell with a write gate (gated-delta / hybrid), got "
-                                 f"{type(self.cell).__name__}")
-            self.gate_ctx = GateContext(width, cfg.gate_context, cfg.gate_context_hidden, self.cell.num_heads)
-        if cfg.zero_init == "up":
-            # zero read-out instead of zero gate: `up` gets gradient from step 0 (a linear probe of the memory read)
-            with torch.no_grad():
-                self.gate.fill_(1.0)
-                self.up.weight.zero_()
-        self._init_gates(cfg)
-
-    @torch.no_grad()
-    def _init_gates(self, cfg: MemoryConfig) -> None:
-        """Optional decay / write-strength init of gated-delta cells (``a = alpha_max exp(-e^A softplus(.))``)."""
-        cell = self.cell
-        if cfg.decay_init is not None and hasattr(cell, "dt_bias"):
-            # A = 1 for every head and softplus(dt_bias) = decay_init: 1 - a ~ decay_init on an average token
-            cell.A_log.zero_()
-            cell.dt_bias.fill_(math.log(math.expm1(cfg.decay_init)))
-            cell.a_proj.weight.mul_(0.1)  # keep the token-dependent part from swamping the tiny bias
-        if cfg.write_init is not None and hasattr(cell, "beta_proj"):
-            b = cfg.write_init
-            strength = getattr(cell, "strength", None)
-            if strength is not None:
-                strength.bias.fill_(4.0)  # compressor nearly open: write_init alone sets the strength
-                b = min(b / torch.sigmoid(torch.tensor(4.0)).item(), 0.999)
-            cell.beta_proj.bias.fill_(math.log(b / (1 - b)))
-        if cfg.induction_init:
-            self._induction_init(cell)
-
-    @torch.no_grad()
-    def _induction_init(self, cell: nn.Module) -> None:
-        """Shifted q/k conv (``k_t`` from tokens before ``t``, ``q_t`` ending at ``t``), value = token ``t``."""
-        w = getattr(cell, "conv_weight", None)
-        if w is None or getattr(cell, "down", None) is not None or cell.q_proj.weight.shape != cell.k_proj.weight.shape:
-            raise ValueError("induction_init needs a gated-delta cell with use_short_conv=True and compressor='none'")
-        width, K = cell.q_proj.weight.shape[0], w.shape[1]
-        if K < 2:
-            raise ValueError(f"induction_init needs conv_kernel >= 2, got {K}")
-        cell.k_proj.weight.copy_(cell.q_proj.weight)
-        wq, wk, wv = w[:width], w[width:2 * width], w[2 * width:]
-        wq[:, 0] = 0.0  # the query sees K-1 tokens ending at t
-        wk[:, :-1] = wq[:, 1:]  # the key sees the same K-1 taps one token earlier
-        wk[:, -1] = 0.0
-        wv.zero_()
-        wv[:, -1] = 1.0
-
-    def init_state(self, batch: int, device: Any = None) -> TensorDict:
-        st = self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
-        if self._conv_fill and "conv" in st.keys():
-            # with the induction conv the first key sees only the carried buffer: a zero buffer gives a zero key,
-            # whose L2 normalisation has a 1e12 gradient that swamps every other one under clipping
-            st["conv"] = torch.full_like(st["conv"], 0.1)
-        if self.gate_ctx is not None:
-            st["gate_ctx"] = self.gate_ctx.init_state(batch, device, self.gate.dtype)
-        return st
-
-    @property
-    def has_write_gate(self) -> bool:
-        return hasattr(self.cell, "write_gates")
-
-    def write(self, src: Tensor, state: TensorDict, want_gates: bool = False
-              ) -> tuple[Tensor, TensorDict, Tensor | None]:
-        """Cell step on ``src [B, T, D]`` -> ``(y [B, T, W], new_state, b [B, T] or None)``.
-
-        ``b`` (with ``want_gates``) is the write strength averaged over heads, context term included.
-        """
-        x = self.down(self.norm(src.to(self.gate.dtype)))  # (B, T, W)
-        if self.gate_ctx is None:
-            y, new_state = self.cell.forward_sequence(x, state, None)
-            bias = None
-        else:
-            bias, buf = self.gate_ctx(x, state["gate_ctx"])
-            y, new_state = self.cell.forward_sequence(x, state.exclude("gate_ctx"), None, beta_bias=bias)
-            new_state["gate_ctx"] = buf.to(state["gate_ctx"].dtype)
-        b = None
-        if want_gates:
-            if not self.has_write_gate:
-                raise ValueError(f"{type(self.cell).__name__} has no write gate to measure or penalise")
-            b = self.cell.write_gates(x, bias)[1].float().mean(-1)
-        return y, new_state, b
-
-    def forward(self, h: Tensor, state: TensorDict, src: Tensor | None = None, want_gates: bool = False
-                ) -> tuple[Tensor, TensorDict, Tensor | None]:
-        """``h`` ``[B, T, D]`` (read from ``src`` ``[B, T, D]`` when given) -> ``(h', new_state, b)``."""
-        y, new_state, b = self.write(h if src is None else src, state, want_gates)
-        hf = h.to(self.gate.dtype)
-        # write back in units of the residual's own scale (RMS per token): pretrained residual streams are far
-        # larger than a fresh cell's output, and a gate that must grow 20x first stalls training for 1000s of steps
-        scale = hf.detach().pow(2).mean(-1, keepdim=True).add(self.norm.eps or 1e-6).sqrt()
-        return h + (self.gate * self.up(self.out_norm(y)) * scale).to(h.dtype), new_state, b
-
-
-class SidecarMemory(nn.Module):
-    """One ``MemoryAdapter`` per wrapped layer; state ``{"layer_<i>": cell state}``."""
-
-    def __init__(self, d_model: int, cfg: MemoryConfig, layer_ids: list[int]) -> None:
-        super().__init__()
-        self.layer_ids = list(layer_ids)
-        self.adapters = nn.ModuleDict({str(i): MemoryAdapter(d_model, cfg) for i in layer_ids})
-
-    def init_state(self, batch: int, device: Any = None) -> TensorDict:
-        return TensorDict(
-            {f"layer_{i}": self.adapters[str(i)].init_state(batch, device) for i in self.layer_ids},
-            batch_size=[batch], device=device,
-        )
 
 
 @dataclass
@@ -710,83 +506,29 @@ class MemoryLM(nn.Module):
         """Write only the sidecar: ``memory_config.json`` + ``memory.safetensors``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(d / _ADAPTER_CONFIG, {
+        atomic_write_json(d / ADAPTER_CONFIG, {
             "format": "cortexmem-llm-memory-1", "memory": self.config.model_dump(), "layers": self.layer_ids,
             "d_model": self.d_model, "base_fingerprint": self._base_fp,
             "base_model": getattr(self.base.config, "_name_or_path", ""),
         })
-        atomic_save_safetensors(d / _ADAPTER_WEIGHTS, dict(self.memory.state_dict()))
+        atomic_save_safetensors(d / ADAPTER_WEIGHTS, dict(self.memory.state_dict()))
         return d
 
     def load_memory(self, directory: str | Path, *, strict_base: bool = True) -> MemoryLM:
         """Load sidecar weights written by ``save_memory`` (the same base model is checked)."""
         directory = resolve_adapter_dir(directory)
         meta = read_adapter_config(directory)
-        cfg = validate_config(MemoryConfig, meta["memory"], directory / _ADAPTER_CONFIG, "memory config")
+        cfg = validate_config(MemoryConfig, meta["memory"], directory / ADAPTER_CONFIG, "memory config")
         if cfg.model_dump() != self.config.model_dump() or meta["layers"] != self.layer_ids:
             raise CheckpointError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
                              f"load_with_memory(..., adapter=...) to build a matching sidecar")
         if strict_base and meta["base_fingerprint"] != self._base_fp:
             raise CheckpointError(f"adapter in {directory} was trained on a different base model (fingerprint "
                              f"{meta['base_fingerprint']}, this base has {self._base_fp})")
-        path = directory / _ADAPTER_WEIGHTS
+        path = directory / ADAPTER_WEIGHTS
         weights = load_safetensors_checked(path, what="memory adapter weights file", device=self.device)
         load_state_checked(self.memory, weights, path, "memory adapter weights file")
         return self
-
-
-def resolve_adapter_dir(path: str | Path) -> Path:
-    """The folder holding ``memory_config.json``: ``path`` itself, or ``path/memory`` / ``path/ckpt/memory``
-    of a ``train-niah`` run folder."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointNotFoundError(f"memory adapter folder {p} not found")
-    for cand in (p, p / "memory", p / "ckpt" / "memory"):
-        if (cand / _ADAPTER_CONFIG).exists():
-            return cand
-    raise CheckpointNotFoundError(f"no {_ADAPTER_CONFIG} in {p} (nor in {p / 'memory'}): not a memory adapter "
-                                  f"or train-niah run folder")
-
-
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    """The validated ``memory_config.json`` of an adapter folder (or of a run folder, see ``resolve_adapter_dir``)."""
-    path = resolve_adapter_dir(directory) / _ADAPTER_CONFIG
-    meta = read_json(path, "memory adapter config")
-    if meta.get("format", "cortexmem-llm-memory-1") != "cortexmem-llm-memory-1":
-        raise CheckpointError(f"{path} is not a cortexmem memory adapter config (format {meta.get('format')!r})")
-    require_keys(meta, path, ("memory", "layers", "base_fingerprint"), "memory adapter config")
-    if not isinstance(meta["memory"], dict):
-        raise CheckpointError(f"memory adapter config {path}: 'memory' must be a JSON object")
-    return meta
-
-
-def _looks_like_path(name: str) -> bool:
-    return Path(name).exists() or name.startswith(("/", "./", "../", "~")) or name.endswith((".json", ".safetensors"))
-
-
-def _load_base(name_or_path: str, **hf_kwargs: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` whose failures on a local folder are one line naming it."""
-    transformers = require("transformers", "llm", "the LLM memory sidecar")
-    if not sys.stderr.isatty():  # tqdm bars would interleave with our log lines
-        transformers.utils.logging.disable_progress_bar()
-    if not _looks_like_path(name_or_path):
-        return transformers.AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
-    p = Path(name_or_path).expanduser()
-    if not p.exists():
-        raise CheckpointNotFoundError(f"base model folder {p} not found")
-    if not p.is_dir():
-        raise CheckpointError(f"base model {p} is a file, expected a folder with config.json and weights")
-    read_json(p / "config.json", "base model config")
-    for weights in sorted(p.glob("*.safetensors")):
-        safetensors_metadata(weights, "base model weights file")
-    try:
-        return transformers.AutoModelForCausalLM.from_pretrained(str(p), **hf_kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"base model folder {p} cannot be loaded ({one_line(e)[:300]})") from None
-    except Exception as e:  # safetensors' SafetensorError derives from Exception only
-        if type(e).__name__ != "SafetensorError":
-            raise
-        raise CheckpointError(f"base model folder {p} has an unreadable weights file ({one_line(e)})") from None
 
 
 def attach_memory(model: nn.Module, cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
@@ -806,7 +548,7 @@ def load_with_memory(name_or_path: str | Path, cfg: MemoryConfig | None = None, 
     spec = resolve_base(name_or_path)  # bad input fails here, before any weight is read
     if adapter is not None:
         adapter = resolve_adapter_dir(adapter)
-        saved = validate_config(MemoryConfig, read_adapter_config(adapter)["memory"], adapter / _ADAPTER_CONFIG,
+        saved = validate_config(MemoryConfig, read_adapter_config(adapter)["memory"], adapter / ADAPTER_CONFIG,
                                 "memory config")
         if cfg is not None and cfg.model_dump() != saved.model_dump():
             raise ValueError("cfg differs from the adapter's saved MemoryConfig; pass one or the other")
@@ -816,7 +558,7 @@ def load_with_memory(name_or_path: str | Path, cfg: MemoryConfig | None = None, 
     else:  # a Hugging Face name or folder: a bad folder is one line naming it
         from .tokenizer import load_tokenizer
 
-        base, tok = _load_base(spec.source, **hf_kwargs), load_tokenizer(spec.source)
+        base, tok = load_hf_base(spec.source, **hf_kwargs), load_tokenizer(spec.source)
     mlm = MemoryLM(base, cfg, sessions=sessions, tokenizer=tok)
     if adapter is not None:
         mlm.load_memory(adapter)

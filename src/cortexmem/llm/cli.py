@@ -242,7 +242,8 @@ def pretrain_base_cmd(
 
 def _load_for_cli(base: str, adapter: Path | None, **kw):
     """``load_with_memory`` with bad bases and adapters reported as one usage line (exit 2) before loading."""
-    from .attach import load_with_memory, read_adapter_config
+    from .adapter import read_adapter_config
+    from .attach import load_with_memory
     from .bases import BaseModelError, resolve_base
 
     try:
