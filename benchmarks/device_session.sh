@@ -8,12 +8,18 @@
 #   bash benchmarks/device_session.sh kernels    # new kernels' timings, first call, doctor, compiled-step modes
 #   bash benchmarks/device_session.sh goals      # cortex bench --goals-only: issue 22's speed goals (~5 min)
 #   bash benchmarks/device_session.sh doctor     # cortex doctor, each backend in its own process
+#   bash benchmarks/device_session.sh zoology    # cortex eval --preset zoology, resumable across device calls
+#
+# zoology: the sweep (about 40 minutes on an H100 at 8 workers) runs in the background on the device machine and
+# each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl) and, once every run
+# is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
+# journal in PRIOR=<dir> and the sweep resumes after its runs. Locally: cortex eval --merge <dir> --out <figures>.
 #
 # On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
 # which keeps within what a device call brings back (8 files, 2 folders down).
 set -uo pipefail
-stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor}
+stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor|zoology}
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/device}
 work=$(mktemp -d)
@@ -79,8 +85,26 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
   doctor)
     run 580 python3 -m cortexmem.cli doctor --jobs 4 --timeout 240 --json "$out/doctor.json"
     ;;
+  zoology)
+    z=/tmp/zoology
+    mkdir -p "$z"
+    if [ -n "${PRIOR:-}" ] && [ -f "$PRIOR/runs.partial.jsonl" ] && [ ! -f "$z/runs.partial.jsonl" ]; then
+      cp "$PRIOR/runs.partial.jsonl" "$z/"
+    fi
+    if ! pgrep -f "eval --preset zoology" >/dev/null && { [ ! -f "$z/results.json" ] || [ -f "$z/runs.partial.jsonl" ]; }; then
+      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True setsid nohup python3 -m cortexmem.cli eval --preset zoology \
+        --device cuda --workers "${WORKERS:-8}" --no-plots --out "$z" >>"$z/run.log" 2>&1 </dev/null &
+    fi
+    t0=$SECONDS
+    while pgrep -f "eval --preset zoology" >/dev/null && [ $((SECONDS - t0)) -lt $((${MINUTES:-9} * 60)) ]; do
+      sleep 15
+    done
+    echo "finished runs: $(($(wc -l <"$z/runs.partial.jsonl" 2>/dev/null || echo 1) - 1))" | tee -a "$log"
+    tail -n 5 "$z/run.log" | tee -a "$log"
+    cp "$z"/runs.partial.jsonl "$z"/results.json "$z"/mqar_summary.md "$out"/ 2>/dev/null
+    ;;
   *)
-    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor" >&2
+    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor|zoology" >&2
     exit 2
     ;;
 esac
