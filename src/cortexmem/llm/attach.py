@@ -55,6 +55,39 @@ class _Run:
     write_sums: Tensor | None = None  # [2]: sum of b inside / outside write_mask
 
 
+#: what ``_chunk`` / ``_chunk_unscored`` return ahead of the flat memory state (one flat tuple of tensors, as
+#: ``torch.utils.checkpoint`` needs): sums over the chunk's scored tokens, its logits (or a 0-d zero), gate sums
+CHUNK_STATS = ("loss_sum", "count", "correct", "ok", "lm_sum", "lm_count", "logits", "gate_sums")
+
+
+@dataclass
+class _Totals:
+    """Sums over the chunks of one ``forward``, kept on the device (no host sync per chunk)."""
+
+    loss_sum: Tensor
+    lm_sum: Tensor
+    gate_sums: Tensor
+    count: Tensor
+    correct: Tensor
+    lm_count: Tensor
+    ok: Tensor
+    logits: list[Tensor]
+
+    @classmethod
+    def zeros(cls, ids: Tensor) -> _Totals:
+        f, n = ids.new_zeros((), dtype=torch.float32), torch.zeros((), dtype=torch.long, device=ids.device)
+        return cls(f, f, f.new_zeros(2), n, n, n, torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device), [])
+
+    def add(self, chunk: dict[str, Tensor], keep_logits: bool) -> None:
+        """Add one chunk's ``CHUNK_STATS``."""
+        self.loss_sum, self.lm_sum = self.loss_sum + chunk["loss_sum"], self.lm_sum + chunk["lm_sum"]
+        self.gate_sums = self.gate_sums + chunk["gate_sums"]
+        self.count, self.correct = self.count + chunk["count"], self.correct + chunk["correct"]
+        self.lm_count, self.ok = self.lm_count + chunk["lm_count"], self.ok & chunk["ok"]
+        if keep_logits:
+            self.logits.append(chunk["logits"])
+
+
 @dataclass
 class MemoryLMOutput:
     """HF-style output: ``loss`` (mean over labelled tokens), ``logits``, final ``memory_state``."""
@@ -334,13 +367,7 @@ class MemoryLM(nn.Module):
         scored = [True] * n_chunks
         if fast_unscored and not return_logits:
             scored = _scored_chunks(T, C, targets, lm_targets)
-        loss_sum = ids.new_zeros((), dtype=torch.float32)
-        lm_sum = ids.new_zeros((), dtype=torch.float32)
-        w_sums = ids.new_zeros(2, dtype=torch.float32)
-        # counts stay on the device until the end: no host sync per chunk
-        n_tok = n_correct = n_lm = torch.zeros((), dtype=torch.long, device=ids.device)
-        ok = torch.ones(B, dtype=torch.bool, device=ids.device)
-        logits_out = []
+        totals = _Totals.zeros(ids)
         for c, s in enumerate(range(0, T, C)):
             if not scored[c] and memory_mode == "off":
                 continue  # the base keeps no state across chunks: an unscored chunk changes nothing
@@ -367,30 +394,25 @@ class MemoryLM(nn.Module):
                 res = _checkpoint(run, chunk, tgt, lm_tgt, mask, wm, *flat, use_reentrant=False)
             else:
                 res = run(chunk, tgt, lm_tgt, mask, wm, *flat)
-            l_sum, cnt, corr, chunk_ok, lm_s, lm_c, logits, ws = res[:8]
-            flat = list(res[8:])
-            loss_sum = loss_sum + l_sum
-            lm_sum = lm_sum + lm_s
-            w_sums = w_sums + ws
-            n_lm, n_tok, n_correct = n_lm + lm_c, n_tok + cnt, n_correct + corr
-            ok = ok & chunk_ok
-            if return_logits:
-                logits_out.append(logits)
+            totals.add(dict(zip(CHUNK_STATS, res, strict=False)), return_logits)
+            flat = list(res[len(CHUNK_STATS):])
             if bptt_chunks is not None and (c + 1) % bptt_chunks == 0:
                 flat = [t.detach() for t in flat]
         final = TensorDict(dict(zip(keys, flat, strict=True)), batch_size=[B]).unflatten_keys(".")
         self._finish(session_id, final, seen + T, version)
-        loss = loss_sum / n_tok.clamp(min=1) if targets is not None else None
+        t = totals
+        loss = t.loss_sum / t.count.clamp(min=1) if targets is not None else None
         w_in = w_out = None
         if wmask is not None:
             n_layers = len(self.layer_ids)
-            w_in = w_sums[0] / (wmask.sum() * n_layers).clamp(min=1e-9)
-            w_out = w_sums[1] / ((1 - wmask).sum() * n_layers).clamp(min=1e-9)
+            w_in = t.gate_sums[0] / (wmask.sum() * n_layers).clamp(min=1e-9)
+            w_out = t.gate_sums[1] / ((1 - wmask).sum() * n_layers).clamp(min=1e-9)
         return MemoryLMOutput(
-            loss=loss, logits=torch.cat(logits_out, dim=1) if return_logits else None, memory_state=final,
-            num_label_tokens=int(n_tok), exact_match=ok if targets is not None else None,
-            token_correct=int(n_correct), lm_loss=lm_sum / n_lm.clamp(min=1) if lm_targets is not None else None,
-            num_lm_tokens=int(n_lm), write_gate_mean=w_in, write_gate_mean_outside=w_out,
+            loss=loss, logits=torch.cat(t.logits, dim=1) if return_logits else None, memory_state=final,
+            num_label_tokens=int(t.count), exact_match=t.ok if targets is not None else None,
+            token_correct=int(t.correct),
+            lm_loss=t.lm_sum / t.lm_count.clamp(min=1) if lm_targets is not None else None,
+            num_lm_tokens=int(t.lm_count), write_gate_mean=w_in, write_gate_mean_outside=w_out,
         )
 
     def _write_mask(self, write_mask: Tensor | None, ids: Tensor, memory_mode: str) -> Tensor | None:
