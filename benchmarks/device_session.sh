@@ -14,6 +14,7 @@
 # each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl) and, once every run
 # is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
 # journal in PRIOR=<dir> and the sweep resumes after its runs. Locally: cortex eval --merge <dir> --out <figures>.
+# QUICK=1 DEVICE=cpu WORKERS=2 runs the same steps as a CPU smoke (under a minute).
 #
 # On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
@@ -92,14 +93,17 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
       cp "$PRIOR/runs.partial.jsonl" "$z/"
     fi
     if ! pgrep -f "eval --preset zoology" >/dev/null && { [ ! -f "$z/results.json" ] || [ -f "$z/runs.partial.jsonl" ]; }; then
+      # QUICK=1 DEVICE=cpu: the CPU smoke of the same steps
       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True setsid nohup python3 -m cortexmem.cli eval --preset zoology \
-        --device cuda --workers "${WORKERS:-8}" --no-plots --out "$z" >>"$z/run.log" 2>&1 </dev/null &
+        ${QUICK:+--quick} --device "${DEVICE:-cuda}" --workers "${WORKERS:-8}" --no-plots --out "$z" \
+        >>"$z/run.log" 2>&1 </dev/null &
     fi
     t0=$SECONDS
     while pgrep -f "eval --preset zoology" >/dev/null && [ $((SECONDS - t0)) -lt $((${MINUTES:-9} * 60)) ]; do
       sleep 15
     done
-    echo "finished runs: $(($(wc -l <"$z/runs.partial.jsonl" 2>/dev/null || echo 1) - 1))" | tee -a "$log"
+    lines=$(cat "$z/runs.partial.jsonl" 2>/dev/null | wc -l)
+    echo "finished runs in the journal: $((lines > 0 ? lines - 1 : 0)); results.json: $([ -f "$z/results.json" ] && echo yes || echo no)" | tee -a "$log"
     tail -n 5 "$z/run.log" | tee -a "$log"
     cp "$z"/runs.partial.jsonl "$z"/results.json "$z"/mqar_summary.md "$out"/ 2>/dev/null
     ;;
