@@ -85,3 +85,30 @@ def test_in_preup_block():
     blk = cortexmem.build_block(cfg, 8)
     y, s = blk(torch.randn(2, 11, 8))
     assert y.shape == (2, 11, 8) and s["GatedDeltaCell", "S"].shape == (2, 2, 8, 8)
+
+
+def test_init_recipes_set_decay_write_strength_and_the_induction_conv():
+    import math
+
+    import torch.nn.functional as F
+
+    import cortexmem
+
+    cell = cortexmem.build_cell(cortexmem.GatedDeltaCellConfig(hidden_size=32, num_heads=2, alpha_max=1.0))
+    cell.init_decay(1e-3)
+    cell.init_write(0.2)
+    x = torch.zeros(1, 3, 32)
+    g, b = cell.write_gates(x)
+    # a zero input: 1 - a is the decay asked for, b the write strength
+    torch.testing.assert_close(-g, torch.full_like(g, 1e-3), rtol=1e-4, atol=0)
+    torch.testing.assert_close(b, torch.full_like(b, 0.2), rtol=1e-5, atol=0)
+    assert math.isclose(F.softplus(cell.dt_bias[0]).item(), 1e-3, rel_tol=1e-4)
+    cell.init_induction()
+    width = cell.q_proj.weight.shape[0]
+    w = cell.conv_weight
+    assert torch.equal(cell.k_proj.weight, cell.q_proj.weight)
+    assert torch.equal(w[width:2 * width, :-1], w[:width, 1:]) and not w[:width, 0].any()
+    assert torch.equal(w[2 * width:, -1], torch.ones(width)) and not w[2 * width:, :-1].any()
+    squeezed = cortexmem.build_cell(cortexmem.GatedDeltaCellConfig(hidden_size=32, num_heads=2, use_short_conv=False))
+    with pytest.raises(ValueError, match="induction_init needs a gated-delta cell with use_short_conv=True"):
+        squeezed.init_induction()

@@ -102,6 +102,44 @@ class DeltaMemoryCell(MemoryCell):
         self.o_norm = nn.RMSNorm(Dh)
         self.o_proj = nn.Linear(width, H, bias=False)
 
+    # --- init recipes (the LLM sidecar's MemoryConfig.decay_init / write_init / induction_init) -------------
+    @torch.no_grad()
+    def init_decay(self, decay: float) -> None:
+        """Every head forgets about ``decay`` of its memory per average token: ``A = 1`` and
+        ``softplus(dt_bias) = decay`` (``a = alpha_max exp(-e^A softplus(.))``), the token-dependent part scaled
+        down so that it does not swamp the small bias."""
+        self.A_log.zero_()
+        self.dt_bias.fill_(math.log(math.expm1(decay)))
+        self.a_proj.weight.mul_(0.1)
+
+    @torch.no_grad()
+    def init_write(self, strength: float) -> None:
+        """Write strength ``b`` about ``strength`` at init (a compressor's strength gate nearly open, so that this
+        alone sets it)."""
+        b = strength
+        if self.strength is not None:
+            self.strength.bias.fill_(4.0)
+            b = min(b / torch.sigmoid(torch.tensor(4.0)).item(), 0.999)
+        self.beta_proj.bias.fill_(math.log(b / (1 - b)))
+
+    @torch.no_grad()
+    def init_induction(self) -> None:
+        """Induction pair in the short convs: the key of ``t`` sees the tokens before ``t``, the query the same taps
+        ending at ``t``, the value token ``t`` alone; ``k_proj = q_proj``. Needs the short conv and no compressor."""
+        w = self.conv_weight
+        if w is None or getattr(self, "down", None) is not None or self.q_proj.weight.shape != self.k_proj.weight.shape:
+            raise ValueError("induction_init needs a gated-delta cell with use_short_conv=True and compressor='none'")
+        width, K = self.q_proj.weight.shape[0], w.shape[1]
+        if K < 2:
+            raise ValueError(f"induction_init needs conv_kernel >= 2, got {K}")
+        self.k_proj.weight.copy_(self.q_proj.weight)
+        wq, wk, wv = w[:width], w[width:2 * width], w[2 * width:]
+        wq[:, 0] = 0.0  # the query sees K-1 tokens ending at t
+        wk[:, :-1] = wq[:, 1:]  # the key sees the same K-1 taps one token earlier
+        wk[:, -1] = 0.0
+        wv.zero_()
+        wv[:, -1] = 1.0
+
     # --- state ------------------------------------------------------------------------------------
     def _base_state(self, batch: int, device: Any, dtype: torch.dtype) -> dict[str, Tensor]:
         NH, Dh = self.num_heads, self.head_dim

@@ -15,6 +15,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from ..cells.base import build_cell
+from ..cells.gated_delta import DeltaMemoryCell
 from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -86,41 +87,19 @@ class MemoryAdapter(nn.Module):
                 self.up.weight.zero_()
         self._init_gates(cfg)
 
-    @torch.no_grad()
     def _init_gates(self, cfg: MemoryConfig) -> None:
-        """Optional decay / write-strength init of gated-delta cells (``a = alpha_max exp(-e^A softplus(.))``)."""
+        """The config's init recipes, which the gated-delta cells own (other cells have no decay or write gate)."""
         cell = self.cell
-        if cfg.decay_init is not None and hasattr(cell, "dt_bias"):
-            # A = 1 for every head and softplus(dt_bias) = decay_init: 1 - a ~ decay_init on an average token
-            cell.A_log.zero_()
-            cell.dt_bias.fill_(math.log(math.expm1(cfg.decay_init)))
-            cell.a_proj.weight.mul_(0.1)  # keep the token-dependent part from swamping the tiny bias
-        if cfg.write_init is not None and hasattr(cell, "beta_proj"):
-            b = cfg.write_init
-            strength = getattr(cell, "strength", None)
-            if strength is not None:
-                strength.bias.fill_(4.0)  # compressor nearly open: write_init alone sets the strength
-                b = min(b / torch.sigmoid(torch.tensor(4.0)).item(), 0.999)
-            cell.beta_proj.bias.fill_(math.log(b / (1 - b)))
+        if isinstance(cell, DeltaMemoryCell):
+            if cfg.decay_init is not None:
+                cell.init_decay(cfg.decay_init)
+            if cfg.write_init is not None:
+                cell.init_write(cfg.write_init)
         if cfg.induction_init:
-            self._induction_init(cell)
-
-    @torch.no_grad()
-    def _induction_init(self, cell: nn.Module) -> None:
-        """Shifted q/k conv (``k_t`` from tokens before ``t``, ``q_t`` ending at ``t``), value = token ``t``."""
-        w = getattr(cell, "conv_weight", None)
-        if w is None or getattr(cell, "down", None) is not None or cell.q_proj.weight.shape != cell.k_proj.weight.shape:
-            raise ValueError("induction_init needs a gated-delta cell with use_short_conv=True and compressor='none'")
-        width, K = cell.q_proj.weight.shape[0], w.shape[1]
-        if K < 2:
-            raise ValueError(f"induction_init needs conv_kernel >= 2, got {K}")
-        cell.k_proj.weight.copy_(cell.q_proj.weight)
-        wq, wk, wv = w[:width], w[width:2 * width], w[2 * width:]
-        wq[:, 0] = 0.0  # the query sees K-1 tokens ending at t
-        wk[:, :-1] = wq[:, 1:]  # the key sees the same K-1 taps one token earlier
-        wk[:, -1] = 0.0
-        wv.zero_()
-        wv[:, -1] = 1.0
+            if not isinstance(cell, DeltaMemoryCell):
+                raise ValueError("induction_init needs a gated-delta cell with use_short_conv=True and "
+                                 "compressor='none'")
+            cell.init_induction()
 
     def init_state(self, batch: int, device: Any = None) -> TensorDict:
         st = self.cell.init_state(batch, device=device, dtype=self.gate.dtype)
