@@ -144,7 +144,8 @@ def train(
 
     from ..blocks.standard import PassThroughBlockConfig
     from ..cells.lstm import LSTMCellConfig
-    from .train import TrainConfig, Trainer, resolve_resume
+    from .checkpointing import resolve_resume
+    from .train import TrainConfig, Trainer
 
     check_output_dir(checkpoint_dir, "--checkpoint-dir")
     for flag, path in (("--train-data", train_data), ("--val-data", val_data)):
