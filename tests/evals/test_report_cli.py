@@ -104,8 +104,9 @@ ARGS = dict(task=None, stack=None, epochs=None, batch_size=None, lr=3e-3, weight
 
 
 def test_per_task_settings_survive_named_tasks_and_stacks():
-    from cortexmem.evals.cli import _settings, plan_runs
+    from cortexmem.evals.cli import _settings
     from cortexmem.evals.presets import DEFAULT_TRAINING, TASK_TRAINING
+    from cortexmem.evals.runner import plan_runs
 
     quick, notes = _settings(**ARGS)
     assert quick.quick and quick.epochs == DEFAULT_TRAINING["epochs"] and not notes
@@ -132,7 +133,8 @@ def test_per_task_settings_survive_named_tasks_and_stacks():
 
 
 def test_widths_sweep_plans_one_run_per_width():
-    from cortexmem.evals.cli import _settings, plan_runs
+    from cortexmem.evals.cli import _settings
+    from cortexmem.evals.runner import plan_runs
 
     s, _ = _settings(**{**ARGS, "task": "dyck", "stack": "lstm,conv", "widths": [8, 16]})
     assert s.widths == [8, 16] and s.d_hidden == 8

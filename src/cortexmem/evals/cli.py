@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from ..utils.progress import make_progress
-from .ddp import DistContext, init_distributed, resolve_device, shutdown
-from .journal import RunJournal, failure_line, plan_key
+from .journal import RunJournal
 from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
 from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results
-from .schema import EvalResults, EvalSettings, RunResult, SkippedStack
+from .runner import FAILED_MARK, run_suite
+from .schema import EvalSettings, SkippedStack
 from .stacks import DEFAULT_D_HIDDEN, QUICK_STACKS, available_stacks, list_stacks, stack_status
 from .tasks import MQAR_SLICES, TASKS, make_task
-from .train import run_one
 
 log = logging.getLogger("cortexmem.evals")
 
@@ -77,20 +70,6 @@ def _slices(value: str | None) -> list[tuple[int, int]] | None:
     if any(a <= 0 or b <= 0 for a, b in out):
         raise UsageError(f"--mqar-slices values must be > 0, got {value!r}")
     return out
-
-
-def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict, int]]:
-    """Every (stack, task, length, task options, d_hidden) to train, in order."""
-    plan = []
-    for stack in settings.stacks:
-        for d in settings.widths or [settings.d_hidden]:
-            for task in settings.tasks:
-                extra = settings.task_options.get(task, {})
-                if task == "mqar" and settings.mqar_slices:
-                    plan += [(stack, task, L, {**extra, "pairs": p}, d) for L, p in settings.mqar_slices]
-                else:
-                    plan += [(stack, task, L, dict(extra), d) for L in (settings.lengths or [None])]
-    return plan
 
 
 def eval_command(
@@ -323,118 +302,3 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
                         train_size=values["train_size"], test_size=values["test_size"], chunk_size=chunk_size,
                         grad_clip=grad_clip, device=device, quick=is_quick or quick, preset=preset,
                         task_settings=task_settings, task_options=task_options), notes
-
-
-#: ends the ``skipped`` reason of a run that raised (``cortex eval`` then exits 1 after writing the others)
-FAILED_MARK = " failed: "
-
-
-def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Console, workers: int = 1,
-              threads: int = 1, journal: RunJournal | None = None,
-              done: dict[str, RunResult] | None = None) -> EvalResults | None:
-    """Train every planned run (``workers`` at a time); the results on rank 0, None on the other ranks.
-
-    Runs in ``done`` (by plan key, from ``journal``) are not trained again; each finished run is added to
-    ``journal``. A run that raises is listed in ``skipped`` with its error and the others go on (under torchrun,
-    where every rank trains the same run, the error stops the sweep)."""
-    import cortexmem
-
-    ctx = init_distributed(settings.device)
-    start = time.perf_counter()
-    plan = plan_runs(settings)
-    done = done or {}
-    runs: list[RunResult | None] = [done.get(plan_key(entry)) for entry in plan]
-    failures: dict[int, str] = {}
-    journal = journal if ctx.is_main else None
-
-    def finished(i: int, run: RunResult) -> None:
-        runs[i] = run
-        if journal is not None:
-            journal.add(plan[i], run)
-
-    try:
-        with make_progress(TextColumn("{task.description:40s}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
-                           disable=not ctx.is_main) as progress:
-            if workers > 1:
-                _run_pool(settings, plan, runs, progress, workers, threads, finished, failures)
-            for i, (stack, task, length, opts, d) in enumerate(plan):
-                if runs[i] is not None or i in failures:
-                    continue
-                spec = make_task(task, length, **opts)
-                label = _label(stack, spec.name, spec.length, d)
-                bar = progress.add_task(label, total=None, info="")
-                try:
-                    finished(i, run_one(stack, spec, _run_settings(settings, task, d), ctx,
-                                        on_step=lambda n, total, bar=bar: progress.update(bar, completed=n,
-                                                                                          total=total)))
-                except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
-                    if ctx.world_size > 1:
-                        raise
-                    failures[i] = failure_line(label, e)
-                    progress.update(bar, info="[red]failed[/]")
-                    continue
-                progress.update(bar, info=f"acc {runs[i].test_accuracy:.3f}")
-        wall = time.perf_counter() - start
-    finally:
-        world = ctx.world_size
-        is_main = ctx.is_main
-        shutdown(ctx)
-    if not is_main:
-        return None
-    for i in sorted(failures):
-        console.print(f"[red]{failures[i]}[/]")
-    failed = [SkippedStack(stack=plan[i][0], reason=failures[i]) for i in sorted(failures)]
-    return EvalResults(
-        created=datetime.now(UTC).isoformat(timespec="seconds"), cortexmem_version=cortexmem.__version__,
-        torch_version=torch.__version__, device=str(ctx.device), world_size=world, wall_time_s=wall,
-        settings=settings, runs=[r for r in runs if r is not None], skipped=[*skipped, *failed],
-    )
-
-
-def _label(stack: str, task: str, length: int, d: int) -> str:
-    return f"{stack} / {task}@{length} d={d}"
-
-
-def _run_settings(settings: EvalSettings, task: str, d: int) -> EvalSettings:
-    return settings.for_task(task).model_copy(update={"d_hidden": d})
-
-
-def _run_pool(settings: EvalSettings, plan: list, runs: list, progress: Any, workers: int, threads: int,
-              finished: Any, failures: dict[int, str]) -> None:
-    """Train the runs of ``plan`` not yet in ``runs`` in ``workers`` spawned processes on the same device; each
-    result goes to ``finished(i, run)``, each error (one line) to ``failures[i]``."""
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
-    with pool:
-        futures = {}
-        for i, (stack, task, length, opts, d) in enumerate(plan):
-            if runs[i] is not None:
-                continue
-            spec = make_task(task, length, **opts)
-            label = _label(stack, spec.name, spec.length, d)
-            bar = progress.add_task(label, total=None, info="queued")
-            payload = _run_settings(settings, task, d).model_dump_json()
-            futures[pool.submit(_worker_run, stack, task, length, opts, payload)] = (i, bar, label)
-        for fut in as_completed(futures):
-            i, bar, label = futures[fut]
-            try:
-                run = RunResult.model_validate_json(fut.result())
-            except Exception as e:  # noqa: BLE001 - a worker's error (say CUDA out of memory) fails its run only
-                failures[i] = failure_line(label, e)
-                progress.update(bar, total=1, completed=0, info="[red]failed[/]")
-                continue
-            finished(i, run)
-            progress.update(bar, total=1, completed=1, info=f"acc {run.test_accuracy:.3f} ({run.train_time_s:.0f}s)")
-
-
-def _worker_init(threads: int) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _worker_run(stack: str, task: str, length: int | None, opts: dict, settings_json: str) -> str:
-    """One run in a pool process (a fresh interpreter: only stacks registered on import are known)."""
-    settings = EvalSettings.model_validate_json(settings_json)
-    ctx = DistContext(device=resolve_device(settings.device))
-    return run_one(stack, make_task(task, length, **opts), settings, ctx).model_dump_json()
