@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tensordict import TensorDict
 from torch import nn
 
@@ -38,77 +36,18 @@ from .checkpoint import (
     read_checkpoint_meta,
     read_tensors,
 )
+from .config import PPOConfig, resolve_device
 from .envs import check_env, is_popgym, make_vector_env
 from .gae import gae
 from .loss import ppo_loss
 from .module import resolve_store_dtype
+from .plots import plot_returns
 from .policy import RecurrentPolicy, mode
 from .stacks import resolve_stack
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PPOConfig", "PPOTrainer", "RecurrentPolicy", "read_checkpoint_meta", "resolve_device", "plot_returns"]
-
-
-class PPOConfig(BaseModel):
-    """Everything a run needs; saved with each checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    env: str
-    stack: str = "lstm_plain"
-    d_hidden: int = Field(default=64, ge=1)
-    num_layers: int = Field(default=1, ge=1)
-    frames: int = Field(default=100_000, ge=1)
-    num_envs: int = Field(default=16, ge=1)
-    rollout_len: int = Field(default=64, ge=1)
-    bptt: int | None = Field(default=None, ge=1)
-    epochs: int = Field(default=4, ge=1)
-    minibatches: int = Field(default=4, ge=1)
-    lr: float = Field(default=3e-4, gt=0)
-    gamma: float = Field(default=0.99, gt=0, le=1)
-    lmbda: float = Field(default=0.95, ge=0, le=1)
-    clip_epsilon: float = Field(default=0.2, gt=0)
-    #: clip the value update to ``old_value +- value_clip`` (None: plain squared error)
-    value_clip: float | None = Field(default=None, gt=0)
-    #: normalise advantages within each minibatch
-    normalize_advantage: bool = True
-    entropy_coeff: float = Field(default=0.01, ge=0)
-    critic_coeff: float = Field(default=0.5, ge=0)
-    max_grad_norm: float = Field(default=0.5, gt=0)
-    seed: int = 0
-    memory_inputs: bool | None = None
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    store_dtype: str = Field(default="fp32", pattern="^(fp32|bf16)$")
-    #: where policy, value and memory run (envs always step on CPU)
-    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
-    #: bf16 autocast for encoder and memory on CUDA (heads, log-probs, values and the loss stay fp32)
-    amp: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> PPOConfig:
-        bptt = self.bptt or self.rollout_len
-        if self.rollout_len % bptt:
-            raise ValueError(f"bptt must divide rollout_len, got bptt={bptt} and rollout_len={self.rollout_len}")
-        rows = self.num_envs * (self.rollout_len // bptt)
-        if self.minibatches > rows:
-            raise ValueError(f"minibatches ({self.minibatches}) exceeds the number of sequences per update ({rows})")
-        return self
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``cpu|cuda|cuda:N|auto`` -> a device that exists (``auto``: CUDA when available)."""
-    if not isinstance(spec, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", spec):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {spec!r}")
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r}: no CUDA device is available here (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return dev
 
 
 class PPOTrainer:
@@ -454,29 +393,3 @@ class PPOTrainer:
             "std_return": float(np.std(returns)),
             "deterministic": deterministic,
         }
-
-
-def plot_returns(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: str = "") -> None:
-    """Mean episodic return against frames, one line per run (needs matplotlib)."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..utils.io import atomic_save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, hist in curves.items():
-        pts = [(h["frames"], h["mean_return"]) for h in hist if h.get("mean_return") is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), label=label)
-    ax.set_xlabel("frames")
-    ax.set_ylabel("mean episodic return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    atomic_save_figure(fig, path, bbox_inches="tight")
-    plt.close(fig)
-
