@@ -48,7 +48,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median wall time of ``fn`` in ms (synchronised)."""
     for _ in range(warmup):
         fn()
@@ -98,7 +98,7 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
         row.first_call_s = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        row.fwd_bwd_ms = _time(fwd_bwd, device, repeats)
+        row.fwd_bwd_ms = time_call(fwd_bwd, device, repeats)
         if device.type == "cuda":
             row.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
         if light:
@@ -117,7 +117,7 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
                 def one_step():
                     nonlocal state
                     _, state = module.step(xs, state)
-            row.step_ms = _time(one_step, device, max(20, repeats))
+            row.step_ms = time_call(one_step, device, max(20, repeats))
         if step_api == "cortex" and device.type == "cuda" and hasattr(module, "forward_sequence"):
             try:
                 graphed = GraphedModule(module, batch, seq, device=device)
@@ -126,13 +126,13 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
                     module.zero_grad(set_to_none=False)
                     graphed(x)[0].square().mean().backward()
 
-                row.fwd_bwd_graph_ms = _time(graph_fwd_bwd, device, repeats)
+                row.fwd_bwd_graph_ms = time_call(graph_fwd_bwd, device, repeats)
                 del graphed
             except RuntimeError as e:
                 row.extra["fwd_bwd_graph"] = f"failed: {e}"[:200]
             try:
                 runner = StepRunner(module, batch, device)
-                row.step_graph_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
+                row.step_graph_ms = time_call(lambda: runner.step(xs), device, max(50, repeats))
             except RuntimeError as e:
                 row.extra["step_graph"] = f"failed: {e}"[:200]
             if step_compile != "off":
@@ -141,7 +141,7 @@ def _measure_module(name: str, kind: str, build: Callable[[], nn.Module], *, bat
                     runner = StepRunner(module, batch, device, compile=step_compile)
                     row.extra["step_compile_s"] = round(time.perf_counter() - t1, 1)
                     row.extra["step_compile_mode"] = step_compile
-                    row.step_graph_compiled_ms = _time(lambda: runner.step(xs), device, max(50, repeats))
+                    row.step_graph_compiled_ms = time_call(lambda: runner.step(xs), device, max(50, repeats))
                 except Exception as e:  # noqa: BLE001 - compile failures are reported, not fatal
                     row.extra["step_graph_compiled"] = f"failed: {type(e).__name__}: {e}"[:200]
     except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
@@ -247,20 +247,15 @@ def run_bench(cells: list[str], *, batch: int = 32, seq: int = 256, d: int = 256
         rows.append(BenchRow(name, "peer", status=why) if build is None else
                     _measure_module(name, "peer", build, light=goals_only, **kw))
     if gated_delta_shapes and dev.type == "cuda":
-        rows.extend(_gated_delta_rows(dev, repeats))
+        from .bench_delta import gated_delta_rows
+
+        rows.extend(gated_delta_rows(dev, repeats))
     if first_call or (first_call is None and dev.type == "cuda"):
         rows.append(_first_call_row(pattern, layers, d, batch, seq, dev))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise RuntimeError(f"bench rows must have unique names, got {names}")
     return rows
-
-
-GATED_DELTA_SHAPES = ((8, 2048, 4, 64), (4, 8192, 16, 128))  # (B, T, H, D)
-
-
-def gated_delta_shape_name(B: int, T: int, H: int, D: int) -> str:
-    return f"B{B}xT{T}xH{H}xD{D}"
 
 
 def _first_call_row(pattern: str, layers: int, d: int, batch: int, seq: int, dev: torch.device) -> BenchRow:
@@ -274,82 +269,6 @@ def _first_call_row(pattern: str, layers: int, d: int, batch: int, seq: int, dev
         row.extra["build_s"] = round(res["build_s"], 3)
         row.extra["triton_cache"] = "empty"
     except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
-        row.status = f"failed: {type(e).__name__}: {e}"[:300]
-    return row
-
-
-def _gated_delta_rows(dev: torch.device, repeats: int) -> list[BenchRow]:
-    """Ours (backend by the registry) vs fla and causal SDPA (flash) at the issue's two bf16 shapes; forward+backward
-    gives every input (q, k, v, g, beta) a gradient, as training does."""
-    rows = []
-    try:
-        ours = importlib.import_module("cortexmem.ops.gated_delta").gated_delta_rule
-    except Exception as e:  # noqa: BLE001
-        return [BenchRow("gated_delta:ours", "ours", status=f"not available ({type(e).__name__}: {e})")]
-    try:
-        fla = importlib.import_module("fla.ops.gated_delta_rule").chunk_gated_delta_rule
-    except Exception as e:  # noqa: BLE001
-        fla, fla_why = None, f"not installed ({type(e).__name__})"
-    for B, T, H, D in GATED_DELTA_SHAPES:
-        g = torch.Generator(device=dev).manual_seed(0)
-        q = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
-        k = nn.functional.normalize(torch.randn(B, T, H, D, device=dev, generator=g), dim=-1).bfloat16()
-        v = torch.randn(B, T, H, D, device=dev, generator=g).bfloat16()
-        alpha = torch.rand(B, T, H, device=dev, generator=g).mul(0.1).add(0.89).bfloat16()
-        gl = alpha.float().log().bfloat16()  # both ops take the LOG decay
-        beta = torch.rand(B, T, H, device=dev, generator=g).bfloat16()
-        shape = gated_delta_shape_name(B, T, H, D)
-
-        def fwd_bwd(fn, **kw):
-            leaves = [t.clone().requires_grad_(True) for t in (q, k, v, gl, beta)]
-
-            def run():
-                fn(*leaves, **kw)[0].float().sum().backward()
-            return run
-
-        row = BenchRow(f"gated_delta:ours {shape}", "ours")
-        try:
-            with torch.no_grad():
-                row.extra["fwd_ms"] = _time(lambda: ours(q, k, v, gl, beta), dev, repeats)
-            torch.cuda.reset_peak_memory_stats(dev)
-            row.fwd_bwd_ms = _time(fwd_bwd(ours), dev, repeats)
-            row.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
-        except Exception as e:  # noqa: BLE001
-            row.status = f"failed: {type(e).__name__}: {e}"[:300]
-        rows.append(row)
-        peer = BenchRow(f"gated_delta:fla {shape}", "peer")
-        if fla is None:
-            peer.status = fla_why
-        else:
-            try:
-                with torch.no_grad():
-                    peer.extra["fwd_ms"] = _time(lambda: fla(q, k, v, gl, beta, scale=1.0), dev, repeats)
-            except Exception as e:  # noqa: BLE001
-                peer.status = f"failed: {type(e).__name__}: {e}"[:300]
-            try:
-                peer.fwd_bwd_ms = _time(fwd_bwd(fla, scale=1.0), dev, repeats)
-            except Exception as e:  # noqa: BLE001 - fla's backward refuses to run on Hopper with Triton 3.6
-                peer.extra["backward"] = f"failed: {type(e).__name__}: {e}"[:200]
-        rows.append(peer)
-        rows.append(_sdpa_row(shape, B, T, H, D, dev, repeats))
-    return rows
-
-
-def _sdpa_row(shape: str, B: int, T: int, H: int, D: int, dev: torch.device, repeats: int) -> BenchRow:
-    """Causal scaled-dot-product attention (flash on a GPU), bf16, forward+backward of q, k and v."""
-    row = BenchRow(f"peer:sdpa-causal {shape}", "peer")
-    try:
-        gen = torch.Generator(device=dev).manual_seed(1)
-        qkv = [torch.randn(B, H, T, D, device=dev, generator=gen).bfloat16().requires_grad_(True) for _ in range(3)]
-
-        def run():
-            nn.functional.scaled_dot_product_attention(*qkv, is_causal=True).float().sum().backward()
-
-        with torch.no_grad():
-            row.extra["fwd_ms"] = _time(lambda: nn.functional.scaled_dot_product_attention(*qkv, is_causal=True),
-                                        dev, repeats)
-        row.fwd_bwd_ms = _time(run, dev, repeats)
-    except Exception as e:  # noqa: BLE001
         row.status = f"failed: {type(e).__name__}: {e}"[:300]
     return row
 

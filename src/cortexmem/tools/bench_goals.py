@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .bench import GATED_DELTA_SHAPES, BenchRow, gated_delta_shape_name
+from .bench import BenchRow
+from .bench_delta import GATED_DELTA_SHAPES, gated_delta_shape_name
 
 STEP_BUDGET_MS = 0.5
 STEP_COMPILE_BUDGET_S = 20.0
