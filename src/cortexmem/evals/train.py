@@ -42,17 +42,18 @@ def _lr_lambda(total: int) -> Callable[[int], float]:
 
 
 def _train_batch(model: EvalModel, wrapped: nn.Module, ctx: DistContext, tokens: Tensor, targets: Tensor,
-                 mask: Tensor, chunk: int | None) -> float:
-    """Forward/backward one batch (gradients left in ``.grad``); returns the mean masked cross-entropy."""
+                 mask: Tensor, chunk: int | None) -> Tensor:
+    """Forward/backward one batch (gradients left in ``.grad``); returns the mean masked cross-entropy as a 0-d
+    tensor on the device (read once per epoch: no host sync per step)."""
     count = mask.sum().clamp_min(1)
     if chunk is None or not model.recurrent or chunk >= tokens.shape[1]:
         logits, _ = wrapped(tokens, mask)
         loss = nn.functional.cross_entropy(logits, targets[mask], reduction="sum") / count
         loss.backward()
-        return loss.item()
+        return loss.detach()
     # Truncated BPTT: the state is carried across chunks and detached, so gradients stay within a chunk.
     # Under DDP, gradients accumulate locally (no_sync) and are all-reduced by the last chunk's backward.
-    state, total = None, 0.0
+    state, total = None, torch.zeros((), device=tokens.device)
     bounds = [(s, min(s + chunk, tokens.shape[1])) for s in range(0, tokens.shape[1], chunk)]
     for i, (s, e) in enumerate(bounds):
         last = i == len(bounds) - 1
@@ -67,7 +68,7 @@ def _train_batch(model: EvalModel, wrapped: nn.Module, ctx: DistContext, tokens:
             loss = nn.functional.cross_entropy(logits, targets[:, s:e][m], reduction="sum") / count
             loss.backward()
         state = state.detach()
-        total += loss.item()
+        total = total + loss.detach()
     return total
 
 
@@ -140,9 +141,10 @@ def run_one(stack: str, spec: TaskSpec, cfg: EvalSettings, ctx: DistContext,
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), device=device)
         t0 = time.perf_counter()
+        epoch_losses: list[Tensor] = []
         for start in range(0, len(order), cfg.batch_size):
             tokens, targets, mask = _rows(train, order[start:start + cfg.batch_size])
-            losses.append(_train_batch(model, wrapped, ctx, tokens, targets, mask, chunk))
+            epoch_losses.append(_train_batch(model, wrapped, ctx, tokens, targets, mask, chunk))
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
@@ -151,8 +153,7 @@ def run_one(stack: str, spec: TaskSpec, cfg: EvalSettings, ctx: DistContext,
             step += 1
             if on_step is not None:
                 on_step(step, total_steps)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        losses += torch.stack(epoch_losses).tolist() if epoch_losses else []  # waits for the epoch's last step
         train_time += time.perf_counter() - t0
         epoch_acc.append(evaluate(model, test, ctx, cfg.batch_size * 4)[0])
 
