@@ -6,8 +6,8 @@ value *before* ``x[b, t]`` is read. A ``[B]`` mask in sequence mode means "reset
 
 Subclasses implement ``init_state`` and ``forward_sequence`` (always ``[B, T, H]`` and ``[B, T]``-or-None
 resets); this base class validates the call once at the entry point, so composite modules call their children's
-``forward_sequence`` directly. The first CUDA call of a module compiles the Triton kernels it needs in parallel
-first (:mod:`cortexmem.ops.precompile`).
+``forward_sequence`` directly. A lower layer may prepare a module's first call through :data:`FIRST_CALL`
+(:mod:`cortexmem.ops.precompile` compiles the Triton kernels of a first CUDA call in parallel).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-#: ``hook(device) -> bool`` (may this first call be prepared?) and ``prepare(dry_call, device)``; set once by
-#: :mod:`cortexmem.ops.precompile` at import, None where nothing prepares first calls
-FIRST_CALL: tuple[Callable[[torch.device], bool], Callable[[Callable[[], Any], torch.device], Any]] | None = None
+#: ``FIRST_CALL(dry_call, device) -> bool``: prepares a module's first call on ``device`` (True when it did, so it
+#: is not asked again); set by :mod:`cortexmem.ops.precompile` at import, None where nothing prepares first calls
+FIRST_CALL: Callable[[Callable[[], Any], torch.device], bool] | None = None
 
 
 class MemoryModule(nn.Module, ABC):
@@ -53,9 +53,9 @@ class MemoryModule(nn.Module, ABC):
             state = self.init_state(batch, device=x.device, dtype=x.dtype)
         else:
             self._check_state(state, batch)
-        if FIRST_CALL is not None and not self.__dict__.get("_cortex_precompiled", False) and FIRST_CALL[0](x.device):
-            self.__dict__["_cortex_precompiled"] = True
-            FIRST_CALL[1](lambda: self.forward_sequence(x, state, resets), x.device)
+        if FIRST_CALL is not None and not self.__dict__.get("_cortex_precompiled", False):
+            if FIRST_CALL(lambda: self.forward_sequence(x, state, resets), x.device):
+                self.__dict__["_cortex_precompiled"] = True
         y, new_state = self.forward_sequence(x, state, resets)
         return (y[:, 0] if is_step else y), new_state
 

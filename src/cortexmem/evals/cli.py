@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from .journal import RunJournal
+from .journal import FAILED_MARK, RunJournal
 from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
 from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results
-from .runner import FAILED_MARK, run_suite
+from .runner import run_suite
 from .schema import EvalSettings, SkippedStack
 from .stacks import DEFAULT_D_HIDDEN, QUICK_STACKS, available_stacks, list_stacks, stack_status
 from .tasks import MQAR_SLICES, TASKS, make_task

@@ -70,6 +70,10 @@ class RunJournal:
         self.path.unlink(missing_ok=True)
 
 
+#: in the ``skipped`` reason of a run that raised (``cortex eval`` then exits 1 after writing the others)
+FAILED_MARK = " failed: "
+
+
 def failure_line(label: str, err: BaseException) -> str:
     """One line for a run that raised: its label and the error, for the results' ``skipped`` list."""
-    return f"{label} failed: {type(err).__name__}: {one_line(str(err))[:300]}"
+    return f"{label}{FAILED_MARK}{type(err).__name__}: {one_line(str(err))[:300]}"

@@ -35,10 +35,6 @@ def plan_runs(settings: EvalSettings) -> list[tuple[str, str, int | None, dict, 
     return plan
 
 
-#: ends the ``skipped`` reason of a run that raised (``cortex eval`` then exits 1 after writing the others)
-FAILED_MARK = " failed: "
-
-
 def run_suite(settings: EvalSettings, skipped: list[SkippedStack], console: Console, workers: int = 1,
               threads: int = 1, journal: RunJournal | None = None,
               done: dict[str, RunResult] | None = None) -> EvalResults | None:

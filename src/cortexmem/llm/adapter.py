@@ -4,7 +4,6 @@ gate), the optional write-gate context, and the adapter folder format (``memory_
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from ..utils.io import (
     require_keys,
 )
 from .config import MemoryConfig
-
-log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "memory_config.json"
 ADAPTER_WEIGHTS = "memory.safetensors"

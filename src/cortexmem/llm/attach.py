@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SidecarMemory, read_adapte
 from .base import base_fingerprint, find_decoder_layers, load_hf_base, model_width
 from .config import MemoryConfig
 from .sessions import Fingerprint, SessionStore, tensor_digest
-
-log = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):

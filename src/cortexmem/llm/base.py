@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from ..utils.io import (
     read_json,
     safetensors_metadata,
 )
-
-log = logging.getLogger(__name__)
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -136,11 +136,18 @@ def precompile(dry_call: Callable[[], Any], device: torch.device) -> int:
     return len(executor.jobs)
 
 
+def first_call(dry_call: Callable[[], Any], device: torch.device) -> bool:
+    """The first-call hook of :mod:`cortexmem.core.module`: precompile when :func:`enabled` (True), else False."""
+    if not enabled(device):
+        return False
+    precompile(dry_call, device)
+    return True
+
+
 def _install() -> None:
-    """Make every top-level module's first CUDA call precompile (the hook of :mod:`cortexmem.core.module`)."""
     from ..core import module
 
-    module.FIRST_CALL = (enabled, precompile)
+    module.FIRST_CALL = first_call
 
 
 _install()
