@@ -1,6 +1,5 @@
-"""GPU parity of the Triton backward of the gated delta rule (backend ``triton_autograd`` for bf16; fp32 through
-:func:`triton_gated_delta_rule_autograd` itself, not registered for ``auto`` until these pass on a GPU at D = 64 and
-128): outputs and the gradients of every input vs autograd through the torch chunk path (fp32 on the same, upcast,
+"""GPU parity of the Triton backward of the gated delta rule (backend ``triton_autograd``, bf16 and fp32):
+outputs and the gradients of every input vs autograd through the torch chunk path (fp32 on the same, upcast,
 inputs)."""
 
 from __future__ import annotations
@@ -161,14 +160,13 @@ def test_auto_picks_triton_autograd_for_training_and_triton_for_inference():
     from cortexmem.ops.registry import select_backend
 
     bf16 = torch.bfloat16
-    assert select_backend("gated_delta", device="cuda", dtype=bf16, chunk_size=64, needs_grad=True,
-                          dk=128).name == "triton_autograd"
+    for dtype in (torch.float32, bf16):
+        assert select_backend("gated_delta", device="cuda", dtype=dtype, chunk_size=64, needs_grad=True,
+                              dk=128).name == "triton_autograd"
     for dtype in (torch.float32, bf16):
         pick = select_backend("gated_delta", device="cuda", dtype=dtype, chunk_size=64, needs_grad=False, dk=128)
         assert pick.name == "triton"
-    # fp32 training, and shapes beyond the kernels' limits: the torch path
-    assert select_backend("gated_delta", device="cuda", dtype=torch.float32, chunk_size=64, needs_grad=True,
-                          dk=128).name == "torch"
+    # shapes beyond the kernels' limits: the torch path
     assert select_backend("gated_delta", device="cuda", dtype=bf16, chunk_size=64, needs_grad=True,
                           dk=256).name == "torch"
 

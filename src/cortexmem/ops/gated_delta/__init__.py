@@ -3,8 +3,8 @@
 
 All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. Op ``gated_delta`` has
 backends ``torch`` (the chunked op, with autograd), ``triton`` (CUDA, forward only: chosen by ``auto`` when no
-gradient is needed) and ``triton_autograd`` (CUDA, bf16, Triton forward and backward: chosen by ``auto`` for
-training on CUDA); ``cortex doctor`` checks each against the naive loop (gradients too, for the differentiable ones).
+gradient is needed) and ``triton_autograd`` (CUDA, bf16 / fp32, Triton forward and backward: chosen by
+``auto`` for training on CUDA); ``cortex doctor`` checks each against the naive loop (gradients too, for the differentiable ones).
 """
 
 from __future__ import annotations
@@ -63,15 +63,14 @@ register_backend("gated_delta", "triton", _triton_positional, devices=frozenset(
                  forward_only=True, supports=triton_rejects,
                  limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64, no gradients",
                  note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
-# below the forward-only kernel (which "auto" takes when no gradient is needed), above torch: training on CUDA in
-# bf16, the inputs it was seen right with on an H100 (heads of 64 and 128). fp32 inputs (3xTF32 products) matched
-# the fp64 reference at D = 128 on an H100 with the wide dq/dk and WY blocks; until the fp32 GPU tests pass at
-# D = 64 too they are reachable through triton_bwd (the function), not through this registration
+# below the forward-only kernel (which "auto" takes when no gradient is needed), above torch: training on CUDA,
+# for the inputs it was seen right with on an H100 (tests/gpu/test_gated_delta_triton_bwd.py): bf16 and fp32 (3xTF32
+# products), heads of 64 and 128 dims, with and without resets
 register_backend("gated_delta", "triton_autograd", _triton_autograd_positional, devices=frozenset({"cuda"}),
-                 dtypes=frozenset({torch.bfloat16}), priority=5, needs_triton=True,
+                 dtypes=frozenset({torch.bfloat16, torch.float32}), priority=5, needs_triton=True,
                  supports=triton_autograd_rejects,
-                 limits=f"bf16, heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, chunk_size 16/32/64",
-                 note="Triton forward and backward (bf16 inputs, fp32 accumulation)")
+                 limits=f"bf16 / fp32, heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, chunk_size 16/32/64",
+                 note="Triton forward and backward (fp32 accumulation)")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
 
@@ -94,7 +93,8 @@ def gated_delta_rule(
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
     grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
     explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``; ``backend="triton_autograd"``
-    runs the Triton forward and backward (``auto``'s choice on CUDA for bf16 inputs that need a gradient).
+    runs the Triton forward and backward (``auto``'s choice on CUDA for bf16 / fp32 inputs that need a gradient, heads of 64 to 128
+    dims).
     ``check_decay=False`` skips the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by
     construction).
     """
