@@ -10,7 +10,7 @@
 #   bash benchmarks/device_session.sh doctor     # cortex doctor, each backend in its own process
 #   bash benchmarks/device_session.sh zoology    # cortex eval --preset zoology, resumable across device calls
 #
-# zoology: the sweep (about 40 minutes on an H100 at 8 workers) runs in the background on the device machine and
+# zoology: the sweep (63 runs of 3 to 9 minutes each on an H100 with 12 sharing it) runs in the background on the device machine and
 # each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl) and, once every run
 # is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
 # journal in PRIOR=<dir> and the sweep resumes after its runs. Locally: cortex eval --merge <dir> --out <figures>.

@@ -160,7 +160,7 @@ def test_cli_more_bad_arguments(args, msg):
 
 
 def test_zoology_preset_quick_smoke(tmp_path):
-    from cortexmem.evals.presets import QUICK_PRESETS
+    from cortexmem.evals.presets import PRESETS, QUICK_PRESETS
     from cortexmem.evals.stacks import available_stacks
 
     out = tmp_path / "z"
@@ -168,7 +168,8 @@ def test_zoology_preset_quick_smoke(tmp_path):
     assert r.exit_code == 0, r.output
     res = load_results(out)
     pr = QUICK_PRESETS["zoology"]
-    ok = set(available_stacks(pr.widths[0])[0]) & set(available_stacks(pr.widths[1])[0])
+    ok = set(pr.stacks) & set(available_stacks(pr.widths[0])[0]) & set(available_stacks(pr.widths[1])[0])
+    assert pr.stacks == PRESETS["zoology"].stacks  # the smoke covers the sweep's stacks
     assert res.settings.preset == "zoology" and res.settings.widths == list(pr.widths)
     assert {r.stack for r in res.runs} == ok and "transformer" in ok and "hybrid_w32" in ok
     assert len(res.runs) == len(ok) * len(pr.widths) * len(pr.slices)

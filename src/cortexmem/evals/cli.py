@@ -14,7 +14,16 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .journal import FAILED_MARK, RunJournal
-from .presets import DEFAULT_TRAINING, PRESET_FLAGS, PRESETS, QUICK_PRESETS, TASK_OPTIONS, TASK_TRAINING, Preset
+from .presets import (
+    DEFAULT_LR,
+    DEFAULT_TRAINING,
+    PRESET_FLAGS,
+    PRESETS,
+    QUICK_PRESETS,
+    TASK_OPTIONS,
+    TASK_TRAINING,
+    Preset,
+)
 from .report import compare_table, load_results, merge_results, mqar_summary_table, results_table, write_results
 from .runner import run_suite
 from .schema import EvalSettings, SkippedStack
@@ -78,7 +87,8 @@ def eval_command(
     epochs: int = typer.Option(None, help="Passes over the training split.", show_default="6; mqar, needle: 4"),
     batch_size: int = typer.Option(None, help="Sequences per step (per process under torchrun).",
                                    show_default="32; needle: 16"),
-    lr: float = typer.Option(3e-3, help="AdamW peak learning rate (warmup, then cosine to 10%)."),
+    lr: float = typer.Option(None, help="AdamW peak learning rate (warmup, then cosine to 10%).",
+                             show_default="3e-3; --preset zoology: 1e-3"),
     weight_decay: float = typer.Option(0.01),
     seed: int = typer.Option(0, help="Seed of data generation and model init."),
     lengths: str = typer.Option(None, help="Comma-separated lengths.", show_default="each task's short one"),
@@ -243,11 +253,13 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
         task, mqar_slices = "mqar", ",".join(f"{L}:{p}" for L, p in pr.slices)
         widths = list(pr.widths)
         stack = stack or ("all" if pr.stacks is None else ",".join(pr.stacks))
+        lr = pr.lr if lr is None else lr
         base = {"epochs": pr.epochs, "batch_size": pr.batch_size, "train_size": pr.train_size,
                 "test_size": pr.test_size}
     else:
         base = DEFAULT_TRAINING
     values = {k: base[k] if v is None else v for k, v in given.items()}
+    lr = DEFAULT_LR if lr is None else lr
     d_hidden = widths[0] if widths else DEFAULT_D_HIDDEN
     for flag, value, low in (("--epochs", values["epochs"], 1), ("--batch-size", values["batch_size"], 1),
                              ("--train-size", values["train_size"], 1), ("--test-size", values["test_size"], 1),
