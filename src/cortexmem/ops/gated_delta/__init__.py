@@ -4,7 +4,8 @@
 All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. Op ``gated_delta`` has
 backends ``torch`` (the chunked op, with autograd), ``triton`` (CUDA, forward only: chosen by ``auto`` when no
 gradient is needed) and ``triton_autograd`` (CUDA, bf16 / fp32, Triton forward and backward: chosen by
-``auto`` for training on CUDA); ``cortex doctor`` checks each against the naive loop (gradients too, for the differentiable ones).
+``auto`` for training on CUDA); ``cortex doctor`` checks each against the naive loop (gradients too, for the
+differentiable ones).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def gated_delta_rule(
     ``auto`` takes the Triton forward on CUDA only when no gradient is needed (grad mode off or no input requires
     grad) and the shape is proven on the GPU (see :data:`.checks.TRITON_MAX_DK`), else the torch path; an
     explicit ``backend="triton"`` the Triton forward cannot take is a ``ValueError``; ``backend="triton_autograd"``
-    runs the Triton forward and backward (``auto``'s choice on CUDA for bf16 / fp32 inputs that need a gradient, heads of 64 to 128
-    dims).
+    runs the Triton forward and backward (``auto``'s choice on CUDA for bf16 / fp32 inputs that need a gradient,
+    heads of 64 to 128 dims).
     ``check_decay=False`` skips the ``g <= 0`` check, a host sync on GPU (for callers whose ``g`` is non-positive by
     construction).
     """
