@@ -25,6 +25,7 @@ from cortexmem.ops.gated_delta import chunk_gated_delta_rule
 from cortexmem.ops.gated_delta.triton import (
     PRODUCTS,
     WY_KERNELS,
+    ForwardLaunch,
     _default_block_v,
     _default_stages,
     _pow2_at_least_16,
@@ -94,7 +95,7 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
 
             def run(cfg=cfg):
                 return gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=None,
-                                           output_final_state=True, resets=None, **cfg)
+                                           output_final_state=True, resets=None, config=ForwardLaunch(**cfg))
             try:
                 t = _time(run)
                 o_c, s_c = run()
@@ -107,7 +108,8 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
             if ok and (best is None or t < best[0]):
                 best = (t, name)
         for wy in WY_KERNELS:
-            times[f"triton (default, wy={wy})"] = _time(lambda wy=wy: triton_gated_delta_rule(q, k, v, g, beta, wy=wy))
+            times[f"triton (default, wy={wy})"] = _time(
+                lambda wy=wy: triton_gated_delta_rule(q, k, v, g, beta, config=ForwardLaunch(wy=wy)))
         if best is not None:
             times[f"triton (best correct: {best[1]})"] = best[0]
         DP = _pow2_at_least_16(D)
@@ -125,7 +127,7 @@ def bench_shape(B: int, T: int, H: int, D: int, fla_gdr, fla_why: str, max_confi
         o, s = triton_gated_delta_rule(q, k, v, g, beta)
         print(f"  rel err triton vs torch chunk: output {_rel(o, o_t):.2e}, final state {_rel(s, s_t):.2e}")
         o_s, s_s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=None, output_final_state=True,
-                                       resets=None, fused=False)
+                                       resets=None, config=ForwardLaunch(fused=False))
         print(f"  rel err split vs fused read-out: output {_rel(o_s, o):.2e}, final state {_rel(s_s, s):.2e}")
         if fla_gdr is not None:
             def fla():

@@ -43,22 +43,27 @@ def test_triton_backend_constraints():
 
 def test_triton_refuses_one_stage_for_bf16_products_and_unknown_products():
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import gated_delta_forward
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward
 
     q = k = torch.randn(1, 64, 1, 16).bfloat16()
     v = torch.randn(1, 64, 1, 16).bfloat16()
     g, beta = torch.full((1, 64, 1), -0.1).bfloat16(), torch.rand(1, 64, 1).bfloat16()
     with pytest.raises(ValueError, match="num_stages=1"):
         gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
-                            resets=None, num_stages=1, products="bf16")
+                            resets=None, config=ForwardLaunch(num_stages=1, products="bf16"))
     with pytest.raises(ValueError, match="products must be one of"):
         gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
-                            resets=None, products="fp8")
+                            resets=None, config=ForwardLaunch(products="fp8"))
 
 
 def test_product_modes_by_dtype_and_length():
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import BF16_MIN_CHUNKS, default_products, gated_delta_forward
+    from cortexmem.ops.gated_delta.triton import (
+        BF16_MIN_CHUNKS,
+        ForwardLaunch,
+        default_products,
+        gated_delta_forward,
+    )
 
     n = BF16_MIN_CHUNKS
     assert default_products(torch.bfloat16, n) == "bf16" and default_products(torch.bfloat16, n, fused=False) == "tf32"
@@ -68,12 +73,12 @@ def test_product_modes_by_dtype_and_length():
     g, beta = torch.full((1, 16 * (n - 1), 1), -0.1).bfloat16(), torch.rand(1, 16 * (n - 1), 1).bfloat16()
     with pytest.raises(ValueError, match="bf16 products need >="):
         gated_delta_forward(q, k, q, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
-                            resets=None, products="bf16")
+                            resets=None, config=ForwardLaunch(products="bf16"))
     q = k = torch.randn(1, 16 * n, 1, 16).bfloat16()
     g, beta = torch.full((1, 16 * n, 1), -0.1).bfloat16(), torch.rand(1, 16 * n, 1).bfloat16()
     with pytest.raises(ValueError, match="fused read-out"):
         gated_delta_forward(q, k, q, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
-                            resets=None, products="bf16", fused=False)
+                            resets=None, config=ForwardLaunch(products="bf16", fused=False))
 
 
 def test_check_decay_flag_and_cells_skip_the_host_sync(monkeypatch):
@@ -132,3 +137,20 @@ def test_gated_delta_cell_backend_option_is_checked_at_build():
         cortexmem.build_cell(cfg.model_copy(update={"backend": "tritn"}))
     cell = cortexmem.build_cell(cfg.model_copy(update={"backend": "torch"}))
     assert cell.backend == "torch"
+
+
+def test_launch_settings_go_in_one_config_object():
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward, launch_config
+
+    assert launch_config(None, {}, "f") == ForwardLaunch()
+    q = k = v = torch.randn(1, 64, 1, 16).bfloat16()
+    g, beta = torch.full((1, 64, 1), -0.1).bfloat16(), torch.rand(1, 64, 1).bfloat16()
+    # the loose keywords of older calls still reach the kernels' checks, with a warning naming the config object
+    with pytest.warns(DeprecationWarning, match=r"config=ForwardLaunch\(products=...\)"):
+        with pytest.raises(ValueError, match="products must be one of"):
+            gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
+                                resets=None, products="fp8")
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['blockv'\\]"):
+        gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
+                            resets=None, blockv=32)

@@ -121,7 +121,7 @@ def _run_cases() -> dict:
     from tests.harness.triton_interpreter import bounds_check_catches_overrun, patch_interpreter
 
     patch_interpreter()
-    from cortexmem.ops.gated_delta.triton import gated_delta_forward, triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward, triton_gated_delta_rule
 
     out = {}
     for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused, split, *products) in enumerate(CASES):
@@ -130,8 +130,8 @@ def _run_cases() -> dict:
         o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)),
                                               initial_state=None if s0 is None else s0.double(), resets=r)
         with torch.no_grad():
-            fn = partial(gated_delta_forward, fused=fused, out_block_v=16, output_final_state=True, split=split,
-                         products=products[0] if products else None)
+            launch = ForwardLaunch(fused=fused, out_block_v=16, split=split, products=products[0] if products else None)
+            fn = partial(gated_delta_forward, output_final_state=True, config=launch)
             o, s = fn(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk, initial_state=s0, resets=r)
         same = o.shape == o_ref.shape and s.shape == s_ref.shape and o.dtype == dtype and s.dtype == dtype
         out[i] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), same]
@@ -143,8 +143,8 @@ def _run_cases() -> dict:
                                               initial_state=None if s0 is None else s0.double(), resets=r)
         with torch.no_grad():
             o, s = gated_delta_forward(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk,
-                                       initial_state=s0, output_final_state=True, resets=r, products=products,
-                                       wy="chunk")
+                                       initial_state=s0, output_final_state=True, resets=r,
+                                       config=ForwardLaunch(products=products, wy="chunk"))
         out[f"chunk_wy{i}"] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), o.dtype == dtype and s.dtype == dtype]
     out["wy_terms"] = _wy_results()
     q, k, v, g, beta, _, _ = _inputs(20, 16, 16, 3, False)
@@ -153,7 +153,7 @@ def _run_cases() -> dict:
         o_ref, _ = gated_delta_rule_naive(q.double(), k.double(), v.double(), g.double(), beta.double())
         out["no_final"] = [_rel_rms(o, o_ref), s is None]
         try:
-            triton_gated_delta_rule(q, k, v, g, beta, chunk_size=16, block_v=32)
+            triton_gated_delta_rule(q, k, v, g, beta, chunk_size=16, config=ForwardLaunch(block_v=32))
             out["bad_block"] = "accepted"
         except ValueError as e:
             out["bad_block"] = str(e)
@@ -161,7 +161,7 @@ def _run_cases() -> dict:
                          ("wy_block_blocks", dict(wy="blocks", wy_block=16))):
             try:
                 gated_delta_forward(q, k, v, g, beta, chunk_size=16, initial_state=None, output_final_state=True,
-                                    resets=None, **kw)
+                                    resets=None, config=ForwardLaunch(**kw))
                 out[name] = "accepted"
             except ValueError as e:
                 out[name] = str(e)

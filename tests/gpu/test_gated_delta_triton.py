@@ -40,12 +40,12 @@ def _case(T, D, with_resets):
 @pytest.mark.parametrize("wy", ["blocks", "chunk"])
 def test_triton_forward_matches_naive(T, D, with_resets, dtype, wy):
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, triton_gated_delta_rule
 
     inputs, r, o_ref, s_ref = _case(T, D, with_resets)
     q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
     with torch.no_grad():
-        o, s = triton_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r, wy=wy)
+        o, s = triton_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r, config=ForwardLaunch(wy=wy))
     assert o.dtype == dtype and s.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert _rel_rms(o, o_ref) <= tol
@@ -56,7 +56,7 @@ def test_triton_forward_matches_naive(T, D, with_resets, dtype, wy):
 def test_triton_without_initial_state_and_small_dims(wy):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta import gated_delta_rule_naive
-    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, triton_gated_delta_rule
 
     torch.manual_seed(0)
     B, T, NH, Dk, Dv = 3, 77, 2, 8, 24  # padded to 16 / 32 inside
@@ -65,7 +65,7 @@ def test_triton_without_initial_state_and_small_dims(wy):
     g, beta = F.logsigmoid(torch.randn(B, T, NH, device="cuda") + 2), torch.rand(B, T, NH, device="cuda")
     o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)))
     for cs in (16, 32, 64):
-        o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, wy=wy)
+        o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, config=ForwardLaunch(wy=wy))
         assert _rel_rms(o, o_ref) <= 1e-4 and _rel_rms(s, s_ref) <= 1e-4
 
 
@@ -90,14 +90,15 @@ def test_dispatch_picks_triton_only_without_grad():
 
 def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, products=None, **wy):
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import gated_delta_forward
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward
 
     inputs, r, o_ref, s_ref = _case(300, D, True)
     q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
     with torch.no_grad():
         o, s = gated_delta_forward(q, k, v, g, beta, chunk_size=64, initial_state=s0, output_final_state=True,
-                                   resets=r, block_v=block_v, num_warps=num_warps, num_stages=num_stages,
-                                   fused=fused, out_block_v=block_v, split=split, products=products, **wy)
+                                   resets=r, config=ForwardLaunch(block_v=block_v, num_warps=num_warps,
+                                   num_stages=num_stages, fused=fused, out_block_v=block_v, split=split,
+                                   products=products, **wy))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert _rel_rms(o, o_ref) <= tol and _rel_rms(s, s_ref) <= tol
 
@@ -206,12 +207,13 @@ def test_auto_dispatch_takes_triton_for_16bit_keys_up_to_128_and_torch_beyond():
 @pytest.mark.parametrize("wy", ["blocks", "chunk"])
 def test_triton_half_inputs_and_chunk_sizes_with_resets(wy):
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton import ForwardLaunch, triton_gated_delta_rule
 
     inputs, r, o_ref, s_ref = _case(129, 64, True)
     q, k, v, g, beta, s0 = (t.half() for t in inputs)
     for cs in (16, 32, 64):
         with torch.no_grad():
-            o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, initial_state=s0, resets=r, wy=wy)
+            o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, initial_state=s0, resets=r,
+                                             config=ForwardLaunch(wy=wy))
         assert o.dtype == torch.float16 and s.dtype == torch.float16
         assert _rel_rms(o, o_ref) <= 2e-2 and _rel_rms(s, s_ref) <= 2e-2

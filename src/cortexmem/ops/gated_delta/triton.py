@@ -24,6 +24,9 @@ reset, as in :func:`.chunk.chunk_terms`. Same contract as :func:`gated_delta_rul
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, fields, replace
+
 import torch
 import triton
 import triton.language as tl
@@ -500,22 +503,56 @@ def wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, *, num_warps=None, products=
     return W, U
 
 
-def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
-                        block_v=None, num_warps=None, num_stages=None, wy_num_warps=None, fused=None,
-                        out_block_v=None, out_num_warps=None, split=None, products=None, wy=None, wy_block=None):
-    """Checked inputs -> ``(o, final_state)``; the launch knobs are exposed for the benchmark's sweep.
+@dataclass(frozen=True)
+class ForwardLaunch:
+    """How the Triton forward is launched; every field None takes the measured default. Only benchmarks sweep it.
 
     ``fused``: the sequential kernel also writes the outputs; otherwise it stores each chunk-entry state and the
-    pseudo-values, and a kernel parallel over chunks reads the outputs out (more parallel, more memory traffic).
-    Default: fused (see :func:`default_fused`; unfused, 3xTF32 products do not spill on sm_90).
+    pseudo-values, and a kernel parallel over chunks (``out_block_v``, ``out_num_warps``) reads the outputs out
+    (more parallel, more memory traffic). Default: fused (see :func:`default_fused`; unfused, 3xTF32 products do
+    not spill on sm_90).
     ``split``: keep the state as two halves of ``DK / 2`` key rows (default at ``DK > 64``: bf16 products, and
     unfused 3xTF32 ones).
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
     ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
     ``BF16_MIN_CHUNKS``).
     ``wy``: the WY kernel, ``blocks`` (default, measured) or ``chunk`` (opt-in: not yet measured on a GPU);
-    ``wy_block``: the chunk kernel's key/value column block (see :func:`wy_terms`).
+    ``wy_block``: the chunk kernel's key/value column block (see :func:`wy_terms`); ``wy_num_warps`` its warps.
+    ``block_v``, ``num_warps``, ``num_stages``: the sequential state kernel's value block, warps and stages.
     """
+
+    block_v: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    fused: bool | None = None
+    out_block_v: int | None = None
+    out_num_warps: int | None = None
+    split: bool | None = None
+    products: str | None = None
+    wy: str | None = None
+    wy_block: int | None = None
+    wy_num_warps: int | None = None
+
+
+def launch_config(config: ForwardLaunch | None, knobs: dict, where: str) -> ForwardLaunch:
+    """``config`` with the loose launch keywords of older calls applied (a ``DeprecationWarning``)."""
+    config = config or ForwardLaunch()
+    if not knobs:
+        return config
+    unknown = set(knobs) - {f.name for f in fields(ForwardLaunch)}
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword arguments {sorted(unknown)}")
+    warnings.warn(f"{where}: pass launch settings as config=ForwardLaunch({', '.join(sorted(knobs))}=...)",
+                  DeprecationWarning, stacklevel=3)
+    return replace(config, **knobs)
+
+
+def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_final_state, resets,
+                        config: ForwardLaunch | None = None, **knobs):
+    """Checked inputs -> ``(o, final_state)``, launched as ``config`` says (see :class:`ForwardLaunch`)."""
+    c = launch_config(config, knobs, "gated_delta_forward")
+    block_v, num_warps, num_stages, fused, split = c.block_v, c.num_warps, c.num_stages, c.fused, c.split
+    products, wy, wy_block = c.products, c.wy, c.wy_block
     wy = wy or "blocks"
     out_dtype = v.dtype
     B, T, NH, Dk = k.shape
@@ -545,7 +582,7 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
         raise ValueError(f"gated delta rule, triton backend: split needs padded Dk >= 32, got {DK}")
     DH = DK // 2 if split else DK
     BV = block_v or _default_block_v(B * NH, DK, DV, dot, fused)
-    for name, bv in (("block_v", BV), ("out_block_v", out_block_v or 16)):
+    for name, bv in (("block_v", BV), ("out_block_v", c.out_block_v or 16)):
         if bv not in (16, 32, 64, 128) or bv > DV:
             raise ValueError(f"gated delta rule, triton backend: {name} must be a power of two in [16, {DV}], got {bv}")
     if bf16_dot and num_stages == 1:
@@ -557,7 +594,7 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     op_dtype = torch.bfloat16 if bf16_dot else torch.float32
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     r = (resets != 0).to(torch.int8).contiguous() if resets is not None else None
-    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=wy_num_warps, products=products, wy=wy,
+    W, U = wy_terms(k, v, g, beta, r, C, DK, DV, op_dtype, num_warps=c.wy_num_warps, products=products, wy=wy,
                     wy_block=wy_block)
     o = torch.empty(B, T, NH, Dv, dtype=out_dtype, device=v.device)
     SF = torch.empty(B, NH, Dk, Dv, dtype=torch.float32, device=v.device)
@@ -568,9 +605,9 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
            Dk, Dv, DK=DK, DV=DV, DH=DH, SPLIT=split, C=C, BV=BV, HAS_R=r is not None, HAS_S0=S0 is not None,
            FUSED=fused, DOT=dot, num_warps=num_warps or 4, num_stages=num_stages or _default_stages(dot))
     if not fused:
-        OBV = out_block_v or min(DV, 64)
+        OBV = c.out_block_v or min(DV, 64)
         launch(_out_kernel, (DV // OBV, N, B * NH), q, k, g, rr, Hs, U, o, T, N, NH, Dk, Dv, DK=DK, DV=DV, DH=DH,
-               SPLIT=split, C=C, BV=OBV, HAS_R=r is not None, DOT=dot, num_warps=out_num_warps or 4)
+               SPLIT=split, C=C, BV=OBV, HAS_R=r is not None, DOT=dot, num_warps=c.out_num_warps or 4)
     return o, (SF.to(out_dtype) if output_final_state else None)
 
 
@@ -585,23 +622,22 @@ def triton_gated_delta_rule(
     initial_state: Tensor | None = None,
     output_final_state: bool = True,
     resets: Tensor | None = None,
-    block_v: int | None = None,
-    num_warps: int | None = None,
     check_decay: bool = True,
-    wy: str | None = None,
+    config: ForwardLaunch | None = None,
+    **knobs,
 ) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
     fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use bf16 products from ``BF16_MIN_CHUNKS``
     chunks on, fp16 inputs and shorter sequences one-pass TF32 products on fp32 operands; the accumulation and the
     state are fp32.
-    ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels. ``wy``: ``blocks``
-    (default) or ``chunk`` (the whole-chunk WY kernel, opt-in until measured on a GPU).
+    ``Dk`` and ``Dv`` are handled as zero-masked powers of two >= 16 inside the kernels. ``config``: how the
+    kernels are launched (:class:`ForwardLaunch`, defaults measured on an H100).
     """
+    config = launch_config(config, knobs, "triton_gated_delta_rule")
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     reason = triton_rejects(needs_grad=needs_grad(q, k, v, g, beta, initial_state), chunk_size=chunk_size)
     if reason:
         raise ValueError(f"gated delta rule, triton backend: {reason}")
     return gated_delta_forward(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
-                               output_final_state=output_final_state, resets=resets, block_v=block_v,
-                               num_warps=num_warps, wy=wy)
+                               output_final_state=output_final_state, resets=resets, config=config)
