@@ -30,10 +30,19 @@ def _stack():
     ]))
 
 
+def _sidecar(cell_name, **kw):
+    """The LLM sidecar's block over a narrower memory (width 8 at d_hidden 16), with its write-gate context."""
+    cell = CELLS.config_types()[cell_name].example(8)
+    return cortexmem.build_block(cortexmem.SidecarBlockConfig(cell=cell, gate_init=0.5, **kw), HIDDEN)
+
+
 CASES = (
     [pytest.param(lambda n=n: _cell(n), id=f"cell-{n}") for n in cortexmem.list_cells()]
     + [pytest.param(lambda n=n: _block(n), id=f"block-{n}") for n in cortexmem.list_blocks()]
     + [pytest.param(_stack, id="stack-lstm-conv")]
+    + [pytest.param(lambda: _sidecar("GatedDeltaCell", gate_context=3, decay_init=0.9, write_init=0.2),
+                    id="sidecar-gated-delta-gate-context")]
+    + [pytest.param(lambda: _sidecar("HybridCell", gate_context=2), id="sidecar-hybrid-gate-context")]
 )
 
 

@@ -4,6 +4,7 @@ from .adapter import AdapterBlock, AdapterBlockConfig
 from .base import BlockConfig, CellBlock, CellBlockConfig, MemoryBlock, build_block
 from .column import ColumnBlock, ColumnBlockConfig, Router, RouterConfig, collect_routing_weights
 from .direct import DirectBlock, DirectBlockConfig
+from .sidecar import GateContext, SidecarBlock, SidecarBlockConfig
 from .standard import (
     PassThroughBlock,
     PassThroughBlockConfig,
@@ -21,4 +22,5 @@ __all__ = [
     "PostUpBlock", "PostUpBlockConfig", "PostUpGatedBlock", "PostUpGatedBlockConfig",
     "AdapterBlock", "AdapterBlockConfig", "DirectBlock", "DirectBlockConfig",
     "ColumnBlock", "ColumnBlockConfig", "Router", "RouterConfig", "collect_routing_weights",
+    "SidecarBlock", "SidecarBlockConfig", "GateContext",
 ]

@@ -104,7 +104,7 @@ class MemoryLM(GenerationMixin, nn.Module):
                 if run.embeds is None or run.embeds.shape[:2] != h.shape[:2]:
                     raise RuntimeError("read_from='embeddings' needs the base to embed input_ids in this call")
                 src = run.embeds
-            h_new, run.state[key], b = adapter(h, state, src, want_gates=run.write_mask is not None)
+            h_new, run.state[key], b = adapter.read_write(h, state, src, want_gates=run.write_mask is not None)
             if b is not None:
                 run.write_sums = add_gate_sums(run.write_sums, b, run.write_mask)
             if run.stop_after == idx:

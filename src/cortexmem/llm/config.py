@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..blocks.sidecar import SidecarBlockConfig
 from ..cells.base import CellConfig
 from ..core.config import TaggedConfig, config_class, polymorphic
 
@@ -112,6 +113,14 @@ class MemoryConfig(TaggedConfig):
         if bad:
             raise ValueError(f"layers {self.layers} out of range for a base model with {num_layers} layers")
         return out
+
+    def block_config(self) -> SidecarBlockConfig:
+        """The registered block each wrapped layer gets: a :class:`SidecarBlockConfig` around ``cell_config()``."""
+        return SidecarBlockConfig(
+            cell=self.cell_config(), norm="rmsnorm", norm_eps=self.norm_eps, zero_init=self.zero_init,
+            gate_context=self.gate_context, gate_context_hidden=self.gate_context_hidden,
+            decay_init=self.decay_init, write_init=self.write_init, induction_init=self.induction_init,
+        )
 
     def cell_config(self) -> CellConfig:
         """The registered cell config the memory is built from (``hidden_size`` filled in)."""
