@@ -9,10 +9,11 @@
 #   bash benchmarks/device_session.sh goals      # cortex bench --goals-only: issue 22's speed goals (~5 min)
 #   bash benchmarks/device_session.sh doctor     # cortex doctor, each backend in its own process
 #   bash benchmarks/device_session.sh zoology    # cortex eval --preset zoology, resumable across device calls
+#   bash benchmarks/device_session.sh mqar       # MQAR 256:64 at d=128 (issue 27's goal rows), resumable the same way
 #
-# zoology: the sweep (63 runs of 3 to 9 minutes each on an H100 with 12 sharing it) runs in the background on the device machine and
-# each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl) and, once every run
-# is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
+# zoology: the sweep (63 runs of 3 to 9 minutes each on an H100 with 12 sharing it) runs in the background on the
+# device machine and each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl)
+# and, once every run is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
 # journal in PRIOR=<dir> and the sweep resumes after its runs. Locally: cortex eval --merge <dir> --out <figures>.
 # QUICK=1 DEVICE=cpu WORKERS=2 runs the same steps as a CPU smoke (under a minute).
 #
@@ -20,7 +21,7 @@
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
 # which keeps within what a device call brings back (8 files, 2 folders down).
 set -uo pipefail
-stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor|zoology}
+stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor|zoology|mqar}
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/device}
 work=$(mktemp -d)
@@ -43,6 +44,30 @@ run() {  # run LIMIT_S CMD...: a stage step with its own time limit, its output 
   local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | tee -a "$log"
   echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0))s" | tee -a "$log"
+}
+
+background_eval() {  # background_eval NAME EVAL_ARGS...: a resumable cortex eval in the background (see zoology)
+  local name=$1
+  shift
+  local z=/tmp/$name
+  mkdir -p "$z"
+  if [ -n "${PRIOR:-}" ] && [ -f "$PRIOR/runs.partial.jsonl" ] && [ ! -f "$z/runs.partial.jsonl" ]; then
+    cp "$PRIOR/runs.partial.jsonl" "$z/"
+  fi
+  if ! pgrep -f "eval --out $z " >/dev/null && { [ ! -f "$z/results.json" ] || [ -f "$z/runs.partial.jsonl" ]; }; then
+    # QUICK=1 DEVICE=cpu: the CPU smoke of the same steps
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True setsid nohup python3 -m cortexmem.cli eval --out "$z" "$@" \
+      --device "${DEVICE:-cuda}" --workers "${WORKERS:-8}" --no-plots >>"$z/run.log" 2>&1 </dev/null &
+  fi
+  local t0=$SECONDS
+  while pgrep -f "eval --out $z " >/dev/null && [ $((SECONDS - t0)) -lt $((${MINUTES:-9} * 60)) ]; do
+    sleep 15
+  done
+  local lines
+  lines=$(cat "$z/runs.partial.jsonl" 2>/dev/null | wc -l)
+  echo "finished runs in the journal: $((lines > 0 ? lines - 1 : 0)); results.json: $([ -f "$z/results.json" ] && echo yes || echo no)" | tee -a "$log"
+  tail -n 5 "$z/run.log" | tee -a "$log"
+  cp "$z"/runs.partial.jsonl "$z"/results.json "$z"/mqar_summary.md "$out"/ 2>/dev/null
 }
 
 case $stage in
@@ -87,28 +112,15 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
     run 580 python3 -m cortexmem.cli doctor --jobs 4 --timeout 240 --json "$out/doctor.json"
     ;;
   zoology)
-    z=/tmp/zoology
-    mkdir -p "$z"
-    if [ -n "${PRIOR:-}" ] && [ -f "$PRIOR/runs.partial.jsonl" ] && [ ! -f "$z/runs.partial.jsonl" ]; then
-      cp "$PRIOR/runs.partial.jsonl" "$z/"
-    fi
-    if ! pgrep -f "eval --preset zoology" >/dev/null && { [ ! -f "$z/results.json" ] || [ -f "$z/runs.partial.jsonl" ]; }; then
-      # QUICK=1 DEVICE=cpu: the CPU smoke of the same steps
-      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True setsid nohup python3 -m cortexmem.cli eval --preset zoology \
-        ${QUICK:+--quick} --device "${DEVICE:-cuda}" --workers "${WORKERS:-8}" --no-plots --out "$z" \
-        >>"$z/run.log" 2>&1 </dev/null &
-    fi
-    t0=$SECONDS
-    while pgrep -f "eval --preset zoology" >/dev/null && [ $((SECONDS - t0)) -lt $((${MINUTES:-9} * 60)) ]; do
-      sleep 15
-    done
-    lines=$(cat "$z/runs.partial.jsonl" 2>/dev/null | wc -l)
-    echo "finished runs in the journal: $((lines > 0 ? lines - 1 : 0)); results.json: $([ -f "$z/results.json" ] && echo yes || echo no)" | tee -a "$log"
-    tail -n 5 "$z/run.log" | tee -a "$log"
-    cp "$z"/runs.partial.jsonl "$z"/results.json "$z"/mqar_summary.md "$out"/ 2>/dev/null
+    background_eval zoology --preset zoology ${QUICK:+--quick}
+    ;;
+  mqar)
+    # issue 27's goal rows: MQAR 256:64 at d=128 with the zoology preset's training, five stacks at once
+    background_eval mqar --task mqar --mqar-slices 256:64 --d-hidden 128 --epochs 6 --train-size 51200 \
+      --test-size 1000 --batch-size 256 --lr 1e-3 --stack transformer,gated_delta,mlstm,hybrid,hybrid_w32
     ;;
   *)
-    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor|zoology" >&2
+    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor|zoology|mqar" >&2
     exit 2
     ;;
 esac
