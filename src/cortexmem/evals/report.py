@@ -7,6 +7,7 @@ import io
 import logging
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from rich.table import Table
@@ -191,11 +192,8 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
         for r in runs:
             if r.task == task:
                 ax.plot(r.curves.step, _smooth(r.curves.train_loss), label=f"{r.stack} L={r.length}", lw=1)
-        ax.set_title(task)
-        ax.set_xlabel("step")
-        ax.set_ylabel("train loss")
+        _label(ax, task, "step", "train loss")
         ax.set_yscale("log")
-        ax.legend(fontsize=6)
     fig.tight_layout()
     written.append(_save(fig, out / "learning_curves.png"))
     plt.close(fig)
@@ -227,10 +225,7 @@ def write_plots(results: EvalResults, out: Path) -> list[Path]:
             ax.axhline(max(r.chance for r in runs if r.task == task), color="gray", ls="--", lw=1, label="chance")
             ax.set_xscale("log", base=2)
             ax.set_ylim(-0.02, 1.02)
-            ax.set_title(task)
-            ax.set_xlabel("sequence length")
-            ax.set_ylabel("test accuracy")
-            ax.legend(fontsize=6)
+            _label(ax, task, "sequence length", "test accuracy")
         fig.tight_layout()
         written.append(_save(fig, out / "accuracy_vs_length.png"))
         plt.close(fig)
@@ -262,6 +257,13 @@ def _accuracy_vs_state(results: EvalResults, out: Path, plt) -> Path:
     path = _save(fig, out / "accuracy_vs_state.png")
     plt.close(fig)
     return path
+
+
+def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6)
 
 
 def _smooth(values: list[float], window: int = 10) -> list[float]:
