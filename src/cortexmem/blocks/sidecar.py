@@ -1,10 +1,10 @@
 """SidecarBlock: a memory that reads and writes a frozen model's residual stream (the LLM sidecar's adapter).
 
-``y = h + gate * rms(h) * up(rmsnorm(cell(down(rmsnorm(src)))))`` with ``src = h`` unless the caller gives another
-source to write from (the token embeddings, in :mod:`cortexmem.llm`). ``gate`` starts at ``gate_init`` (0: the block
-is the identity at init, so a wrapped model's logits equal the base model's); ``rms(h)`` writes back in units of the
-residual's own scale. State: the cell's state itself (not nested under the cell's name, so the LLM sessions keep
-their layout), plus ``gate_ctx`` with ``gate_context``.
+``y = h + gate * rms(h) * up(norm(cell(down(norm(src)))))`` (``norm``: RMSNorm by default) with ``src = h``
+unless the caller gives another source to write from (the token embeddings, in :mod:`cortexmem.llm`). ``gate``
+starts at ``gate_init`` (0: the block is the identity at init, so a wrapped model's logits equal the base model's);
+``rms(h)`` writes back in units of the residual's own scale. State: the cell's state itself (not nested under the
+cell's name, so the LLM sessions keep their layout), plus ``gate_ctx`` with ``gate_context``.
 """
 
 from __future__ import annotations
@@ -94,10 +94,11 @@ class SidecarBlock(MemoryBlock):
         super().__init__(config, d_hidden)
         cfg = self.config
         width = cfg.cell.hidden_size
-        self.norm = nn.RMSNorm(d_hidden, eps=cfg.norm_eps)
+        norm = nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm
+        self.norm = norm(d_hidden, eps=cfg.norm_eps)
         self.down = nn.Linear(d_hidden, width, bias=False)
         self.cell = build_cell(cfg.cell)
-        self.out_norm = nn.RMSNorm(width, eps=cfg.norm_eps)
+        self.out_norm = norm(width, eps=cfg.norm_eps)
         self.up = nn.Linear(width, d_hidden, bias=False)
         self.gate = nn.Parameter(torch.full((d_hidden,), float(cfg.gate_init)))
         self.gate_ctx = None
