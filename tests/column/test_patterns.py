@@ -46,7 +46,7 @@ EXPECTED = {  # token -> (block config, cell config, fields set on the cell)
     "G": ("PassThroughBlockConfig", "GRUCellConfig", {}),
     "C": ("PassThroughBlockConfig", "CausalConv1dCellConfig", {}),
     "D": ("PreUpBlockConfig", "GatedDeltaCellConfig", {}),
-    "H": ("PostUpGatedBlockConfig", "HybridCellConfig", {}),
+    "H": ("PostUpBlockConfig", "HybridCellConfig", {}),
 }
 
 

@@ -2,7 +2,6 @@
 
 import types as _types
 
-from ..core.registry import register_cell_token as _register_cell_token
 from .agalite import AGaLiTeCell, AGaLiTeCellConfig
 from .axon import AxonCell, AxonCellConfig, AxonConfig
 from .axon_layer import AxonLayer
@@ -16,10 +15,5 @@ from .lstm import LSTMCell, LSTMCellConfig
 from .mlstm import mLSTMCell, mLSTMCellConfig
 from .slstm import sLSTMCell, sLSTMCellConfig
 from .xl import XLCell, XLCellConfig
-
-# These two belong in the @register_cell decorators of gated_delta.py and hybrid.py (token=..., block=..., name=...);
-# they sit here only until the concurrent edits of those files land.
-_register_cell_token(GatedDeltaCellConfig, "D", block="PreUpBlockConfig", name="gated_delta")
-_register_cell_token(HybridCellConfig, "H", block="PostUpGatedBlockConfig", name="hybrid")
 
 __all__ = sorted(n for n, v in globals().items() if not n.startswith("_") and not isinstance(v, _types.ModuleType))

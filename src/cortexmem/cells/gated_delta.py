@@ -200,7 +200,7 @@ class DeltaMemoryCell(MemoryCell):
                 f"chunk_size={self.chunk_size}, compressor={c.compressor!r}")
 
 
-@register_cell(GatedDeltaCellConfig)
+@register_cell(GatedDeltaCellConfig, token="D", block="PreUpBlockConfig", name="gated_delta")
 class GatedDeltaCell(DeltaMemoryCell):
     """Gated DeltaNet memory; state ``S [B, NH, Dh, Dh]`` (+ ``conv``), constant in the sequence length."""
 

@@ -39,7 +39,7 @@ from .gated_delta import DeltaMemoryCell, DeltaMemoryConfig
 
 
 class HybridCellConfig(DeltaMemoryConfig):
-    """Config of :class:`HybridCell` (token ``H``, in a ``PostUpGatedBlock``)."""
+    """Config of :class:`HybridCell` (token ``H``, in a ``PostUpBlock``)."""
 
     window: int = Field(default=512, ge=1)
 
@@ -48,7 +48,7 @@ class HybridCellConfig(DeltaMemoryConfig):
         return cls(hidden_size=hidden_size, num_heads=2, chunk_size=8, window=4)
 
 
-@register_cell(HybridCellConfig)
+@register_cell(HybridCellConfig, token="H", block="PostUpBlockConfig", name="hybrid")
 class HybridCell(DeltaMemoryCell):
     """Sliding-window softmax attention + gated-delta memory of the tokens that left the window."""
 

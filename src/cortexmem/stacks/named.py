@@ -264,12 +264,12 @@ _register("gru", _gru, "PassThrough(GRU)")
 _register("conv", _conv, "2 x PassThrough(CausalConv1d k=4)")
 _register("gated_delta", _delta_stack("D"), "2 x PreUp(GatedDelta), heads of >= 64 dims, retentive decays")
 _sync_cells()  # mlstm, slstm, axon, xl, agalite, hybrid, ...: 2 x their token's block
-_register("hybrid", _delta_stack("H", block="PostUpBlockConfig"),
+_register("hybrid", _delta_stack("H"),
           "2 x PostUp(Hybrid, window 512), gated_delta's heads and decays: attention over sequences up to 512")
 _register("xlstm", _xlstm, "build_xlstm_stack(d, 2): PreUp(mLSTM), PostUp(sLSTM)")
-_register("hybrid_w32", _delta_stack("H", block="PostUpBlockConfig", window=32),
+_register("hybrid_w32", _delta_stack("H", window=32),
           "2 x PostUp(Hybrid, window 32), as hybrid: recall past 32 tokens goes through the delta memory")
-_register("hybrid_w8", _delta_stack("H", block="PostUpBlockConfig", window=8),
+_register("hybrid_w8", _delta_stack("H", window=8),
           "2 x PostUp(Hybrid, window 8), gated_delta's heads and decays: recall past 8 tokens goes through the delta "
           "memory")
 _register("column_axms", _column_axms, "build_cortex_auto_stack(d, 1, 'AXMS')")
