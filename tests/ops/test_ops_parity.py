@@ -52,48 +52,27 @@ def test_causal_conv1d_short_input_keeps_old_buffer():
 @pytest.mark.parametrize("T", [1, 63])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("with_resets", [False, True])
-def test_lstm_segmented_matches_naive(T, layers, with_resets):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_rnn_segmented_matches_naive(kind, T, layers, with_resets):
+    # nn.LSTM / nn.GRU over the segments between resets vs the per-step reference; the LSTM also carries c0
     torch.manual_seed(T + layers)
     B, H = 4, 6
-    lstm = torch.nn.LSTM(H, H, num_layers=layers, batch_first=True).double()
+    rnn = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(H, H, num_layers=layers, batch_first=True).double()
     x = torch.randn(B, T, H, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(B, layers, H, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(B, layers, H, dtype=torch.float64, requires_grad=True)
+    n_states = 2 if kind == "lstm" else 1  # (h0, c0) or h0
+    states = [torch.randn(B, layers, H, dtype=torch.float64, requires_grad=True) for _ in range(n_states)]
     r = _resets(B, T, 5) if with_resets else None
     if r is not None and T > 1:
         r[:, 0] = False
         r[1, T // 2] = True
-    weights = [tuple(getattr(lstm, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    weights = [tuple(getattr(rnn, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                for k in range(layers)]
-    out_f = lstm_segmented(lstm, x, h0, c0, r)
-    out_n = lstm_naive(x, weights, h0, c0, r)
+    fast, naive = (lstm_segmented, lstm_naive) if kind == "lstm" else (gru_segmented, gru_naive)
+    out_f = fast(rnn, x, *states, r)
+    out_n = naive(x, weights, *states, r)
     for a, c in zip(out_f, out_n, strict=True):
         torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
-    params = [x, h0, c0, *lstm.parameters()]
-    for a, c in zip(_grads(out_f, params), _grads(out_n, params), strict=True):
-        torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
-
-
-@pytest.mark.parametrize("T", [1, 63])
-@pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("with_resets", [False, True])
-def test_gru_segmented_matches_naive(T, layers, with_resets):
-    torch.manual_seed(T + layers)
-    B, H = 4, 6
-    gru = torch.nn.GRU(H, H, num_layers=layers, batch_first=True).double()
-    x = torch.randn(B, T, H, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(B, layers, H, dtype=torch.float64, requires_grad=True)
-    r = _resets(B, T, 5) if with_resets else None
-    if r is not None and T > 1:
-        r[:, 0] = False
-        r[1, T // 2] = True
-    weights = [tuple(getattr(gru, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-               for k in range(layers)]
-    out_f = gru_segmented(gru, x, h0, r)
-    out_n = gru_naive(x, weights, h0, r)
-    for a, c in zip(out_f, out_n, strict=True):
-        torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
-    params = [x, h0, *gru.parameters()]
+    params = [x, *states, *rnn.parameters()]
     for a, c in zip(_grads(out_f, params), _grads(out_n, params), strict=True):
         torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
 
