@@ -16,6 +16,15 @@ from pathlib import Path
 import torch
 
 
+def refusal(call) -> str:
+    """The ``ValueError`` message of ``call()`` (a kernel wrapper refusing bad input), or ``"accepted"``."""
+    try:
+        call()
+    except ValueError as e:
+        return str(e)
+    return "accepted"
+
+
 def patch_interpreter() -> None:
     """Work around two interpreter bugs (Triton 3.6, numpy >= 2.3) that compiled kernels do not have; check bounds.
 
