@@ -95,3 +95,33 @@ def test_cell_backend_field_and_same_result():
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     torch.testing.assert_close(s1["C"], s2["C"], rtol=0, atol=0)
     assert explicit.backend == "torch" and auto.backend == "auto"
+
+
+def test_mlstm_op_shared_layout_matches_naive_with_initial_state_grads():
+    # the ops' shared vocabulary: [B, T, NH, D], initial_state / output_final_state, resets; odd sizes
+    from cortexmem.ops.mlstm import mlstm
+
+    g = torch.Generator().manual_seed(3)
+    B, T, NH, dk, dv = 2, 37, 3, 5, 7
+    q, k = (torch.randn(B, T, NH, dk, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, T, NH, dv, generator=g, dtype=torch.float64)
+    log_i = torch.randn(B, T, NH, generator=g, dtype=torch.float64)
+    log_f = torch.nn.functional.logsigmoid(torch.randn(B, T, NH, generator=g, dtype=torch.float64) + 2)
+    C0 = torch.randn(B, NH, dk, dv, generator=g, dtype=torch.float64)
+    n0 = torch.rand(B, NH, dk, generator=g, dtype=torch.float64) + 0.5
+    m0 = torch.randn(B, NH, generator=g, dtype=torch.float64)
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[1, [4, 20]] = True
+    leaves = [t.requires_grad_() for t in (q, k, v, log_i, log_f, C0, n0, m0)]
+
+    def grads(h, state):
+        loss = h.square().sum() + sum(s.square().sum() for s in state)
+        return [h, *state, *torch.autograd.grad(loss, leaves)]
+
+    h, state = mlstm(q, k, v, log_i, log_f, initial_state=(C0, n0, m0), resets=resets, chunk_size=16)
+    h_ref, state_ref = mlstm_naive(*(t.transpose(1, 2) for t in (q, k, v, log_i, log_f)), C0, n0, m0, resets)
+    assert h.shape == (B, T, NH, dv)
+    for a, b in zip(grads(h, state), grads(h_ref.transpose(1, 2), state_ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    _, none = mlstm(q, k, v, log_i, log_f, output_final_state=False)
+    assert none is None

@@ -58,7 +58,11 @@ def test_mlstm_cell_chunkwise_matches_naive(monkeypatch):
         return [y, *s.values()], torch.autograd.grad(loss, [x, *leaves, *cell.parameters()])
 
     out_c, grads_c = run()
-    monkeypatch.setattr(mlstm_module, "mlstm_sequence", lambda *a, **k: mlstm_naive(*a[:9]))
+    def naive_op(q, k, v, log_i, log_f, *, initial_state, resets, **_):  # the op's [B, T, NH, D] layout
+        h, state = mlstm_naive(*(t.transpose(1, 2) for t in (q, k, v, log_i, log_f)), *initial_state, resets)
+        return h.transpose(1, 2), state
+
+    monkeypatch.setattr(mlstm_module, "mlstm", naive_op)
     out_n, grads_n = run()
     for a, b in zip([*out_c, *grads_c], [*out_n, *grads_n], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.causal_conv1d import causal_conv1d
-from ..ops.mlstm import mlstm_sequence
+from ..ops.mlstm import mlstm
 from ..ops.registry import check_requested
 from .axon import AxonCellConfig
 from .axon_layer import LayerCalls, axon_groups, linear_or_axon
@@ -156,8 +156,8 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         # the recurrence runs in at least fp32: exp-gated sums lose too much in bf16
         cdt = torch.promote_types(x.dtype, torch.float32)
 
-        def heads(t: Tensor) -> Tensor:  # (B, T, NH*d) -> (B, NH, T, d)
-            return t.to(cdt).unflatten(-1, (NH, -1)).transpose(1, 2)
+        def heads(t: Tensor) -> Tensor:  # (B, T, NH*d) -> (B, T, NH, d)
+            return t.to(cdt).unflatten(-1, (NH, -1))
 
         lin = LayerCalls(state, resets)  # nn.Linear or AxonLayer (which also returns its next sub-state)
         plain = all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj, self.igate, self.fgate,
@@ -168,16 +168,13 @@ class mLSTMCell(MemoryCell):  # noqa: N801
         else:
             q_, k_, i_, f_ = (lin(p, xc) for p in (self.q_proj, self.k_proj, self.igate, self.fgate))
             v_, o_ = lin(self.v_proj, x), None
-        q = heads(q_)
-        k = heads(k_) * self.dk**-0.5
-        v = heads(v_)
-        log_i = i_.to(cdt).transpose(1, 2)  # (B, NH, T)
-        f_raw = f_.to(cdt).transpose(1, 2)
+        f_raw = f_.to(cdt)  # (B, T, NH)
         log_f = F.logsigmoid(f_raw) if self.config.forget_gate == "sigmoid" else f_raw
-        args = (q, k, v, log_i, log_f, state["C"].to(cdt), state["n"].to(cdt), state["m"].to(cdt), resets)
+        initial = (state["C"].to(cdt), state["n"].to(cdt), state["m"].to(cdt))
         # the torch backend takes one recurrent step when T == 1 (step mode of agents)
-        h, (C, n, m) = mlstm_sequence(*args, chunk_size=self.chunk_size, backend=self.backend)
-        h = self.out_norm(h.transpose(1, 2).flatten(-2).to(x.dtype))  # (B, T, NH*dv)
+        h, (C, n, m) = mlstm(heads(q_), heads(k_) * self.dk**-0.5, heads(v_), i_.to(cdt), log_f,
+                             initial_state=initial, resets=resets, chunk_size=self.chunk_size, backend=self.backend)
+        h = self.out_norm(h.flatten(-2).to(x.dtype))  # (B, T, NH*dv)
         y = self.out_proj(torch.sigmoid(lin(self.ogate, x) if o_ is None else o_) * h)
         m, (C, n) = store_stabilised(m, (C, n), state["C"].dtype)
         new.update(C=C, n=n, m=m)

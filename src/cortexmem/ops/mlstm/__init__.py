@@ -94,11 +94,34 @@ def mlstm_sequence(
     q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, C0: Tensor, n0: Tensor, m0: Tensor,
     resets: Tensor | None = None, chunk_size: int = 64, *, backend: str = "auto",
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """Same contract as :func:`mlstm_chunkwise`, run by the selected backend of op ``mlstm``."""
+    """Same contract as :func:`mlstm_chunkwise` (head-major ``[B, NH, T, D]``), run by the selected backend of op
+    ``mlstm``; :func:`mlstm` is the same in the ops' shared ``[B, T, NH, D]`` layout."""
     impl = select_backend("mlstm", backend, device=q.device, dtype=q.dtype, head_dim_qk=q.shape[-1],
                           head_dim_v=v.shape[-1], steps=q.shape[2] if backend == "auto" else 2)
     h, C, n, m = impl.fn(q, k, v, log_i, log_f, C0, n0, m0, resets, chunk_size)
     return h, (C, n, m)
 
 
-__all__ = ["mlstm_chunkwise", "mlstm_naive", "mlstm_sequence", "mlstm_torch"]
+def mlstm(
+    q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, *,
+    initial_state: tuple[Tensor, Tensor, Tensor] | None = None, output_final_state: bool = True,
+    resets: Tensor | None = None, chunk_size: int = 64, backend: str = "auto",
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """The mLSTM op in the ops' shared vocabulary (the layout of :func:`cortexmem.ops.gated_delta.gated_delta_rule`).
+
+    ``q, k`` ``[B, T, NH, Dk]``, ``v`` ``[B, T, NH, Dv]``, ``log_i, log_f`` ``[B, T, NH]``; ``initial_state``
+    ``(C [B, NH, Dk, Dv], n [B, NH, Dk], m [B, NH])`` or ``None`` (zeros); ``resets`` ``[B, T]`` -> ``(h [B, T, NH,
+    Dv], (C, n, m) or None)``. The backends work head-major (``[B, NH, T, D]``, :func:`mlstm_sequence`); the
+    transposes here are views.
+    """
+    B, T, NH, dk = q.shape
+    if initial_state is None:
+        dt = torch.promote_types(q.dtype, torch.float32)
+        initial_state = (q.new_zeros(B, NH, dk, v.shape[-1], dtype=dt), q.new_zeros(B, NH, dk, dtype=dt),
+                         q.new_zeros(B, NH, dtype=dt))
+    h, state = mlstm_sequence(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), log_i.transpose(1, 2),
+                              log_f.transpose(1, 2), *initial_state, resets, chunk_size, backend=backend)
+    return h.transpose(1, 2), state if output_final_state else None
+
+
+__all__ = ["mlstm", "mlstm_chunkwise", "mlstm_naive", "mlstm_sequence", "mlstm_torch"]
