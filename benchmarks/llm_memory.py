@@ -312,7 +312,7 @@ def bench_real(args, device: torch.device, dtype: torch.dtype, out: Path) -> dic
 def cpu_fallback_args(args) -> None:
     """The issue's CPU fallback: a short run on a 2k-token NIAH that must beat memory-off (``--cpu-fallback``)."""
     args.chunk_size, args.train_length, args.min_train_length, args.curriculum_steps = 64, 2048, 256, 30
-    args.train_batch, args.train_lr, args.lm_weight, args.lm_tokens = 4, 3e-3, 0.0, 0
+    args.train_batch, args.train_lr, args.lm_weight, args.lm_tokens, args.lm_seq_len = 4, 3e-3, 0.5, 256, 128
     args.write_l1, args.write_l1_warmup, args.gate_context = 0.0, 0, 8
     args.niah_lengths, args.mk_lengths, args.depths = "2k", "2k", "0,0.25,0.5,0.75,1"
     args.samples, args.baseline_samples, args.eval_batch = 4, 4, 10
