@@ -125,3 +125,17 @@ def test_mlstm_op_shared_layout_matches_naive_with_initial_state_grads():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     _, none = mlstm(q, k, v, log_i, log_f, output_final_state=False)
     assert none is None
+
+
+@pytest.mark.parametrize("bad", ["log_i_head_major", "q_3d"])
+def test_mlstm_op_names_the_wrong_argument_in_its_own_layout(bad):
+    from cortexmem.ops.mlstm import mlstm
+
+    q, v = torch.randn(2, 9, 3, 4), torch.randn(2, 9, 3, 5)
+    gates = torch.randn(2, 9, 3)
+    if bad == "q_3d":
+        with pytest.raises(ValueError, match=r"q must be \[B, T, NH, Dk\]"):
+            mlstm(q[0], q[0], v[0], gates[0], gates[0])
+    else:
+        with pytest.raises(ValueError, match=r"log_i must have shape \[2, 9, 3\]"):
+            mlstm(q, q, v, gates.transpose(1, 2), gates)

@@ -114,7 +114,14 @@ def mlstm(
     Dv], (C, n, m) or None)``. The backends work head-major (``[B, NH, T, D]``, :func:`mlstm_sequence`); the
     transposes here are views.
     """
+    if q.dim() != 4:
+        raise ValueError(f"mlstm: q must be [B, T, NH, Dk], got shape {list(q.shape)}")
     B, T, NH, dk = q.shape
+    want = {"k": (B, T, NH, dk), "v": (B, T, NH, v.shape[-1]), "log_i": (B, T, NH), "log_f": (B, T, NH)}
+    for name, t in zip(want, (k, v, log_i, log_f), strict=True):
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"mlstm: {name} must have shape {list(want[name])} ([B, T, NH, ...] like q), got "
+                             f"{list(t.shape)}")
     if initial_state is None:
         dt = torch.promote_types(q.dtype, torch.float32)
         initial_state = (q.new_zeros(B, NH, dk, v.shape[-1], dtype=dt), q.new_zeros(B, NH, dk, dtype=dt),
