@@ -47,6 +47,7 @@ def train(
     memory_inputs: str = typer.Option("auto", help="append previous action + first-step flag: auto|on|off"),
     device: str = _device_option(),
     amp: bool = typer.Option(False, help="bf16 autocast for encoder and memory (CUDA only)"),
+    step_graph: str = typer.Option("auto", help="rollout memory steps as CUDA-graph replays: auto (on CUDA)|on|off"),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint up to --frames"),
     checkpoint_every: int = typer.Option(10, help="updates between checkpoints (0 = only at the end)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -66,6 +67,8 @@ def train(
     mem = {"auto": None, "on": True, "off": False}.get(memory_inputs)
     if memory_inputs not in ("auto", "on", "off"):
         raise typer.BadParameter(f"--memory-inputs must be auto, on or off, got {memory_inputs!r}")
+    if step_graph not in ("auto", "on", "off"):
+        raise typer.BadParameter(f"--step-graph must be auto, on or off, got {step_graph!r}")
     if value_clip < 0:
         raise typer.BadParameter(f"--value-clip must be >= 0, got {value_clip}")
     ckpt = out / "checkpoint"
@@ -76,7 +79,8 @@ def train(
         for flag, given, have in (("--env", env, saved.get("env")), ("--stack", stack, saved.get("stack"))):
             if given is not None and given != have:
                 raise ValueError(f"--resume: {ckpt} was trained with {flag} {have!r}, not {given!r}")
-        trainer = PPOTrainer.load(ckpt, out, overrides={"frames": frames, "device": device, "amp": amp})
+        trainer = PPOTrainer.load(ckpt, out, overrides={"frames": frames, "device": device, "amp": amp,
+                                                             "step_graph": step_graph})
     else:
         cfg = PPOConfig(
             env=env,
@@ -97,6 +101,7 @@ def train(
             memory_inputs=mem,
             device=device,
             amp=amp,
+            step_graph=step_graph,
         )
         trainer = PPOTrainer(cfg, out)
     summary = trainer.train(progress=progress, checkpoint_every=checkpoint_every)

@@ -43,6 +43,8 @@ class PPOConfig(BaseModel):
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
     #: bf16 autocast for encoder and memory on CUDA (heads, log-probs, values and the loss stay fp32)
     amp: bool = False
+    #: rollout steps of the memory as one CUDA-graph replay (``auto``: on CUDA); the PPO update stays eager
+    step_graph: str = Field(default="auto", pattern="^(auto|on|off)$")
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:

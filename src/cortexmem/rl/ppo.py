@@ -18,6 +18,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from ..runtime.step_runner import StepRunner
 from ..stacks import CortexStackConfig, build_cortex
 from ..utils.io import (
     CheckpointError,
@@ -62,6 +63,9 @@ class PPOTrainer:
         self.device = resolve_device(cfg.device)
         if cfg.amp and self.device.type != "cuda":
             raise ValueError(f"amp (bf16 autocast) needs a CUDA device; this run is on {self.device}")
+        if cfg.step_graph == "on" and self.device.type != "cuda":
+            raise ValueError(f"step_graph='on' (CUDA-graph rollout steps) needs a CUDA device; this run is on "
+                             f"{self.device}")
         obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
         stack = (
             build_cortex(stack_cfg) if stack_cfg is not None else resolve_stack(cfg.stack, cfg.d_hidden, cfg.num_layers)
@@ -79,6 +83,7 @@ class PPOTrainer:
         self.frames = 0
         self.updates = 0
         self.history: list[dict[str, Any]] = []
+        self._runner: StepRunner | None = None  # built at the first rollout (see _step_runner)
         self._start_envs(cfg.seed)
 
     @property
@@ -120,6 +125,29 @@ class PPOTrainer:
             out[rows] = self.policy.value(features)
         return out
 
+    def _step_runner(self, use_graph: bool | None = None) -> StepRunner | None:
+        """The rollout's memory step on static buffers, captured in a CUDA graph (``cfg.step_graph``): one replay
+        instead of dozens of small kernel launches per layer. ``use_graph=False`` runs the same path eagerly."""
+        if self._runner is None:
+            graph = self.cfg.step_graph == "on" or (self.cfg.step_graph == "auto" and self.device.type == "cuda")
+            if use_graph is None and not graph:
+                return None
+            with torch.no_grad(), self.policy._autocast(self.device):  # captured under autocast: bf16 kernels
+                self._runner = StepRunner(self.policy.stack, self.cfg.num_envs, self.device,
+                                          use_graph=graph if use_graph is None else use_graph)
+        return self._runner
+
+    def _rollout_step(self, obs: torch.Tensor, state: TensorDict, is_init: torch.Tensor):
+        """One step of the policy -> (distribution, value, new state); through the step runner where one exists
+        (its state is then updated in place and returned)."""
+        runner = self._runner
+        if runner is None:
+            return self.policy(obs, state, is_init)
+        with self.policy._autocast(obs.device):
+            x = self.policy.encoder(obs)
+        features = runner.step(x, is_init).float()
+        return self.policy.distribution(features), self.policy.value(features), runner.state
+
     @torch.no_grad()
     def collect(self) -> tuple[TensorDict, TensorDict, list[float], list[int]]:
         """One rollout: ``(batch [N, T], window-start states [N, T // bptt], episode returns, lengths)``.
@@ -130,10 +158,14 @@ class PPOTrainer:
         n, steps = self.cfg.num_envs, self.cfg.rollout_len
         cols: dict[str, list[torch.Tensor]] = {}
         starts, returns, lengths = [], [], []
+        runner = self._step_runner()
+        if runner is not None:
+            runner.set_state(self._state)
+            self._state = runner.state
         for t in range(steps):
             if t % self.bptt == 0:
                 starts.append(self._stored(self._state))
-            dist, value, new_state = self.policy(self._obs, self._state, self._is_init)
+            dist, value, new_state = self._rollout_step(self._obs, self._state, self._is_init)
             action = dist.sample()
             obs, reward, term, done, info = self._step_envs(action)
             trunc = done & ~term
@@ -153,6 +185,8 @@ class PPOTrainer:
             self._ep_len[done] = 0
             self._state, self._obs = new_state, self._tensor(obs)
             self._is_init = torch.as_tensor(done).to(self.device)
+        if runner is not None:
+            self._state = runner.state.clone()  # the runner's buffers are overwritten by the next rollout
         features, _ = self.policy.trunk(self._obs, self._state, self._is_init)
         boot = self.policy.value(features)  # the observation after the last step, memory carried to it
         batch = TensorDict({k: torch.stack(v, dim=1) for k, v in cols.items()}, batch_size=[n, steps])
