@@ -245,6 +245,7 @@ def test_cuda_graph_rollout_matches_eager_on_cuda(amp):
                                    step_graph=graph))
         batches.append(trainer.collect()[0])
         assert (trainer._runner is not None) == (graph == "on")
-    tol = 3e-2 if amp else 1e-4
+    tol, steps = (3e-2, 4) if amp else (1e-4, 24)  # bf16: a rounding flip may change a sampled action later on
     for key in ("value", "log_prob"):
-        torch.testing.assert_close(batches[1][key], batches[0][key], rtol=tol, atol=tol, msg=key)
+        torch.testing.assert_close(batches[1][key][:, :steps], batches[0][key][:, :steps], rtol=tol, atol=tol,
+                                   msg=key)
