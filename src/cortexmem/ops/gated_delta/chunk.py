@@ -23,20 +23,12 @@ from torch import Tensor
 from .checks import check_gated_delta_inputs
 
 
-def chunk_gated_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    *,
-    chunk_size: int = 64,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = True,
-    resets: Tensor | None = None,
-    check_decay: bool = True,
-) -> tuple[Tensor, Tensor | None]:
+def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                           initial_state: Tensor | None = None, output_final_state: bool = True,
+                           resets: Tensor | None = None, *, chunk_size: int = 64,
+                           check_decay: bool = True) -> tuple[Tensor, Tensor | None]:
     """q, k ``[B, T, NH, Dk]``; v ``[B, T, NH, Dv]``; g (log a), beta ``[B, T, NH]``; S ``[B, NH, Dk, Dv]``.
+    The signature every ``gated_delta`` backend shares (the registry calls them positionally up to ``resets``).
 
     Returns ``(o [B, T, NH, Dv], final_state or None)``; half precision inputs are computed in float32.
     """

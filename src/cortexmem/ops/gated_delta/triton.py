@@ -611,21 +611,11 @@ def gated_delta_forward(q, k, v, g, beta, *, chunk_size, initial_state, output_f
     return o, (SF.to(out_dtype) if output_final_state else None)
 
 
-def triton_gated_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    *,
-    chunk_size: int = 64,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = True,
-    resets: Tensor | None = None,
-    check_decay: bool = True,
-    config: ForwardLaunch | None = None,
-    **knobs,
-) -> tuple[Tensor, Tensor | None]:
+def triton_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                            initial_state: Tensor | None = None, output_final_state: bool = True,
+                            resets: Tensor | None = None, *, chunk_size: int = 64,
+                            check_decay: bool = True, config: ForwardLaunch | None = None,
+                            **knobs) -> tuple[Tensor, Tensor | None]:
     """Forward only: same shapes as :func:`chunk_gated_delta_rule`; ``ValueError`` if a gradient is needed.
 
     fp32 inputs use 3xTF32 products (about fp32 accuracy); bf16 inputs use bf16 products from ``BF16_MIN_CHUNKS``

@@ -415,19 +415,10 @@ class GatedDeltaTriton(torch.autograd.Function):
         return dq, dk, dv, dg, db, ds0, None, None
 
 
-def triton_gated_delta_rule_autograd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    *,
-    chunk_size: int = 64,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = True,
-    resets: Tensor | None = None,
-    check_decay: bool = True,
-) -> tuple[Tensor, Tensor | None]:
+def triton_gated_delta_rule_autograd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                                     initial_state: Tensor | None = None, output_final_state: bool = True,
+                                     resets: Tensor | None = None, *, chunk_size: int = 64,
+                                     check_decay: bool = True) -> tuple[Tensor, Tensor | None]:
     """Differentiable Triton gated delta rule: shapes as :func:`chunk_gated_delta_rule`; gradients of q, k, v, g,
     beta and the initial state by Triton kernels (fp32 accumulation)."""
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
