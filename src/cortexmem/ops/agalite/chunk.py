@@ -144,20 +144,9 @@ def gated_scan(log_a: Tensor, coef: Tensor, u: Tensor, x0: Tensor, resets: Tenso
     return _GatedScan.apply(log_a, coef, u, x0, keep, chunk)
 
 
-def agalite_chunked(
-    phi_q: Tensor,
-    phi_k: Tensor,
-    v: Tensor,
-    beta_logit: Tensor,
-    gamma_logit: Tensor,
-    vt0: Tensor,
-    kt0: Tensor,
-    s0: Tensor,
-    tau0: Tensor,
-    resets: Tensor | None = None,
-    eps: float = 1e-5,
-    chunk: int = 32,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def agalite_chunked(phi_q: Tensor, phi_k: Tensor, v: Tensor, beta_logit: Tensor, gamma_logit: Tensor, vt0: Tensor,
+                    kt0: Tensor, s0: Tensor, tau0: Tensor, resets: Tensor | None = None, eps: float = 1e-5,
+                    chunk: int = 32) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Same contract as :func:`agalite_naive`."""
     B, T = v.shape[:2]
     r = vt0.shape[2]

@@ -25,19 +25,9 @@ def _window_index(n: int, M: int, device: torch.device) -> tuple[Tensor, Tensor]
     return hit
 
 
-def xl_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    rel: Tensor,
-    u_bias: Tensor,
-    v_bias: Tensor,
-    k_mem: Tensor,
-    v_mem: Tensor,
-    n_valid: Tensor,
-    resets: Tensor | None = None,
-    block: int = 64,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def xl_attention(q: Tensor, k: Tensor, v: Tensor, rel: Tensor, u_bias: Tensor, v_bias: Tensor, k_mem: Tensor,
+                 v_mem: Tensor, n_valid: Tensor, resets: Tensor | None = None,
+                 block: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Same contract as :func:`xl_attention_naive`.
 
     Keys live on the extended axis ``ext = [memory (M), this call (T)]`` where index ``j`` has position
