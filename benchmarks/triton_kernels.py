@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from cortexmem import AxonCellConfig, build_cell, mLSTMCellConfig, sLSTMCellConfig
-from cortexmem.ops.mlstm import mlstm_sequence
+from cortexmem.ops.mlstm import mlstm
 from cortexmem.ops.rtu import rtu_diag_scan
 from cortexmem.ops.slstm import slstm_sequence
 
@@ -74,11 +74,11 @@ def _rtu_op(B: int, T: int, H: int, backend: str):
 
 
 def _mlstm_op(B: int, T: int, NH: int, dk: int, dv: int, backend: str):
-    q = torch.randn(B, NH, T, dk, device="cuda", requires_grad=True)
-    k = (torch.randn(B, NH, T, dk, device="cuda") / dk**0.5).requires_grad_()
-    v = torch.randn(B, NH, T, dv, device="cuda", requires_grad=True)
-    log_i = torch.randn(B, NH, T, device="cuda", requires_grad=True)
-    log_f = torch.nn.functional.logsigmoid(torch.randn(B, NH, T, device="cuda") + 3).requires_grad_()
+    q = torch.randn(B, T, NH, dk, device="cuda", requires_grad=True)
+    k = (torch.randn(B, T, NH, dk, device="cuda") / dk**0.5).requires_grad_()
+    v = torch.randn(B, T, NH, dv, device="cuda", requires_grad=True)
+    log_i = torch.randn(B, T, NH, device="cuda", requires_grad=True)
+    log_f = torch.nn.functional.logsigmoid(torch.randn(B, T, NH, device="cuda") + 3).requires_grad_()
     C0 = torch.zeros(B, NH, dk, dv, device="cuda", requires_grad=True)
     n0 = torch.zeros(B, NH, dk, device="cuda", requires_grad=True)
     m0 = torch.zeros(B, NH, device="cuda", requires_grad=True)
@@ -86,7 +86,8 @@ def _mlstm_op(B: int, T: int, NH: int, dk: int, dv: int, backend: str):
     leaves = [q, k, v, log_i, log_f, C0, n0, m0]
 
     def fn():
-        h, finals = mlstm_sequence(*leaves, resets, chunk_size=64, backend=backend)
+        h, finals = mlstm(q, k, v, log_i, log_f, initial_state=(C0, n0, m0), resets=resets, chunk_size=64,
+                          backend=backend)
         return (h, *finals)
     return _fwd_bwd(fn, leaves)
 

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 import cortexmem
-from cortexmem.ops.mlstm import mlstm_chunkwise, mlstm_naive, mlstm_sequence
+from cortexmem.ops.mlstm import mlstm, mlstm_chunkwise, mlstm_naive, mlstm_sequence
 from cortexmem.ops.registry import backends_for, check_requested, references, select_backend
+
+
+def _by_backend(q, k, v, log_i, log_f, C0, n0, m0, resets=None, chunk_size=64, *, backend="auto"):
+    """:func:`mlstm` (token-major) on the head-major inputs of :func:`mlstm_chunkwise`, outputs head-major."""
+    t = [x.transpose(1, 2) for x in (q, k, v, log_i, log_f)]
+    h, state = mlstm(*t, initial_state=(C0, n0, m0), resets=resets, chunk_size=chunk_size, backend=backend)
+    return h.transpose(1, 2), state
 
 
 def _inputs(T, dtype=torch.float32, seed=0):
@@ -37,7 +44,7 @@ def test_explicit_triton_on_cpu_fails_clearly():
     with pytest.raises(ValueError, match="mlstm: backend 'triton' was requested but cannot run here"):
         check_requested("mlstm", "triton")
     with pytest.raises(ValueError, match="cannot run here"):
-        mlstm_sequence(*_inputs(5), backend="triton")
+        _by_backend(*_inputs(5), backend="triton")
     with pytest.raises(ValueError, match="cannot run here"):
         cortexmem.build_cell(cortexmem.mLSTMCellConfig(hidden_size=16, backend="triton"))
     with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
@@ -60,21 +67,28 @@ def test_triton_rejects_wide_heads_by_name():
 
 def test_torch_backend_is_the_chunkwise_op_and_one_step_at_t1():
     args = _inputs(19)
-    h, state = mlstm_sequence(*args, chunk_size=8, backend="torch")
+    h, state = _by_backend(*args, chunk_size=8, backend="torch")
     h_ref, state_ref = mlstm_chunkwise(*args, chunk_size=8)
     torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
     for a, b in zip(state, state_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     one = _inputs(1)
-    h1, s1 = mlstm_sequence(*one, backend="auto")
+    h1, s1 = _by_backend(*one, backend="auto")
     h1_ref, s1_ref = mlstm_naive(*one)
     torch.testing.assert_close(h1, h1_ref, rtol=0, atol=0)
     torch.testing.assert_close(s1[2], s1_ref[2], rtol=0, atol=0)
 
 
+def test_mlstm_sequence_is_a_deprecated_alias():
+    args = _inputs(7)
+    with pytest.warns(DeprecationWarning, match="use mlstm"):
+        h, _ = mlstm_sequence(*args, chunk_size=8)
+    torch.testing.assert_close(h, _by_backend(*args, chunk_size=8)[0], rtol=0, atol=0)
+
+
 def test_torch_backend_runs_bf16_inputs_in_fp32():
     args = _inputs(21, torch.bfloat16)
-    h, (C, n, m) = mlstm_sequence(*args, chunk_size=8)
+    h, (C, n, m) = _by_backend(*args, chunk_size=8)
     h_ref, (C_ref, _, _) = mlstm_naive(*(a.double() for a in args))
     assert h.dtype == C.dtype == torch.bfloat16
     err = ((h.double() - h_ref).pow(2).mean().sqrt() / h_ref.pow(2).mean().sqrt()).item()

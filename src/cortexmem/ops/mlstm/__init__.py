@@ -8,6 +8,8 @@ recurrent step at T = 1. ``cortex doctor`` checks both against :func:`mlstm_naiv
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -90,12 +92,11 @@ def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
 register_reference("mlstm", _naive_flat, _doctor_inputs)
 
 
-def mlstm_sequence(
+def _head_major(
     q: Tensor, k: Tensor, v: Tensor, log_i: Tensor, log_f: Tensor, C0: Tensor, n0: Tensor, m0: Tensor,
     resets: Tensor | None = None, chunk_size: int = 64, *, backend: str = "auto",
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """Same contract as :func:`mlstm_chunkwise` (head-major ``[B, NH, T, D]``), run by the selected backend of op
-    ``mlstm``; :func:`mlstm` is the same in the ops' shared ``[B, T, NH, D]`` layout."""
+    """The selected backend of op ``mlstm`` on head-major inputs (the contract of :func:`mlstm_chunkwise`)."""
     impl = select_backend("mlstm", backend, device=q.device, dtype=q.dtype, head_dim_qk=q.shape[-1],
                           head_dim_v=v.shape[-1], steps=q.shape[2] if backend == "auto" else 2)
     h, C, n, m = impl.fn(q, k, v, log_i, log_f, C0, n0, m0, resets, chunk_size)
@@ -111,8 +112,7 @@ def mlstm(
 
     ``q, k`` ``[B, T, NH, Dk]``, ``v`` ``[B, T, NH, Dv]``, ``log_i, log_f`` ``[B, T, NH]``; ``initial_state``
     ``(C [B, NH, Dk, Dv], n [B, NH, Dk], m [B, NH])`` or ``None`` (zeros); ``resets`` ``[B, T]`` -> ``(h [B, T, NH,
-    Dv], (C, n, m) or None)``. The backends work head-major (``[B, NH, T, D]``, :func:`mlstm_sequence`); the
-    transposes here are views.
+    Dv], (C, n, m) or None)``. The backends work head-major (``[B, NH, T, D]``); the transposes here are views.
     """
     if q.dim() != 4:
         raise ValueError(f"mlstm: q must be [B, T, NH, Dk], got shape {list(q.shape)}")
@@ -126,9 +126,16 @@ def mlstm(
         dt = torch.promote_types(q.dtype, torch.float32)
         initial_state = (q.new_zeros(B, NH, dk, v.shape[-1], dtype=dt), q.new_zeros(B, NH, dk, dtype=dt),
                          q.new_zeros(B, NH, dtype=dt))
-    h, state = mlstm_sequence(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), log_i.transpose(1, 2),
+    h, state = _head_major(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), log_i.transpose(1, 2),
                               log_f.transpose(1, 2), *initial_state, resets, chunk_size, backend=backend)
     return h.transpose(1, 2), state if output_final_state else None
 
 
-__all__ = ["mlstm", "mlstm_chunkwise", "mlstm_naive", "mlstm_sequence", "mlstm_torch"]
+def mlstm_sequence(*args, **kwargs) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Deprecated: head-major ``[B, NH, T, D]`` form of :func:`mlstm` (use :func:`mlstm`, ``[B, T, NH, D]``)."""
+    warnings.warn("cortexmem.ops.mlstm.mlstm_sequence is deprecated and will be removed: use mlstm(), which takes "
+                  "[B, T, NH, D] inputs like every op", DeprecationWarning, stacklevel=2)
+    return _head_major(*args, **kwargs)
+
+
+__all__ = ["mlstm", "mlstm_chunkwise", "mlstm_naive", "mlstm_torch"]
