@@ -16,8 +16,7 @@ from ..utils.io import (
     CheckpointNotFoundError,
     atomic_save_safetensors,
     atomic_write_json,
-    load_safetensors_checked,
-    load_state_checked,
+    load_weights_file,
     read_json,
     require_keys,
     validate_config,
@@ -74,9 +73,7 @@ class SidecarMemory(nn.Module):
             raise CheckpointError(f"adapter in {directory} was trained on a different base model (fingerprint "
                                   f"{meta['base_fingerprint']}, this base has {base_fingerprint})")
         path = directory / ADAPTER_WEIGHTS
-        weights = load_safetensors_checked(path, what="memory adapter weights file",
-                                           device=next(self.parameters()).device)
-        load_state_checked(self, weights, path, "memory adapter weights file")
+        load_weights_file(self, path, "memory adapter weights file", device=next(self.parameters()).device)
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:

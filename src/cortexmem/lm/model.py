@@ -27,8 +27,7 @@ from ..utils.io import (
     CheckpointNotFoundError,
     atomic_save_safetensors,
     atomic_write_json,
-    load_safetensors_checked,
-    load_state_checked,
+    load_weights_file,
     read_versioned,
     validate_config,
 )
@@ -326,8 +325,7 @@ def load_pretrained(directory: str | os.PathLike, *, map_location: str = "cpu") 
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"LM config in {meta_file} cannot be built: {' '.join(str(e).split())}") from None
     weights_file = directory / "model.safetensors"
-    load_state_checked(model, load_safetensors_checked(weights_file, what="LM weights file"), weights_file,
-                       "LM weights file")
+    load_weights_file(model, weights_file, "LM weights file")
     if (directory / "memory").exists():
         model.memory = MemorySystem.load(directory / "memory")
     return model.to(map_location)

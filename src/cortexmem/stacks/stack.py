@@ -20,8 +20,7 @@ from ..utils.io import (
     CheckpointError,
     atomic_write_bytes,
     atomic_write_json,
-    load_safetensors_checked,
-    load_state_checked,
+    load_weights_file,
     read_bytes,
     read_versioned,
     validate_config,
@@ -126,6 +125,5 @@ def load_stack(directory: str | os.PathLike, *, map_location: str | torch.device
         stack = build_cortex(cfg)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"stack config {cfg_path} cannot be built: {' '.join(str(e).split())}") from None
-    weights = load_safetensors_checked(weights_path, what="stack weights file", data=blob)
-    load_state_checked(stack, weights, weights_path, "stack weights file")
+    load_weights_file(stack, weights_path, "stack weights file", data=blob)
     return stack.to(map_location)

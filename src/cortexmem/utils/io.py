@@ -268,6 +268,13 @@ def load_state_checked(module: Any, tensors: dict[str, Any], path: str | os.Path
         raise CheckpointError(f"{what} {path} does not match the model ({one_line(e)[:200]})") from None
 
 
+def load_weights_file(module: Any, path: str | os.PathLike, what: str = "weights file", *, data: bytes | None = None,
+                      device: Any = "cpu") -> None:
+    """Load the safetensors file ``path`` (or its bytes ``data``) into ``module``; any mismatch or corruption is
+    one :class:`CheckpointError` naming the file."""
+    load_state_checked(module, load_safetensors_checked(path, what=what, device=device, data=data), path, what)
+
+
 def check_optimizer_state(opt: Any, state_dict: dict) -> None:
     """Every per-parameter state tensor that is not a scalar must have its parameter's shape."""
     params = [p for g in opt.param_groups for p in g["params"]]
