@@ -160,3 +160,13 @@ def test_step_runner_compiled_matches_step_on_cpu(mode):
             ref, state = stack.step(x, state, resets=r)
         torch.testing.assert_close(runner.step(x, resets=r), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(runner.state.get(runner.keys[0]), state.get(runner.keys[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_lazy_backend_imports_its_module_at_the_first_call():
+    from cortexmem.ops.registry import backends_for, lazy
+
+    fn = lazy("math:sqrt")
+    assert fn(16.0) == 4.0 and fn.__name__ == "math:sqrt"
+    # the Triton backends are registered lazily: listing them imports no Triton module
+    tri = backends_for("gated_delta")["triton_autograd"]
+    assert tri.fn.__name__.endswith("triton_bwd:triton_gated_delta_rule_autograd")
