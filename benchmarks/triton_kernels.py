@@ -19,8 +19,8 @@ import torch
 
 from cortexmem import AxonCellConfig, build_cell, mLSTMCellConfig, sLSTMCellConfig
 from cortexmem.ops.mlstm import mlstm
-from cortexmem.ops.rtu import rtu_diag_scan
-from cortexmem.ops.slstm import slstm_sequence
+from cortexmem.ops.rtu import rtu
+from cortexmem.ops.slstm import slstm
 
 
 def _time(fn: Callable[[], None], repeats: int) -> float:
@@ -60,7 +60,7 @@ def _slstm_op(B: int, T: int, H: int, NH: int, backend: str):
     st = [torch.zeros(B, H, device="cuda", requires_grad=True) for _ in range(4)]
 
     def fn():
-        h_seq, finals = slstm_sequence(wx, R, *st, backend=backend)
+        h_seq, finals = slstm(wx, R, initial_state=st, backend=backend)
         return (h_seq, *finals)
     return _fwd_bwd(fn, [wx, R, *st])
 
@@ -70,7 +70,8 @@ def _rtu_op(B: int, T: int, H: int, backend: str):
     lam = torch.polar(torch.rand(H, device="cuda") * 0.1 + 0.9, torch.rand(H, device="cuda")).requires_grad_()
     c0 = torch.zeros(B, H, device="cuda", dtype=torch.complex64, requires_grad=True)
     resets = torch.rand(B, T, device="cuda") < 0.01
-    return _fwd_bwd(lambda: torch.view_as_real(rtu_diag_scan(u, lam, c0, resets, backend=backend)), [u, lam, c0])
+    return _fwd_bwd(lambda: torch.view_as_real(rtu(u, lam, initial_state=c0, resets=resets, output_final_state=False,
+                                                   backend=backend)[0]), [u, lam, c0])
 
 
 def _mlstm_op(B: int, T: int, NH: int, dk: int, dv: int, backend: str):

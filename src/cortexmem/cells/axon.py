@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..core.registry import register_cell
 from ..ops.hadamard import srht
 from ..ops.registry import check_requested
-from ..ops.rtu import inject_traces, rtu_diag_scan, rtu_final_traces, rtu_full_chunked
+from ..ops.rtu import inject_traces, rtu, rtu_final_traces, rtu_full_chunked
 from ..ops.rtu.step import rtu_step_traces
 from .base import CellConfig, MemoryCell
 
@@ -169,7 +169,8 @@ class AxonCell(MemoryCell):
                 c0 = inject_traces(c0, el0c, ew0c, lam, w)
             if x.shape[1] == 1:
                 return self._step(x, u, drive, log_lam, c0, state, resets)
-            c = rtu_diag_scan(u, torch.exp(log_lam), c0, resets, backend=self.backend)
+            c, _ = rtu(u, torch.exp(log_lam), initial_state=c0, resets=resets, output_final_state=False,
+                       backend=self.backend)
             if self.carry_traces:
                 el0 = _as_complex(state["trace_lam"].to(torch.float64))
                 ew0 = _as_complex(state["trace_w"].to(torch.float64))

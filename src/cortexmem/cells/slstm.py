@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..core.config import polymorphic
 from ..core.registry import register_cell
 from ..ops.registry import check_requested
-from ..ops.slstm import slstm_sequence
+from ..ops.slstm import slstm
 from .axon import AxonCellConfig
 from .axon_layer import AxonLayer, LayerCalls, axon_groups
 from .base import CellConfig, MemoryCell
@@ -97,8 +97,8 @@ class sLSTMCell(MemoryCell):  # noqa: N801
         else:
             gates = (self.igate(xc), self.fgate(xc), self.zgate(x), self.ogate(x))
         wx = torch.stack(gates, dim=2).to(cdt)
-        h_seq, (h, c, n, m) = slstm_sequence(
-            wx, self.recurrent.to(cdt), *(state[key].to(cdt) for key in ("h", "c", "n", "m")),
+        h_seq, (h, c, n, m) = slstm(
+            wx, self.recurrent.to(cdt), initial_state=tuple(state[key].to(cdt) for key in ("h", "c", "n", "m")),
             resets=resets, forget_gate=self.config.forget_gate, backend=self.backend,
         )
         y = self.out_norm(h_seq.to(x.dtype))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -48,17 +50,39 @@ def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
 register_reference("rtu_scan", _naive_real, _doctor_inputs)
 
 
+def rtu(u: Tensor, lam: Tensor, *, initial_state: Tensor | None = None, output_final_state: bool = True,
+        resets: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor | None]:
+    """The diagonal RTU recurrence ``c_t = lam * c_{t-1} + u_t`` in the ops' shared vocabulary.
+
+    Complex ``u`` ``[B, T, H]``, ``lam`` ``[H]``, ``initial_state`` ``[B, H]`` or ``None`` (zeros), ``resets``
+    ``[B, T]`` (``c_{t-1} = 0`` where set) -> ``(c [B, T, H], c_T [B, H] or None)``, by the selected backend of op
+    ``rtu_scan`` (the ``c`` of :func:`rtu_naive`).
+    """
+    if not u.is_complex() or u.dim() != 3:
+        raise ValueError(f"rtu: u must be complex [B, T, H], got {u.dtype} of shape {list(u.shape)}")
+    B, T, H = u.shape
+    if not lam.is_complex() or tuple(lam.shape) != (H,):
+        raise ValueError(f"rtu: lam must be complex [H] = {[H]}, got {lam.dtype} of shape {list(lam.shape)}")
+    if initial_state is None:
+        initial_state = u.new_zeros(B, H)
+    elif tuple(initial_state.shape) != (B, H):
+        raise ValueError(f"rtu: initial_state must be [B, H] = {[B, H]}, got {list(initial_state.shape)}")
+    impl = select_backend("rtu_scan", backend, device=u.device, dtype=u.real.dtype)
+    c = torch.view_as_complex(impl.fn(torch.view_as_real(u), torch.view_as_real(lam),
+                                      torch.view_as_real(initial_state), resets))
+    return c, (c[:, -1] if output_final_state else None)
+
+
 def rtu_diag_scan(u: Tensor, lam: Tensor, c0: Tensor, resets: Tensor | None = None, *,
                   backend: str = "auto") -> Tensor:
-    """Same ``c`` as :func:`rtu_naive` (complex ``u [B, T, H]``, ``lam [H]``, ``c0 [B, H]``) by the selected
-    backend."""
-    impl = select_backend("rtu_scan", backend, device=u.device, dtype=u.real.dtype)
-    return torch.view_as_complex(impl.fn(torch.view_as_real(u), torch.view_as_real(lam), torch.view_as_real(c0),
-                                         resets))
+    """Deprecated: the ``c`` of :func:`rtu` with the initial state passed positionally."""
+    warnings.warn("cortexmem.ops.rtu.rtu_diag_scan is deprecated and will be removed: use rtu(u, lam, "
+                  "initial_state=c0, resets=...)", DeprecationWarning, stacklevel=2)
+    return rtu(u, lam, initial_state=c0, resets=resets, backend=backend, output_final_state=False)[0]
 
 
 __all__ = [
-    "rtu_diag_scan",
+    "rtu",
     "rtu_scan",
     "rtu_scan_real",
     "rtu_final_traces",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -59,14 +61,40 @@ def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
 register_reference("slstm", _naive_flat, _doctor_inputs)
 
 
-def slstm_sequence(
-    wx: Tensor, R: Tensor, h0: Tensor, c0: Tensor, n0: Tensor, m0: Tensor, resets: Tensor | None = None,
-    forget_gate: str = "sigmoid", *, backend: str = "auto",
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Same signature and result as :func:`slstm_naive`, run by the selected backend."""
+def slstm(
+    wx: Tensor, R: Tensor, *, initial_state: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    output_final_state: bool = True, resets: Tensor | None = None, forget_gate: str = "sigmoid",
+    backend: str = "auto",
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor] | None]:
+    """The sLSTM op in the ops' shared vocabulary (that of :func:`cortexmem.ops.gated_delta.gated_delta_rule`).
+
+    ``wx`` ``[B, T, 4, H]`` (input part of the i, f, z, o pre-activations, bias included), ``R`` ``[4, NH, dh,
+    dh]`` (``NH * dh = H``), ``initial_state`` ``(h, c, n, m)`` each ``[B, H]`` or ``None`` (the fresh, all-zero
+    state), ``resets`` ``[B, T]`` -> ``(h [B, T, H], (h, c, n, m) or None)``, by the selected backend of op
+    ``slstm`` (the result of :func:`slstm_naive`).
+    """
+    if wx.dim() != 4 or wx.shape[2] != 4:
+        raise ValueError(f"slstm: wx must be [B, T, 4, H] (gates i, f, z, o), got shape {list(wx.shape)}")
+    B, T, _, H = wx.shape
+    if R.dim() != 4 or R.shape[0] != 4 or R.shape[1] * R.shape[2] != H or R.shape[2] != R.shape[3]:
+        raise ValueError(f"slstm: R must be [4, NH, dh, dh] with NH * dh = H = {H}, got shape {list(R.shape)}")
+    if initial_state is None:
+        initial_state = tuple(wx.new_zeros(B, H) for _ in range(4))
+    elif len(initial_state) != 4 or any(tuple(s.shape) != (B, H) for s in initial_state):
+        raise ValueError(f"slstm: initial_state must be (h, c, n, m), each [B, H] = {[B, H]}, got "
+                         f"{[list(s.shape) for s in initial_state]}")
     impl = select_backend("slstm", backend, device=wx.device, dtype=wx.dtype, head_dim=R.shape[-1])
-    h_seq, h, c, n, m = impl.fn(wx, R, h0, c0, n0, m0, resets, forget_gate)
-    return h_seq, (h, c, n, m)
+    h_seq, *final = impl.fn(wx, R, *initial_state, resets, forget_gate)
+    return h_seq, (tuple(final) if output_final_state else None)
 
 
-__all__ = ["slstm_naive", "slstm_pointwise", "slstm_scan", "slstm_sequence", "slstm_torch"]
+def slstm_sequence(wx: Tensor, R: Tensor, h0: Tensor, c0: Tensor, n0: Tensor, m0: Tensor,
+                   resets: Tensor | None = None, forget_gate: str = "sigmoid", *,
+                   backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Deprecated: :func:`slstm` with the state passed positionally."""
+    warnings.warn("cortexmem.ops.slstm.slstm_sequence is deprecated and will be removed: use slstm(wx, R, "
+                  "initial_state=(h, c, n, m), resets=...)", DeprecationWarning, stacklevel=2)
+    return slstm(wx, R, initial_state=(h0, c0, n0, m0), resets=resets, forget_gate=forget_gate, backend=backend)
+
+
+__all__ = ["slstm", "slstm_naive", "slstm_pointwise", "slstm_scan", "slstm_torch"]
