@@ -90,3 +90,17 @@ def rtu_full_chunked(u: Tensor, lam_mat: Tensor, c0: Tensor, resets: Tensor | No
         outs.append(cc)
         c = cc[:, -1]
     return torch.cat(outs, 1)
+
+
+def inject_traces(c0: Tensor, e_lam0: Tensor, e_w0: Tensor, lam: Tensor, w: Tensor) -> Tensor:
+    """``c0`` unchanged in value, but with ``d c0 / d(lam, w) = (e_lam0, e_w0)`` for autograd.
+
+    The carried state came from earlier, detached calls; its traces are its Jacobian w.r.t. the recurrent
+    parameters. Adding ``e * (p - p.detach())`` (zero in value) makes backprop add ``adjoint(c0) * e`` to the
+    parameters' gradients: exactly the RTRL term for the truncated past, so the gradient of a loss in this
+    call equals full BPTT through every earlier call. ``w`` is ``[H, Z]`` with ``e_w0`` ``[B, H, Z]`` or
+    ``[H]`` with ``[B, H]``.
+    """
+    dw = w - w.detach()
+    through_w = (e_w0 * dw).sum(-1) if e_w0.dim() == 3 else e_w0 * dw
+    return c0 + e_lam0 * (lam - lam.detach()) + through_w
