@@ -7,11 +7,11 @@ Kernels reading q, k, v, g, beta, resets in their ``[B, T, NH, .]`` layout (no p
   (forward substitution for fp32; repeated squaring for bf16), the rows of earlier blocks (already solved and
   stored) enter through 16x16 products (with 3xTF32, their key products over ``WY_KEY_BLOCK`` columns at a time).
   Writes ``W = (I + A)^-1 diag(b e^gamma) K``, ``U = (I + A)^-1 diag(b) V``.
-* ``_wy_chunk_kernel`` (opt-in, ``wy="chunk"``; not yet measured on a GPU), same grid and outputs: the whole chunk at
-  once. ``A`` from one ``K K^T``; the ``C / 16`` diagonal 16x16 blocks of ``I + A`` inverted together by forward
-  substitution on a ``[C/16, 16, 16]`` tile; merged on the ``[C, C]`` tile as ``(I + N)^-1 D0^-1`` with
-  ``N = D0^-1 E`` (``E`` the off-diagonal blocks, ``N^(C/16) = 0``); then ``W``, ``U`` as ``[C, C] x [C, BD]``
-  products over column blocks. No intermediate row is stored and re-read.
+* ``_wy_chunk_kernel`` (opt-in, ``wy="chunk"``: checked on an H100; see ``WY_KERNELS``), same grid and outputs:
+  the whole chunk at once. ``A`` from one ``K K^T``; the ``C / 16`` diagonal 16x16 blocks of ``I + A`` inverted
+  together by forward substitution on a ``[C/16, 16, 16]`` tile; merged on the ``[C, C]`` tile as ``(I + N)^-1
+  D0^-1`` with ``N = D0^-1 E`` (``E`` the off-diagonal blocks, ``N^(C/16) = 0``); then ``W``, ``U`` as ``[C, C] x
+  [C, BD]`` products over column blocks. No intermediate row is stored and re-read.
 * ``_state_kernel``, parallel over (block of ``Dv``, batch*head), sequential over chunks: keeps ``S [Dk, BV]``
   in registers, forms ``u = U - W S``, writes ``o = (e^gamma q) S + P u`` and updates
   ``S <- e^gamma_C S + K_out^T u``; decays and ``P`` are rebuilt from g and the keys (cheaper than reading them).
@@ -49,9 +49,10 @@ DOT_TF32X3 = tl.constexpr(0)
 DOT_TF32 = tl.constexpr(1)
 DOT_BF16 = tl.constexpr(2)
 PRODUCTS = {"tf32x3": DOT_TF32X3.value, "tf32": DOT_TF32.value, "bf16": DOT_BF16.value}
-# WY kernels: ``blocks`` (16-row blocks one after another; measured, the default) and ``chunk`` (the whole chunk at
-# once; compiled for sm_90 but not yet measured on a GPU: opt-in). ``WY_CHUNK_BLOCK``: the column block of keys and
-# values it streams (the [C, C] inverse stays in registers; see docs/gpu.md for the compile figures)
+# WY kernels: ``blocks`` (16-row blocks one after another, the default) and ``chunk`` (the whole chunk at once;
+# opt-in: on an H100 it matches ``blocks`` and its WY step is faster with TF32 products, but the whole forward was
+# not at B8 T2048 D64, docs/figures/gated_delta_triton_h100.txt). ``WY_CHUNK_BLOCK``: the column block of keys and values it streams (the
+# [C, C] inverse stays in registers)
 WY_KERNELS = ("blocks", "chunk")
 WY_CHUNK_BLOCK = 32
 # ``_wy_kernel`` with 3xTF32: the key products of two 16-row blocks accumulate over column blocks of this width
@@ -442,10 +443,9 @@ def _default_stages(dot: int) -> int:
 
 def _default_block_v(n_bh: int, DK: int, DV: int, dot: int, fused: bool = True) -> int:
     # about one (batch*head, V-block) program per SM (~132), without splitting V below 16; wide keys take narrower
-    # V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory. Measured on an
-    # H200 (bf16 in): B=4 H=16 Dk=128 block_v 64/32/16: 1.21/1.53/2.33 ms; B=8 H=4 Dk=64: 16 best (0.16 ms).
-    # 3xTF32 unfused (not timed): 16 at Dk = 128, the widest block whose split state kernel does not spill on sm_90
-    # (32: 52 B of spill stores per thread; benchmarks/gated_delta_triton_compile.py)
+    # V-blocks so the (DK, BV) state and the chunk tiles stay within registers and shared memory (the sweep:
+    # benchmarks/gated_delta_triton.py). 3xTF32 unfused: 16 at Dk = 128, the widest block whose split state kernel
+    # does not spill on sm_90 (benchmarks/gated_delta_triton_compile.py)
     per_dk = 2048 if dot == PRODUCTS["tf32x3"] and not fused else {PRODUCTS["bf16"]: 8192}.get(dot, 4096)
     bv = min(DV, 64, max(16, per_dk // DK))
     while bv > 16 and n_bh * (DV // bv) < 128:
@@ -516,7 +516,7 @@ class ForwardLaunch:
     ``products``: ``tf32x3`` | ``tf32`` | ``bf16`` (default :func:`default_products`); ``bf16`` on fewer than
     ``BF16_MIN_CHUNKS`` chunks or with ``fused=False`` is refused (wrong results on sm_90 with Triton 3.6, see
     ``BF16_MIN_CHUNKS``).
-    ``wy``: the WY kernel, ``blocks`` (default, measured) or ``chunk`` (opt-in: not yet measured on a GPU);
+    ``wy``: the WY kernel, ``blocks`` (default) or ``chunk`` (opt-in, see ``WY_KERNELS``);
     ``wy_block``: the chunk kernel's key/value column block (see :func:`wy_terms`); ``wy_num_warps`` its warps.
     ``block_v``, ``num_warps``, ``num_stages``: the sequential state kernel's value block, warps and stages.
     """
