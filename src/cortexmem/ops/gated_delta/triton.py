@@ -51,8 +51,8 @@ DOT_BF16 = tl.constexpr(2)
 PRODUCTS = {"tf32x3": DOT_TF32X3.value, "tf32": DOT_TF32.value, "bf16": DOT_BF16.value}
 # WY kernels: ``blocks`` (16-row blocks one after another, the default) and ``chunk`` (the whole chunk at once;
 # opt-in: on an H100 it matches ``blocks`` and its WY step is faster with TF32 products, but the whole forward was
-# not at B8 T2048 D64, docs/figures/gated_delta_triton_h100.txt). ``WY_CHUNK_BLOCK``: the column block of keys and values it streams (the
-# [C, C] inverse stays in registers)
+# not at B8 T2048 D64, docs/figures/gated_delta_triton_h100.txt). ``WY_CHUNK_BLOCK``: the column block of keys and
+# values it streams (the [C, C] inverse stays in registers)
 WY_KERNELS = ("blocks", "chunk")
 WY_CHUNK_BLOCK = 32
 # ``_wy_kernel`` with 3xTF32: the key products of two 16-row blocks accumulate over column blocks of this width
