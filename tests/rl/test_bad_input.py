@@ -121,3 +121,12 @@ def test_corrupted_checkpoint_is_one_line_naming_the_file(runs, tmp_path, name):
                  "--device", "cpu"]):
         res = CliRunner().invoke(app, cmd)
         _one_line(res.exception, str(path), "corrupted")
+
+
+@pytest.mark.parametrize("flags", [["--amp"], ["--step-graph", "on"]])
+def test_cuda_only_flags_on_cpu_are_usage_errors_before_work(tmp_path, flags):
+    res = CliRunner().invoke(app, ["rl", "train", "--env", "RepeatPreviousEasy", "--device", "cpu", *flags,
+                                   "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert f"{flags[0]}" in res.output and "needs a CUDA device" in res.output
+    assert not (tmp_path / "r").exists()

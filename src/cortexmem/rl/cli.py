@@ -63,7 +63,10 @@ def train(
     from .ppo import PPOConfig, PPOTrainer, read_checkpoint_meta, resolve_device
 
     torch.set_num_threads(max(1, threads))
-    resolve_device(device)
+    if resolve_device(device).type != "cuda":
+        for flag, on in (("--amp", amp), ("--step-graph on", step_graph == "on")):
+            if on:
+                raise typer.BadParameter(f"{flag} needs a CUDA device; --device {device} runs on the CPU")
     mem = {"auto": None, "on": True, "off": False}.get(memory_inputs)
     if memory_inputs not in ("auto", "on", "off"):
         raise typer.BadParameter(f"--memory-inputs must be auto, on or off, got {memory_inputs!r}")
