@@ -13,7 +13,7 @@
 #   bash benchmarks/device_session.sh smol-stash # keep the carried first part of the SmolLM2 GGUF in /tmp
 #   bash benchmarks/device_session.sh smol       # join it with the carried second part; NIAH on SmolLM2 (~9 min; docs/llm.md's run)
 #
-# zoology: the sweep (63 runs of 3,200 steps, 3 to 6 minutes each at d=128 on an H100 with 2 or 3 sharing it) runs in the background on the
+# zoology: the sweep (72 runs of 3,200 steps, 3 to 6 minutes each at d=128 on an H100 with 2 or 3 sharing it) runs in the background on the
 # device machine and each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl)
 # and, once every run is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
 # journal in PRIOR=<dir> and the sweep resumes after its runs. Locally: cortex eval --merge <dir> --out <figures>.
@@ -123,7 +123,7 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
   mqar)
     # issue 27's goal rows: MQAR 256:64 at d=128 with the zoology preset's training, five stacks at once
     background_eval mqar --task mqar --mqar-slices 256:64 --d-hidden 128 --epochs 16 --train-size 51200 \
-      --test-size 1000 --batch-size 256 --lr 1e-3 --stack transformer,gated_delta,mlstm,hybrid,hybrid_w32
+      --test-size 1000 --batch-size 256 --lr 1e-3 --stack transformer,gated_delta,mlstm,mlstm_qk1,hybrid,hybrid_w32
     ;;
   smol-stash)
     cp .model/smol.part.aa /tmp/smol.part.aa && ls -l /tmp/smol.part.aa | tee -a "$log"

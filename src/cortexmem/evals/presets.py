@@ -45,13 +45,15 @@ PRESETS: dict[str, Preset] = {
     "zoology": Preset("zoology", "MQAR 256:16, 256:64, 512:128 x d_hidden 64, 128, 256, one stack per family",
                       slices=((256, 16), (256, 64), (512, 128)), widths=(64, 128, 256), epochs=16, batch_size=256,
                       train_size=51200, test_size=1000, lr=1e-3,
-                      stacks=("transformer", "gated_delta", "hybrid", "hybrid_w32", "mlstm", "lstm", "axon")),
+                      stacks=("transformer", "gated_delta", "hybrid", "hybrid_w32", "mlstm", "mlstm_qk1", "lstm",
+                              "axon")),
 }
 #: ``--preset NAME --quick``: the same sweep shrunk to a CPU smoke (seconds per stack, accuracy meaningless)
 QUICK_PRESETS: dict[str, Preset] = {
     "zoology": Preset("zoology", "CPU smoke of the zoology preset", slices=((32, 2),), widths=(8, 16), epochs=1,
                       batch_size=16, train_size=32, test_size=16,
-                      stacks=("transformer", "gated_delta", "hybrid", "hybrid_w32", "mlstm", "lstm", "axon")),
+                      stacks=("transformer", "gated_delta", "hybrid", "hybrid_w32", "mlstm", "mlstm_qk1", "lstm",
+                              "axon")),
 }
 #: flags a preset sets itself: combining them with ``--preset`` is an error
 PRESET_FLAGS: tuple[str, ...] = ("--task", "--lengths", "--mqar-slices", "--d-hidden", "--chunk-size")

@@ -264,6 +264,9 @@ _register("gru", _gru, "PassThrough(GRU)")
 _register("conv", _conv, "2 x PassThrough(CausalConv1d k=4)")
 _register("gated_delta", _delta_stack("D"), "2 x PreUp(GatedDelta), heads of >= 64 dims, retentive decays")
 _sync_cells()  # mlstm, slstm, axon, xl, agalite, hybrid, ...: 2 x their token's block
+_register("mlstm_qk1", _cell_stack("M", qk_dim_factor=1.0),
+          "2 x PreUp(mLSTM), keys as wide as values (qk_dim_factor 1): twice mlstm's key dims, for recall of more "
+          "pairs")
 _register("hybrid", _delta_stack("H"),
           "2 x PostUp(Hybrid, window 512), gated_delta's heads and decays: attention over sequences up to 512")
 _register("xlstm", _xlstm, "build_xlstm_stack(d, 2): PreUp(mLSTM), PostUp(sLSTM)")
