@@ -76,17 +76,6 @@ def register_backend(op: str, name: str, fn: Callable[..., Any], **kwargs: Any) 
     return backend
 
 
-def lazy(path: str) -> Callable[..., Any]:
-    """A backend function ``"package.module:function"`` imported at its first call (modules that need Triton)."""
-    module, _, attr = path.partition(":")
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
-
-    call.__qualname__ = call.__name__ = path
-    return call
-
-
 def _ensure_ops() -> None:
     """Register every built-in op: each package under ``cortexmem.ops`` registers its backends on import."""
     import pkgutil

@@ -14,11 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...ops.registry import lazy, register_backend, register_reference, select_backend
+from ...ops.registry import register_backend, register_reference, select_backend
 from .checks import TRITON_BWD_MIN_DIM, TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .step import gated_delta_rule_step
+
+
+# the Triton modules are imported at the first call (an import statement, which torch.compile traces); every backend
+# takes chunk_gated_delta_rule's signature
+def _triton(*args, **kwargs):
+    from .triton import triton_gated_delta_rule
+
+    return triton_gated_delta_rule(*args, **kwargs)
+
+
+def _triton_autograd(*args, **kwargs):
+    from .triton_bwd import triton_gated_delta_rule_autograd
+
+    return triton_gated_delta_rule_autograd(*args, **kwargs)
 
 
 def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
@@ -38,8 +52,7 @@ def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
 
 register_backend("gated_delta", "torch", chunk_gated_delta_rule, priority=0,
                  note="chunkwise WY/UT, log-space decay, exact in-chunk resets")
-register_backend("gated_delta", "triton", lazy(f"{__name__}.triton:triton_gated_delta_rule"),
-                 devices=frozenset({"cuda"}),
+register_backend("gated_delta", "triton", _triton, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
                  forward_only=True, supports=triton_rejects,
                  limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64, no gradients",
@@ -47,8 +60,7 @@ register_backend("gated_delta", "triton", lazy(f"{__name__}.triton:triton_gated_
 # below the forward-only kernel (which "auto" takes when no gradient is needed), above torch: training on CUDA,
 # for the inputs it was seen right with on an H100 (tests/gpu/test_gated_delta_triton_bwd.py): bf16 and fp32 (3xTF32
 # products), heads of 64 and 128 dims, with and without resets
-register_backend("gated_delta", "triton_autograd",
-                 lazy(f"{__name__}.triton_bwd:triton_gated_delta_rule_autograd"), devices=frozenset({"cuda"}),
+register_backend("gated_delta", "triton_autograd", _triton_autograd, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.bfloat16, torch.float32}), priority=5, needs_triton=True,
                  supports=triton_autograd_rejects,
                  limits=f"bf16 / fp32, heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, chunk_size 16/32/64",

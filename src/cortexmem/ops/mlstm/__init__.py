@@ -127,7 +127,7 @@ def mlstm(
         initial_state = (q.new_zeros(B, NH, dk, v.shape[-1], dtype=dt), q.new_zeros(B, NH, dk, dtype=dt),
                          q.new_zeros(B, NH, dtype=dt))
     h, state = _head_major(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), log_i.transpose(1, 2),
-                              log_f.transpose(1, 2), *initial_state, resets, chunk_size, backend=backend)
+                           log_f.transpose(1, 2), *initial_state, resets, chunk_size, backend=backend)
     return h.transpose(1, 2), state if output_final_state else None
 
 
