@@ -16,6 +16,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from ..runtime.step_runner import StepRunner
 from ..stacks import CortexStack
 from .module import CortexModule
 
@@ -95,11 +96,24 @@ class RecurrentPolicy(nn.Module):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def trunk(self, obs: Tensor, state: TensorDict, resets: Tensor | None) -> tuple[Tensor, TensorDict]:
-        """obs ``[N, F]`` (step) or ``[N, T, F]`` (sequence) -> (features fp32 ``[N(, T), d]``, new state)."""
+    def step_runner(self, batch: int, device: Any, *, use_graph: bool) -> StepRunner:
+        """The memory's step on static buffers for ``batch`` rows (captured in a CUDA graph with ``use_graph``,
+        under the policy's autocast), for :meth:`forward`'s ``runner``."""
+        with torch.no_grad(), self._autocast(torch.device(device)):
+            return StepRunner(self.stack, batch, device, use_graph=use_graph)
+
+    def trunk(self, obs: Tensor, state: TensorDict, resets: Tensor | None,
+              runner: StepRunner | None = None) -> tuple[Tensor, TensorDict]:
+        """obs ``[N, F]`` (step) or ``[N, T, F]`` (sequence) -> (features fp32 ``[N(, T), d]``, new state).
+
+        With a ``runner`` (step mode only) the memory steps on the runner's buffers: ``state`` must be
+        ``runner.state``, which is updated in place and returned."""
         with self._autocast(obs.device):
-            y, new = self.stack(self.encoder(obs), state, resets=resets)
-        if self.amp:
+            if runner is None:
+                y, new = self.stack(self.encoder(obs), state, resets=resets)
+            else:
+                y, new = runner.step(self.encoder(obs), resets), runner.state
+        if self.amp and runner is None:  # the runner's buffers are fp32 already
             new = new.apply(lambda v: v.float() if v.is_floating_point() else v)
         return y.float(), new
 
@@ -117,10 +131,10 @@ class RecurrentPolicy(nn.Module):
         return self.value_head(features).squeeze(-1)
 
     def forward(
-        self, obs: Tensor, state: TensorDict, resets: Tensor | None = None
+        self, obs: Tensor, state: TensorDict, resets: Tensor | None = None, runner: StepRunner | None = None
     ) -> tuple[Distribution, Tensor, TensorDict]:
         """One trunk pass -> (action distribution, value, new state)."""
-        features, new = self.trunk(obs, state, resets)
+        features, new = self.trunk(obs, state, resets, runner)
         return self.distribution(features), self.value(features), new
 
     def to_env(self, action: Tensor) -> np.ndarray:

@@ -132,21 +132,9 @@ class PPOTrainer:
             graph = self.cfg.step_graph == "on" or (self.cfg.step_graph == "auto" and self.device.type == "cuda")
             if use_graph is None and not graph:
                 return None
-            with torch.no_grad(), self.policy._autocast(self.device):  # captured under autocast: bf16 kernels
-                self._runner = StepRunner(self.policy.stack, self.cfg.num_envs, self.device,
-                                          use_graph=graph if use_graph is None else use_graph)
+            self._runner = self.policy.step_runner(self.cfg.num_envs, self.device,
+                                                   use_graph=graph if use_graph is None else use_graph)
         return self._runner
-
-    def _rollout_step(self, obs: torch.Tensor, state: TensorDict, is_init: torch.Tensor):
-        """One step of the policy -> (distribution, value, new state); through the step runner where one exists
-        (its state is then updated in place and returned)."""
-        runner = self._runner
-        if runner is None:
-            return self.policy(obs, state, is_init)
-        with self.policy._autocast(obs.device):
-            x = self.policy.encoder(obs)
-        features = runner.step(x, is_init).float()
-        return self.policy.distribution(features), self.policy.value(features), runner.state
 
     @torch.no_grad()
     def collect(self) -> tuple[TensorDict, TensorDict, list[float], list[int]]:
@@ -165,7 +153,7 @@ class PPOTrainer:
         for t in range(steps):
             if t % self.bptt == 0:
                 starts.append(self._stored(self._state))
-            dist, value, new_state = self._rollout_step(self._obs, self._state, self._is_init)
+            dist, value, new_state = self.policy(self._obs, self._state, self._is_init, runner)
             action = dist.sample()
             obs, reward, term, done, info = self._step_envs(action)
             trunc = done & ~term
