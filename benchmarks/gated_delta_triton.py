@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cortexmem.ops.gated_delta import chunk_gated_delta_rule
-from cortexmem.ops.gated_delta.triton import (
+from cortexmem.ops.gated_delta.triton_fwd import (
     PRODUCTS,
     WY_KERNELS,
     ForwardLaunch,

@@ -17,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from cortexmem.ops.gated_delta import triton as kernels
+from cortexmem.ops.gated_delta import triton_fwd as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
 # pointers of the backward kernels (triton_bwd): in the inputs' dtype (d o and the input gradients), or fp32 buffers

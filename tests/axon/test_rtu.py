@@ -235,7 +235,7 @@ def test_scan_stable_for_fast_and_slow_decays_long_odd_T():
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_step_traces_match_one_naive_step(dense):
-    from cortexmem.ops.rtu.step import rtu_step_traces
+    from cortexmem.ops.rtu.recurrent import rtu_step_traces
 
     g = torch.Generator().manual_seed(3)
     B, H, Z = 5, 7, 4

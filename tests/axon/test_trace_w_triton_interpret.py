@@ -14,7 +14,7 @@ def _run_cases() -> dict:
     from tests.harness.triton_interpreter import patch_interpreter, refusal
 
     patch_interpreter()
-    from cortexmem.ops.rtu.step import trace_w_step_torch
+    from cortexmem.ops.rtu.recurrent import trace_w_step_torch
     from cortexmem.ops.rtu.triton import trace_w_step_triton
 
     out = {}

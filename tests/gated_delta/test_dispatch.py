@@ -43,7 +43,7 @@ def test_triton_backend_constraints():
 
 def test_triton_refuses_one_stage_for_bf16_products_and_unknown_products():
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, gated_delta_forward
 
     q = k = torch.randn(1, 64, 1, 16).bfloat16()
     v = torch.randn(1, 64, 1, 16).bfloat16()
@@ -58,7 +58,7 @@ def test_triton_refuses_one_stage_for_bf16_products_and_unknown_products():
 
 def test_product_modes_by_dtype_and_length():
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import (
+    from cortexmem.ops.gated_delta.triton_fwd import (
         BF16_MIN_CHUNKS,
         ForwardLaunch,
         default_products,
@@ -141,7 +141,7 @@ def test_gated_delta_cell_backend_option_is_checked_at_build():
 
 def test_launch_settings_go_in_one_config_object():
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward, launch_config
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, gated_delta_forward, launch_config
 
     assert launch_config(None, {}, "f") == ForwardLaunch()
     q = k = v = torch.randn(1, 64, 1, 16).bfloat16()

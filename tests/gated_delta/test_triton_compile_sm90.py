@@ -20,7 +20,7 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from cortexmem.ops.gated_delta import triton as kernels  # noqa: E402
+from cortexmem.ops.gated_delta import triton_fwd as kernels  # noqa: E402
 
 # fp32 buffers of the backward kernels (triton_bwd); their other pointers take the inputs' dtype
 _BWD_FP32 = {"DSF", "DSC", "DU", "DKD", "DW", "DGP", "LI", "DS0"}

@@ -95,7 +95,7 @@ def _wy_results() -> dict:
     import triton
 
     from cortexmem.ops.gated_delta.chunk import chunk_terms
-    from cortexmem.ops.gated_delta.triton import wy_terms
+    from cortexmem.ops.gated_delta.triton_fwd import wy_terms
 
     out = {}
     for i, (T, Dk, Dv, C, products, keys) in enumerate(WY_TERM_CASES):
@@ -121,7 +121,7 @@ def _run_cases() -> dict:
     from tests.harness.triton_interpreter import bounds_check_catches_overrun, patch_interpreter, refusal
 
     patch_interpreter()
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward, triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, gated_delta_forward, triton_gated_delta_rule
 
     out = {}
     for i, (T, Dk, Dv, chunk, dtype, with_s0, with_resets, fused, split, *products) in enumerate(CASES):

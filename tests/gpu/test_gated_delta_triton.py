@@ -40,7 +40,7 @@ def _case(T, D, with_resets):
 @pytest.mark.parametrize("wy", ["blocks", "chunk"])
 def test_triton_forward_matches_naive(T, D, with_resets, dtype, wy):
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, triton_gated_delta_rule
 
     inputs, r, o_ref, s_ref = _case(T, D, with_resets)
     q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
@@ -56,7 +56,7 @@ def test_triton_forward_matches_naive(T, D, with_resets, dtype, wy):
 def test_triton_without_initial_state_and_small_dims(wy):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta import gated_delta_rule_naive
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, triton_gated_delta_rule
 
     torch.manual_seed(0)
     B, T, NH, Dk, Dv = 3, 77, 2, 8, 24  # padded to 16 / 32 inside
@@ -90,7 +90,7 @@ def test_dispatch_picks_triton_only_without_grad():
 
 def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, products=None, **wy):
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, gated_delta_forward
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, gated_delta_forward
 
     inputs, r, o_ref, s_ref = _case(300, D, True)
     q, k, v, g, beta, s0 = (t.to(dtype) for t in inputs)
@@ -136,7 +136,7 @@ def test_triton_fp32_launch_configs_match_naive(D, fused, block_v, split):
 
 def test_triton_fp32_default_launch_sizes():
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import FP32_FUSED_DEFAULT, PRODUCTS, _default_block_v, default_fused
+    from cortexmem.ops.gated_delta.triton_fwd import FP32_FUSED_DEFAULT, PRODUCTS, _default_block_v, default_fused
 
     assert default_fused("tf32x3") == FP32_FUSED_DEFAULT and default_fused("tf32") and default_fused("bf16")
     dot = PRODUCTS["tf32x3"]
@@ -163,7 +163,7 @@ def test_triton_chunk_wy_configs_match_naive(D, wy_block, wy_num_warps, dtype, p
 def test_wy_kernels_match_fp64_ut_transform(products, keys):
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.chunk import chunk_terms
-    from cortexmem.ops.gated_delta.triton import wy_terms
+    from cortexmem.ops.gated_delta.triton_fwd import wy_terms
 
     inputs, r, _, _ = _case(300, 128, True)
     _, k, v, g, beta, _ = inputs
@@ -189,7 +189,7 @@ def test_wy_kernels_match_fp64_ut_transform(products, keys):
 def test_auto_dispatch_takes_triton_for_16bit_keys_up_to_128_and_torch_beyond():
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta import chunk_gated_delta_rule, gated_delta_rule
-    from cortexmem.ops.gated_delta.triton import triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton_fwd import triton_gated_delta_rule
 
     inputs, r, _, _ = _case(300, 128, True)
     q, k, v, g, beta, s0 = (t.bfloat16() for t in inputs)
@@ -207,7 +207,7 @@ def test_auto_dispatch_takes_triton_for_16bit_keys_up_to_128_and_torch_beyond():
 @pytest.mark.parametrize("wy", ["blocks", "chunk"])
 def test_triton_half_inputs_and_chunk_sizes_with_resets(wy):
     pytest.importorskip("triton")
-    from cortexmem.ops.gated_delta.triton import ForwardLaunch, triton_gated_delta_rule
+    from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, triton_gated_delta_rule
 
     inputs, r, o_ref, s_ref = _case(129, 64, True)
     q, k, v, g, beta, s0 = (t.half() for t in inputs)

@@ -87,7 +87,7 @@ def test_doctor_passes_on_this_gpu():
 @pytest.mark.parametrize("shape", [(3, 37, 21), (32, 256, 256)])
 @pytest.mark.parametrize("with_keep", [False, True])
 def test_axon_trace_kernel_matches_torch_on_cuda(shape, with_keep):
-    from cortexmem.ops.rtu.step import trace_w_step_torch
+    from cortexmem.ops.rtu.recurrent import trace_w_step_torch
     from cortexmem.ops.rtu.triton import trace_w_step_triton
 
     B, H, Z = shape

@@ -32,4 +32,4 @@ def test_lstm_reads_reset_points_only(host_reads):
     resets = torch.zeros(2, 37, dtype=torch.bool)
     resets[1, 20] = True
     stack(x, state, resets=resets)
-    assert len(host_reads) == 1 and "segmented.py" in host_reads[0]
+    assert len(host_reads) == 1 and "lstm/recurrent.py" in host_reads[0].replace("\\", "/")

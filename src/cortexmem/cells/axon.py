@@ -31,7 +31,7 @@ from ..core.registry import register_cell
 from ..ops.hadamard import srht
 from ..ops.registry import check_requested
 from ..ops.rtu import inject_traces, rtu, rtu_final_traces, rtu_full_chunked
-from ..ops.rtu.step import rtu_step_traces
+from ..ops.rtu.recurrent import rtu_step_traces
 from .base import CellConfig, MemoryCell
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from ...ops.registry import register_backend, register_reference, select_backend
+from .chunk import causal_conv1d_torch
 from .naive import causal_conv1d_naive
-from .parallel import causal_conv1d_torch
 
 
 def _triton(*args, **kwargs):

@@ -11,7 +11,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...ops.precompile import dry_run_active, launch
-from .parallel import final_buffer, reset_counts
+from .chunk import final_buffer, reset_counts
 
 
 @triton.jit

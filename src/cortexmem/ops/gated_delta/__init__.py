@@ -1,5 +1,5 @@
-"""Gated delta rule: ``naive`` (specification), ``chunk`` (WY/UT chunkwise), ``step`` (decoding), ``triton``,
-``triton_bwd``.
+"""Gated delta rule: ``naive`` (specification), ``chunk`` (WY/UT chunkwise), ``recurrent`` (one decoding step),
+``triton_fwd``, ``triton_bwd``.
 
 All take ``g = log alpha`` (fla's convention); see :mod:`.naive` for the shared contract. Op ``gated_delta`` has
 backends ``torch`` (the chunked op, with autograd), ``triton`` (CUDA, forward only: chosen by ``auto`` when no
@@ -18,13 +18,13 @@ from ...ops.registry import register_backend, register_reference, select_backend
 from .checks import TRITON_BWD_MIN_DIM, TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
-from .step import gated_delta_rule_step
+from .recurrent import gated_delta_rule_step
 
 
 # the Triton modules are imported at the first call (an import statement, which torch.compile traces); every backend
 # takes chunk_gated_delta_rule's signature
 def _triton(*args, **kwargs):
-    from .triton import triton_gated_delta_rule
+    from .triton_fwd import triton_gated_delta_rule
 
     return triton_gated_delta_rule(*args, **kwargs)
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_gated_delta_inputs
-from .step import gated_delta_rule_step
+from .recurrent import gated_delta_rule_step
 
 
 def gated_delta_rule_naive(

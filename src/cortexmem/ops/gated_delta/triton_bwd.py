@@ -1,12 +1,12 @@
 """Triton backward of the chunkwise gated delta rule: kernels -> launcher -> ``autograd.Function`` -> public fn.
 
-Per chunk (one head; ``S`` the chunk-entry state, notation of :mod:`.chunk` and :mod:`.triton`):
+Per chunk (one head; ``S`` the chunk-entry state, notation of :mod:`.chunk` and :mod:`.triton_fwd`):
 ``u = U - W S``, ``o = diag(d_in) Q S + (Q K^T . M) u``, ``S' = d_c S + K^T diag(d_out) u`` with
 ``W = L^-1 diag(b d_in) K``, ``U = L^-1 diag(b) V``, ``L = I + A``, ``A_ij = b_i M_ij k_i.k_j`` (``j < i``),
 ``M_ij = e^(gamma_i - gamma_j)`` on joined ``j <= i``, ``d_in = e^gamma`` while joined to ``S``,
 ``d_out_j = e^(gamma_C - gamma_j)`` while joined to the chunk end, ``d_c = e^gamma_C`` if no reset in the chunk.
 
-The backward recomputes ``W, U`` (:func:`.triton.wy_terms`) and the chunk-entry states and pseudo-values ``u``
+The backward recomputes ``W, U`` (:func:`.triton_fwd.wy_terms`) and the chunk-entry states and pseudo-values ``u``
 (the forward's unfused ``_state_kernel``), with one-pass TF32 (16-bit inputs) or 3xTF32 (fp32 inputs) products,
 never bf16 ones. Then three kernels (four with 3xTF32):
 
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ...ops.precompile import launch
 from .checks import check_gated_delta_inputs, triton_autograd_rejects, triton_rejects
-from .triton import (
+from .triton_fwd import (
     PRODUCTS,
     _bdot,
     _block_gates,
@@ -395,7 +395,7 @@ def gated_delta_backward(q, k, v, g, beta, initial_state, resets, do, dsf, *, ch
 
 
 class GatedDeltaTriton(torch.autograd.Function):
-    """Triton forward (:func:`.triton.gated_delta_forward`) and Triton backward (:func:`gated_delta_backward`)."""
+    """Triton forward (:func:`.triton_fwd.gated_delta_forward`) and Triton backward (:func:`gated_delta_backward`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, initial_state, resets, chunk_size):

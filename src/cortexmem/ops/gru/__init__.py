@@ -2,9 +2,9 @@
 
 from torch import nn
 
-from ..lstm.rnn import register_rnn
+from ..lstm.recurrent import register_rnn
 from .naive import gru_naive
-from .segmented import gru_segmented
+from .recurrent import gru_segmented
 
 register_rnn("gru", nn.GRU, gru_segmented, gru_naive, gates=3, n_states=1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_backend, register_reference
-from .fast import fwht, hadamard_transform, srht
+from .chunk import fwht, hadamard_transform, srht
 from .naive import hadamard_matrix, hadamard_transform_naive, next_pow2
 
 register_backend("hadamard", "torch", hadamard_transform, priority=0, note="log2(N) butterfly stages")

@@ -3,8 +3,7 @@
 from torch import nn
 
 from .naive import lstm_naive
-from .rnn import register_rnn
-from .segmented import lstm_segmented
+from .recurrent import lstm_segmented, register_rnn
 
 register_rnn("lstm", nn.LSTM, lstm_segmented, lstm_naive, gates=4, n_states=2)
 

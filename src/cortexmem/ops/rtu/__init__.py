@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ...ops.registry import register_backend, register_reference, select_backend
-from . import step as _step  # noqa: F401 - registers rtu_step_trace_w
+from . import recurrent as _recurrent  # noqa: F401 - registers rtu_step_trace_w
 from .chunk import inject_traces, rtu_final_traces, rtu_full_chunked, rtu_scan
 from .naive import rtu_full_naive, rtu_naive
 

@@ -153,7 +153,7 @@ def _trace_w_kernel(ew0, drive, lam_re, lam_im, keep, out, H, Z, HAS_KEEP: tl.co
 
 
 def trace_w_step_triton(ew0: Tensor, drive: Tensor, lam_re: Tensor, lam_im: Tensor, keep: Tensor | None) -> Tensor:
-    """Same as :func:`~cortexmem.ops.rtu.step.trace_w_step_torch` (result in ``ew0``'s dtype), no autograd."""
+    """Same as :func:`~cortexmem.ops.rtu.recurrent.trace_w_step_torch` (result in ``ew0``'s dtype), no autograd."""
     B, two, H, Z = ew0.shape
     if two != 2 or drive.shape != (B, Z) or lam_re.shape != (H,) or lam_im.shape != (H,):
         raise ValueError(f"expected ew0 [B, 2, H, Z], drive [B, Z], lam parts [H], got ew0 {tuple(ew0.shape)}, "

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...ops.registry import register_backend, register_reference, select_backend
 from .naive import slstm_naive, slstm_pointwise
-from .scan import slstm_scan
+from .recurrent import slstm_scan
 
 
 def slstm_torch(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_backend, register_reference
+from .chunk import xl_attention
 from .naive import xl_attention_naive
-from .parallel import xl_attention
 
 register_backend("xl_attention", "torch", xl_attention, priority=0, note="query blocks over [memory, call]")
 
