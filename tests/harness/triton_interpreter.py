@@ -1,7 +1,7 @@
 """Run Triton kernels on CPU through Triton's interpreter, with every load and store bounds-checked.
 
 A test module defines ``_run_cases() -> dict`` (JSON-able) that starts with :func:`patch_interpreter`; the
-``interpreted`` fixture (``tests/conftest.py``) runs it in a child process with the interpreter on (it must be on
+``interpreted`` fixture (``tests/ops/conftest.py``) runs it in a child process with the interpreter on (it must be on
 before triton is first imported) and hands the dict to the module's tests.
 """
 

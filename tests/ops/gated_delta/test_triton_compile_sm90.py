@@ -62,7 +62,7 @@ def test_kernels_compile_for_sm90(products, dtype, DK):
 
 def _compile_script():
     """``benchmarks/gated_delta_triton_compile.py`` as a module: its ptxas run and default launch lists."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gated_delta_triton_compile.py"
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "gated_delta_triton_compile.py"
     spec = importlib.util.spec_from_file_location("gated_delta_triton_compile", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[3] / "benchmarks"))
 import mlstm_triton_compile as compile_check  # noqa: E402
 
 H100_SHARED = 232448  # bytes of shared memory one block may use on sm_90

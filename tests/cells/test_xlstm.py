@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from harness.contract import CHECKS
 from pydantic import ValidationError
 from torch import nn
 
@@ -12,6 +11,7 @@ import cortexmem
 import cortexmem.cells.mlstm as mlstm_module
 from cortexmem import CellConfig, build_cell, mLSTMCellConfig, sLSTMCellConfig
 from cortexmem.ops.mlstm import mlstm_naive
+from tests.harness.contract import CHECKS
 
 H = 16
 

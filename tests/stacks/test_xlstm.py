@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from harness.contract import CHECKS
 
 import cortexmem
 from cortexmem import (
@@ -17,6 +16,7 @@ from cortexmem import (
     sLSTMCell,
     xlstm_stack_config,
 )
+from tests.harness.contract import CHECKS
 
 
 def test_structure_alternates_and_sizes_are_inferred():

@@ -1,11 +1,11 @@
-"""AGaLiTe: chunked form vs naive loop (outputs and gradients), and exactness vs GaLiTe when r > 2 T."""
+"""AGaLiTe op: chunked form vs naive loop (outputs and gradients), exactness vs GaLiTe when r > 2 T, the gated
+scan vs a loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cortexmem import AGaLiTeCell, AGaLiTeCellConfig
 from cortexmem.ops.agalite import agalite_chunked, agalite_naive, gated_scan
 
 D = torch.float64
@@ -71,15 +71,6 @@ def test_exact_galite_when_r_exceeds_twice_the_horizon():
         q = seq["phi_q"][:, t]
         outs.append(torch.einsum("bhdf,bhf->bhd", C, q) / ((s * q).sum(-1, keepdim=True) + 1e-5))
     torch.testing.assert_close(o, torch.stack(outs, 1), atol=1e-10, rtol=1e-9)
-
-
-def test_cell_tau_counts_steps_and_resets():
-    cell = AGaLiTeCell(AGaLiTeCellConfig(hidden_size=8, n_heads=2, eta=2, r=3, chunk_size=4))
-    x = torch.randn(2, 7, 8)
-    r = torch.zeros(2, 7, dtype=torch.bool)
-    r[1, 4] = True
-    _, s = cell(x, None, resets=r)
-    assert s["tau"].tolist() == [7, 3]
 
 
 def _scan_loop(log_a, coef, u, x0, resets):

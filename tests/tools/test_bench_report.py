@@ -66,7 +66,7 @@ def test_committed_doc_is_generated_from_its_results_file(tmp_path):
     """docs/gpu.md's measured part is what `cortex bench-report` makes of the file it names."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     text = (root / "docs" / "gpu.md").read_text()
     part = text.split(BEGIN)[1].split(END)[0]
     source = part.split("Source: `")[1].split("`")[0]

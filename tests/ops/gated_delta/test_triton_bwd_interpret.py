@@ -46,8 +46,8 @@ def _outputs_and_grads(fn, inputs, r, with_s0, final, seed):
 
 def _run_cases() -> dict:
     """In the child process (interpreter on, bounds checked): relative RMS errors of every output and gradient."""
-    from tests.gated_delta import test_triton_interpret as ti
     from tests.harness.triton_interpreter import patch_interpreter, refusal
+    from tests.ops.gated_delta import test_triton_interpret as ti
 
     patch_interpreter()
     from functools import partial
