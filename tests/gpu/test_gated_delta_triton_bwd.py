@@ -179,3 +179,25 @@ def test_triton_backward_refuses_heads_narrower_than_64_on_the_gpu():
     g, beta = torch.zeros(1, 8, 1, device="cuda"), torch.ones(1, 8, 1, device="cuda")
     with pytest.raises(ValueError, match="heads of 64 to 128 dims, got Dk=16"):
         triton_gated_delta_rule_autograd(q, k, torch.randn(1, 8, 1, 64, device="cuda"), g, beta)
+
+
+def test_bf16_padded_heads_go_to_torch():
+    """bf16 heads the Triton kernels would pad (72 x 66): auto runs torch, a request for Triton is an error."""
+    pytest.importorskip("triton")
+    from cortexmem.ops.gated_delta import gated_delta_rule
+    from cortexmem.ops.registry import select_backend
+
+    for grad in (False, True):
+        chosen = select_backend("gated_delta", device="cuda", dtype=torch.bfloat16, needs_grad=grad, chunk_size=64,
+                                dk=72, dv=66, half=True)
+        assert chosen.name == "torch"
+    B, T, NH = 1, 70, 1
+    q = k = F.normalize(torch.randn(B, T, NH, 72, device="cuda"), dim=-1).bfloat16()
+    v = torch.randn(B, T, NH, 66, device="cuda").bfloat16()
+    g = F.logsigmoid(torch.randn(B, T, NH, device="cuda")).bfloat16()
+    beta = torch.rand(B, T, NH, device="cuda").bfloat16()
+    for name in ("triton", "triton_autograd"):
+        with pytest.raises(ValueError, match="heads of 64 or 128 dims"):
+            gated_delta_rule(q, k, v, g, beta, backend=name)
+    o, _ = gated_delta_rule(q, k, v, g, beta)
+    assert o.shape == (B, T, NH, 66) and torch.isfinite(o).all()

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..ops.registry import list_backends, references
+from .bench import tf32_mode
 
 DTYPES = ("float32", "bfloat16")
 STARTUP_TIMEOUT_S = 300.0
@@ -66,18 +67,24 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_row(op: str, backend_name: str, device: str, dtype: str, ref_cache: dict | None = None) -> DoctorRow:
-    """One row, in this process: the backend's outputs (and gradients) against the reference's (fp64, CPU)."""
+    """One row, in this process: the backend's outputs (and gradients) against the reference's, run in fp64 on CPU
+    on the same inputs (the row's, upcast: a bf16 row is judged on its kernel's error, not on rounding its inputs).
+    fp32 rows run with TF32 off (cuDNN takes TF32 by default), so fp32 means fp32."""
     backend = {b.name: b for b in list_backends()[op]}[backend_name]
     ref = references()[op]
-    cache = {} if ref_cache is None else ref_cache
-    if op not in cache:
-        cache[op] = _run(ref.fn, ref.make_inputs(torch.device("cpu"), torch.float64))
-    ref_out, ref_grad = cache[op]
-    row = DoctorRow(op, backend_name, device, dtype, "FAIL")
     tdtype = getattr(torch, dtype)
+    inputs = ref.make_inputs(torch.device(device), tdtype)
+    cache = {} if ref_cache is None else ref_cache
+    if (op, dtype) not in cache:
+        cache[op, dtype] = _run(ref.fn, [a.detach().cpu().double() if isinstance(a, torch.Tensor)
+                                         and a.is_floating_point() else a.cpu() if isinstance(a, torch.Tensor) else a
+                                         for a in inputs])
+    ref_out, ref_grad = cache[op, dtype]
+    row = DoctorRow(op, backend_name, device, dtype, "FAIL")
     tol = 1e-4 if tdtype == torch.float32 else 5e-2
     try:
-        out, grad = _run(backend.fn, ref.make_inputs(torch.device(device), tdtype), forward_only=backend.forward_only)
+        with tf32_mode("off"):
+            out, grad = _run(backend.fn, inputs, forward_only=backend.forward_only)
     except Exception as e:  # noqa: BLE001 - the doctor reports every failure
         row.detail = f"{type(e).__name__}: {e}".replace("\n", " ")[:400]
         return row

@@ -41,6 +41,20 @@ def test_triton_backend_constraints():
     assert triton_rejects(dk=128, input_dtype=torch.float32) is None
 
 
+def test_triton_takes_16bit_inputs_only_with_unpadded_heads():
+    """bf16 / fp16 inputs with heads the kernels pad (72 x 66) gave a wrong forward on an H100 (fp32 was right): both
+    Triton backends refuse them, so auto runs torch; fp32 inputs of those shapes still go to Triton."""
+    from cortexmem.ops.gated_delta.checks import triton_autograd_rejects
+
+    for rejects in (triton_rejects, triton_autograd_rejects):
+        assert "heads of 64 or 128 dims, got Dk=72" in rejects(dk=72, dv=66, half=True)
+        assert "got Dv=66" in rejects(dk=64, dv=66, half=True)
+        assert rejects(dk=64, dv=128, half=True) is None
+        assert rejects(dk=128, dv=128, half=True) is None
+    assert triton_rejects(dk=72, dv=66, half=False) is None
+    assert triton_autograd_rejects(dk=72, dv=66, half=False) is None
+
+
 def test_triton_refuses_one_stage_for_bf16_products_and_unknown_products():
     pytest.importorskip("triton")
     from cortexmem.ops.gated_delta.triton_fwd import ForwardLaunch, gated_delta_forward

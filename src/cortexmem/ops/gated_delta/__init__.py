@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...ops.registry import register_backend, register_reference, select_backend
-from .checks import TRITON_BWD_MIN_DIM, TRITON_MAX_DK, needs_grad, triton_autograd_rejects, triton_rejects
+from .checks import (
+    TRITON_BWD_MIN_DIM,
+    TRITON_HALF_DIMS,
+    TRITON_MAX_DK,
+    needs_grad,
+    triton_autograd_rejects,
+    triton_rejects,
+)
 from .chunk import chunk_gated_delta_rule
 from .naive import gated_delta_rule_naive
 from .recurrent import gated_delta_rule_step
@@ -37,8 +44,10 @@ def _triton_autograd(*args, **kwargs):
 
 def _doctor_inputs(device: torch.device, dtype: torch.dtype) -> tuple:
     gen = torch.Generator().manual_seed(0)
-    # 4 chunks of 64 (bf16 inputs take bf16 products, as at real lengths); odd heads the Triton backward takes
-    B, T, NH, Dk, Dv = 2, 197, 2, 72, 66
+    # 4 chunks of 64 (bf16 inputs take bf16 products, as at real lengths); odd heads the Triton kernels pad inside
+    # for fp32, heads of 64 for 16-bit inputs (the Triton kernels take no padded heads there: TRITON_HALF_DIMS)
+    half = dtype in (torch.bfloat16, torch.float16)
+    B, T, NH, Dk, Dv = (2, 197, 2, 64, 64) if half else (2, 197, 2, 72, 66)
     q = F.normalize(torch.randn(B, T, NH, Dk, generator=gen), dim=-1)
     k = F.normalize(torch.randn(B, T, NH, Dk, generator=gen), dim=-1)
     v = torch.randn(B, T, NH, Dv, generator=gen)
@@ -55,7 +64,8 @@ register_backend("gated_delta", "torch", chunk_gated_delta_rule, priority=0,
 register_backend("gated_delta", "triton", _triton, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}), priority=10, needs_triton=True,
                  forward_only=True, supports=triton_rejects,
-                 limits=f"Dk <= {TRITON_MAX_DK}, chunk_size 16/32/64, no gradients",
+                 limits=f"Dk <= {TRITON_MAX_DK}, bf16 / fp16 heads of {' or '.join(map(str, TRITON_HALF_DIMS))}, "
+                        "chunk_size 16/32/64, no gradients",
                  note="forward only (no grad): WY kernel parallel over chunks, then S recurrence + read-out")
 # below the forward-only kernel (which "auto" takes when no gradient is needed), above torch: training on CUDA,
 # for the inputs it was seen right with on an H100 (tests/gpu/test_gated_delta_triton_bwd.py): bf16 and fp32 (3xTF32
@@ -63,7 +73,8 @@ register_backend("gated_delta", "triton", _triton, devices=frozenset({"cuda"}),
 register_backend("gated_delta", "triton_autograd", _triton_autograd, devices=frozenset({"cuda"}),
                  dtypes=frozenset({torch.bfloat16, torch.float32}), priority=5, needs_triton=True,
                  supports=triton_autograd_rejects,
-                 limits=f"bf16 / fp32, heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, chunk_size 16/32/64",
+                 limits=f"bf16 / fp32, heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims (bf16: "
+                        f"{' or '.join(map(str, TRITON_HALF_DIMS))}), chunk_size 16/32/64",
                  note="Triton forward and backward (fp32 accumulation)")
 register_reference("gated_delta", gated_delta_rule_naive, _doctor_inputs)
 
@@ -94,7 +105,7 @@ def gated_delta_rule(
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
                           needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1],
-                          dv=v.shape[-1])
+                          dv=v.shape[-1], half=v.dtype in (torch.bfloat16, torch.float16))
     return impl.fn(q, k, v, g, beta, initial_state, output_final_state, resets, chunk_size=chunk_size,
                    check_decay=check_decay)
 
