@@ -275,6 +275,9 @@ def bench_real(args, device: torch.device, dtype: torch.dtype, out: Path) -> dic
             print(f"train: {res['train']['steps_done']} steps; answer loss {res['train']['answer_loss_curve']}; "
                   f"held-out acc at {args.train_length}: {list(zip(hist.eval_step, hist.eval_acc, strict=True))}",
                   flush=True)
+        # decay and write strengths on held-out hays: a needle lasts about 1 / decay_mean tokens
+        res["write_stats"] = write_stats(mlm, tasks["niah"], length=args.train_length, n=8)
+        print(f"write gates at {args.train_length}: {res['write_stats']}", flush=True)
         res["with_memory"] = _timed(res, "eval_niah", lambda: eval_niah(
             mlm, tasks["niah"], lengths, depths, samples=args.samples, batch_size=args.eval_batch,
             out_dir=out / "niah_eval"))
@@ -503,6 +506,8 @@ def summarize_real(r: dict) -> dict:
     if "train" in r:
         out["train_steps"] = r["train"]["steps_done"]
         out["train_eval_acc"] = r["train"]["eval_acc_at_train_length"]
+    if "write_stats" in r:
+        out["write_stats"] = r["write_stats"]
     if "mk" in r:
         out["mk_niah_accuracy"] = _acc(r["mk"])
     if "ppl" in r:

@@ -213,5 +213,6 @@ def _gate_summary(cell: Any, rec: dict[str, list[Tensor]], ids: Tensor, samples:
         "b_rest_p99": float(beta[rest].flatten().quantile(0.99)),
         "b_rest_sum_per_1k": float(beta[rest].mean() * 1000), "decay_mean": float(decay.mean()),
         "decay_max": float(decay.max()), "survival_128k": float(torch.exp(-decay.mean() * 131072)),
+        "survival_1m": float(torch.exp(-decay.mean() * 1048576)),
     }
 
