@@ -11,7 +11,8 @@
 #   bash benchmarks/device_session.sh zoology    # cortex eval --preset zoology, resumable across device calls
 #   bash benchmarks/device_session.sh mqar       # MQAR 256:64 at d=128 (issue 27's goal rows), resumable the same way
 #   bash benchmarks/device_session.sh smol-stash # keep the carried first part of the SmolLM2 GGUF in /tmp
-#   bash benchmarks/device_session.sh smol       # join it with the carried second part; NIAH on SmolLM2 (~9 min; docs/llm.md's run)
+#   bash benchmarks/device_session.sh smol       # join it with the carried second part; NIAH on SmolLM2 (~9 min; docs/llm.md's run;
+#                                                # SMOL_ARGS='--decay-init 1e-7' adds llm_memory.py options)
 #
 # zoology: the sweep (72 runs of 3,200 steps, 3 to 6 minutes each at d=128 on an H100 with 2 or 3 sharing it) runs in the background on the
 # device machine and each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl)
@@ -132,7 +133,8 @@ print('\n'.join(f for f in gpu_test_files() if 'gated_delta_triton' in f))")
     [ -f /tmp/smol.part.aa ] || { echo "no /tmp/smol.part.aa: run smol-stash first on this machine" >&2; exit 2; }
     cat /tmp/smol.part.aa .model/smol.part.ab > /tmp/smol.gguf
     run 570 python3 benchmarks/llm_memory.py --base /tmp/smol.gguf --out /tmp/smol_run --summary "$out/smol_summary.json" \
-      --quiet --no-checkpoint --train-seconds "${TRAIN_SECONDS:-430}" --train-length 4096 --train-batch 8 --samples 8
+      --quiet --no-checkpoint --train-seconds "${TRAIN_SECONDS:-430}" --train-length 4096 --train-batch 8 --samples 8 \
+      ${SMOL_ARGS:-}
     cp /tmp/smol_run/report.json "$out/smol_report.json" 2>/dev/null
     ;;
   *)
