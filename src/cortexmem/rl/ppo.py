@@ -20,22 +20,14 @@ from torch import nn
 
 from ..runtime.step_runner import StepRunner
 from ..stacks import CortexStackConfig, build_cortex
-from ..utils.io import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_json,
-    check_optimizer_state,
-    json_safe,
-    one_line,
-    validation_message,
-)
+from ..utils.io import CheckpointError, atomic_write_json, json_safe, one_line, validation_message
 from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     check_compatible,
     load_weights,
     read_checkpoint_meta,
     read_tensors,
+    restore_optimizer,
+    save_checkpoint,
 )
 from .config import PPOConfig, resolve_device
 from .envs import check_env, is_popgym, make_vector_env
@@ -309,31 +301,7 @@ class PPOTrainer:
 
     def save(self, out_dir: Path) -> Path:
         """``checkpoint/``: model + optimizer safetensors and a JSON with config, counters and history."""
-        ckpt = Path(out_dir) / "checkpoint"
-        atomic_save_safetensors(
-            ckpt / "model.safetensors", self.policy.state_dict(), metadata={"format": CHECKPOINT_FORMAT}
-        )
-        opt = self.optim.state_dict()
-        tensors = {f"state.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
-        atomic_save_safetensors(ckpt / "optim.safetensors", tensors, metadata={"format": CHECKPOINT_FORMAT})
-        atomic_write_json(
-            ckpt / "trainer.json",
-            json_safe(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "version": CHECKPOINT_VERSION,
-                    "config": self.cfg.model_dump(mode="json"),
-                    "stack_config": self.stack_cfg.model_dump(mode="json"),
-                    "spaces": {"obs_dim": self.obs_dim, "action_space": str(self.action_space)},
-                    "frames": self.frames,
-                    "updates": self.updates,
-                    "param_groups": opt["param_groups"],
-                    "history": self.history,
-                }
-            ),
-        )
-        return ckpt
+        return save_checkpoint(self, out_dir)
 
     @classmethod
     def load(
@@ -366,18 +334,7 @@ class PPOTrainer:
         flat = read_tensors(ckpt / "optim.safetensors")
         trainer = cls(cfg, out_dir, stack_cfg=stack_cfg)
         load_weights(trainer.policy, model, ckpt / "model.safetensors", f"the {cfg.stack!r} policy for {cfg.env!r}")
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        try:
-            for name, v in flat.items():
-                if name.startswith("state."):
-                    _, i, k = name.split(".", 2)
-                    state.setdefault(int(i), {})[k] = v  # load_state_dict moves state to the params (step stays)
-            opt_state = {"state": state, "param_groups": meta["param_groups"]}
-            check_optimizer_state(trainer.optim, opt_state)
-            trainer.optim.load_state_dict(opt_state)
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
-            raise CheckpointError(f"{ckpt / 'optim.safetensors'} does not match the policy's parameters "
-                                  f"({one_line(e)[:200]})") from None
+        restore_optimizer(trainer.optim, flat, meta["param_groups"], ckpt / "optim.safetensors")
         try:
             if "rng.torch" in flat:
                 torch.set_rng_state(flat["rng.torch"])
