@@ -105,5 +105,5 @@ def test_gated_delta_wider_than_the_triton_kernels_runs_on_torch():
     o, s = gated_delta_rule(q, k, v, gl, beta, chunk_size=16)
     o_ref, s_ref = chunk_gated_delta_rule(q, k, v, gl, beta, chunk_size=16)
     assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
-    assert "triton (limits: Dk <= 128, chunk_size 16/32/64, no gradients; beyond them auto uses torch)" in describe_op(
-        "gated_delta", "cpu")
+    assert ("triton (limits: Dk <= 128, bf16 / fp16 heads of 64 or 128, chunk_size 16/32/64, no gradients; beyond "
+            "them auto uses torch)") in describe_op("gated_delta", "cpu")
