@@ -189,7 +189,7 @@ def test_bf16_padded_heads_go_to_torch():
 
     for grad in (False, True):
         chosen = select_backend("gated_delta", device="cuda", dtype=torch.bfloat16, needs_grad=grad, chunk_size=64,
-                                dk=72, dv=66, half=True)
+                                dk=72, dv=66)
         assert chosen.name == "torch"
     B, T, NH = 1, 70, 1
     q = k = F.normalize(torch.randn(B, T, NH, 72, device="cuda"), dim=-1).bfloat16()

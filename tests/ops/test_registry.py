@@ -40,3 +40,15 @@ def test_triton_backends_import_their_modules_only_when_called():
             "assert {'triton', 'triton_autograd'} <= set(b); "
             "assert not [m for m in sys.modules if m.startswith('cortexmem.ops.gated_delta.triton')]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_supports_gets_the_inputs_dtype():
+    """A shape limit may hold for some dtypes only (the gated-delta Triton kernels' 16-bit head sizes)."""
+    from cortexmem.ops.registry import Backend
+
+    b = Backend(op="demo", name="demo", fn=lambda: None,
+                supports=lambda dtype=None, dk=0, **_: "16-bit heads of 64" if dtype == torch.bfloat16 and dk != 64
+                else None)
+    assert b.rejects("cpu", torch.bfloat16, dk=72) == "16-bit heads of 64"
+    assert b.rejects("cpu", torch.float32, dk=72) is None
+    assert b.rejects("cpu", torch.bfloat16, dk=64) is None

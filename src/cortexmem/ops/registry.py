@@ -60,10 +60,11 @@ class Backend:
             return f"device {torch.device(device).type} not in {sorted(self.devices)}"
         if dtype is not None and dtype not in self.dtypes:
             return f"dtype {dtype} not supported"
-        return self.shape_reason(**shape)
+        return self.shape_reason(dtype=dtype, **shape)
 
     def shape_reason(self, **shape: Any) -> str | None:
-        """Why this backend cannot take these shapes (None when it can, or when it has no shape limits)."""
+        """Why this backend cannot take these shapes (None when it can, or when it has no shape limits); ``supports``
+        also gets the inputs' ``dtype`` when the caller knows it (a limit may hold for some dtypes only)."""
         return None if self.supports is None else self.supports(**shape)
 
 

@@ -47,12 +47,12 @@ def test_triton_takes_16bit_inputs_only_with_unpadded_heads():
     from cortexmem.ops.gated_delta.checks import triton_autograd_rejects
 
     for rejects in (triton_rejects, triton_autograd_rejects):
-        assert "heads of 64 or 128 dims, got Dk=72" in rejects(dk=72, dv=66, half=True)
-        assert "got Dv=66" in rejects(dk=64, dv=66, half=True)
-        assert rejects(dk=64, dv=128, half=True) is None
-        assert rejects(dk=128, dv=128, half=True) is None
-    assert triton_rejects(dk=72, dv=66, half=False) is None
-    assert triton_autograd_rejects(dk=72, dv=66, half=False) is None
+        assert "heads of 64 or 128 dims, got Dk=72" in rejects(dk=72, dv=66, dtype=torch.bfloat16)
+        assert "got Dv=66" in rejects(dk=64, dv=66, dtype=torch.bfloat16)
+        assert rejects(dk=64, dv=128, dtype=torch.bfloat16) is None
+        assert rejects(dk=128, dv=128, dtype=torch.bfloat16) is None
+    assert triton_rejects(dk=72, dv=66, dtype=torch.float32) is None
+    assert triton_autograd_rejects(dk=72, dv=66, dtype=torch.float32) is None
 
 
 def test_triton_refuses_one_stage_for_bf16_products_and_unknown_products():

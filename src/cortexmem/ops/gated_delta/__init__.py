@@ -105,7 +105,7 @@ def gated_delta_rule(
     """
     impl = select_backend("gated_delta", backend, device=q.device, dtype=v.dtype, chunk_size=chunk_size,
                           needs_grad=needs_grad(q, k, v, g, beta, initial_state), dk=k.shape[-1],
-                          dv=v.shape[-1], half=v.dtype in (torch.bfloat16, torch.float16))
+                          dv=v.shape[-1])
     return impl.fn(q, k, v, g, beta, initial_state, output_final_state, resets, chunk_size=chunk_size,
                    check_decay=check_decay)
 

@@ -78,9 +78,8 @@ TRITON_HALF_DIMS = (64, 128)
 
 
 def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | None = None, dv: int | None = None,
-                   half: bool = False, **_: object) -> str | None:
-    """Why the Triton forward cannot run (None when it can); also the backend's ``supports`` constraint.
-    ``half``: the inputs are bf16 / fp16."""
+                   dtype: torch.dtype | None = None, **_: object) -> str | None:
+    """Why the Triton forward cannot run (None when it can); also the backend's ``supports`` constraint."""
     if needs_grad:
         return "forward only (no autograd): inputs require grad; use backend 'torch' or torch.no_grad()"
     if chunk_size not in (16, 32, 64):
@@ -88,7 +87,7 @@ def triton_rejects(*, needs_grad: bool = False, chunk_size: int = 64, dk: int | 
     if dk is not None and dk > TRITON_MAX_DK:
         return f"keys need Dk <= {TRITON_MAX_DK} (wider ones not proven on the GPU), got Dk={dk}"
     for name, dim in (("Dk", dk), ("Dv", dv)):
-        if half and dim is not None and dim not in TRITON_HALF_DIMS:
+        if dtype in (torch.bfloat16, torch.float16) and dim is not None and dim not in TRITON_HALF_DIMS:
             return f"bf16 / fp16 inputs need heads of {' or '.join(map(str, TRITON_HALF_DIMS))} dims, got {name}={dim}"
     return None
 
@@ -99,10 +98,10 @@ TRITON_BWD_MIN_DIM = 64
 
 
 def triton_autograd_rejects(*, chunk_size: int = 64, dk: int | None = None, dv: int | None = None,
-                            half: bool = False, **_: object) -> str | None:
+                            dtype: torch.dtype | None = None, **_: object) -> str | None:
     """Why the differentiable Triton path (``triton_autograd``) cannot run: the forward's shape limits, heads
     narrower than :data:`TRITON_BWD_MIN_DIM` (None when it can); also that backend's ``supports`` constraint."""
     for name, dim in (("Dk", dk), ("Dv", dv)):
         if dim is not None and dim < TRITON_BWD_MIN_DIM:
             return f"the Triton backward needs heads of {TRITON_BWD_MIN_DIM} to {TRITON_MAX_DK} dims, got {name}={dim}"
-    return triton_rejects(needs_grad=False, chunk_size=chunk_size, dk=dk, dv=dv, half=half)
+    return triton_rejects(needs_grad=False, chunk_size=chunk_size, dk=dk, dv=dv, dtype=dtype)

@@ -423,8 +423,7 @@ def triton_gated_delta_rule_autograd(q: Tensor, k: Tensor, v: Tensor, g: Tensor,
     beta and the initial state by Triton kernels (fp32 accumulation)."""
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     # the narrow-head limit is the GPU's (sm_90 dot tiles); the interpreter (CPU tensors) runs every head size
-    half = v.dtype in (torch.bfloat16, torch.float16)
-    reason = (triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1], dv=v.shape[-1], half=half) if q.is_cuda
+    reason = (triton_autograd_rejects(chunk_size=chunk_size, dk=k.shape[-1], dv=v.shape[-1], dtype=v.dtype) if q.is_cuda
               else triton_rejects(chunk_size=chunk_size, dk=k.shape[-1]))
     if reason:
         raise ValueError(f"gated delta rule, triton_autograd backend: {reason}")

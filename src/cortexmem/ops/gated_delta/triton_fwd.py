@@ -627,9 +627,8 @@ def triton_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Te
     config = launch_config(config, knobs, "triton_gated_delta_rule")
     check_gated_delta_inputs(q, k, v, g, beta, initial_state, resets, check_decay)
     # the 16-bit head sizes are the GPU's limit (TRITON_HALF_DIMS); the interpreter (CPU tensors) runs every size
-    half = {"dk": k.shape[-1], "dv": v.shape[-1], "half": True} \
-        if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16) else {}
-    reason = triton_rejects(needs_grad=needs_grad(q, k, v, g, beta, initial_state), chunk_size=chunk_size, **half)
+    gpu = {"dk": k.shape[-1], "dv": v.shape[-1], "dtype": v.dtype} if q.is_cuda else {}
+    reason = triton_rejects(needs_grad=needs_grad(q, k, v, g, beta, initial_state), chunk_size=chunk_size, **gpu)
     if reason:
         raise ValueError(f"gated delta rule, triton backend: {reason}")
     return gated_delta_forward(q, k, v, g, beta, chunk_size=chunk_size, initial_state=initial_state,
