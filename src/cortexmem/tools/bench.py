@@ -7,11 +7,10 @@ Peers: ``torch.nn.LSTM`` (cuDNN on GPU), the peer library ``cortexcore`` (import
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..core.registry import cell_names
 from ..runtime.graphed import GraphedModule
+from ..runtime.precision import TF32_MODES, tf32_mode  # noqa: F401 - cortex bench's --tf32 choices
 from ..runtime.step_runner import StepRunner
 from ..stacks import build_cortex_auto_stack
 from ..utils.io import atomic_save_figure
@@ -172,24 +172,7 @@ def _peer_cortexcore(pattern: str, layers: int, d: int):
     return (lambda: builder(d_hidden=d, num_layers=layers, pattern=pattern, compile_blocks=False)), None
 
 
-TF32_MODES = ("default", "on", "off")
 STEP_COMPILE_MODES = ("off", "default", "max-autotune")
-
-
-@contextlib.contextmanager
-def tf32_mode(mode: str) -> Iterator[dict[str, bool]]:
-    """fp32 matmul/conv precision for a run: ``default`` keeps PyTorch's (matmuls full fp32, cuDNN in TF32: the
-    cuDNN LSTM peer then runs its GEMMs in TF32 and ours do not), ``on`` gives every row TF32, ``off`` none.
-    Yields the settings in force; restores the previous ones on exit."""
-    if mode not in TF32_MODES:
-        raise ValueError(f"tf32 must be one of {TF32_MODES}, got {mode!r}")
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        if mode != "default":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "on"
-        yield {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def check_cells(cells: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..ops.registry import list_backends, references
-from .bench import tf32_mode
+from ..runtime.precision import tf32_mode
 
 DTYPES = ("float32", "bfloat16")
 STARTUP_TIMEOUT_S = 300.0
