@@ -62,6 +62,14 @@ def _run(fn, args, seed=7, forward_only=False):
     return [o.detach().double().cpu() for o in outs], [None if gr is None else gr.double().cpu() for gr in grads]
 
 
+def _fp64_cpu(a):
+    """A reference input: a tensor on CPU, in fp64 if floating; anything else as it is."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    a = a.detach().cpu()
+    return a.double() if a.is_floating_point() else a
+
+
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
@@ -76,9 +84,7 @@ def check_row(op: str, backend_name: str, device: str, dtype: str, ref_cache: di
     inputs = ref.make_inputs(torch.device(device), tdtype)
     cache = {} if ref_cache is None else ref_cache
     if (op, dtype) not in cache:
-        cache[op, dtype] = _run(ref.fn, [a.detach().cpu().double() if isinstance(a, torch.Tensor)
-                                         and a.is_floating_point() else a.cpu() if isinstance(a, torch.Tensor) else a
-                                         for a in inputs])
+        cache[op, dtype] = _run(ref.fn, [_fp64_cpu(a) for a in inputs])
     ref_out, ref_grad = cache[op, dtype]
     row = DoctorRow(op, backend_name, device, dtype, "FAIL")
     tol = 1e-4 if tdtype == torch.float32 else 5e-2
