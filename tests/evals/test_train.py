@@ -7,7 +7,7 @@ from cortexmem.evals.ddp import DistContext
 from cortexmem.evals.models import CausalTransformer, EvalModel, step_vs_sequence_error
 from cortexmem.evals.stacks import available_stacks, build_stack, list_stacks, register_stack, stack_status
 from cortexmem.evals.tasks import make_task
-from cortexmem.evals.train import _train_batch, run_one
+from cortexmem.evals.train import _masked_loss, _train_batch, run_one
 
 
 def test_lstm_learns_delayed_recall_at_32(settings):
@@ -18,6 +18,15 @@ def test_lstm_learns_delayed_recall_at_32(settings):
     assert r.steps == 3 * 16 and len(r.curves.train_loss) == r.steps and len(r.curves.test_accuracy) == 3
     assert r.tokens_per_s > 0 and r.params == sum(p.numel() for p in
                                                   EvalModel(build_stack("lstm", 64), 9, 4, 64).parameters())
+
+
+def test_target_accuracy_stops_a_solved_run(settings):
+    """A run stops after the first epoch at the target; curves and steps say how far it went."""
+    cfg = settings(epochs=4, target_accuracy=1e-6)
+    r = run_one("lstm", make_task("delayed_recall", 12), cfg, DistContext())
+    assert r.steps == 2 and r.curves.epoch == [1] and len(r.curves.test_accuracy) == 1
+    full = run_one("lstm", make_task("delayed_recall", 12), settings(epochs=2), DistContext())
+    assert full.steps == 4 and full.curves.epoch == [1, 2]
 
 
 def test_truncated_bptt_detaches_between_chunks():
@@ -37,6 +46,23 @@ def test_truncated_bptt_detaches_between_chunks():
     model.zero_grad()
     loss_b = _train_batch(model, model, DistContext(), data.tokens, data.targets, data.mask, 12)
     assert loss_a == pytest.approx(loss_b) and torch.allclose(ga, model.head.weight.grad)
+
+
+def test_dense_loss_matches_the_masked_one():
+    """The CUDA path (head at every position, ignored targets) gives the masked path's loss, state and grads."""
+    torch.manual_seed(0)
+    model = EvalModel(build_stack("lstm", 8), 66, 66, 8)
+    data = make_task("mqar", 34, pairs=3, vocab_size=66).split("train", 5, 0)
+    count = data.mask.sum()
+    out = []
+    for dense in (False, True):
+        model.zero_grad()
+        loss, state = _masked_loss(model, data.tokens, data.targets, data.mask, count, dense=dense)
+        loss.backward()
+        out.append((loss.detach(), state, [p.grad.clone() for p in model.parameters()]))
+    (la, sa, ga), (lb, sb, gb) = out
+    assert torch.allclose(la, lb, atol=1e-6) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ga, gb))
+    assert all(torch.equal(a, b) for a, b in zip(sa.values(True, True), sb.values(True, True)))
 
 
 def _grad_on_rows(model, data, chunk, rows):

@@ -102,6 +102,8 @@ def eval_command(
                                    show_default="1024; mqar: 8192, needle: 4096"),
     test_size: int = typer.Option(None, help="Held-out test sequences per task.", show_default="256"),
     grad_clip: float = typer.Option(1.0),
+    target_accuracy: float = typer.Option(None, help="Stop a run after the first epoch whose test accuracy reaches "
+                                          "this.", show_default="off; --preset zoology: 0.99"),
     preset: str = typer.Option(None, help=f"A named sweep: {', '.join(PRESETS)} (sets task, slices and widths).",
                                show_default="none"),
     quick: bool = typer.Option(False, "--quick", help="With --preset: its CPU smoke (tiny sizes).", show_default="off"),
@@ -156,7 +158,7 @@ def eval_command(
                                     weight_decay=weight_decay, seed=seed, lengths=lengths, mqar_slices=mqar_slices,
                                     chunk_size=chunk_size, widths=widths, train_size=train_size,
                                     test_size=test_size, grad_clip=grad_clip, device=device, preset=preset,
-                                    quick=quick)
+                                    quick=quick, target_accuracy=target_accuracy)
         if workers < 1:
             raise UsageError(f"--workers must be an integer >= 1, got {workers}")
         if workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -240,7 +242,7 @@ def _preset(name: str, quick: bool, flags: dict[str, object]) -> Preset:
 
 
 def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, mqar_slices, chunk_size,
-              widths, train_size, test_size, grad_clip, device, preset=None, quick=False
+              widths, train_size, test_size, grad_clip, device, preset=None, quick=False, target_accuracy=None
               ) -> tuple[EvalSettings, list[str]]:
     """The settings of one invocation and one-line notes on per-task defaults that flags replaced."""
     given = {"epochs": epochs, "batch_size": batch_size, "train_size": train_size, "test_size": test_size}
@@ -254,6 +256,7 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
         widths = list(pr.widths)
         stack = stack or ("all" if pr.stacks is None else ",".join(pr.stacks))
         lr = pr.lr if lr is None else lr
+        target_accuracy = pr.target_accuracy if target_accuracy is None else target_accuracy
         base = {"epochs": pr.epochs, "batch_size": pr.batch_size, "train_size": pr.train_size,
                 "test_size": pr.test_size}
     else:
@@ -271,6 +274,8 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
             raise UsageError(f"{flag} must be > 0, got {value}")
     if weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {weight_decay}")
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise UsageError(f"--target-accuracy must be in (0, 1], got {target_accuracy}")
     tasks = _names(task, list(TASKS), "task") or list(TASKS)
     is_quick = preset is None and task is None and stack is None and lengths is None and mqar_slices is None
     stacks = _names(stack, list_stacks(), "stack") or list(QUICK_STACKS)
@@ -312,5 +317,5 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
                         batch_size=values["batch_size"], lr=lr, weight_decay=weight_decay, seed=seed,
                         d_hidden=d_hidden, widths=widths if widths and len(widths) > 1 else None,
                         train_size=values["train_size"], test_size=values["test_size"], chunk_size=chunk_size,
-                        grad_clip=grad_clip, device=device, quick=is_quick or quick, preset=preset,
+                        grad_clip=grad_clip, target_accuracy=target_accuracy, device=device, quick=is_quick or quick, preset=preset,
                         task_settings=task_settings, task_options=task_options), notes

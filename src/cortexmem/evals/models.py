@@ -96,11 +96,12 @@ class EvalModel(nn.Module):
             raise ValueError(f"{type(self.core).__name__} is not recurrent; state must be None")
         return self.core(x), None
 
-    def forward(self, tokens: Tensor, mask: Tensor, state: TensorDict | None = None
+    def forward(self, tokens: Tensor, mask: Tensor | None, state: TensorDict | None = None
                 ) -> tuple[Tensor, TensorDict | None]:
-        """Logits ``[M, C]`` at the ``M`` True positions of ``mask [B, T]`` (row-major), and the new state."""
+        """Logits ``[M, C]`` at the ``M`` True positions of ``mask [B, T]`` (row-major), and the new state; with
+        ``mask=None`` logits ``[B, T, C]`` at every position (no data-dependent shape: no host sync)."""
         feats, state = self.features(tokens, state)
-        return self.head(feats[mask]), state
+        return self.head(feats if mask is None else feats[mask]), state
 
 
 def state_floats(model: EvalModel, length: int) -> int:

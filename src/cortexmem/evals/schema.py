@@ -35,6 +35,8 @@ class EvalSettings(_Strict):
     test_size: int = Field(ge=1)
     chunk_size: int | None = Field(default=None, ge=1)
     grad_clip: float = Field(gt=0)
+    #: a run stops after the first epoch whose test accuracy reaches this (None: every epoch runs)
+    target_accuracy: float | None = Field(default=None, gt=0, le=1)
     device: str
     quick: bool = False
     #: per-task replacements of ``epochs`` / ``batch_size`` / ``train_size`` (the quick suite's recall tasks)
