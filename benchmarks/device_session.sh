@@ -18,7 +18,8 @@
 # device machine and each call waits up to MINUTES (default 9), then returns the finished runs (runs.partial.jsonl)
 # and, once every run is done, results.json. A later call on the same machine waits again; on a fresh machine, carry the returned
 # journal in PRIOR=<dir> and the sweep resumes after its runs. Locally: cortex eval --merge <dir> --out <figures>.
-# QUICK=1 DEVICE=cpu WORKERS=2 runs the same steps as a CPU smoke (under a minute).
+# QUICK=1 DEVICE=cpu WORKERS=2 runs the same steps as a CPU smoke (under a minute). Where the machine has CUDA MPS,
+# the workers share the GPU through it (MPS=0: not).
 #
 # On the device machine the wheels this repo needs are carried in .whl (docs/gpu.md says which, pytest-xdist
 # included); they are installed to /tmp/site here. Results: a few summary files and one tarball of everything under $OUT (default runs/device),
@@ -60,6 +61,17 @@ background_eval() {  # background_eval NAME EVAL_ARGS...: a resumable cortex eva
   mkdir -p "$z"
   if [ -n "${PRIOR:-}" ] && [ -f "$PRIOR/runs.partial.jsonl" ] && [ ! -f "$z/runs.partial.jsonl" ]; then
     cp "$PRIOR/runs.partial.jsonl" "$z/"
+  fi
+  if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && ! pgrep -x nvidia-cuda-mps >/dev/null; then
+    # MPS: the workers' small kernels run side by side instead of in turns (time-sliced contexts); if a CUDA
+    # context cannot be made through it, it is stopped again and the workers take turns as before
+    nvidia-cuda-mps-control -d && sleep 1
+    if ! python3 -c "import torch; torch.zeros(1, device='cuda')" >/dev/null 2>&1; then
+      echo quit | nvidia-cuda-mps-control
+      echo "MPS: no CUDA context through it; running without" | tee -a "$log"
+    else
+      echo "MPS: on" | tee -a "$log"
+    fi
   fi
   if ! pgrep -f "eval --out $z " >/dev/null && { [ ! -f "$z/results.json" ] || [ -f "$z/runs.partial.jsonl" ]; }; then
     # QUICK=1 DEVICE=cpu: the CPU smoke of the same steps
