@@ -151,6 +151,7 @@ def test_widths_sweep_plans_one_run_per_width():
     (["--quick"], "--quick shrinks a preset: use it with --preset (zoology)"),
     (["--d-hidden", "32,x"], "--d-hidden must be comma-separated integers > 0"),
     (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1], got 1.5"),
 ])
 def test_cli_more_bad_arguments(args, msg):
     r = runner.invoke(app, ["eval", *args])
@@ -171,6 +172,7 @@ def test_zoology_preset_quick_smoke(tmp_path):
     ok = set(pr.stacks) & set(available_stacks(pr.widths[0])[0]) & set(available_stacks(pr.widths[1])[0])
     assert pr.stacks == PRESETS["zoology"].stacks  # the smoke covers the sweep's stacks
     assert res.settings.preset == "zoology" and res.settings.widths == list(pr.widths)
+    assert res.settings.target_accuracy == PRESETS["zoology"].target_accuracy == 0.99
     assert {r.stack for r in res.runs} == ok and "transformer" in ok and "hybrid_w32" in ok
     assert len(res.runs) == len(ok) * len(pr.widths) * len(pr.slices)
     for run in res.runs:

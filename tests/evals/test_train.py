@@ -61,8 +61,9 @@ def test_dense_loss_matches_the_masked_one():
         loss.backward()
         out.append((loss.detach(), state, [p.grad.clone() for p in model.parameters()]))
     (la, sa, ga), (lb, sb, gb) = out
-    assert torch.allclose(la, lb, atol=1e-6) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ga, gb))
-    assert all(torch.equal(a, b) for a, b in zip(sa.values(True, True), sb.values(True, True)))
+    assert torch.allclose(la, lb, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ga, gb, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(sa.values(True, True), sb.values(True, True), strict=True))
 
 
 def _grad_on_rows(model, data, chunk, rows):

@@ -317,5 +317,6 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
                         batch_size=values["batch_size"], lr=lr, weight_decay=weight_decay, seed=seed,
                         d_hidden=d_hidden, widths=widths if widths and len(widths) > 1 else None,
                         train_size=values["train_size"], test_size=values["test_size"], chunk_size=chunk_size,
-                        grad_clip=grad_clip, target_accuracy=target_accuracy, device=device, quick=is_quick or quick, preset=preset,
+                        grad_clip=grad_clip, target_accuracy=target_accuracy, device=device,
+                        quick=is_quick or quick, preset=preset,
                         task_settings=task_settings, task_options=task_options), notes
