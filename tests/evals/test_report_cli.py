@@ -268,3 +268,16 @@ def test_a_run_that_fails_in_a_worker_process_fails_alone(tmp_path):
     assert [x.stack for x in res.runs] == ["lstm"]
     (failed,) = res.skipped
     assert failed.stack == "parent_only" and "majority@9 d=8 failed: ValueError" in failed.reason
+
+
+def test_out_of_memory_from_a_worker_is_told_apart():
+    """A worker's CUDA out-of-memory error arrives pickled; the pool retries such a run alone after it drains."""
+    import pickle
+
+    import torch
+
+    from cortexmem.evals.runner import _out_of_memory
+
+    oom = pickle.loads(pickle.dumps(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 768.00 MiB")))
+    assert _out_of_memory(oom) and _out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not _out_of_memory(ValueError("unknown stack 'x'"))
