@@ -281,3 +281,19 @@ def test_out_of_memory_from_a_worker_is_told_apart():
     oom = pickle.loads(pickle.dumps(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 768.00 MiB")))
     assert _out_of_memory(oom) and _out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not _out_of_memory(ValueError("unknown stack 'x'"))
+
+
+def test_pool_workers_take_distinct_slots():
+    """Each pool process takes the next slot (its GPU on a machine with several: slot mod device count)."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cortexmem.evals.runner import _worker_init, _worker_slot
+
+    mp = multiprocessing.get_context("spawn")
+    counter = mp.Value("i", 0)
+    with ProcessPoolExecutor(2, mp_context=mp, initializer=_worker_init, initargs=(1, counter)) as pool:
+        list(pool.map(time.sleep, [0.5, 0.5]))  # submitted together: neither process is idle, so both start
+        slots = {f.result() for f in [pool.submit(_worker_slot) for _ in range(4)]}
+    assert counter.value == 2 and slots <= {0, 1}

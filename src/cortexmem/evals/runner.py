@@ -113,11 +113,12 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def _run_pool(settings: EvalSettings, plan: list, runs: list, progress: Any, workers: int, threads: int,
               finished: Any, failures: dict[int, str]) -> None:
-    """Train the runs of ``plan`` not yet in ``runs`` in ``workers`` spawned processes on the same device; each
-    result goes to ``finished(i, run)``, each error (one line) to ``failures[i]``, except running out of device
-    memory: such a run is left for the caller's loop, which trains it alone once the pool has finished."""
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+    """Train the runs of ``plan`` not yet in ``runs`` in ``workers`` spawned processes (on CUDA spread over the
+    visible GPUs, worker i on GPU i mod count); each result goes to ``finished(i, run)``, each error (one line) to
+    ``failures[i]``, except running out of device memory: such a run is left for the caller's loop, which trains
+    it alone once the pool has finished."""
+    mp = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_worker_init, initargs=(threads, mp.Value("i", 0)))
     with pool:
         futures = {}
         for i, (stack, task, length, opts, d) in enumerate(plan):
@@ -144,15 +145,28 @@ def _run_pool(settings: EvalSettings, plan: list, runs: list, progress: Any, wor
             progress.update(bar, total=1, completed=1, info=f"acc {run.test_accuracy:.3f} ({run.train_time_s:.0f}s)")
 
 
-def _worker_init(threads: int) -> None:
+#: this pool process's number (0, 1, ... in start order): its GPU is ``cuda:(slot % device_count)``
+_SLOT = 0
+
+
+def _worker_init(threads: int, counter: Any) -> None:
+    global _SLOT
+    with counter.get_lock():
+        _SLOT = counter.value
+        counter.value += 1
     if threads:
         torch.set_num_threads(threads)
+
+
+def _worker_slot() -> int:
+    return _SLOT
 
 
 def _worker_run(stack: str, task: str, length: int | None, opts: dict, settings_json: str) -> str:
     """One run in a pool process (a fresh interpreter: only stacks registered on import are known)."""
     settings = EvalSettings.model_validate_json(settings_json)
-    ctx = DistContext(device=resolve_device(settings.device))
+    # on a machine with several GPUs the workers spread over them (worker i on GPU i mod count)
+    ctx = DistContext(device=resolve_device(settings.device, _SLOT))
     try:
         return run_one(stack, make_task(task, length, **opts), settings, ctx).model_dump_json()
     finally:
