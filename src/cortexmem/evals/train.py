@@ -51,8 +51,8 @@ def _masked_loss(wrapped: nn.Module, tokens: Tensor, targets: Tensor, mask: Tens
     the CPU the selection is cheaper than the head at every position (``dense`` None: by device)."""
     if tokens.is_cuda if dense is None else dense:
         logits, state = wrapped(tokens, None, state)
-        dense = torch.where(mask, targets, torch.full_like(targets, -100))
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), dense.flatten(), reduction="sum")
+        scored = torch.where(mask, targets, torch.full_like(targets, -100))  # -100: cross_entropy's ignore_index
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), scored.flatten(), reduction="sum")
     else:
         logits, state = wrapped(tokens, mask, state)
         loss = nn.functional.cross_entropy(logits, targets[mask], reduction="sum")
