@@ -7,7 +7,7 @@ import torch
 
 import cortexmem
 from cortexmem import GatedDeltaCellConfig, build_cell
-from tests.harness.contract import CHECKS
+from tests.harness.contract import CHECKS, assert_steps_match_sequence
 
 VARIANTS = {
     "compressor": dict(compressor="linear", rank=4),
@@ -34,13 +34,7 @@ def test_step_equals_sequence_across_chunks_with_resets():
     x = torch.randn(2, 30, 12, dtype=torch.float64)
     r = torch.zeros(2, 30, dtype=torch.bool)
     r[0, 11] = r[1, 16] = True
-    y, s = cell(x, resets=r)
-    st, ys = None, []
-    for t in range(30):
-        yt, st = cell.step(x[:, t], st, resets=r[:, t])
-        ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-10, rtol=0)
-    torch.testing.assert_close(st["S"], s["S"], atol=1e-10, rtol=0)
+    assert_steps_match_sequence(cell, x, r, atol=1e-10)
 
 
 def test_chunk_size_does_not_change_the_function():

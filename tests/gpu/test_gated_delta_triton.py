@@ -8,11 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.harness.metrics import rel_rms
+
 pytestmark = pytest.mark.gpu
-
-
-def _rel_rms(a, b):
-    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
 
 
 @functools.cache
@@ -48,8 +46,8 @@ def test_triton_forward_matches_naive(T, D, with_resets, dtype, wy):
         o, s = triton_gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r, config=ForwardLaunch(wy=wy))
     assert o.dtype == dtype and s.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    assert _rel_rms(o, o_ref) <= tol
-    assert _rel_rms(s, s_ref) <= tol
+    assert rel_rms(o, o_ref) <= tol
+    assert rel_rms(s, s_ref) <= tol
 
 
 @pytest.mark.parametrize("wy", ["blocks", "chunk"])
@@ -66,7 +64,7 @@ def test_triton_without_initial_state_and_small_dims(wy):
     o_ref, s_ref = gated_delta_rule_naive(*(t.double() for t in (q, k, v, g, beta)))
     for cs in (16, 32, 64):
         o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, config=ForwardLaunch(wy=wy))
-        assert _rel_rms(o, o_ref) <= 1e-4 and _rel_rms(s, s_ref) <= 1e-4
+        assert rel_rms(o, o_ref) <= 1e-4 and rel_rms(s, s_ref) <= 1e-4
 
 
 def test_dispatch_picks_triton_only_without_grad():
@@ -85,7 +83,7 @@ def test_dispatch_picks_triton_only_without_grad():
         o_nt, _ = gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r, backend="triton")
         o_auto, _ = gated_delta_rule(q, k, v, g, beta, initial_state=s0, resets=r)
     assert torch.equal(o_nt, o_auto)  # auto chose the triton kernel
-    assert _rel_rms(o_auto, o_ref) <= 1e-4
+    assert rel_rms(o_auto, o_ref) <= 1e-4
 
 
 def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, products=None, **wy):
@@ -100,7 +98,7 @@ def _check_launch(D, fused, block_v, num_warps, num_stages, dtype, split, produc
                                    num_stages=num_stages, fused=fused, out_block_v=block_v, split=split,
                                    products=products, **wy))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    assert _rel_rms(o, o_ref) <= tol and _rel_rms(s, s_ref) <= tol
+    assert rel_rms(o, o_ref) <= tol and rel_rms(s, s_ref) <= tol
 
 
 @pytest.mark.parametrize("fused,block_v,num_warps,num_stages,dtype,split,products", [
@@ -177,7 +175,7 @@ def test_wy_kernels_match_fp64_ut_transform(products, keys):
     errs = {}
     for wy in ("blocks", "chunk"):
         W, U = wy_terms(k, v, g, beta, rr, 64, 128, 128, dtype, products=products, wy=wy)
-        errs[wy] = max(_rel_rms(W.reshape(W_ref.shape), W_ref), _rel_rms(U.reshape(U_ref.shape), U_ref))
+        errs[wy] = max(rel_rms(W.reshape(W_ref.shape), W_ref), rel_rms(U.reshape(U_ref.shape), U_ref))
     # tf32: 10-bit operands, bf16 products: 8-bit. Keys alike: W's rows are differences of near-equal keys, so the
     # rounding shows relative to the small result. In the interpreter with operands rounded to TF32, chunk / blocks:
     # 2.8e-4 / 2.1e-4 (random), 2.2e-3 / 1.1e-3 (alike); bf16 products 5.3e-3 / 5.9e-3 (random), 0.029 / 0.053 (alike)
@@ -216,4 +214,4 @@ def test_triton_half_inputs_and_chunk_sizes_with_resets(wy):
             o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=cs, initial_state=s0, resets=r,
                                              config=ForwardLaunch(wy=wy))
         assert o.dtype == torch.float16 and s.dtype == torch.float16
-        assert _rel_rms(o, o_ref) <= 2e-2 and _rel_rms(s, s_ref) <= 2e-2
+        assert rel_rms(o, o_ref) <= 2e-2 and rel_rms(s, s_ref) <= 2e-2

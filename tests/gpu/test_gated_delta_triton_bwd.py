@@ -8,11 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.harness.metrics import rel_rms
+
 pytestmark = pytest.mark.gpu
-
-
-def _rel_rms(a, b):
-    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
 
 
 def _inputs(B, T, NH, D, with_resets, seed=0):
@@ -60,8 +58,8 @@ def test_triton_backward_matches_torch_chunk(D, dtype, with_resets):
     (o, s), grads = _outputs_and_grads(ours, inputs, r)
     (o_ref, s_ref), grads_ref = _outputs_and_grads(chunk_gated_delta_rule, [t.float() for t in inputs], r)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    errs = {"o": _rel_rms(o, o_ref), "final_state": _rel_rms(s, s_ref)}
-    errs.update({f"d{n}": _rel_rms(a, b) for n, a, b in zip(("q", "k", "v", "g", "beta", "s0"), grads, grads_ref,
+    errs = {"o": rel_rms(o, o_ref), "final_state": rel_rms(s, s_ref)}
+    errs.update({f"d{n}": rel_rms(a, b) for n, a, b in zip(("q", "k", "v", "g", "beta", "s0"), grads, grads_ref,
                                                               strict=True)})
     assert all(gr.dtype == dtype for gr in grads)
     bad = {n: e for n, e in errs.items() if not e <= tol}
@@ -88,7 +86,7 @@ def test_triton_backward_layouts_match_default(D, dtype, change):
     cfg = dict(triton_bwd.backward_config(D, D, 8, dot), **change)
     got = triton_bwd.gated_delta_backward(*args, chunk_size=64, need_ds0=True, config=cfg)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    errs = {n: _rel_rms(a, b) for n, a, b in zip(("q", "k", "v", "g", "beta", "s0"), got, ref, strict=True)}
+    errs = {n: rel_rms(a, b) for n, a, b in zip(("q", "k", "v", "g", "beta", "s0"), got, ref, strict=True)}
     assert all(e <= tol for e in errs.values()), errs
 
 
@@ -113,9 +111,9 @@ def test_triton_backward_odd_dims_and_no_final_state(chunk_size):
     (o, s), grads = _outputs_and_grads(ours, inputs, r, final=False)
     (o_ref, _), grads_ref = _outputs_and_grads(ref, inputs, r, final=False)
     assert s is None
-    assert _rel_rms(o, o_ref) <= 1e-4
+    assert rel_rms(o, o_ref) <= 1e-4
     for a, b in zip(grads, grads_ref, strict=True):
-        assert _rel_rms(a, b) <= 1e-4
+        assert rel_rms(a, b) <= 1e-4
 
 
 def test_gated_delta_cell_trains_through_triton_autograd():
@@ -148,7 +146,7 @@ def test_gated_delta_cell_trains_through_triton_autograd():
     for name, a, b, c in zip(names, *grads, strict=True):
         if c is None:
             continue
-        err_ours, err_torch = _rel_rms(a, c), _rel_rms(b, c)
+        err_ours, err_torch = rel_rms(a, c), rel_rms(b, c)
         print(f"{name}: triton {err_ours:.2e}, torch {err_torch:.2e} (vs fp32)")
         assert err_ours <= max(3e-2, 2 * err_torch), name
         checked += 1

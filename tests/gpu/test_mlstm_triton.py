@@ -12,14 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.harness.metrics import rel_rms
+
 pytestmark = pytest.mark.gpu
 
 NAMES = ["h", "C", "n", "m", "dq", "dk", "dv", "dlog_i", "dlog_f", "dC0", "dn0", "dm0"]
-
-
-def _rel_rms(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
 def _inputs(B, T, NH, dk, dv, seed):
@@ -53,7 +50,7 @@ def _check(got, truth, tol, peer=None):
     peer = peer or truth
     bad = {}
     for name, a, b, c in zip(NAMES, got, truth, peer, strict=True):
-        err, floor = _rel_rms(a, b), 2 * _rel_rms(c, b)
+        err, floor = rel_rms(a, b), 2 * rel_rms(c, b)
         if not err <= max(tol, floor):
             bad[name] = (err, floor)
     assert not bad, f"relative RMS errors above {tol:g} (and twice the torch path's): {bad}"
@@ -120,7 +117,7 @@ def test_mlstm_cell_triton_backend_matches_torch_backend(dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     true, torch_path, triton_path = results
     for i, (a, b, c) in enumerate(zip(triton_path, true, torch_path, strict=True)):
-        err, floor = _rel_rms(a, b), 2 * _rel_rms(c, b)
+        err, floor = rel_rms(a, b), 2 * rel_rms(c, b)
         assert err <= max(tol, floor), (i, err, floor)
 
 

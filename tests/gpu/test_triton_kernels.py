@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.harness.metrics import rel_rms
+
 pytestmark = pytest.mark.gpu
-
-
-def _rel_rms(a, b):
-    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
 def _run(fn, args):
@@ -44,7 +42,7 @@ def test_causal_conv1d_triton_matches_naive(T, K, with_resets, dtype):
     for a, c in zip(out + grad, ref_out + ref_grad, strict=True):
         if c is None or c.numel() == 0:
             continue
-        assert _rel_rms(a, c) <= tol
+        assert rel_rms(a, c) <= tol
 
 
 def test_step_runner_matches_step_on_cuda():

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.harness.metrics import rel_rms
+
 pytestmark = pytest.mark.gpu
-
-
-def _rel_rms(a, b):
-    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
 def _run(fn, args, *rest):
@@ -34,7 +32,7 @@ def _resets(B, T, kind, seed):
 
 def _assert_close(got, ref, tol, names):
     for name, a, b in zip(names, got, ref, strict=True):
-        err = _rel_rms(a, b)
+        err = rel_rms(a, b)
         assert err <= tol, f"{name}: relative RMS error {err:.2e} > {tol:g}"
 
 
@@ -168,7 +166,7 @@ def test_cells_triton_backend_matches_torch_backend(name, dtype):
     out_b, grad_b = _cell_run(cb, x, state, r)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     for i, (a, b) in enumerate(zip(out_b + grad_b, out_a + grad_a, strict=True)):
-        assert _rel_rms(a, b) <= tol, (i, _rel_rms(a, b))
+        assert rel_rms(a, b) <= tol, (i, rel_rms(a, b))
 
 
 def test_recurrence_backends_on_cuda_are_triton_and_can_be_forced_off(monkeypatch):

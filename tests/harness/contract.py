@@ -38,9 +38,20 @@ def _states_close(s1: TensorDict, s2: TensorDict, atol=ATOL, what="state"):
     for k in s1.keys(True, True):
         a, b = s1[k], s2[k]
         if a.is_floating_point():
-            _close(a.float(), b.float(), atol, f"{what} {k}")
+            _close(a.double(), b.double(), atol, f"{what} {k}")
         else:
             assert torch.equal(a, b), f"{what} {k}"
+
+
+def assert_steps_match_sequence(m, x, resets=None, atol=ATOL):
+    """One sequence call of ``m`` on ``x`` equals a loop of ``m.step``: the outputs and every final-state entry."""
+    y, s = m(x, None, resets=resets)
+    st, ys = None, []
+    for t in range(x.shape[1]):
+        yt, st = m.step(x[:, t], st, resets=None if resets is None else resets[:, t])
+        ys.append(yt)
+    _close(y, torch.stack(ys, 1), atol, "sequence vs steps")
+    _states_close(s, st, atol, "final state sequence vs steps")
 
 
 def check_sequence_equals_steps(m):
@@ -48,13 +59,7 @@ def check_sequence_equals_steps(m):
     r = torch.zeros(B, T, dtype=torch.bool)
     r[0, 9] = r[2, 3] = True
     for resets in (None, r):
-        y, s = m(x, None, resets=resets)
-        st, ys = None, []
-        for t in range(T):
-            yt, st = m.step(x[:, t], st, resets=None if resets is None else resets[:, t])
-            ys.append(yt)
-        _close(y, torch.stack(ys, 1), what="sequence vs steps")
-        _states_close(s, st, what="final state sequence vs steps")
+        assert_steps_match_sequence(m, x, resets)
 
 
 def check_split_calls(m):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.harness.metrics import rel_rms
+
 pytest.importorskip("triton")
 
 # (T, Dk, Dv, chunk, dtype, initial state, resets, output_final_state[, split]): partial last chunks (63, 130, 70),
@@ -25,10 +27,6 @@ CASES = [
     (70, 72, 24, 64, torch.float32, True, True, True),
 ]
 NAMES = ("q", "k", "v", "g", "beta", "initial_state")
-
-
-def _rel_rms(a, b):
-    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
 
 
 def _outputs_and_grads(fn, inputs, r, with_s0, final, seed):
@@ -66,10 +64,10 @@ def _run_cases() -> dict:
         (o_ref, s_ref), grads_ref = _outputs_and_grads(gated_delta_rule_naive, [t.double() for t in inputs], r,
                                                        with_s0, final, i)
         dtypes_ok = o.dtype == dtype and all(gr.dtype == dtype for gr in grads) and (s is None) == (not final)
-        errs = {"o": _rel_rms(o, o_ref)}
+        errs = {"o": rel_rms(o, o_ref)}
         if final:
-            errs["final_state"] = _rel_rms(s, s_ref)
-        errs.update({f"d{name}": _rel_rms(a, b) for name, a, b in zip(NAMES, grads, grads_ref, strict=False)})
+            errs["final_state"] = rel_rms(s, s_ref)
+        errs.update({f"d{name}": rel_rms(a, b) for name, a, b in zip(NAMES, grads, grads_ref, strict=False)})
         out[i] = {"errs": errs, "dtypes_ok": dtypes_ok, "n_grads": len(grads)}
     triton_bwd.backward_config = default_config
     q, k, v, g, beta, _, _ = ti._inputs(20, 16, 16, 3, False)

@@ -11,10 +11,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from cortexmem.ops.gated_delta import gated_delta_rule_naive  # noqa: E402
-
-
-def _rel_rms(a, b):
-    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
+from tests.harness.metrics import rel_rms
 
 
 def _inputs(T, Dk, Dv, seed, resets):
@@ -110,9 +107,9 @@ def _wy_results() -> dict:
         for wy in ("blocks", "chunk"):
             w, u = wy_terms(k, v, g, beta, rr, C, DK, DV, dtype, products=products, wy=wy)
             W[wy], U[wy] = w[..., :Dk].reshape(W_ref.shape), u[..., :Dv].reshape(U_ref.shape)
-        out[i] = {"chunk_vs_ref": [_rel_rms(W["chunk"], W_ref), _rel_rms(U["chunk"], U_ref)],
-                  "blocks_vs_ref": [_rel_rms(W["blocks"], W_ref), _rel_rms(U["blocks"], U_ref)],
-                  "chunk_vs_blocks": [_rel_rms(W["chunk"], W["blocks"]), _rel_rms(U["chunk"], U["blocks"])]}
+        out[i] = {"chunk_vs_ref": [rel_rms(W["chunk"], W_ref), rel_rms(U["chunk"], U_ref)],
+                  "blocks_vs_ref": [rel_rms(W["blocks"], W_ref), rel_rms(U["blocks"], U_ref)],
+                  "chunk_vs_blocks": [rel_rms(W["chunk"], W["blocks"]), rel_rms(U["chunk"], U["blocks"])]}
     return out
 
 
@@ -134,7 +131,7 @@ def _run_cases() -> dict:
             fn = partial(gated_delta_forward, output_final_state=True, config=launch)
             o, s = fn(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk, initial_state=s0, resets=r)
         same = o.shape == o_ref.shape and s.shape == s_ref.shape and o.dtype == dtype and s.dtype == dtype
-        out[i] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), same]
+        out[i] = [rel_rms(o, o_ref), rel_rms(s, s_ref), same]
     for i, (T, Dk, Dv, chunk, dtype, with_s0, products) in enumerate(CHUNK_WY_CASES):
         q, k, v, g, beta, s0, r = _inputs(T, Dk, Dv, T + Dv, True)
         r[0, 32::32] = True
@@ -145,13 +142,13 @@ def _run_cases() -> dict:
             o, s = gated_delta_forward(*(t.to(dtype) for t in (q, k, v, g, beta)), chunk_size=chunk,
                                        initial_state=s0, output_final_state=True, resets=r,
                                        config=ForwardLaunch(products=products, wy="chunk"))
-        out[f"chunk_wy{i}"] = [_rel_rms(o, o_ref), _rel_rms(s, s_ref), o.dtype == dtype and s.dtype == dtype]
+        out[f"chunk_wy{i}"] = [rel_rms(o, o_ref), rel_rms(s, s_ref), o.dtype == dtype and s.dtype == dtype]
     out["wy_terms"] = _wy_results()
     q, k, v, g, beta, _, _ = _inputs(20, 16, 16, 3, False)
     with torch.no_grad():
         o, s = triton_gated_delta_rule(q, k, v, g, beta, chunk_size=16, output_final_state=False)
         o_ref, _ = gated_delta_rule_naive(q.double(), k.double(), v.double(), g.double(), beta.double())
-        out["no_final"] = [_rel_rms(o, o_ref), s is None]
+        out["no_final"] = [rel_rms(o, o_ref), s is None]
         out["bad_block"] = refusal(lambda: triton_gated_delta_rule(q, k, v, g, beta, chunk_size=16,
                                                                    config=ForwardLaunch(block_v=32)))
         for name, kw in (("bad_wy", dict(wy="rows")), ("bad_wy_block", dict(wy="chunk", wy_block=64)),

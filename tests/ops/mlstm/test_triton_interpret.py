@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.harness.metrics import rel_rms
+
 pytest.importorskip("triton")
 
 # (T, dk, dv, chunk, dtype, initial state, resets, gates)
@@ -33,10 +35,6 @@ NAMES = ["h", "C", "n", "m", "dq", "dk", "dv", "dlog_i", "dlog_f", "dC0", "dn0",
 
 def _rms(x: torch.Tensor) -> float:
     return x.double().pow(2).mean().sqrt().item()
-
-
-def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return _rms(a.double() - b.double()) / max(_rms(b), 1e-300)
 
 
 def _inputs(T, dk, dv, with_state, resets, gates, seed):
@@ -87,14 +85,14 @@ def _run_cases() -> dict:
         o1, g1 = _outputs_and_grads(mlstm_triton, inputs, r, dtype, chunk)
         o2, g2 = _outputs_and_grads(mlstm_naive, inputs, r, torch.float64, None)
         dtypes_ok = o1[0].dtype == dtype and all(g.dtype == dtype for g in g1)
-        out[str(i)] = {"errors": [_rel_rms(a, b) for a, b in zip(o1 + g1, o2 + g2, strict=True)],
+        out[str(i)] = {"errors": [rel_rms(a, b) for a, b in zip(o1 + g1, o2 + g2, strict=True)],
                        "abs_errors": [_rms(a.double() - b) for a, b in zip(o1 + g1, o2 + g2, strict=True)],
                        "dtypes_ok": dtypes_ok, "finite": all(bool(t.isfinite().all()) for t in o1 + g1)}
     with torch.no_grad():  # the inference path (no autograd, h stored in the input dtype) gives the same outputs
         inputs, r = _inputs(37, 24, 40, True, "mid+start", "normal", seed=61)
         h, state = mlstm_triton(*inputs, r, chunk_size=16)
         h_ref, state_ref = mlstm_naive(*(a.double() for a in inputs), r)
-        out["no_grad"] = [_rel_rms(a, b) for a, b in zip((h, *state), (h_ref, *state_ref), strict=True)]
+        out["no_grad"] = [rel_rms(a, b) for a, b in zip((h, *state), (h_ref, *state_ref), strict=True)]
     out["too_wide"] = refusal(lambda: mlstm_triton(*_inputs(20, 160, 16, False, None, "normal", 0)[0]))
     return out
 
