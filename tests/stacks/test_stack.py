@@ -4,6 +4,7 @@ quick start."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,20 +83,21 @@ def test_state_nesting_is_the_public_contract():
     assert ("PassThroughBlock_2", "LSTMCell", "c") in keys
 
 
-def test_quick_start_from_readme():
-    from cortexmem import (
-        CortexStackConfig,
-        LSTMCellConfig,
-        PassThroughBlockConfig,
-        PreUpBlockConfig,
-        build_cortex,
-    )
-    cfg = CortexStackConfig(d_hidden=256, blocks=[
-        PreUpBlockConfig(cell=LSTMCellConfig(hidden_size=None, num_layers=2), proj_factor=2.0),
-        PassThroughBlockConfig(cell=LSTMCellConfig(hidden_size=None)),
-    ], post_norm=True)
-    stack = build_cortex(cfg)
-    state = stack.init_state(batch=4, device="cpu", dtype=torch.float32)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_quick_start() -> str:
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Quick start", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("where", ["README.md", "examples/quickstart.py"])
+def test_quick_start_from_readme(where):
+    """The README's quick-start block and examples/quickstart.py run as written and leave a working stack."""
+    code = _readme_quick_start() if where == "README.md" else (ROOT / where).read_text(encoding="utf-8")
+    ns: dict = {}
+    exec(compile(code, where, "exec"), ns)
+    stack, state = ns["stack"], ns["state"]
     out, state = stack(torch.randn(4, 16, 256), state)
     assert out.shape == (4, 16, 256)
     out, state = stack.step(torch.randn(4, 256), state)
