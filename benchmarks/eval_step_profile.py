@@ -21,6 +21,7 @@ from torch import nn
 from cortexmem.evals.models import EvalModel
 from cortexmem.evals.stacks import build_stack
 from cortexmem.evals.tasks import TRAIN, make_task
+from cortexmem.runtime.precision import tf32_mode
 
 STACKS = ("transformer", "gated_delta", "hybrid", "hybrid_w32", "mlstm", "mlstm_qk1", "lstm", "axon")
 VARIANTS = ("base", "tf32", "dense", "fused", "graph", "bf16", "bf16graph")
@@ -36,10 +37,8 @@ def _sync(device: torch.device) -> None:
 
 def time_variant(stack: str, variant: str, tokens, targets, mask, d: int, vocab: int, classes: int,
                  device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    tf32, dense, fused, graph, bf16 = FLAGS[variant]
+    _, dense, fused, graph, bf16 = FLAGS[variant]  # TF32: set by the caller
     graph = graph and device.type == "cuda"
-    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-    torch.backends.cudnn.allow_tf32 = bool(tf32)
     torch.manual_seed(0)
     model = EvalModel(build_stack(stack, d), vocab, classes, d).to(device)
     kw = {"fused": True} if fused and device.type == "cuda" else {}
@@ -110,8 +109,9 @@ def main() -> None:
             for stack in a.stacks.split(","):
                 for variant in a.variants.split(","):
                     try:
-                        r = time_variant(stack, variant, tokens, targets, mask, d, spec.vocab_size, spec.num_classes,
-                                         device, a.steps, a.warmup)
+                        with tf32_mode("on" if FLAGS[variant][0] else "off"):  # restored after each variant
+                            r = time_variant(stack, variant, tokens, targets, mask, d, spec.vocab_size,
+                                             spec.num_classes, device, a.steps, a.warmup)
                     except Exception as e:  # a variant a stack cannot run is a row, not the end of the table
                         r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                     row = {"slice": sl, "d_hidden": d, "stack": stack, "variant": variant, **r}
