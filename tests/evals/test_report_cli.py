@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -152,6 +153,7 @@ def test_widths_sweep_plans_one_run_per_width():
     (["--d-hidden", "32,x"], "--d-hidden must be comma-separated integers > 0"),
     (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
     (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1], got 1.5"),
+    (["--tf32", "maybe"], "--tf32 must be one of default, on, off, got 'maybe'"),
 ])
 def test_cli_more_bad_arguments(args, msg):
     r = runner.invoke(app, ["eval", *args])
@@ -173,6 +175,7 @@ def test_zoology_preset_quick_smoke(tmp_path):
     assert pr.stacks == PRESETS["zoology"].stacks  # the smoke covers the sweep's stacks
     assert res.settings.preset == "zoology" and res.settings.widths == list(pr.widths)
     assert res.settings.target_accuracy == PRESETS["zoology"].target_accuracy == 0.99
+    assert res.settings.tf32 == "on" and {x.tf32 for x in res.runs} == {"on"}
     assert {r.stack for r in res.runs} == ok and "transformer" in ok and "hybrid_w32" in ok
     assert len(res.runs) == len(ok) * len(pr.widths) * len(pr.slices)
     for run in res.runs:
@@ -240,12 +243,13 @@ def test_a_failed_run_keeps_the_others_and_the_same_command_trains_only_the_miss
         r = runner.invoke(app, [*cmd[:6], "9", *cmd[7:]])
         assert r.exit_code == 2 and "holds a partial sweep with other settings" in r.stderr, r.output
         register_stack("flaky", lambda d: build_stack("lstm", d))  # the cause is gone: rerun the same command
-        r = runner.invoke(app, cmd)
+        r = runner.invoke(app, [*cmd, "--tf32", "on"])  # under another precision: every run records its own
         assert r.exit_code == 0, r.output
         assert "resuming: 3 runs already done" in r.output
         second = load_results(out)
         assert [(x.stack, x.length) for x in second.runs] == [("lstm", 9), ("lstm", 13), ("flaky", 9), ("flaky", 13)]
         assert second.runs[:3] == first.runs and not second.skipped  # kept, not retrained
+        assert [x.tf32 for x in second.runs] == ["default"] * 3 + ["on"] and second.settings.tf32 == "on"
         assert not (out / "runs.partial.jsonl").exists()
     finally:
         named._STACKS.pop("flaky", None)
@@ -297,3 +301,37 @@ def test_pool_workers_take_distinct_slots():
         list(pool.map(time.sleep, [0.5, 0.5]))  # submitted together: neither process is idle, so both start
         slots = {f.result() for f in [pool.submit(_worker_slot) for _ in range(4)]}
     assert counter.value == 2 and slots <= {0, 1}
+
+
+def test_the_committed_h100_journal_resumes_under_the_zoology_preset(tmp_path):
+    """The partial H100 sweep (fp32, before the preset turned TF32 on) is resumed, not refused, by the preset."""
+    import shutil
+
+    from cortexmem.evals.cli import _settings
+    from cortexmem.evals.journal import JOURNAL, RunJournal
+
+    src = Path(__file__).resolve().parents[2] / "docs" / "figures" / "zoology_h100_partial" / JOURNAL
+    shutil.copy(src, tmp_path / JOURNAL)
+    kw = dict.fromkeys(("task", "stack", "epochs", "batch_size", "lr", "lengths", "mqar_slices", "chunk_size",
+                        "widths", "train_size", "test_size"))
+    settings, _ = _settings(**kw, weight_decay=0.01, seed=0, grad_clip=1.0, device="cuda", preset="zoology")
+    assert settings.tf32 == "on"
+    done = RunJournal(tmp_path, settings).load()
+    assert len(done) == len(src.read_text().splitlines()) - 1 and {r.tf32 for r in done.values()} == {"default"}
+    other = settings.model_copy(update={"lr": 3e-3})
+    with pytest.raises(ValueError, match="holds a partial sweep with other settings"):
+        RunJournal(tmp_path, other).load()
+
+
+def test_the_mqar_summary_marks_tf32_runs_when_a_sweep_mixes_them(settings):
+    from cortexmem.evals.report import TF32_MARK, mqar_summary_markdown
+
+    cfg = settings(tasks=["mqar"], stacks=["lstm", "conv"])
+    runs = [run_one(s, make_task("mqar", 16, pairs=2), cfg, DistContext()) for s in cfg.stacks]
+    res = EvalResults(created="2026-01-01T00:00:00+00:00", cortexmem_version="0.1.0", torch_version="x",
+                      device="cpu", world_size=1, wall_time_s=1.0, settings=cfg, runs=runs)
+    assert TF32_MARK not in mqar_summary_markdown(res)
+    first = res.runs[0].model_copy(update={"tf32": "on"})
+    mixed = mqar_summary_markdown(res.model_copy(update={"runs": [first, *res.runs[1:]]}))
+    assert mixed.count(TF32_MARK) == 2 and mixed.splitlines()[2].count(TF32_MARK) == 1
+    assert "trained with TF32 matmuls" in mixed

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from ..runtime.precision import TF32_MODES
 from .journal import FAILED_MARK, RunJournal
 from .presets import (
     DEFAULT_LR,
@@ -104,6 +105,8 @@ def eval_command(
     grad_clip: float = typer.Option(1.0),
     target_accuracy: float = typer.Option(None, help="Stop a run after the first epoch whose test accuracy reaches "
                                           "this.", show_default="off; --preset zoology: 0.99"),
+    tf32: str = typer.Option(None, help="fp32 matmul/cuDNN precision on CUDA: default (PyTorch's), on (TF32) or "
+                             "off; recorded on every run.", show_default="default; --preset zoology: on"),
     preset: str = typer.Option(None, help=f"A named sweep: {', '.join(PRESETS)} (sets task, slices and widths).",
                                show_default="none"),
     quick: bool = typer.Option(False, "--quick", help="With --preset: its CPU smoke (tiny sizes).", show_default="off"),
@@ -158,7 +161,7 @@ def eval_command(
                                     weight_decay=weight_decay, seed=seed, lengths=lengths, mqar_slices=mqar_slices,
                                     chunk_size=chunk_size, widths=widths, train_size=train_size,
                                     test_size=test_size, grad_clip=grad_clip, device=device, preset=preset,
-                                    quick=quick, target_accuracy=target_accuracy)
+                                    quick=quick, target_accuracy=target_accuracy, tf32=tf32)
         if workers < 1:
             raise UsageError(f"--workers must be an integer >= 1, got {workers}")
         if workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -242,8 +245,8 @@ def _preset(name: str, quick: bool, flags: dict[str, object]) -> Preset:
 
 
 def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, lengths, mqar_slices, chunk_size,
-              widths, train_size, test_size, grad_clip, device, preset=None, quick=False, target_accuracy=None
-              ) -> tuple[EvalSettings, list[str]]:
+              widths, train_size, test_size, grad_clip, device, preset=None, quick=False, target_accuracy=None,
+              tf32=None) -> tuple[EvalSettings, list[str]]:
     """The settings of one invocation and one-line notes on per-task defaults that flags replaced."""
     given = {"epochs": epochs, "batch_size": batch_size, "train_size": train_size, "test_size": test_size}
     notes: list[str] = []
@@ -257,6 +260,7 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
         stack = stack or ("all" if pr.stacks is None else ",".join(pr.stacks))
         lr = pr.lr if lr is None else lr
         target_accuracy = pr.target_accuracy if target_accuracy is None else target_accuracy
+        tf32 = pr.tf32 if tf32 is None else tf32
         base = {"epochs": pr.epochs, "batch_size": pr.batch_size, "train_size": pr.train_size,
                 "test_size": pr.test_size}
     else:
@@ -276,6 +280,9 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
         raise UsageError(f"--weight-decay must be >= 0, got {weight_decay}")
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise UsageError(f"--target-accuracy must be in (0, 1], got {target_accuracy}")
+    tf32 = "default" if tf32 is None else tf32
+    if tf32 not in TF32_MODES:
+        raise UsageError(f"--tf32 must be one of {', '.join(TF32_MODES)}, got {tf32!r}")
     tasks = _names(task, list(TASKS), "task") or list(TASKS)
     is_quick = preset is None and task is None and stack is None and lengths is None and mqar_slices is None
     stacks = _names(stack, list_stacks(), "stack") or list(QUICK_STACKS)
@@ -317,6 +324,6 @@ def _settings(*, task, stack, epochs, batch_size, lr, weight_decay, seed, length
                         batch_size=values["batch_size"], lr=lr, weight_decay=weight_decay, seed=seed,
                         d_hidden=d_hidden, widths=widths if widths and len(widths) > 1 else None,
                         train_size=values["train_size"], test_size=values["test_size"], chunk_size=chunk_size,
-                        grad_clip=grad_clip, target_accuracy=target_accuracy, device=device,
+                        grad_clip=grad_clip, target_accuracy=target_accuracy, device=device, tf32=tf32,
                         quick=is_quick or quick, preset=preset,
                         task_settings=task_settings, task_options=task_options), notes

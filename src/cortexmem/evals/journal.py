@@ -2,7 +2,8 @@
 
 A sweep that stops early (a crash, a killed job, a time limit) keeps every run it completed, and the same command
 with the same ``--out`` trains only the runs still missing. The first line holds the sweep's settings; a journal
-written with other settings is refused rather than mixed in. The file goes away once ``results.json`` holds every
+written with other settings is refused rather than mixed in, except for ``tf32``: each run records the precision it
+trained under, so a sweep may resume under another one. The file goes away once ``results.json`` holds every
 run; it stays when some runs failed, so a rerun retries just those.
 """
 
@@ -17,6 +18,8 @@ from ..utils.io import one_line
 from .schema import EvalSettings, RunResult
 
 JOURNAL = "runs.partial.jsonl"
+#: settings each run records on itself, which may differ between a journal and the sweep resuming it
+RUN_RECORDED = ("tf32",)
 
 
 def plan_key(entry: tuple) -> str:
@@ -31,6 +34,11 @@ class RunJournal:
         self.path = Path(directory) / JOURNAL
         self.settings = settings.model_dump(mode="json")
 
+    @staticmethod
+    def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings a resumed sweep must share (not ``tf32``: every run records its own)."""
+        return {k: v for k, v in settings.items() if k not in RUN_RECORDED}
+
     def load(self) -> dict[str, RunResult]:
         """The runs a previous invocation finished, by plan key; a ValueError (one line) for a foreign journal."""
         if not self.path.is_file():
@@ -40,7 +48,8 @@ class RunJournal:
             header = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:
             header = {}
-        if header.get("settings") != self.settings:
+        prior = header.get("settings")
+        if not isinstance(prior, dict) or self._comparable(prior) != self._comparable(self.settings):
             raise ValueError(f"{self.path} holds a partial sweep with other settings; rerun that command, or use "
                              "another --out (or delete the file) to start afresh")
         done: dict[str, RunResult] = {}

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RESULTS_JSON, RESULTS_CSV, MQAR_SUMMARY = "results.json", "results.csv", "mqar_summary.md"
 CSV_FIELDS = ["stack", "task", "length", "options", "d_hidden", "test_accuracy", "chance", "state_floats",
               "test_loss", "final_loss", "params", "train_time_s", "tokens_per_s", "step_seq_max_abs_err",
-              "step_check", "chunk_size", "steps"]
+              "step_check", "chunk_size", "steps", "tf32"]
 
 
 def _opts(run: RunResult) -> str:
@@ -91,16 +91,28 @@ def mqar_summary_markdown(results: EvalResults) -> str:
     """:func:`mqar_summary_table` as a Markdown table (what docs quote)."""
     slices, grid = _mqar_grid(results)
     chance = {_length(r): r.chance for r in results.runs if r.task == "mqar"}
+    mixed = len({r.tf32 for r in results.runs if r.task == "mqar"}) > 1
     lines = ["| stack | d | params | " + " | ".join(f"{s} (chance {chance[s]:.4f})" for s in slices) + " |",
              "|---|---|---|" + "---|" * len(slices)]
     for (stack, d), row in grid.items():
         params = next(iter(row.values())).params
-        lines.append(f"| {stack} | {d} | {params:,} | " + " | ".join(_cell(row.get(s)) for s in slices) + " |")
+        lines.append(f"| {stack} | {d} | {params:,} | " + " | ".join(_cell(row.get(s), mixed) for s in slices)
+                     + " |")
+    if mixed:
+        lines.append(f"\n{TF32_MARK} trained with TF32 matmuls (`--tf32 on`); the others with PyTorch's default "
+                     "precision (`--tf32 default`: fp32 matmuls).")
     return "\n".join(lines) + "\n"
 
 
-def _cell(run: RunResult | None) -> str:
-    return "-" if run is None else f"{run.test_accuracy:.3f} ({run.state_floats:.2g})"
+#: marks, in a summary whose runs trained under different ``--tf32`` modes, the runs trained with TF32 on
+TF32_MARK = "†"
+
+
+def _cell(run: RunResult | None, mixed: bool = False) -> str:
+    if run is None:
+        return "-"
+    mark = TF32_MARK if mixed and run.tf32 == "on" else ""
+    return f"{run.test_accuracy:.3f}{mark} ({run.state_floats:.2g})"
 
 
 def to_csv(results: EvalResults) -> str:

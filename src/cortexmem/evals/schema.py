@@ -38,6 +38,8 @@ class EvalSettings(_Strict):
     #: a run stops after the first epoch whose test accuracy reaches this (None: every epoch runs)
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
     device: str
+    #: fp32 matmul/cuDNN precision of training on CUDA (``--tf32``): default (PyTorch's), on or off
+    tf32: Literal["default", "on", "off"] = "default"
     quick: bool = False
     #: per-task replacements of ``epochs`` / ``batch_size`` / ``train_size`` (the quick suite's recall tasks)
     task_settings: dict[str, dict[str, int]] = Field(default_factory=dict)
@@ -80,6 +82,8 @@ class RunResult(_Strict):
     step_check: Literal["step", "prefix"]
     chunk_size: int | None = None
     steps: int = Field(ge=0)
+    #: the ``--tf32`` mode this run trained under (each run says it: a resumed sweep may mix them)
+    tf32: Literal["default", "on", "off"] = "default"
     #: accuracy on named slices of the test set, e.g. ``{"depth 0.0-0.2": 1.0}`` for needle
     slices: dict[str, float] = Field(default_factory=dict)
     curves: Curves

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from ..runtime.precision import tf32_mode
 from ..utils.schedule import warmup_cosine
 from .ddp import DistContext
 from .models import EvalModel, state_floats, step_vs_sequence_error
@@ -151,33 +152,34 @@ def run_one(stack: str, spec: TaskSpec, cfg: EvalSettings, ctx: DistContext,
     if cfg.chunk_size and not model.recurrent:
         log.info("%s is not recurrent: --chunk-size does not apply, it trains on full sequences", stack)
 
-    losses: list[float] = []
-    epoch_acc: list[float] = []
-    train_time, tokens_seen, step = 0.0, 0, 0
-    model.train()
-    for epoch in range(cfg.epochs):
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), device=device)
-        t0 = time.perf_counter()
-        epoch_losses: list[Tensor] = []
-        for start in range(0, len(order), cfg.batch_size):
-            tokens, targets, mask = _rows(train, order[start:start + cfg.batch_size])
-            epoch_losses.append(_train_batch(model, wrapped, ctx, tokens, targets, mask, chunk))
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            tokens_seen += tokens.numel()
-            step += 1
-            if on_step is not None:
-                on_step(step, total_steps)
-        losses += torch.stack(epoch_losses).tolist() if epoch_losses else []  # waits for the epoch's last step
-        train_time += time.perf_counter() - t0
-        epoch_acc.append(evaluate(model, test, ctx, cfg.batch_size * 4)[0])
-        if cfg.target_accuracy is not None and epoch_acc[-1] >= cfg.target_accuracy:
-            break  # every rank sees the same reduced accuracy, so all stop together
+    with tf32_mode(cfg.tf32):  # training and scoring; the step-vs-sequence check below stays in fp32
+        losses: list[float] = []
+        epoch_acc: list[float] = []
+        train_time, tokens_seen, step = 0.0, 0, 0
+        model.train()
+        for epoch in range(cfg.epochs):
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), device=device)
+            t0 = time.perf_counter()
+            epoch_losses: list[Tensor] = []
+            for start in range(0, len(order), cfg.batch_size):
+                tokens, targets, mask = _rows(train, order[start:start + cfg.batch_size])
+                epoch_losses.append(_train_batch(model, wrapped, ctx, tokens, targets, mask, chunk))
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                tokens_seen += tokens.numel()
+                step += 1
+                if on_step is not None:
+                    on_step(step, total_steps)
+            losses += torch.stack(epoch_losses).tolist() if epoch_losses else []  # waits for the epoch's last step
+            train_time += time.perf_counter() - t0
+            epoch_acc.append(evaluate(model, test, ctx, cfg.batch_size * 4)[0])
+            if cfg.target_accuracy is not None and epoch_acc[-1] >= cfg.target_accuracy:
+                break  # every rank sees the same reduced accuracy, so all stop together
 
-    acc, test_loss, slices = evaluate(model, test, ctx, cfg.batch_size * 4)
+        acc, test_loss, slices = evaluate(model, test, ctx, cfg.batch_size * 4)
     losses = [v / ctx.world_size for v in ctx.sum(losses)]
     tokens_all = ctx.sum([float(tokens_seen)])[0]
     train_time = ctx.max(train_time)
@@ -188,7 +190,7 @@ def run_one(stack: str, spec: TaskSpec, cfg: EvalSettings, ctx: DistContext,
         chance=spec.chance, state_floats=state_floats(model, spec.length),
         test_accuracy=acc, test_loss=test_loss, final_loss=sum(last_epoch) / len(last_epoch), params=params,
         train_time_s=train_time, tokens_per_s=tokens_all / max(train_time, 1e-9), step_seq_max_abs_err=err,
-        step_check=mode, chunk_size=chunk, steps=step, slices=slices,
+        step_check=mode, chunk_size=chunk, steps=step, tf32=cfg.tf32, slices=slices,
         curves=Curves(step=list(range(1, step + 1)), train_loss=losses, epoch=list(range(1, len(epoch_acc) + 1)),
                       test_accuracy=epoch_acc),
     )
