@@ -45,8 +45,8 @@ class Preset:
 #: mlstm 0.957 at 2,400; gated_delta 0.999 at 3,200; all at chance after 1,200), and at lr 3e-3 they stay there
 #: (docs/evals.md). A run stops at the first epoch whose test accuracy reaches 0.99 (solved: more steps would not
 #: move its point on the figure): on the six stacks that solve MQAR 256:64 at d=128 it saves 54% of the steps.
-#: Training runs with TF32 matmuls on CUDA (fp32 storage and accumulation, products with a 10-bit mantissa): at these
-#: widths fp32 matmul throughput, not kernel launches, bounds the step.
+#: Training runs with TF32 matmuls on CUDA (fp32 storage and accumulation, products with a 10-bit mantissa), so the
+#: matmuls run on the tensor cores.
 PRESETS: dict[str, Preset] = {
     "zoology": Preset("zoology", "MQAR 256:16, 256:64, 512:128 x d_hidden 64, 128, 256, one stack per family",
                       slices=((256, 16), (256, 64), (512, 128)), widths=(64, 128, 256), epochs=16, batch_size=256,
