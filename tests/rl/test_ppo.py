@@ -141,6 +141,30 @@ def test_popgym_env_gets_previous_action_and_first_flag():
     assert summary["popgym"] and summary["frames"] == 64
 
 
+def test_a_seed_fixes_the_run_on_popgym():
+    """Same seed, same run: the stack's init and POPGym's decks (shuffled with numpy's global RNG) are seeded."""
+    pytest.importorskip("popgym")
+    import numpy as np
+
+    def run(seed: int, stack: str, global_state: int) -> tuple[list[float], torch.Tensor]:
+        np.random.seed(global_state)  # whatever numpy's and torch's global RNGs held before must not matter
+        torch.manual_seed(global_state)
+        cfg = PPOConfig(env="RepeatPreviousEasy", stack=stack, d_hidden=8, frames=256, num_envs=4, rollout_len=32,
+                        epochs=1, minibatches=1, seed=seed)
+        trainer = PPOTrainer(cfg)
+        init = torch.cat([p.detach().flatten() for p in trainer.policy.parameters()])
+        trainer.train(progress=False)
+        return [h["mean_return"] for h in trainer.history] + [h["loss_objective"] for h in trainer.history], init
+
+    for stack in ("gru", "D"):
+        curve, init = run(0, stack, global_state=1)
+        again, init_again = run(0, stack, global_state=2)
+        assert curve == again and torch.equal(init, init_again), stack
+    gru_curve, gru_init = run(0, "gru", global_state=1)
+    other_curve, other_init = run(1, "gru", global_state=1)
+    assert not torch.equal(gru_init, other_init) and gru_curve != other_curve
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="bptt must divide"):
         _tiny(rollout_len=30, bptt=8)

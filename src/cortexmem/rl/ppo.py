@@ -59,10 +59,10 @@ class PPOTrainer:
             raise ValueError(f"step_graph='on' (CUDA-graph rollout steps) needs a CUDA device; this run is on "
                              f"{self.device}")
         obs_dim, action_space = check_env(cfg.env, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
+        torch.manual_seed(cfg.seed)  # before the stack is built: its init is part of the run
         stack = (
             build_cortex(stack_cfg) if stack_cfg is not None else resolve_stack(cfg.stack, cfg.d_hidden, cfg.num_layers)
         )
-        torch.manual_seed(cfg.seed)
         self.popgym = is_popgym(cfg.env)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, memory_inputs=cfg.memory_inputs, env_kwargs=cfg.env_kwargs)
         self.action_space = action_space
@@ -84,6 +84,9 @@ class PPOTrainer:
 
     # --- rollout ------------------------------------------------------------------------------
     def _start_envs(self, seed: int) -> None:
+        # POPGym's card decks shuffle with numpy's global RNG, not the env's own: seed it too, or a seed would not
+        # fix the episodes
+        np.random.seed(seed % 2**32)
         obs, _ = self.envs.reset(seed=seed)
         n = self.cfg.num_envs
         self._obs = self._tensor(obs)
