@@ -99,8 +99,8 @@ def mqar_summary_markdown(results: EvalResults) -> str:
         lines.append(f"| {stack} | {d} | {params:,} | " + " | ".join(_cell(row.get(s), mixed) for s in slices)
                      + " |")
     if mixed:
-        lines.append(f"\n{TF32_MARK} trained with TF32 matmuls (`--tf32 on`); the others with PyTorch's default "
-                     "precision (`--tf32 default`: fp32 matmuls).")
+        lines.append(f"\n{TF32_MARK} trained with TF32 matmuls (`--tf32 on`); the others with fp32 matmuls "
+                     "(`--tf32 default` or `off`).")
     return "\n".join(lines) + "\n"
 
 
